@@ -1,0 +1,225 @@
+//! The control channel between the daemon and the supervisor inside a sandbox.
+//!
+//! The daemon creates a `socketpair(AF_UNIX, SOCK_STREAM)` and hands one end to
+//! `thaw-init` as file descriptor [`CONTROL_FD`]. Messages are framed as
+//!
+//! ```text
+//! +----------------+-----------------+----------------------+-------------+
+//! | u32 LE: len    | u32 LE: hdr_len | header (JSON, hdr_len)| body bytes  |
+//! +----------------+-----------------+----------------------+-------------+
+//!   len = 4 + hdr_len + body.len()
+//! ```
+//!
+//! The header is a [`ToSupervisor`] or [`FromSupervisor`] message; the body carries
+//! opaque bytes (payloads, responses, log output) so they never pass through JSON
+//! string escaping. A frame larger than [`MAX_FRAME`] is a protocol error: the peer
+//! is treated as broken, never trusted.
+//!
+//! This module owns the wire format only; it knows nothing of HTTP or processes.
+
+use serde::{Deserialize, Serialize};
+use thaw_sandbox::SandboxSpec;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// File descriptor number of the control socket in `thaw-init`.
+pub const CONTROL_FD: i32 = 3;
+
+/// Largest frame accepted: room for a 6 MiB payload plus headers, with margin.
+pub const MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// What the runtime process inside the sandbox should be.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuntimeSpec {
+    /// argv of the runtime process; `argv[0]` is an absolute path inside the sandbox.
+    pub argv: Vec<String>,
+    /// The complete environment of the runtime process (the supervisor adds
+    /// `AWS_LAMBDA_RUNTIME_API` itself).
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox (Lambda uses `/var/task`).
+    pub cwd: String,
+    /// TCP port of the Runtime API on the sandbox's loopback.
+    pub api_port: u16,
+}
+
+/// The first frame the daemon sends: what to build and what to run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartSpec {
+    pub sandbox: SandboxSpec,
+    pub runtime: RuntimeSpec,
+}
+
+/// One invocation handed to the runtime. The body of the frame is the event payload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Invocation {
+    pub request_id: String,
+    /// Deadline as milliseconds since the Unix epoch (`Lambda-Runtime-Deadline-Ms`).
+    pub deadline_ms: u64,
+    pub invoked_function_arn: String,
+    pub trace_id: Option<String>,
+    /// Base64-decoded client context JSON, if the caller sent one.
+    pub client_context: Option<String>,
+    pub cognito_identity: Option<String>,
+}
+
+/// Daemon -> supervisor messages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type")]
+pub enum ToSupervisor {
+    /// First and only once: build the sandbox and start the runtime.
+    Start(Box<StartSpec>),
+    /// Deliver an invocation to the runtime's pending `/invocation/next`.
+    Invoke(Invocation),
+}
+
+/// Which output stream of the runtime a log chunk came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// Supervisor -> daemon messages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum FromSupervisor {
+    /// The sandbox is built (namespaces, mounts, privileges dropped) and the
+    /// runtime process has been spawned. `host_pid` is not known inside the pid
+    /// namespace; the daemon learns it from the process it spawned.
+    SandboxReady {
+        /// Milliseconds spent building the sandbox inside `thaw-init`.
+        setup_ms: f64,
+    },
+    /// The runtime made its first `GET /invocation/next`: init is complete.
+    /// `runtime_ms` is the time from spawning the runtime until its bootstrap
+    /// began loading the function (0 when the runtime does not report it), and
+    /// `init_ms` the rest, until the first `/next`.
+    InitDone { runtime_ms: f64, init_ms: f64 },
+    /// The runtime reported `/runtime/init/error`. Body: the error JSON.
+    InitError { error_type: String },
+    /// `/runtime/invocation/{id}/response`. Body: the response payload.
+    Response { request_id: String },
+    /// `/runtime/invocation/{id}/error`. Body: the error JSON.
+    Error {
+        request_id: String,
+        error_type: String,
+    },
+    /// Output of the runtime, tagged with the invocation it belongs to (the one in
+    /// flight when it was read), if any. Body: raw bytes.
+    Log {
+        request_id: Option<String>,
+        stream: LogStream,
+    },
+    /// The runtime process exited (the supervisor exits right after).
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// Setup or supervision failed; the message says which step and why.
+    Fatal { message: String },
+}
+
+/// Errors of the control channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("Control channel I/O failed")]
+    Io(#[from] std::io::Error),
+    #[error("Control frame of {0} bytes exceeds the limit")]
+    FrameTooLarge(u64),
+    #[error("Malformed control frame: {0}")]
+    Malformed(&'static str),
+    #[error("Control frame header is not valid")]
+    Header(#[source] serde_json::Error),
+    #[error("Control channel closed by peer")]
+    Closed,
+}
+
+/// Write one frame: `header` serialized as JSON, followed by `body`.
+pub async fn write_frame<W, H>(w: &mut W, header: &H, body: &[u8]) -> Result<(), ControlError>
+where
+    W: AsyncWrite + Unpin,
+    H: Serialize,
+{
+    let hdr = serde_json::to_vec(header).map_err(ControlError::Header)?;
+    let len = 4u64 + hdr.len() as u64 + body.len() as u64;
+    if len > u64::from(MAX_FRAME) {
+        return Err(ControlError::FrameTooLarge(len));
+    }
+    let hdr_len = u32::try_from(hdr.len()).map_err(|_| ControlError::FrameTooLarge(len))?;
+    let len = u32::try_from(len).map_err(|_| ControlError::FrameTooLarge(len))?;
+    let mut buf = Vec::with_capacity(8 + hdr.len() + body.len());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&hdr_len.to_le_bytes());
+    buf.extend_from_slice(&hdr);
+    buf.extend_from_slice(body);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Read one frame. Returns [`ControlError::Closed`] on a clean end of stream
+/// between frames.
+pub async fn read_frame<R, H>(r: &mut R) -> Result<(H, Vec<u8>), ControlError>
+where
+    R: AsyncRead + Unpin,
+    H: for<'de> Deserialize<'de>,
+{
+    let mut len_buf = [0u8; 4];
+    match r.read_exact(&mut len_buf).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ControlError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len_buf);
+    if len > MAX_FRAME {
+        return Err(ControlError::FrameTooLarge(u64::from(len)));
+    }
+    if len < 4 {
+        return Err(ControlError::Malformed("frame shorter than its header length"));
+    }
+    let mut frame = vec![0u8; len as usize];
+    r.read_exact(&mut frame).await?;
+    let (hl, rest) = frame.split_at(4);
+    let hdr_len = u32::from_le_bytes([hl[0], hl[1], hl[2], hl[3]]) as usize;
+    if hdr_len > rest.len() {
+        return Err(ControlError::Malformed("header length exceeds frame"));
+    }
+    let header = serde_json::from_slice(&rest[..hdr_len]).map_err(ControlError::Header)?;
+    Ok((header, rest[hdr_len..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_with_binary_bodies() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let msg = FromSupervisor::Response {
+            request_id: "r1".into(),
+        };
+        let body: Vec<u8> = (0..=255u8).collect();
+        write_frame(&mut a, &msg, &body).await.unwrap();
+        let (got, got_body): (FromSupervisor, Vec<u8>) = read_frame(&mut b).await.unwrap();
+        assert_eq!(got, msg);
+        assert_eq!(got_body, body);
+        drop(a);
+        let end = read_frame::<_, FromSupervisor>(&mut b).await;
+        assert!(matches!(end, Err(ControlError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_malformed_frames_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(MAX_FRAME + 1).to_le_bytes()).await.unwrap();
+        let r = read_frame::<_, FromSupervisor>(&mut b).await;
+        assert!(matches!(r, Err(ControlError::FrameTooLarge(_))));
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&8u32.to_le_bytes()).await.unwrap();
+        a.write_all(&100u32.to_le_bytes()).await.unwrap();
+        a.write_all(b"abcd").await.unwrap();
+        let r = read_frame::<_, FromSupervisor>(&mut b).await;
+        assert!(matches!(r, Err(ControlError::Malformed(_))));
+    }
+}

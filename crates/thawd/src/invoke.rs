@@ -1,0 +1,70 @@
+//! The types an invocation passes between the HTTP API and the instance pools.
+
+use bytes::Bytes;
+
+/// How the instance that served an invocation was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// A new sandbox was created and the function initialised from scratch.
+    Cold,
+    /// An idle, already initialised instance was reused.
+    Warm,
+}
+
+impl StartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartKind::Cold => "cold",
+            StartKind::Warm => "warm",
+        }
+    }
+}
+
+/// Per-phase timings of one invocation, milliseconds. Start phases are zero for
+/// a warm start.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseTimings {
+    /// Creating the sandbox (namespaces, mounts, cgroup, privilege drop).
+    pub sandbox_ms: f64,
+    /// Starting the language runtime, until the bootstrap begins loading the function.
+    pub runtime_ms: f64,
+    /// Function init: loading the handler module and its dependencies.
+    pub init_ms: f64,
+    /// The invocation itself, from delivery to the runtime until its response.
+    pub invoke_ms: f64,
+}
+
+/// An invocation request, after the API layer validated it.
+#[derive(Debug, Clone)]
+pub struct InvokeInput {
+    pub payload: Bytes,
+    /// Decoded `X-Amz-Client-Context`, if any.
+    pub client_context: Option<String>,
+    /// Whether the caller asked for `LogType: Tail`.
+    pub tail_logs: bool,
+}
+
+/// The result of an invocation that reached a function instance.
+#[derive(Debug, Clone)]
+pub struct InvokeOutcome {
+    pub request_id: String,
+    /// The response payload, or the error document when `function_error` is set.
+    pub payload: Bytes,
+    /// `Some("Unhandled")` when the function failed (Lambda's `X-Amz-Function-Error`).
+    pub function_error: Option<String>,
+    pub start: StartKind,
+    pub timings: PhaseTimings,
+    /// The last 4 KiB of the invocation's log, when `tail_logs` was requested.
+    pub log_tail: Option<String>,
+}
+
+/// Failures to run an invocation at all (not function errors).
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("Rate exceeded: all {0} instances of the function are busy")]
+    TooManyRequests(usize),
+    #[error("The daemon is shutting down")]
+    ShuttingDown,
+    #[error("Could not start an instance")]
+    Sandbox(#[source] anyhow::Error),
+}

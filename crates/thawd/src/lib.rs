@@ -1,0 +1,21 @@
+//! thawd: the thaw daemon as a library.
+//!
+//! Composes the sandbox, the runtime supervisor and (later) the snapshot engine
+//! and store into a serverless platform: a function registry persisted under the
+//! data directory, per-function instance pools with warm reuse and keep-alive
+//! reaping, a Lambda-compatible HTTP API and Prometheus metrics.
+//!
+//! Must not: implement sandboxing, the Runtime API or storage formats itself;
+//! those live in their own crates.
+
+pub mod api;
+pub mod config;
+pub mod invoke;
+pub mod logs;
+pub mod metrics;
+pub mod pool;
+pub mod registry;
+pub mod server;
+
+pub use config::DaemonConfig;
+pub use server::{serve, Platform};
