@@ -10,12 +10,14 @@
 
 pub mod api;
 pub mod config;
+pub mod instance;
 pub mod invoke;
 pub mod logs;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
+pub mod runtimes;
 pub mod server;
 
 pub use config::DaemonConfig;
-pub use server::{serve, Platform};
+pub use server::{serve, serve_with, Platform};

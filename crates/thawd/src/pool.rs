@@ -1,24 +1,393 @@
 //! Instance pools: per function, idle warm instances and the logic that starts,
 //! reuses, times out and reaps instances.
+//!
+//! An instance serves one invocation at a time. After a successful invocation
+//! (or a handled function error) it goes back to its function's idle list and
+//! the next invocation reuses it (a warm start); idle instances are reaped after
+//! the keep-alive. A timeout, a crash or a broken supervisor destroys the
+//! instance, so the next invocation gets a fresh one. Updating or deleting a
+//! function retires all of its instances.
 
-use crate::invoke::{InvokeError, InvokeInput, InvokeOutcome};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thaw_runtime::control::Invocation;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::instance::{error_chain, error_doc, Instance, InstanceContext, RunResult, StartError};
+use crate::invoke::{InvokeError, InvokeInput, InvokeOutcome, PhaseTimings, StartKind};
+use crate::logs::{now_ms, LogRecord, LogStore};
+use crate::metrics::Metrics;
 use crate::registry::FunctionRecord;
+use crate::runtimes::REGION;
+
+/// How long an invocation waits for a free instance slot before it is throttled.
+const QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// `LogType: Tail` returns at most this many bytes of log.
+const TAIL_BYTES: usize = 4096;
+
+struct FunctionPool {
+    revision: String,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Instance>>,
+    retired: AtomicBool,
+}
 
 /// All instance pools of the daemon.
-pub struct Pools {}
+pub struct Pools {
+    ctx: Arc<InstanceContext>,
+    metrics: Arc<Metrics>,
+    logs: Arc<LogStore>,
+    max_instances: usize,
+    keep_alive: Duration,
+    functions: Mutex<HashMap<String, Arc<FunctionPool>>>,
+    shutting_down: AtomicBool,
+}
 
 impl Pools {
+    /// Create the pools. `ctx.cgroups` should have been cleaned of stale instances.
+    pub fn new(
+        ctx: InstanceContext,
+        metrics: Arc<Metrics>,
+        max_instances: usize,
+        keep_alive: Duration,
+    ) -> Self {
+        let logs = ctx.logs.clone();
+        Pools {
+            ctx: Arc::new(ctx),
+            metrics,
+            logs,
+            max_instances: max_instances.max(1),
+            keep_alive,
+            functions: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    fn pool_for(&self, f: &FunctionRecord) -> Arc<FunctionPool> {
+        let mut map = lock(&self.functions);
+        if let Some(p) = map.get(&f.name) {
+            if p.revision == f.revision_id {
+                return p.clone();
+            }
+            // The function changed under us: retire the old revision's instances.
+            let old = map.remove(&f.name);
+            if let Some(old) = old {
+                self.retire_pool(&f.name, old);
+            }
+        }
+        let p = Arc::new(FunctionPool {
+            revision: f.revision_id.clone(),
+            permits: Arc::new(Semaphore::new(self.max_instances)),
+            idle: Mutex::new(Vec::new()),
+            retired: AtomicBool::new(false),
+        });
+        map.insert(f.name.clone(), p.clone());
+        p
+    }
+
     /// Run one invocation on a warm instance of `function`, or on a new one.
     pub async fn invoke(
         &self,
-        _function: &FunctionRecord,
-        _input: InvokeInput,
+        function: &FunctionRecord,
+        input: InvokeInput,
     ) -> Result<InvokeOutcome, InvokeError> {
-        todo!("lead: pool")
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!("invoke", function = %function.name, request_id = %request_id);
+        self.invoke_inner(function, input, request_id).instrument(span).await
     }
 
-    /// Tear down every instance of `name` (after an update or a delete).
-    pub async fn retire(&self, _name: &str) {
-        todo!("lead: pool")
+    async fn invoke_inner(
+        &self,
+        f: &FunctionRecord,
+        input: InvokeInput,
+        request_id: String,
+    ) -> Result<InvokeOutcome, InvokeError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(InvokeError::ShuttingDown);
+        }
+        let pool = self.pool_for(f);
+        let _permit = match tokio::time::timeout(QUEUE_WAIT, pool.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                self.metrics.count_rejected(&f.name, "throttled");
+                return Err(InvokeError::TooManyRequests(self.max_instances));
+            }
+        };
+
+        // A warm instance if one is idle and alive, else a cold start.
+        let mut warm = None;
+        loop {
+            let popped = lock(&pool.idle).pop();
+            match popped {
+                None => break,
+                Some(mut inst) => {
+                    self.metrics.add_instances(&f.name, "idle", -1);
+                    if inst.is_alive() {
+                        warm = Some(inst);
+                        break;
+                    }
+                    tracing::info!(instance = %inst.id, "idle instance died; discarding it");
+                    inst.destroy().await;
+                }
+            }
+        }
+        let (mut inst, start, mut timings, mut lines) = match warm {
+            Some(inst) => (inst, StartKind::Warm, PhaseTimings::default(), Vec::new()),
+            None => match Instance::start(f, &self.ctx).await {
+                Ok((inst, t)) => {
+                    self.metrics.count_instance_start(&f.name, "ok");
+                    tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, runtime_ms = t.runtime_ms, init_ms = t.init_ms, "cold start");
+                    (inst, StartKind::Cold, t, Vec::new())
+                }
+                Err(StartError::Init {
+                    error_type,
+                    payload,
+                    log,
+                    timings,
+                }) => {
+                    self.metrics.count_instance_start(&f.name, "init_error");
+                    self.metrics
+                        .observe_invocation(&f.name, StartKind::Cold, &timings, "function_error");
+                    tracing::info!(error_type, "function init failed");
+                    let mut records: Vec<LogRecord> = log
+                        .iter()
+                        .map(|l| LogRecord::now(Some(request_id.clone()), "stdout", l.clone()))
+                        .collect();
+                    records.push(platform_line(&request_id, format!("INIT_REPORT Init Duration: {:.2} ms Phase: init Status: error Error Type: {error_type}", timings.runtime_ms + timings.init_ms)));
+                    self.logs.append(&f.name, &records);
+                    let all: Vec<String> = records.into_iter().map(|r| r.line).collect();
+                    return Ok(InvokeOutcome {
+                        request_id,
+                        payload,
+                        function_error: Some("Unhandled".into()),
+                        start: StartKind::Cold,
+                        timings,
+                        log_tail: input.tail_logs.then(|| tail(&all)),
+                    });
+                }
+                Err(StartError::Platform(msg)) => {
+                    self.metrics.count_instance_start(&f.name, "platform_error");
+                    self.metrics.count_rejected(&f.name, "platform_error");
+                    return Err(InvokeError::Sandbox(anyhow::anyhow!(msg)));
+                }
+            },
+        };
+        self.metrics.add_instances(&f.name, "busy", 1);
+
+        let start_line = format!("START RequestId: {request_id} Version: $LATEST");
+        let timeout = Duration::from_secs(u64::from(f.timeout_s));
+        let inv = Invocation {
+            request_id: request_id.clone(),
+            deadline_ms: now_ms() + timeout.as_millis() as u64,
+            invoked_function_arn: format!("arn:aws:lambda:{REGION}:000000000000:function:{}", f.name),
+            trace_id: Some(format!(
+                "Root=1-{:08x}-{};Sampled=0",
+                now_ms() / 1000,
+                &uuid::Uuid::new_v4().simple().to_string()[..24]
+            )),
+            client_context: input.client_context.clone(),
+            cognito_identity: None,
+        };
+        let (result, out_lines, invoke_ms) = inst.run(inv, &input.payload, timeout, f).await;
+        timings.invoke_ms = invoke_ms;
+        lines.extend(out_lines);
+
+        let (payload, function_error, keep, outcome) = match result {
+            RunResult::Response(p) => (p, None, true, "success"),
+            RunResult::FunctionError { payload, .. } => {
+                (payload, Some("Unhandled".to_string()), true, "function_error")
+            }
+            RunResult::Timeout => {
+                let msg = format!(
+                    "RequestId: {request_id} Error: Task timed out after {:.2} seconds",
+                    timeout.as_secs_f64()
+                );
+                lines.push(format!("{} {msg}", chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")));
+                (error_doc("Sandbox.Timedout", &msg), Some("Unhandled".into()), false, "timeout")
+            }
+            RunResult::Crashed { error_type, payload } => {
+                lines.push(format!("RequestId: {request_id} Error: {error_type}"));
+                (payload, Some("Unhandled".into()), false, "crash")
+            }
+            RunResult::Broken(why) => {
+                tracing::error!(instance = %inst.id, why, "instance broke during an invocation");
+                self.metrics.add_instances(&f.name, "busy", -1);
+                inst.destroy().await;
+                self.metrics.count_rejected(&f.name, "platform_error");
+                return Err(InvokeError::Sandbox(anyhow::anyhow!(why)));
+            }
+        };
+        self.metrics.observe_invocation(&f.name, start, &timings, outcome);
+        self.metrics.add_instances(&f.name, "busy", -1);
+
+        let mut report = format!(
+            "REPORT RequestId: {request_id}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
+            timings.invoke_ms,
+            timings.invoke_ms.ceil() as u64,
+            f.memory_mb
+        );
+        if start == StartKind::Cold {
+            report.push_str(&format!(
+                "\tInit Duration: {:.2} ms\tSandbox Duration: {:.2} ms",
+                timings.runtime_ms + timings.init_ms,
+                timings.sandbox_ms
+            ));
+        }
+        let end_line = format!("END RequestId: {request_id}");
+        let mut all = Vec::with_capacity(lines.len() + 3);
+        all.push(start_line.clone());
+        all.extend(lines.iter().cloned());
+        all.push(end_line.clone());
+        all.push(report.clone());
+        self.logs.append(
+            &f.name,
+            &[
+                platform_line(&request_id, start_line),
+                platform_line(&request_id, end_line),
+                platform_line(&request_id, report),
+            ],
+        );
+
+        if keep && !pool.retired.load(Ordering::SeqCst) && !self.shutting_down.load(Ordering::SeqCst) {
+            lock(&pool.idle).push(inst);
+            self.metrics.add_instances(&f.name, "idle", 1);
+        } else {
+            tokio::spawn(async move { inst.destroy().await });
+        }
+        Ok(InvokeOutcome {
+            request_id,
+            payload,
+            function_error,
+            start,
+            timings,
+            log_tail: input.tail_logs.then(|| tail(&all)),
+        })
+    }
+
+    fn retire_pool(&self, name: &str, pool: Arc<FunctionPool>) {
+        pool.retired.store(true, Ordering::SeqCst);
+        let idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
+        if !idle.is_empty() {
+            self.metrics.add_instances(name, "idle", -(idle.len() as i64));
+            tokio::spawn(destroy_all(idle));
+        }
+    }
+
+    /// Tear down every idle instance of `name` and make sure busy ones are not
+    /// reused (after an update or a delete).
+    pub async fn retire(&self, name: &str) {
+        let pool = lock(&self.functions).remove(name);
+        if let Some(pool) = pool {
+            pool.retired.store(true, Ordering::SeqCst);
+            let idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
+            self.metrics.add_instances(name, "idle", -(idle.len() as i64));
+            destroy_all(idle).await;
+        }
+    }
+
+    /// Destroy instances idle for longer than the keep-alive. Returns how many.
+    pub async fn reap_idle(&self) -> usize {
+        let now = Instant::now();
+        let mut victims = Vec::new();
+        {
+            let map = lock(&self.functions);
+            for (name, pool) in map.iter() {
+                let mut idle = lock(&pool.idle);
+                let (old, keep): (Vec<Instance>, Vec<Instance>) = idle
+                    .drain(..)
+                    .partition(|i| now.duration_since(i.last_used) >= self.keep_alive);
+                *idle = keep;
+                if !old.is_empty() {
+                    self.metrics.add_instances(name, "idle", -(old.len() as i64));
+                    victims.extend(old);
+                }
+            }
+        }
+        let n = victims.len();
+        if n > 0 {
+            tracing::info!(count = n, "reaping idle instances");
+        }
+        destroy_all(victims).await;
+        n
+    }
+
+    /// Number of idle instances of `name` (for tests and the CLI).
+    pub fn idle_count(&self, name: &str) -> usize {
+        lock(&self.functions)
+            .get(name)
+            .map(|p| lock(&p.idle).len())
+            .unwrap_or(0)
+    }
+
+    /// Stop serving: destroy every instance, busy ones included, and remove
+    /// every cgroup this daemon created.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let pools: Vec<(String, Arc<FunctionPool>)> = lock(&self.functions).drain().collect();
+        let mut all = Vec::new();
+        for (_, pool) in pools {
+            pool.retired.store(true, Ordering::SeqCst);
+            all.extend(std::mem::take(&mut *lock(&pool.idle)));
+        }
+        destroy_all(all).await;
+        // Busy instances are killed through their cgroups; their invocations then
+        // fail and destroy what is left of them.
+        let ctx = self.ctx.clone();
+        match tokio::task::spawn_blocking(move || ctx.cgroups.cleanup_stale()).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(count = n, "killed busy instances at shutdown"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %error_chain(&e), "cannot clean cgroups at shutdown"),
+            Err(e) => tracing::warn!(error = %e, "cgroup cleanup task failed"),
+        }
+    }
+}
+
+async fn destroy_all(instances: Vec<Instance>) {
+    let mut set = tokio::task::JoinSet::new();
+    for mut i in instances {
+        set.spawn(async move { i.destroy().await });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+fn platform_line(request_id: &str, line: String) -> LogRecord {
+    LogRecord::now(Some(request_id.to_string()), "platform", line)
+}
+
+/// The last [`TAIL_BYTES`] of the log lines, cut at a character boundary.
+fn tail(lines: &[String]) -> String {
+    let mut s = lines.join("\n");
+    s.push('\n');
+    if s.len() > TAIL_BYTES {
+        let mut cut = s.len() - TAIL_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut += 1;
+        }
+        s = s[cut..].to_string();
+    }
+    s
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_last_4k_on_char_boundary() {
+        let lines: Vec<String> = (0..2000).map(|i| format!("línea {i}")).collect();
+        let t = tail(&lines);
+        assert!(t.len() <= TAIL_BYTES);
+        assert!(t.ends_with("línea 1999\n"));
+        let short = tail(&["a".into(), "b".into()]);
+        assert_eq!(short, "a\nb\n");
     }
 }

@@ -1,0 +1,538 @@
+//! One function instance: a `thaw-init` supervisor in its own sandbox and
+//! cgroup, driven over the control channel.
+//!
+//! Owns: starting an instance (spawn, cgroup, Start frame, waiting for init),
+//! running one invocation on it with a deadline, and tearing it down so that no
+//! process, cgroup or mount is left. Must not: decide when instances are reused
+//! or reaped (that is the pool's job).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use thaw_runtime::control::{
+    read_frame, write_frame, FromSupervisor, Invocation, LogStream, ToSupervisor,
+};
+use thaw_sandbox::{Cgroup, CgroupParent, Limits};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::invoke::PhaseTimings;
+use crate::logs::{LogRecord, LogStore};
+use crate::registry::FunctionRecord;
+use crate::runtimes::{start_spec, HostRuntimes, SpecContext};
+
+/// Init (loading the runtime and the function) may take at least this long,
+/// whatever the function's own timeout (Lambda allows 10 s).
+const MIN_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every instance start needs from the daemon.
+pub struct InstanceContext {
+    pub init_binary: PathBuf,
+    pub runtimes: HostRuntimes,
+    pub bootstrap_dir: PathBuf,
+    pub root_mountpoint: PathBuf,
+    pub tmp_size_bytes: u64,
+    pub pids_max: u64,
+    pub cgroups: CgroupParent,
+    pub logs: Arc<LogStore>,
+}
+
+/// Why an instance could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The function's own init failed (an error document for the caller).
+    #[error("Function init failed: {error_type}")]
+    Init {
+        error_type: String,
+        payload: Bytes,
+        log: Vec<String>,
+        timings: PhaseTimings,
+    },
+    /// The platform failed to build or run the sandbox.
+    #[error("Cannot start instance: {0}")]
+    Platform(String),
+}
+
+/// How one invocation on an instance ended.
+#[derive(Debug)]
+pub enum RunResult {
+    /// The runtime posted a response.
+    Response(Bytes),
+    /// The runtime posted an error document (the instance stays usable).
+    FunctionError { error_type: String, payload: Bytes },
+    /// The deadline passed; the instance must be destroyed.
+    Timeout,
+    /// The runtime exited or was killed; `payload` is Lambda's error document.
+    Crashed { error_type: String, payload: Bytes },
+    /// The supervisor or control channel broke.
+    Broken(String),
+}
+
+enum Event {
+    Frame(FromSupervisor, Vec<u8>),
+    Log(Option<String>, String),
+    Closed(String),
+}
+
+/// A live instance.
+pub struct Instance {
+    pub id: String,
+    pub function: String,
+    pub revision: String,
+    pub last_used: Instant,
+    child: Child,
+    cgroup: Option<Cgroup>,
+    control: OwnedWriteHalf,
+    events: mpsc::UnboundedReceiver<Event>,
+    collecting: Arc<AtomicBool>,
+    reader: JoinHandle<()>,
+}
+
+impl Instance {
+    /// Start a new instance of `f` and wait until its runtime asks for the first
+    /// invocation. On any failure everything started so far is torn down.
+    pub async fn start(
+        f: &FunctionRecord,
+        ctx: &InstanceContext,
+    ) -> Result<(Instance, PhaseTimings), StartError> {
+        let t0 = Instant::now();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let spec = start_spec(
+            f,
+            &id,
+            &SpecContext {
+                runtimes: &ctx.runtimes,
+                bootstrap_dir: &ctx.bootstrap_dir,
+                root_mountpoint: &ctx.root_mountpoint,
+                tmp_size_bytes: ctx.tmp_size_bytes,
+            },
+        )
+        .map_err(|e| StartError::Platform(e.to_string()))?;
+        let limits = Limits {
+            memory_bytes: u64::from(f.memory_mb) * 1024 * 1024,
+            // Lambda gives one vCPU per 1769 MB; we express that as a relative share.
+            cpu_shares: (u64::from(f.memory_mb) * 1024 / 1769).max(2),
+            pids_max: ctx.pids_max,
+        };
+        let cgroup = ctx
+            .cgroups
+            .create(&id, &limits)
+            .map_err(|e| StartError::Platform(error_chain(&e)))?;
+
+        let (ours, theirs) = match StdUnixStream::pair() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = cgroup.destroy();
+                return Err(StartError::Platform(format!("socketpair: {e}")));
+            }
+        };
+        let theirs: OwnedFd = theirs.into();
+        let child = match spawn_init(&ctx.init_binary, &theirs) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = cgroup.destroy();
+                return Err(StartError::Platform(format!(
+                    "cannot spawn {}: {e}",
+                    ctx.init_binary.display()
+                )));
+            }
+        };
+        drop(theirs);
+        let stream = match ours.set_nonblocking(true).and_then(|()| UnixStream::from_std(ours)) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = cgroup.destroy();
+                return Err(StartError::Platform(format!("control socket: {e}")));
+            }
+        };
+        let (read_half, write_half) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let collecting = Arc::new(AtomicBool::new(true));
+        let reader = tokio::spawn(read_events(
+            read_half,
+            tx,
+            ctx.logs.clone(),
+            f.name.clone(),
+            collecting.clone(),
+        ));
+        let mut inst = Instance {
+            id,
+            function: f.name.clone(),
+            revision: f.revision_id.clone(),
+            last_used: Instant::now(),
+            child,
+            cgroup: Some(cgroup),
+            control: write_half,
+            events: rx,
+            collecting,
+            reader,
+        };
+        match inst.finish_start(t0, f, spec).await {
+            Ok(t) => {
+                inst.collecting.store(false, Ordering::Relaxed);
+                Ok((inst, t))
+            }
+            Err(e) => {
+                inst.destroy().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish_start(
+        &mut self,
+        t0: Instant,
+        f: &FunctionRecord,
+        spec: thaw_runtime::control::StartSpec,
+    ) -> Result<PhaseTimings, StartError> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| StartError::Platform("thaw-init exited at once".into()))?;
+        if let Some(cg) = &self.cgroup {
+            cg.add_pid(pid)
+                .map_err(|e| StartError::Platform(error_chain(&e)))?;
+        }
+        write_frame(&mut self.control, &ToSupervisor::Start(Box::new(spec)), &[])
+            .await
+            .map_err(|e| StartError::Platform(format!("cannot send Start: {}", error_chain(&e))))?;
+
+        let init_timeout = MIN_INIT_TIMEOUT.max(Duration::from_secs(u64::from(f.timeout_s)));
+        let deadline = tokio::time::Instant::now() + init_timeout;
+        let mut timings = PhaseTimings::default();
+        let mut init_log = Vec::new();
+        let oom_before = self.oom_kills();
+        loop {
+            let ev = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => {
+                    return Err(StartError::Init {
+                        error_type: "Runtime.InitTimeout".into(),
+                        payload: error_doc(
+                            "Runtime.InitTimeout",
+                            &format!("Init did not complete within {} seconds", init_timeout.as_secs()),
+                        ),
+                        log: init_log,
+                        timings,
+                    })
+                }
+                Ok(None) => return Err(StartError::Platform("control channel lost".into())),
+                Ok(Some(ev)) => ev,
+            };
+            match ev {
+                Event::Log(_, line) => init_log.push(line),
+                Event::Frame(FromSupervisor::SandboxReady { .. }, _) => {
+                    timings.sandbox_ms = ms(t0.elapsed());
+                }
+                Event::Frame(FromSupervisor::InitDone { runtime_ms, init_ms }, _) => {
+                    timings.runtime_ms = runtime_ms;
+                    timings.init_ms = init_ms;
+                    return Ok(timings);
+                }
+                Event::Frame(FromSupervisor::InitError { error_type }, body) => {
+                    let payload = if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+                        Bytes::from(body)
+                    } else {
+                        error_doc(&error_type, &String::from_utf8_lossy(&body))
+                    };
+                    // Give the runtime a moment to print its last words.
+                    self.drain_logs(&mut init_log, Duration::from_millis(50)).await;
+                    return Err(StartError::Init {
+                        error_type,
+                        payload,
+                        log: init_log,
+                        timings,
+                    });
+                }
+                Event::Frame(FromSupervisor::Exited { code, signal }, _) => {
+                    self.drain_logs(&mut init_log, Duration::from_millis(50)).await;
+                    let (error_type, payload) = self.exit_error(None, code, signal, oom_before, f);
+                    return Err(StartError::Init {
+                        error_type,
+                        payload,
+                        log: init_log,
+                        timings,
+                    });
+                }
+                Event::Frame(FromSupervisor::Fatal { message }, _) => {
+                    return Err(StartError::Platform(format!("sandbox setup failed: {message}")))
+                }
+                Event::Frame(other, _) => {
+                    return Err(StartError::Platform(format!(
+                        "unexpected message during init: {other:?}"
+                    )))
+                }
+                Event::Closed(why) => {
+                    if self.oom_kills() > oom_before {
+                        let (error_type, payload) =
+                            self.exit_error(None, None, Some(libc::SIGKILL), oom_before, f);
+                        return Err(StartError::Init {
+                            error_type,
+                            payload,
+                            log: init_log,
+                            timings,
+                        });
+                    }
+                    return Err(StartError::Platform(format!("supervisor died during init: {why}")));
+                }
+            }
+        }
+    }
+
+    /// Run one invocation. Returns how it ended, the invocation's log lines, and
+    /// the invoke duration in milliseconds.
+    pub async fn run(
+        &mut self,
+        inv: Invocation,
+        payload: &[u8],
+        timeout: Duration,
+        f: &FunctionRecord,
+    ) -> (RunResult, Vec<String>, f64) {
+        // Drop anything stale left in the channel while the instance was idle.
+        while let Ok(ev) = self.events.try_recv() {
+            if let Event::Closed(why) = ev {
+                return (RunResult::Broken(format!("instance died while idle: {why}")), Vec::new(), 0.0);
+            }
+        }
+        let request_id = inv.request_id.clone();
+        let oom_before = self.oom_kills();
+        self.collecting.store(true, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let mut lines = Vec::new();
+        if let Err(e) = write_frame(&mut self.control, &ToSupervisor::Invoke(inv), payload).await {
+            self.collecting.store(false, Ordering::Relaxed);
+            return (RunResult::Broken(format!("cannot send invocation: {e}")), lines, 0.0);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let result = loop {
+            let ev = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => break RunResult::Timeout,
+                Ok(None) => break RunResult::Broken("control channel lost".into()),
+                Ok(Some(ev)) => ev,
+            };
+            match ev {
+                Event::Log(rid, line) => {
+                    if rid.as_deref() == Some(request_id.as_str()) {
+                        lines.push(line);
+                    }
+                }
+                Event::Frame(FromSupervisor::Response { request_id: rid }, body) if rid == request_id => {
+                    break RunResult::Response(Bytes::from(body));
+                }
+                Event::Frame(FromSupervisor::Error { request_id: rid, error_type }, body)
+                    if rid == request_id =>
+                {
+                    let payload = if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+                        Bytes::from(body)
+                    } else {
+                        error_doc(&error_type, &String::from_utf8_lossy(&body))
+                    };
+                    break RunResult::FunctionError { error_type, payload };
+                }
+                Event::Frame(FromSupervisor::Exited { code, signal }, _) => {
+                    self.drain_logs(&mut lines, Duration::from_millis(20)).await;
+                    let (error_type, payload) =
+                        self.exit_error(Some(&request_id), code, signal, oom_before, f);
+                    break RunResult::Crashed { error_type, payload };
+                }
+                Event::Closed(why) => {
+                    if self.oom_kills() > oom_before {
+                        let (error_type, payload) =
+                            self.exit_error(Some(&request_id), None, Some(libc::SIGKILL), oom_before, f);
+                        break RunResult::Crashed { error_type, payload };
+                    }
+                    break RunResult::Broken(format!("supervisor died: {why}"));
+                }
+                Event::Frame(FromSupervisor::Fatal { message }, _) => {
+                    break RunResult::Broken(format!("supervisor failed: {message}"));
+                }
+                Event::Frame(other, _) => {
+                    tracing::debug!(instance = %self.id, ?other, "ignoring stale control message");
+                }
+            }
+        };
+        let invoke_ms = ms(t0.elapsed());
+        self.collecting.store(false, Ordering::Relaxed);
+        self.last_used = Instant::now();
+        (result, lines, invoke_ms)
+    }
+
+    /// Whether the supervisor process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0)
+    }
+
+    async fn drain_logs(&mut self, into: &mut Vec<String>, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        while let Ok(Some(ev)) = tokio::time::timeout_at(until, self.events.recv()).await {
+            match ev {
+                Event::Log(_, line) => into.push(line),
+                Event::Closed(_) => break,
+                Event::Frame(..) => {}
+            }
+        }
+    }
+
+    fn exit_error(
+        &self,
+        request_id: Option<&str>,
+        code: Option<i32>,
+        signal: Option<i32>,
+        oom_before: u64,
+        f: &FunctionRecord,
+    ) -> (String, Bytes) {
+        let how = match (code, signal) {
+            (_, Some(s)) if s == libc::SIGKILL => "signal: killed".to_string(),
+            (_, Some(s)) => format!("signal: {s}"),
+            (Some(c), None) => format!("exit status {c}"),
+            (None, None) => "unknown exit".to_string(),
+        };
+        let prefix = request_id
+            .map(|r| format!("RequestId: {r} Error: "))
+            .unwrap_or_default();
+        if self.oom_kills() > oom_before {
+            let msg = format!(
+                "{prefix}Runtime exited with error: {how} (out of memory: the function exceeded its memory size of {} MB)",
+                f.memory_mb
+            );
+            ("Runtime.OutOfMemory".into(), error_doc("Runtime.OutOfMemory", &msg))
+        } else {
+            let msg = format!("{prefix}Runtime exited with error: {how}");
+            ("Runtime.ExitError".into(), error_doc("Runtime.ExitError", &msg))
+        }
+    }
+
+    /// Kill the whole sandbox and remove its cgroup. Idempotent.
+    pub async fn destroy(&mut self) {
+        // Killing thaw-init's outer process kills the sandbox's PID 1 (it has
+        // PDEATHSIG=SIGKILL), which takes the whole pid namespace with it.
+        let _ = self.child.start_kill();
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            tracing::warn!(instance = %self.id, "supervisor did not exit after SIGKILL");
+        }
+        self.reader.abort();
+        if let Some(cg) = self.cgroup.take() {
+            let id = self.id.clone();
+            let res = tokio::task::spawn_blocking(move || cg.destroy()).await;
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(instance = %id, error = %error_chain(&e), "cannot remove cgroup"),
+                Err(e) => tracing::warn!(instance = %id, error = %e, "cgroup removal task failed"),
+            }
+        }
+    }
+}
+
+fn spawn_init(init_binary: &std::path::Path, control: &OwnedFd) -> std::io::Result<Child> {
+    let fd = control.as_raw_fd();
+    let mut cmd = Command::new(init_binary);
+    cmd.env_clear()
+        .env("RUST_LOG", std::env::var("THAW_INIT_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // async-signal-safe functions (dup2, fcntl) on a descriptor that the parent
+    // keeps open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == thaw_runtime::control::CONTROL_FD {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, thaw_runtime::control::CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Read control frames; store log output; forward everything the instance needs.
+async fn read_events(
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    tx: mpsc::UnboundedSender<Event>,
+    logs: Arc<LogStore>,
+    function: String,
+    collecting: Arc<AtomicBool>,
+) {
+    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    loop {
+        match read_frame::<_, FromSupervisor>(&mut rd).await {
+            Ok((FromSupervisor::Log { request_id, stream }, body)) => {
+                let (idx, name) = match stream {
+                    LogStream::Stdout => (0, "stdout"),
+                    LogStream::Stderr => (1, "stderr"),
+                };
+                let buf = &mut partial[idx];
+                buf.extend_from_slice(&body);
+                let mut records = Vec::new();
+                while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    records.push(LogRecord::now(request_id.clone(), name, text));
+                }
+                // Never hold an unbounded partial line.
+                if buf.len() > 64 * 1024 {
+                    let text = String::from_utf8_lossy(buf).into_owned();
+                    buf.clear();
+                    records.push(LogRecord::now(request_id.clone(), name, text));
+                }
+                logs.append(&function, &records);
+                if collecting.load(Ordering::Relaxed) {
+                    for r in records {
+                        let _ = tx.send(Event::Log(r.request_id, r.line));
+                    }
+                }
+            }
+            Ok((msg, body)) => {
+                if tx.send(Event::Frame(msg, body)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Event::Closed(error_chain(&e)));
+                return;
+            }
+        }
+    }
+}
+
+/// Lambda's error document.
+pub fn error_doc(error_type: &str, message: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({ "errorType": error_type, "errorMessage": message }).to_string(),
+    )
+}
+
+/// Milliseconds of a duration as a float.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

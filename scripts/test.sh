@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need, then runs every
+# test of the workspace. Needs root (sandboxes use namespaces, cgroups, mounts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The real AWS SDK for Python, used by the Lambda API compatibility test.
+if ! python3 -c 'import boto3' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check 'boto3>=1.34'
+fi
+
+# The end-to-end tests start `thaw serve`, which runs `thaw-init`: build both.
+cargo build --workspace --bins
+cargo test --workspace "$@"

@@ -1,0 +1,6 @@
+print("about to fail during init")
+raise RuntimeError("init exploded")
+
+
+def handler(event, context):
+    return "unreachable"

@@ -1,0 +1,2 @@
+def some_other_function(event, context):
+    return "not the handler"
