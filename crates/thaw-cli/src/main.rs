@@ -1,1 +1,248 @@
-fn main() {}
+//! `thaw`: the command line of the thaw serverless platform.
+//!
+//! Owns: argument parsing, printing, and exit codes. Must not: contain
+//! platform logic; `serve` hands a plain `DaemonConfig` to `thawd`, every
+//! other command talks to a daemon through `thaw_api::Client`. Errors are
+//! reported here, at the edge, with their whole chain.
+
+#![deny(unsafe_code)]
+
+mod bench;
+mod demo;
+mod functions;
+mod invoke;
+mod local;
+mod logs;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Command line of thaw, a self-hosted serverless platform with an AWS
+/// Lambda-compatible API.
+#[derive(Debug, Parser)]
+#[command(name = "thaw", version, about)]
+struct Cli {
+    /// The daemon's API endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "THAW_ENDPOINT",
+        default_value = "http://127.0.0.1:9070"
+    )]
+    endpoint: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (needs root).
+    Serve(serve::ServeArgs),
+    /// Create a function, or update its code and configuration if it exists.
+    Deploy(functions::DeployArgs),
+    /// Invoke a function and print its response.
+    Invoke(invoke::InvokeArgs),
+    /// List the deployed functions.
+    List,
+    /// Delete a function.
+    Delete {
+        /// The function's name.
+        name: String,
+    },
+    /// Print a function's log.
+    Logs(logs::LogsArgs),
+    /// Deploy sample functions into a temporary daemon, invoke them cold and
+    /// warm, print the timings, and clean up (needs root).
+    Demo {
+        /// Keep the daemon's data in this directory instead of a temporary one.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Warm invocations after the cold one, per function.
+        #[arg(long, default_value_t = 3)]
+        warm_runs: usize,
+    },
+    /// Benchmarks (need root).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The cold-start baseline: per-phase median and p90 of cold starts and
+    /// warm invocations, for hello-world and real-dependency functions.
+    Cold {
+        /// Cold starts per function.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Warm invocations per function.
+        #[arg(long, default_value_t = 40)]
+        warm_runs: usize,
+        /// Where dependency trees (boto3, @aws-sdk/client-s3) are installed once.
+        #[arg(long, default_value = "target/bench-cache")]
+        cache_dir: std::path::PathBuf,
+        /// Only the hello-world functions (no package installs).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve(_)));
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level (info for the daemon,
+/// warnings only for the client commands).
+fn init_tracing(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let endpoint = cli.endpoint.as_str();
+    match cli.command {
+        Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Deploy(args) => functions::deploy(endpoint, args).map(|()| ExitCode::SUCCESS),
+        Command::Invoke(args) => invoke::run(endpoint, args),
+        Command::List => functions::list(endpoint).map(|()| ExitCode::SUCCESS),
+        Command::Delete { name } => functions::delete(endpoint, &name).map(|()| ExitCode::SUCCESS),
+        Command::Logs(args) => logs::run(endpoint, args).map(|()| ExitCode::SUCCESS),
+        Command::Demo {
+            data_dir,
+            warm_runs,
+        } => demo::run(data_dir, warm_runs).map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Cold {
+            runs,
+            warm_runs,
+            cache_dir,
+            quick,
+        }) => bench::cold(bench::ColdOptions {
+            runs,
+            warm_runs,
+            cache_dir,
+            quick,
+        })
+        .map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// A client of the daemon at `endpoint`.
+fn client(endpoint: &str) -> anyhow::Result<thaw_api::Client> {
+    use anyhow::Context;
+    thaw_api::Client::new(endpoint).with_context(|| format!("cannot use endpoint {endpoint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn arguments_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let cli = Cli::try_parse_from([
+            "thaw",
+            "deploy",
+            "hello",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.handler",
+            "--code",
+            "dir",
+            "--memory",
+            "256",
+            "--timeout",
+            "10",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+        ])
+        .unwrap();
+        let Command::Deploy(d) = cli.command else {
+            panic!("not deploy")
+        };
+        assert_eq!(
+            d.env,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!((d.memory, d.timeout), (Some(256), Some(10)));
+        assert!(Cli::try_parse_from([
+            "thaw",
+            "deploy",
+            "f",
+            "--runtime",
+            "r",
+            "--code",
+            "c",
+            "--env",
+            "novalue"
+        ])
+        .is_err());
+
+        let cli = Cli::try_parse_from([
+            "thaw",
+            "--endpoint",
+            "http://h:1",
+            "invoke",
+            "f",
+            "--payload",
+            "{}",
+            "--tail",
+        ])
+        .unwrap();
+        assert_eq!(cli.endpoint, "http://h:1");
+        assert!(Cli::try_parse_from([
+            "thaw",
+            "invoke",
+            "f",
+            "--payload",
+            "{}",
+            "--payload-file",
+            "x"
+        ])
+        .is_err());
+
+        let cli = Cli::try_parse_from([
+            "thaw",
+            "serve",
+            "--data-dir",
+            "/d",
+            "--keep-alive-secs",
+            "5",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9070");
+        assert_eq!(s.keep_alive_secs, Some(5));
+
+        assert!(
+            Cli::try_parse_from(["thaw", "logs", "f", "--request-id", "r", "--limit", "5"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["thaw", "list"]).is_ok());
+        assert!(Cli::try_parse_from(["thaw", "delete", "f"]).is_ok());
+    }
+}

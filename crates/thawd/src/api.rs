@@ -1,12 +1,919 @@
 //! The Lambda-compatible HTTP API (management + Invoke) and thaw's own endpoints.
+//!
+//! Owns: routes, reading and limiting request bodies, mapping every failure
+//! to Lambda's error shape in one place ([`ApiError`]), and turning an
+//! invocation's outcome into Lambda's response headers. Must not: validate
+//! configurations itself (that is `thaw-api`), touch the disk (that is the
+//! [`Registry`]) or manage instances (that is the pool).
+//!
+//! | method | path | operation |
+//! |---|---|---|
+//! | POST | `/2015-03-31/functions` | CreateFunction (201) |
+//! | GET | `/2015-03-31/functions[/]` | ListFunctions (`Marker`, `MaxItems`) |
+//! | GET | `/2015-03-31/functions/{name}` | GetFunction |
+//! | DELETE | `/2015-03-31/functions/{name}` | DeleteFunction (204) |
+//! | GET, PUT | `/2015-03-31/functions/{name}/configuration` | Get/UpdateFunctionConfiguration |
+//! | PUT | `/2015-03-31/functions/{name}/code` | UpdateFunctionCode |
+//! | POST | `/2015-03-31/functions/{name}/invocations` | Invoke |
+//! | GET | `/thaw/v1/functions/{name}/logs` | log records (`request_id`, `limit`) |
+//! | GET | `/thaw/v1/functions/{name}/code` | the uploaded zip |
+//! | GET | `/metrics`, `/healthz` | Prometheus metrics, liveness |
+//!
+//! Requests signed with AWS SigV4 are accepted; signatures are not checked.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::BytesMut;
+use serde::de::DeserializeOwned;
+use thaw_api::invoke::{
+    decode_client_context, parse_log_type, payload_too_large, validate_payload,
+    CLIENT_CONTEXT_HEADER, EXECUTED_VERSION_HEADER, FUNCTION_ERROR_HEADER, INVOCATION_TYPE_HEADER,
+    LOG_RESULT_HEADER, LOG_TYPE_HEADER, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, THAW_START_HEADER,
+};
+use thaw_api::logs::{DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT};
+use thaw_api::{
+    CreateFunctionRequest, ErrorCode, FunctionCodeLocation, FunctionConfiguration, FunctionName,
+    FunctionRef, GetFunctionResponse, InvocationType, LambdaError, ListFunctionsResponse,
+    ServerTiming, UpdateFunctionCodeRequest, UpdateFunctionConfigurationRequest, ERROR_TYPE_HEADER,
+};
+use tracing::Instrument;
 
+use crate::instance::error_chain;
+use crate::invoke::{InvokeError, InvokeInput, InvokeOutcome};
+use crate::logs::LogRecord;
+use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::server::Platform;
 
+/// Largest management request body (a base64 zip of ~50 MiB plus JSON).
+pub const MAX_MANAGEMENT_BODY_BYTES: usize = 70 * 1024 * 1024;
+/// A body over its limit is still read (and discarded) up to this size, so
+/// that the client, which is still sending, gets the 413 instead of a reset
+/// connection. Beyond it the connection is dropped.
+const MAX_DRAIN_BYTES: usize = 128 * 1024 * 1024;
+/// Largest `ListFunctions` page.
+const MAX_LIST_PAGE: usize = 50;
+
+/// What the HTTP API needs from the rest of the daemon. [`Platform`] is the
+/// real one; tests substitute a fake that runs no sandboxes.
+pub trait ApiBackend: Clone + Send + Sync + 'static {
+    /// The function registry.
+    fn registry(&self) -> &Registry;
+    /// Run one invocation.
+    fn invoke(
+        &self,
+        function: &FunctionRecord,
+        input: InvokeInput,
+    ) -> impl Future<Output = Result<InvokeOutcome, InvokeError>> + Send;
+    /// Make sure no instance serves the function's previous revision.
+    fn retire(&self, name: &str) -> impl Future<Output = ()> + Send;
+    /// The last `limit` log records of a function (blocking file I/O).
+    fn read_logs(&self, name: &str, request_id: Option<&str>, limit: usize) -> Vec<LogRecord>;
+    /// Forget a deleted function's logs.
+    fn delete_logs(&self, name: &str);
+    /// Prometheus text exposition.
+    fn render_metrics(&self) -> String;
+}
+
+impl ApiBackend for Arc<Platform> {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn invoke(
+        &self,
+        function: &FunctionRecord,
+        input: InvokeInput,
+    ) -> impl Future<Output = Result<InvokeOutcome, InvokeError>> + Send {
+        self.pools.invoke(function, input)
+    }
+
+    fn retire(&self, name: &str) -> impl Future<Output = ()> + Send {
+        self.pools.retire(name)
+    }
+
+    fn read_logs(&self, name: &str, request_id: Option<&str>, limit: usize) -> Vec<LogRecord> {
+        self.logs.read(name, request_id, limit)
+    }
+
+    fn delete_logs(&self, name: &str) {
+        self.logs.delete(name)
+    }
+
+    fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
+
 /// The daemon's HTTP router.
-pub fn router(_platform: Arc<Platform>) -> Router {
-    todo!("helper: api")
+pub fn router(platform: Arc<Platform>) -> Router {
+    router_with(platform)
+}
+
+/// The HTTP router over any [`ApiBackend`].
+pub fn router_with<B: ApiBackend>(backend: B) -> Router {
+    let functions = "/2015-03-31/functions";
+    Router::new()
+        .route(
+            functions,
+            get(list_functions::<B>).post(create_function::<B>),
+        )
+        .route(&format!("{functions}/"), get(list_functions::<B>))
+        .route(
+            &format!("{functions}/{{name}}"),
+            get(get_function::<B>).delete(delete_function::<B>),
+        )
+        .route(
+            &format!("{functions}/{{name}}/configuration"),
+            get(get_function_configuration::<B>).put(update_function_configuration::<B>),
+        )
+        .route(
+            &format!("{functions}/{{name}}/code"),
+            axum::routing::put(update_function_code::<B>),
+        )
+        .route(
+            &format!("{functions}/{{name}}/invocations"),
+            post(invoke::<B>),
+        )
+        .route("/thaw/v1/functions/{name}/logs", get(function_logs::<B>))
+        .route("/thaw/v1/functions/{name}/code", get(function_code::<B>))
+        .route("/metrics", get(metrics::<B>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(unknown_operation)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_log))
+        .with_state(backend)
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// Every failure the API reports, in Lambda's shape: the status, the code in
+/// `x-amzn-ErrorType` (where the AWS SDKs look for it) and a JSON body
+/// `{"Type": "User"|"Service", "Message": ..., "message": ...}`.
+#[derive(Debug)]
+pub struct ApiError(pub LambdaError);
+
+impl ApiError {
+    /// A `ServiceException`; `what` goes to the caller.
+    fn internal(what: impl Into<String>) -> Self {
+        ApiError(LambdaError::new(ErrorCode::Service, what))
+    }
+}
+
+impl From<LambdaError> for ApiError {
+    fn from(e: LambdaError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let lambda = match &e {
+            RegistryError::NotFound(name) => LambdaError::function_not_found(name),
+            RegistryError::AlreadyExists(_) => {
+                LambdaError::new(ErrorCode::ResourceConflict, e.to_string())
+            }
+            RegistryError::RevisionMismatch { .. } => LambdaError::new(
+                ErrorCode::PreconditionFailed,
+                "The Revision Id provided does not match the latest Revision Id. Call the GetFunction API to retrieve the latest Revision Id",
+            ),
+            RegistryError::Invalid(l) => l.clone(),
+            RegistryError::InvalidZip(_)
+            | RegistryError::CodeTooLarge { .. }
+            | RegistryError::TooManyEntries { .. }
+            | RegistryError::UnsafeEntry { .. } => LambdaError::invalid_parameter(e.to_string()),
+            RegistryError::NoFreeUid | RegistryError::Io { .. } | RegistryError::Corrupt { .. } => {
+                // Handled here: the caller gets a 500, a human must look.
+                tracing::error!(error = %error_chain(&e), "function registry failed");
+                LambdaError::new(ErrorCode::Service, e.to_string())
+            }
+        };
+        if e.is_client_error() {
+            tracing::debug!(error = %error_chain(&e), "request rejected");
+        }
+        ApiError(lambda)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&e.body()).unwrap_or_default();
+        let mut resp = (status, body).into_response();
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(ERROR_TYPE_HEADER.as_bytes()),
+            HeaderValue::from_str(e.code.as_str()),
+        ) {
+            h.insert(n, v);
+        }
+        resp
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Extractors and helpers
+
+/// The `{name}` path parameter, parsed as a name, partial ARN or ARN.
+struct FunctionPath(FunctionRef);
+
+impl<S: Send + Sync> FromRequestParts<S> for FunctionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| LambdaError::validation("", "functionName", &e.body_text()))?;
+        Ok(FunctionPath(FunctionRef::parse(&raw)?))
+    }
+}
+
+/// The query string as a map; a malformed one is a `ValidationException`.
+struct QueryMap(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                LambdaError::new(
+                    ErrorCode::Validation,
+                    format!("Invalid query string: {}", e.body_text()),
+                )
+            })?;
+        Ok(QueryMap(map))
+    }
+}
+
+impl QueryMap {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// Resolve a path parameter to a `$LATEST` function name.
+fn target_name(target: FunctionRef, query: &QueryMap) -> Result<FunctionName, ApiError> {
+    Ok(target.latest(query.get("Qualifier"))?)
+}
+
+/// Read a request body of at most `limit` bytes. A larger body is drained
+/// (up to [`MAX_DRAIN_BYTES`]) and answered with `too_large`.
+async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+    too_large: impl FnOnce() -> LambdaError,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_DRAIN_BYTES) {
+        return Err(too_large().into());
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen: usize = 0;
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => break,
+            Some(Err(e)) => {
+                return Err(LambdaError::new(
+                    ErrorCode::InvalidRequestContent,
+                    format!("Could not read the request body: {e}"),
+                )
+                .into())
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                seen = seen.saturating_add(data.len());
+                if seen <= limit {
+                    buf.extend_from_slice(&data);
+                } else if seen > MAX_DRAIN_BYTES {
+                    break;
+                }
+            }
+        }
+    }
+    if seen > limit {
+        return Err(too_large().into());
+    }
+    Ok(buf.freeze())
+}
+
+async fn read_management_body(
+    headers: &HeaderMap,
+    body: Body,
+    op: &str,
+) -> Result<Bytes, ApiError> {
+    read_body(headers, body, MAX_MANAGEMENT_BODY_BYTES, || {
+        LambdaError::new(
+            ErrorCode::RequestTooLarge,
+            format!("Request must be smaller than {MAX_MANAGEMENT_BODY_BYTES} bytes for the {op} operation"),
+        )
+    })
+    .await
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError(LambdaError::unparsable_body(e)))
+}
+
+/// Run registry work (file I/O, unzipping) off the async threads.
+async fn with_registry<B: ApiBackend, T: Send + 'static>(
+    backend: &B,
+    work: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let b = backend.clone();
+    match tokio::task::spawn_blocking(move || work(b.registry())).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => {
+            tracing::error!(error = %e, "registry task failed");
+            Err(ApiError::internal("The registry task failed"))
+        }
+    }
+}
+
+fn lookup<B: ApiBackend>(backend: &B, name: &FunctionName) -> Result<FunctionRecord, ApiError> {
+    backend
+        .registry()
+        .get(name.as_str())
+        .ok_or_else(|| ApiError(LambdaError::function_not_found(name.as_str())))
+}
+
+/// Lambda's view of a stored function.
+fn configuration(r: &FunctionRecord) -> Result<FunctionConfiguration, ApiError> {
+    let name = r.function_name();
+    let settings = r.settings();
+    match (name, settings) {
+        (Ok(name), Ok(settings)) => Ok(FunctionConfiguration::latest(
+            &name,
+            &settings,
+            r.code_info(),
+        )),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(function = %r.name, error = %e, "stored function record is invalid");
+            Err(ApiError::internal("The stored function record is invalid"))
+        }
+    }
+}
+
+fn span(op: &'static str, name: &FunctionName) -> tracing::Span {
+    tracing::info_span!("api", op, function = %name)
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Management
+
+async fn create_function<B: ApiBackend>(
+    State(b): State<B>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_management_body(&headers, body, "CreateFunction").await?;
+    let req: CreateFunctionRequest = parse_json(&bytes)?;
+    drop(bytes);
+    let new = req.validate()?;
+    let span = span("CreateFunction", &new.name);
+    let record = with_registry(&b, move |r| r.create(new.into()))
+        .instrument(span)
+        .await?;
+    Ok((StatusCode::CREATED, Json(configuration(&record)?)).into_response())
+}
+
+async fn list_functions<B: ApiBackend>(
+    State(b): State<B>,
+    query: QueryMap,
+) -> Result<Json<ListFunctionsResponse>, ApiError> {
+    let max = match query.get("MaxItems") {
+        None => MAX_LIST_PAGE,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=10_000).contains(&n) => usize::try_from(n)
+                .unwrap_or(MAX_LIST_PAGE)
+                .min(MAX_LIST_PAGE),
+            _ => {
+                return Err(LambdaError::validation(
+                    s,
+                    "maxItems",
+                    "Member must have value between 1 and 10000",
+                )
+                .into())
+            }
+        },
+    };
+    let marker = query.get("Marker").unwrap_or_default();
+    let mut after: Vec<FunctionRecord> = b
+        .registry()
+        .list()
+        .into_iter()
+        .filter(|f| f.name.as_str() > marker)
+        .collect();
+    let more = after.len() > max;
+    after.truncate(max);
+    let next_marker = if more {
+        after.last().map(|f| f.name.clone())
+    } else {
+        None
+    };
+    let functions = after
+        .iter()
+        .map(configuration)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(ListFunctionsResponse {
+        functions,
+        next_marker,
+    }))
+}
+
+async fn get_function<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+    headers: HeaderMap,
+) -> Result<Json<GetFunctionResponse>, ApiError> {
+    let name = target_name(target, &query)?;
+    let record = lookup(&b, &name)?;
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ']))
+        .unwrap_or("localhost");
+    Ok(Json(GetFunctionResponse {
+        configuration: configuration(&record)?,
+        code: FunctionCodeLocation {
+            repository_type: "S3".into(),
+            location: format!("http://{host}/thaw/v1/functions/{name}/code"),
+        },
+    }))
+}
+
+async fn get_function_configuration<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+) -> Result<Json<FunctionConfiguration>, ApiError> {
+    let name = target_name(target, &query)?;
+    Ok(Json(configuration(&lookup(&b, &name)?)?))
+}
+
+async fn update_function_code<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<FunctionConfiguration>, ApiError> {
+    let name = target.latest(None)?;
+    let bytes = read_management_body(&headers, body, "UpdateFunctionCode").await?;
+    let mut req: UpdateFunctionCodeRequest = parse_json(&bytes)?;
+    drop(bytes);
+    let zip = req.take_zip()?;
+    let span = span("UpdateFunctionCode", &name);
+    if req.dry_run == Some(true) {
+        let record = lookup(&b, &name)?;
+        with_registry(&b, move |r| r.check_code(&zip))
+            .instrument(span)
+            .await?;
+        return Ok(Json(configuration(&record)?));
+    }
+    let n = name.clone();
+    let revision = req.revision_id.take();
+    let record = with_registry(&b, move |r| {
+        r.update_code(n.as_str(), &zip, revision.as_deref())
+    })
+    .instrument(span.clone())
+    .await?;
+    b.retire(name.as_str()).instrument(span).await;
+    Ok(Json(configuration(&record)?))
+}
+
+async fn update_function_configuration<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<FunctionConfiguration>, ApiError> {
+    let name = target.latest(None)?;
+    let bytes = read_management_body(&headers, body, "UpdateFunctionConfiguration").await?;
+    let req: UpdateFunctionConfigurationRequest = parse_json(&bytes)?;
+    let span = span("UpdateFunctionConfiguration", &name);
+    let n = name.clone();
+    let record = with_registry(&b, move |r| {
+        r.update_configuration(n.as_str(), req.revision_id.as_deref(), |cur| {
+            req.apply_to(cur)
+        })
+    })
+    .instrument(span.clone())
+    .await?;
+    b.retire(name.as_str()).instrument(span).await;
+    Ok(Json(configuration(&record)?))
+}
+
+async fn delete_function<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+) -> Result<StatusCode, ApiError> {
+    let name = target_name(target, &query)?;
+    let span = span("DeleteFunction", &name);
+    let n = name.clone();
+    with_registry(&b, move |r| r.delete(n.as_str()))
+        .instrument(span.clone())
+        .await?;
+    async {
+        b.retire(name.as_str()).await;
+        b.delete_logs(name.as_str());
+    }
+    .instrument(span)
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------
+// Invoke
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            ApiError(LambdaError::new(
+                ErrorCode::InvalidRequestContent,
+                format!("Header {name} is not valid text"),
+            ))
+        }),
+    }
+}
+
+/// The validated headers of an Invoke request.
+struct InvokeHeaders {
+    kind: InvocationType,
+    tail: bool,
+    client_context: Option<String>,
+}
+
+fn invoke_headers(headers: &HeaderMap) -> Result<InvokeHeaders, ApiError> {
+    let kind = match header_str(headers, INVOCATION_TYPE_HEADER)? {
+        Some(s) => InvocationType::parse(s)?,
+        None => InvocationType::RequestResponse,
+    };
+    let tail = match header_str(headers, LOG_TYPE_HEADER)? {
+        Some(s) => parse_log_type(s)?,
+        None => false,
+    };
+    let client_context = header_str(headers, CLIENT_CONTEXT_HEADER)?
+        .map(decode_client_context)
+        .transpose()?;
+    Ok(InvokeHeaders {
+        kind,
+        tail,
+        client_context,
+    })
+}
+
+fn set_header(resp: &mut Response, name: &str, value: &str) {
+    // `from_bytes` lower-cases the name as HTTP/2 requires.
+    match (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        (Ok(n), Ok(v)) => {
+            resp.headers_mut().insert(n, v);
+        }
+        _ => tracing::warn!(header = name, "response header is not valid; dropped"),
+    }
+}
+
+async fn invoke<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = target_name(target, &query)?;
+    let h = invoke_headers(&headers)?;
+    let kind = h.kind;
+    let payload = read_body(&headers, body, kind.max_payload_bytes(), || {
+        payload_too_large(kind)
+    })
+    .await?;
+    let record = lookup(&b, &name)?;
+    validate_payload(&payload, kind)?;
+    // Lambda hands a function `{}` when it was invoked without a payload.
+    let payload = if payload.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        payload
+    };
+    let mut input = InvokeInput {
+        payload,
+        client_context: h.client_context,
+        tail_logs: h.tail && kind == InvocationType::RequestResponse,
+        request_id: None,
+    };
+    let span = span("Invoke", &name);
+
+    match kind {
+        InvocationType::DryRun => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            set_header(&mut resp, REQUEST_ID_HEADER, &new_request_id());
+            Ok(resp)
+        }
+        InvocationType::Event => {
+            let request_id = new_request_id();
+            input.request_id = Some(request_id.clone());
+            let bg = b.clone();
+            let bg_span = tracing::info_span!(parent: &span, "event", api_request_id = %request_id);
+            tokio::spawn(
+                async move {
+                    match bg.invoke(&record, input).await {
+                        Ok(out) => tracing::info!(
+                            request_id = %out.request_id,
+                            function_error = out.function_error.as_deref(),
+                            start = out.start.as_str(),
+                            "event invocation finished"
+                        ),
+                        Err(e) => log_invoke_error(&e, "event invocation dropped"),
+                    }
+                }
+                .instrument(bg_span),
+            );
+            let mut resp = StatusCode::ACCEPTED.into_response();
+            set_header(&mut resp, REQUEST_ID_HEADER, &request_id);
+            Ok(resp)
+        }
+        InvocationType::RequestResponse => {
+            let outcome = b
+                .invoke(&record, input)
+                .instrument(span.clone())
+                .await
+                .map_err(|e| {
+                    let _enter = span.enter();
+                    invoke_error(e)
+                })?;
+            Ok(invoke_response(outcome))
+        }
+    }
+}
+
+fn log_invoke_error(e: &InvokeError, what: &str) {
+    match e {
+        InvokeError::TooManyRequests(_) => tracing::warn!(error = %e, "{what}"),
+        InvokeError::ShuttingDown => tracing::info!(error = %e, "{what}"),
+        // Handled here: the caller gets a 500, a human must look.
+        InvokeError::Sandbox(_) => tracing::error!(error = %error_chain(e), "{what}"),
+    }
+}
+
+fn invoke_error(e: InvokeError) -> ApiError {
+    log_invoke_error(&e, "invocation failed");
+    ApiError(match &e {
+        InvokeError::TooManyRequests(_) => {
+            LambdaError::new(ErrorCode::TooManyRequests, e.to_string())
+                .with_reason("ConcurrentInvocationLimitExceeded")
+        }
+        InvokeError::ShuttingDown => {
+            LambdaError::new(ErrorCode::Service, e.to_string()).with_status(503)
+        }
+        InvokeError::Sandbox(_) => LambdaError::new(ErrorCode::Service, e.to_string()),
+    })
+}
+
+fn invoke_response(out: InvokeOutcome) -> Response {
+    let timing = ServerTiming {
+        sandbox_ms: out.timings.sandbox_ms,
+        runtime_ms: out.timings.runtime_ms,
+        init_ms: out.timings.init_ms,
+        invoke_ms: out.timings.invoke_ms,
+    };
+    let mut resp = (StatusCode::OK, out.payload).into_response();
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    set_header(
+        &mut resp,
+        EXECUTED_VERSION_HEADER,
+        thaw_api::function::LATEST,
+    );
+    set_header(&mut resp, REQUEST_ID_HEADER, &out.request_id);
+    set_header(&mut resp, THAW_START_HEADER, out.start.as_str());
+    set_header(&mut resp, SERVER_TIMING_HEADER, &timing.to_string());
+    if let Some(fe) = &out.function_error {
+        set_header(&mut resp, FUNCTION_ERROR_HEADER, fe);
+    }
+    if let Some(tail) = &out.log_tail {
+        set_header(&mut resp, LOG_RESULT_HEADER, &STANDARD.encode(tail));
+    }
+    resp
+}
+
+// ---------------------------------------------------------------------------
+// thaw's own endpoints
+
+async fn function_logs<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+) -> Result<Json<Vec<thaw_api::LogRecord>>, ApiError> {
+    let name = target.latest(None)?;
+    lookup(&b, &name)?;
+    let limit = match query.get("limit") {
+        None => DEFAULT_LOG_LIMIT,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_LOG_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(LambdaError::validation(
+                    s,
+                    "limit",
+                    &format!("Member must have value between 1 and {MAX_LOG_LIMIT}"),
+                )
+                .into())
+            }
+        },
+    };
+    let request_id = query
+        .get("request_id")
+        .filter(|r| !r.is_empty())
+        .map(str::to_string);
+    let bg = b.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        bg.read_logs(name.as_str(), request_id.as_deref(), limit)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "log reader task failed");
+        ApiError::internal("The log reader task failed")
+    })?;
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| thaw_api::LogRecord {
+                ts_ms: r.ts_ms,
+                request_id: r.request_id,
+                stream: r.stream,
+                line: r.line,
+            })
+            .collect(),
+    ))
+}
+
+async fn function_code<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+) -> Result<Response, ApiError> {
+    let name = target.latest(None)?;
+    let path = b
+        .registry()
+        .code_zip_path(name.as_str())
+        .ok_or_else(|| ApiError(LambdaError::function_not_found(name.as_str())))?;
+    match tokio::fs::read(&path).await {
+        Ok(zip) => Ok(([(CONTENT_TYPE, "application/zip")], zip).into_response()),
+        // Deleted between the lookup and the read.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ApiError(LambdaError::function_not_found(name.as_str())))
+        }
+        Err(e) => {
+            tracing::error!(function = %name, path = %path.display(), error = %e, "cannot read code zip");
+            Err(ApiError::internal("Cannot read the function's code"))
+        }
+    }
+}
+
+async fn metrics<B: ApiBackend>(State(b): State<B>) -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        b.render_metrics(),
+    )
+        .into_response()
+}
+
+async fn unknown_operation(method: Method, uri: Uri) -> ApiError {
+    ApiError(LambdaError::new(
+        ErrorCode::UnknownOperation,
+        format!("Unknown operation: {method} {}", uri.path()),
+    ))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError(
+        LambdaError::new(
+            ErrorCode::UnknownOperation,
+            format!("Method {method} is not allowed on {}", uri.path()),
+        )
+        .with_status(405),
+    )
+}
+
+/// One debug line per request, and a request id on every response.
+async fn request_log(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let t0 = Instant::now();
+    let mut resp = next.run(req).await;
+    if !resp.headers().contains_key("x-amzn-requestid") {
+        set_header(&mut resp, REQUEST_ID_HEADER, &new_request_id());
+    }
+    tracing::debug!(%method, path, status = resp.status().as_u16(), ms = t0.elapsed().as_secs_f64() * 1000.0, "request");
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_shape() {
+        let resp = ApiError(LambdaError::function_not_found("nope")).into_response();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            resp.headers().get(ERROR_TYPE_HEADER).unwrap(),
+            "ResourceNotFoundException"
+        );
+        assert_eq!(
+            resp.headers().get(CONTENT_TYPE).unwrap(),
+            "application/json"
+        );
+    }
+
+    #[test]
+    fn registry_errors_map_to_lambda_codes() {
+        let code = |e: RegistryError| {
+            let ApiError(l) = e.into();
+            (l.code, l.status)
+        };
+        assert_eq!(
+            code(RegistryError::NotFound("f".into())),
+            (ErrorCode::ResourceNotFound, 404)
+        );
+        assert_eq!(
+            code(RegistryError::AlreadyExists("f".into())),
+            (ErrorCode::ResourceConflict, 409)
+        );
+        assert_eq!(
+            code(RegistryError::CodeTooLarge { limit: 1 }),
+            (ErrorCode::InvalidParameterValue, 400)
+        );
+        assert_eq!(
+            code(RegistryError::UnsafeEntry {
+                entry: "../x".into(),
+                reason: "r"
+            }),
+            (ErrorCode::InvalidParameterValue, 400)
+        );
+        assert_eq!(
+            code(RegistryError::RevisionMismatch {
+                expected: "a".into(),
+                actual: "b".into()
+            }),
+            (ErrorCode::PreconditionFailed, 412)
+        );
+        assert_eq!(
+            code(RegistryError::Io {
+                op: "write",
+                path: "/x".into(),
+                source: std::io::Error::other("disk full"),
+            }),
+            (ErrorCode::Service, 500)
+        );
+    }
+
+    #[test]
+    fn invoke_errors_map_to_lambda_codes() {
+        let ApiError(e) = invoke_error(InvokeError::TooManyRequests(8));
+        assert_eq!(
+            (e.code.clone(), e.status),
+            (ErrorCode::TooManyRequests, 429)
+        );
+        assert_eq!(
+            e.reason.as_deref(),
+            Some("ConcurrentInvocationLimitExceeded")
+        );
+        let ApiError(e) = invoke_error(InvokeError::ShuttingDown);
+        assert_eq!((e.code.clone(), e.status), (ErrorCode::Service, 503));
+        let ApiError(e) = invoke_error(InvokeError::Sandbox(anyhow::anyhow!("boom")));
+        assert_eq!((e.code, e.status), (ErrorCode::Service, 500));
+    }
 }

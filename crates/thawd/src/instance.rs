@@ -147,7 +147,10 @@ impl Instance {
             }
         };
         drop(theirs);
-        let stream = match ours.set_nonblocking(true).and_then(|()| UnixStream::from_std(ours)) {
+        let stream = match ours
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(ours))
+        {
             Ok(s) => s,
             Err(e) => {
                 let _ = cgroup.destroy();
@@ -218,7 +221,10 @@ impl Instance {
                         error_type: "Runtime.InitTimeout".into(),
                         payload: error_doc(
                             "Runtime.InitTimeout",
-                            &format!("Init did not complete within {} seconds", init_timeout.as_secs()),
+                            &format!(
+                                "Init did not complete within {} seconds",
+                                init_timeout.as_secs()
+                            ),
                         ),
                         log: init_log,
                         timings,
@@ -232,7 +238,13 @@ impl Instance {
                 Event::Frame(FromSupervisor::SandboxReady { .. }, _) => {
                     timings.sandbox_ms = ms(t0.elapsed());
                 }
-                Event::Frame(FromSupervisor::InitDone { runtime_ms, init_ms }, _) => {
+                Event::Frame(
+                    FromSupervisor::InitDone {
+                        runtime_ms,
+                        init_ms,
+                    },
+                    _,
+                ) => {
                     timings.runtime_ms = runtime_ms;
                     timings.init_ms = init_ms;
                     return Ok(timings);
@@ -244,7 +256,8 @@ impl Instance {
                         error_doc(&error_type, &String::from_utf8_lossy(&body))
                     };
                     // Give the runtime a moment to print its last words.
-                    self.drain_logs(&mut init_log, Duration::from_millis(50)).await;
+                    self.drain_logs(&mut init_log, Duration::from_millis(50))
+                        .await;
                     return Err(StartError::Init {
                         error_type,
                         payload,
@@ -253,7 +266,8 @@ impl Instance {
                     });
                 }
                 Event::Frame(FromSupervisor::Exited { code, signal }, _) => {
-                    self.drain_logs(&mut init_log, Duration::from_millis(50)).await;
+                    self.drain_logs(&mut init_log, Duration::from_millis(50))
+                        .await;
                     let (error_type, payload) = self.exit_error(None, code, signal, oom_before, f);
                     return Err(StartError::Init {
                         error_type,
@@ -263,7 +277,9 @@ impl Instance {
                     });
                 }
                 Event::Frame(FromSupervisor::Fatal { message }, _) => {
-                    return Err(StartError::Platform(format!("sandbox setup failed: {message}")))
+                    return Err(StartError::Platform(format!(
+                        "sandbox setup failed: {message}"
+                    )))
                 }
                 Event::Frame(other, _) => {
                     return Err(StartError::Platform(format!(
@@ -281,7 +297,9 @@ impl Instance {
                             timings,
                         });
                     }
-                    return Err(StartError::Platform(format!("supervisor died during init: {why}")));
+                    return Err(StartError::Platform(format!(
+                        "supervisor died during init: {why}"
+                    )));
                 }
             }
         }
@@ -299,7 +317,11 @@ impl Instance {
         // Drop anything stale left in the channel while the instance was idle.
         while let Ok(ev) = self.events.try_recv() {
             if let Event::Closed(why) = ev {
-                return (RunResult::Broken(format!("instance died while idle: {why}")), Vec::new(), 0.0);
+                return (
+                    RunResult::Broken(format!("instance died while idle: {why}")),
+                    Vec::new(),
+                    0.0,
+                );
             }
         }
         let request_id = inv.request_id.clone();
@@ -309,7 +331,11 @@ impl Instance {
         let mut lines = Vec::new();
         if let Err(e) = write_frame(&mut self.control, &ToSupervisor::Invoke(inv), payload).await {
             self.collecting.store(false, Ordering::Relaxed);
-            return (RunResult::Broken(format!("cannot send invocation: {e}")), lines, 0.0);
+            return (
+                RunResult::Broken(format!("cannot send invocation: {e}")),
+                lines,
+                0.0,
+            );
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let result = loop {
@@ -324,30 +350,50 @@ impl Instance {
                         lines.push(line);
                     }
                 }
-                Event::Frame(FromSupervisor::Response { request_id: rid }, body) if rid == request_id => {
-                    break RunResult::Response(Bytes::from(body));
-                }
-                Event::Frame(FromSupervisor::Error { request_id: rid, error_type }, body)
+                Event::Frame(FromSupervisor::Response { request_id: rid }, body)
                     if rid == request_id =>
                 {
+                    break RunResult::Response(Bytes::from(body));
+                }
+                Event::Frame(
+                    FromSupervisor::Error {
+                        request_id: rid,
+                        error_type,
+                    },
+                    body,
+                ) if rid == request_id => {
                     let payload = if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
                         Bytes::from(body)
                     } else {
                         error_doc(&error_type, &String::from_utf8_lossy(&body))
                     };
-                    break RunResult::FunctionError { error_type, payload };
+                    break RunResult::FunctionError {
+                        error_type,
+                        payload,
+                    };
                 }
                 Event::Frame(FromSupervisor::Exited { code, signal }, _) => {
                     self.drain_logs(&mut lines, Duration::from_millis(20)).await;
                     let (error_type, payload) =
                         self.exit_error(Some(&request_id), code, signal, oom_before, f);
-                    break RunResult::Crashed { error_type, payload };
+                    break RunResult::Crashed {
+                        error_type,
+                        payload,
+                    };
                 }
                 Event::Closed(why) => {
                     if self.oom_kills() > oom_before {
-                        let (error_type, payload) =
-                            self.exit_error(Some(&request_id), None, Some(libc::SIGKILL), oom_before, f);
-                        break RunResult::Crashed { error_type, payload };
+                        let (error_type, payload) = self.exit_error(
+                            Some(&request_id),
+                            None,
+                            Some(libc::SIGKILL),
+                            oom_before,
+                            f,
+                        );
+                        break RunResult::Crashed {
+                            error_type,
+                            payload,
+                        };
                     }
                     break RunResult::Broken(format!("supervisor died: {why}"));
                 }
@@ -407,10 +453,16 @@ impl Instance {
                 "{prefix}Runtime exited with error: {how} (out of memory: the function exceeded its memory size of {} MB)",
                 f.memory_mb
             );
-            ("Runtime.OutOfMemory".into(), error_doc("Runtime.OutOfMemory", &msg))
+            (
+                "Runtime.OutOfMemory".into(),
+                error_doc("Runtime.OutOfMemory", &msg),
+            )
         } else {
             let msg = format!("{prefix}Runtime exited with error: {how}");
-            ("Runtime.ExitError".into(), error_doc("Runtime.ExitError", &msg))
+            (
+                "Runtime.ExitError".into(),
+                error_doc("Runtime.ExitError", &msg),
+            )
         }
     }
 
@@ -419,7 +471,10 @@ impl Instance {
         // Killing thaw-init's outer process kills the sandbox's PID 1 (it has
         // PDEATHSIG=SIGKILL), which takes the whole pid namespace with it.
         let _ = self.child.start_kill();
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(instance = %self.id, "supervisor did not exit after SIGKILL");
         }
         self.reader.abort();
@@ -428,7 +483,9 @@ impl Instance {
             let res = tokio::task::spawn_blocking(move || cg.destroy()).await;
             match res {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(instance = %id, error = %error_chain(&e), "cannot remove cgroup"),
+                Ok(Err(e)) => {
+                    tracing::warn!(instance = %id, error = %error_chain(&e), "cannot remove cgroup")
+                }
                 Err(e) => tracing::warn!(instance = %id, error = %e, "cgroup removal task failed"),
             }
         }
@@ -439,7 +496,10 @@ fn spawn_init(init_binary: &std::path::Path, control: &OwnedFd) -> std::io::Resu
     let fd = control.as_raw_fd();
     let mut cmd = Command::new(init_binary);
     cmd.env_clear()
-        .env("RUST_LOG", std::env::var("THAW_INIT_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("THAW_INIT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -515,9 +575,7 @@ async fn read_events(
 
 /// Lambda's error document.
 pub fn error_doc(error_type: &str, message: &str) -> Bytes {
-    Bytes::from(
-        serde_json::json!({ "errorType": error_type, "errorMessage": message }).to_string(),
-    )
+    Bytes::from(serde_json::json!({ "errorType": error_type, "errorMessage": message }).to_string())
 }
 
 /// Milliseconds of a duration as a float.

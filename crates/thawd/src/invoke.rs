@@ -42,6 +42,9 @@ pub struct InvokeInput {
     pub client_context: Option<String>,
     /// Whether the caller asked for `LogType: Tail`.
     pub tail_logs: bool,
+    /// The request id to use (an `Event` invocation's id is returned to the
+    /// caller before the invocation runs); a new one when `None`.
+    pub request_id: Option<String>,
 }
 
 /// The result of an invocation that reached a function instance.

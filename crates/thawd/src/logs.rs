@@ -81,7 +81,10 @@ impl LogStore {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let path = self.path(function);
         if let Some(f) = open.get(function) {
-            if f.metadata().map(|m| m.len() > ROTATE_BYTES).unwrap_or(false) {
+            if f.metadata()
+                .map(|m| m.len() > ROTATE_BYTES)
+                .unwrap_or(false)
+            {
                 open.remove(function);
                 let _ = std::fs::rename(&path, path.with_extension("jsonl.1"));
             }

@@ -35,7 +35,10 @@ impl Metrics {
             &["function", "start", "phase"],
         )?;
         let invocations = IntCounterVec::new(
-            Opts::new("thaw_invocations_total", "Invocations by how the instance was obtained and their outcome"),
+            Opts::new(
+                "thaw_invocations_total",
+                "Invocations by how the instance was obtained and their outcome",
+            ),
             &["function", "start", "outcome"],
         )?;
         let instance_starts = IntCounterVec::new(
@@ -60,32 +63,52 @@ impl Metrics {
     }
 
     /// Record the phases of one invocation.
-    pub fn observe_invocation(&self, function: &str, start: StartKind, t: &PhaseTimings, outcome: &str) {
+    pub fn observe_invocation(
+        &self,
+        function: &str,
+        start: StartKind,
+        t: &PhaseTimings,
+        outcome: &str,
+    ) {
         let s = start.as_str();
         if start == StartKind::Cold {
-            for (phase, ms) in [("sandbox", t.sandbox_ms), ("runtime", t.runtime_ms), ("init", t.init_ms)] {
-                self.phase.with_label_values(&[function, s, phase]).observe(ms / 1000.0);
+            for (phase, ms) in [
+                ("sandbox", t.sandbox_ms),
+                ("runtime", t.runtime_ms),
+                ("init", t.init_ms),
+            ] {
+                self.phase
+                    .with_label_values(&[function, s, phase])
+                    .observe(ms / 1000.0);
             }
         }
         self.phase
             .with_label_values(&[function, s, "invoke"])
             .observe(t.invoke_ms / 1000.0);
-        self.invocations.with_label_values(&[function, s, outcome]).inc();
+        self.invocations
+            .with_label_values(&[function, s, outcome])
+            .inc();
     }
 
     /// Count an invocation that never reached an instance (throttled, failed start).
     pub fn count_rejected(&self, function: &str, outcome: &str) {
-        self.invocations.with_label_values(&[function, "none", outcome]).inc();
+        self.invocations
+            .with_label_values(&[function, "none", outcome])
+            .inc();
     }
 
     /// Count an instance start.
     pub fn count_instance_start(&self, function: &str, result: &str) {
-        self.instance_starts.with_label_values(&[function, result]).inc();
+        self.instance_starts
+            .with_label_values(&[function, result])
+            .inc();
     }
 
     /// Adjust the live-instance gauge.
     pub fn add_instances(&self, function: &str, state: &str, delta: i64) {
-        self.instances.with_label_values(&[function, state]).add(delta);
+        self.instances
+            .with_label_values(&[function, state])
+            .add(delta);
     }
 
     /// Prometheus text exposition format.
@@ -113,7 +136,13 @@ mod tests {
         };
         m.observe_invocation("f", StartKind::Cold, &t, "success");
         let text = m.render();
-        assert!(text.contains(r#"thaw_start_phase_seconds_count{function="f",phase="init",start="cold"} 1"#), "{text}");
-        assert!(text.contains(r#"thaw_invocations_total{function="f",outcome="success",start="cold"} 1"#));
+        assert!(
+            text.contains(
+                r#"thaw_start_phase_seconds_count{function="f",phase="init",start="cold"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text
+            .contains(r#"thaw_invocations_total{function="f",outcome="success",start="cold"} 1"#));
     }
 }

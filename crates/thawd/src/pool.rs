@@ -96,9 +96,15 @@ impl Pools {
         function: &FunctionRecord,
         input: InvokeInput,
     ) -> Result<InvokeOutcome, InvokeError> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let span = tracing::info_span!("invoke", function = %function.name, request_id = %request_id);
-        self.invoke_inner(function, input, request_id).instrument(span).await
+        let request_id = input
+            .request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let span =
+            tracing::info_span!("invoke", function = %function.name, request_id = %request_id);
+        self.invoke_inner(function, input, request_id)
+            .instrument(span)
+            .await
     }
 
     async fn invoke_inner(
@@ -111,13 +117,14 @@ impl Pools {
             return Err(InvokeError::ShuttingDown);
         }
         let pool = self.pool_for(f);
-        let _permit = match tokio::time::timeout(QUEUE_WAIT, pool.permits.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                self.metrics.count_rejected(&f.name, "throttled");
-                return Err(InvokeError::TooManyRequests(self.max_instances));
-            }
-        };
+        let _permit =
+            match tokio::time::timeout(QUEUE_WAIT, pool.permits.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    self.metrics.count_rejected(&f.name, "throttled");
+                    return Err(InvokeError::TooManyRequests(self.max_instances));
+                }
+            };
 
         // A warm instance if one is idle and alive, else a cold start.
         let mut warm = None;
@@ -151,8 +158,12 @@ impl Pools {
                     timings,
                 }) => {
                     self.metrics.count_instance_start(&f.name, "init_error");
-                    self.metrics
-                        .observe_invocation(&f.name, StartKind::Cold, &timings, "function_error");
+                    self.metrics.observe_invocation(
+                        &f.name,
+                        StartKind::Cold,
+                        &timings,
+                        "function_error",
+                    );
                     tracing::info!(error_type, "function init failed");
                     let mut records: Vec<LogRecord> = log
                         .iter()
@@ -184,7 +195,10 @@ impl Pools {
         let inv = Invocation {
             request_id: request_id.clone(),
             deadline_ms: now_ms() + timeout.as_millis() as u64,
-            invoked_function_arn: format!("arn:aws:lambda:{REGION}:000000000000:function:{}", f.name),
+            invoked_function_arn: format!(
+                "arn:aws:lambda:{REGION}:000000000000:function:{}",
+                f.name
+            ),
             trace_id: Some(format!(
                 "Root=1-{:08x}-{};Sampled=0",
                 now_ms() / 1000,
@@ -199,18 +213,32 @@ impl Pools {
 
         let (payload, function_error, keep, outcome) = match result {
             RunResult::Response(p) => (p, None, true, "success"),
-            RunResult::FunctionError { payload, .. } => {
-                (payload, Some("Unhandled".to_string()), true, "function_error")
-            }
+            RunResult::FunctionError { payload, .. } => (
+                payload,
+                Some("Unhandled".to_string()),
+                true,
+                "function_error",
+            ),
             RunResult::Timeout => {
                 let msg = format!(
                     "RequestId: {request_id} Error: Task timed out after {:.2} seconds",
                     timeout.as_secs_f64()
                 );
-                lines.push(format!("{} {msg}", chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")));
-                (error_doc("Sandbox.Timedout", &msg), Some("Unhandled".into()), false, "timeout")
+                lines.push(format!(
+                    "{} {msg}",
+                    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                ));
+                (
+                    error_doc("Sandbox.Timedout", &msg),
+                    Some("Unhandled".into()),
+                    false,
+                    "timeout",
+                )
             }
-            RunResult::Crashed { error_type, payload } => {
+            RunResult::Crashed {
+                error_type,
+                payload,
+            } => {
                 lines.push(format!("RequestId: {request_id} Error: {error_type}"));
                 (payload, Some("Unhandled".into()), false, "crash")
             }
@@ -222,7 +250,8 @@ impl Pools {
                 return Err(InvokeError::Sandbox(anyhow::anyhow!(why)));
             }
         };
-        self.metrics.observe_invocation(&f.name, start, &timings, outcome);
+        self.metrics
+            .observe_invocation(&f.name, start, &timings, outcome);
         self.metrics.add_instances(&f.name, "busy", -1);
 
         let mut report = format!(
@@ -253,7 +282,10 @@ impl Pools {
             ],
         );
 
-        if keep && !pool.retired.load(Ordering::SeqCst) && !self.shutting_down.load(Ordering::SeqCst) {
+        if keep
+            && !pool.retired.load(Ordering::SeqCst)
+            && !self.shutting_down.load(Ordering::SeqCst)
+        {
             lock(&pool.idle).push(inst);
             self.metrics.add_instances(&f.name, "idle", 1);
         } else {
@@ -273,7 +305,8 @@ impl Pools {
         pool.retired.store(true, Ordering::SeqCst);
         let idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
         if !idle.is_empty() {
-            self.metrics.add_instances(name, "idle", -(idle.len() as i64));
+            self.metrics
+                .add_instances(name, "idle", -(idle.len() as i64));
             tokio::spawn(destroy_all(idle));
         }
     }
@@ -285,7 +318,8 @@ impl Pools {
         if let Some(pool) = pool {
             pool.retired.store(true, Ordering::SeqCst);
             let idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
-            self.metrics.add_instances(name, "idle", -(idle.len() as i64));
+            self.metrics
+                .add_instances(name, "idle", -(idle.len() as i64));
             destroy_all(idle).await;
         }
     }
@@ -303,7 +337,8 @@ impl Pools {
                     .partition(|i| now.duration_since(i.last_used) >= self.keep_alive);
                 *idle = keep;
                 if !old.is_empty() {
-                    self.metrics.add_instances(name, "idle", -(old.len() as i64));
+                    self.metrics
+                        .add_instances(name, "idle", -(old.len() as i64));
                     victims.extend(old);
                 }
             }
@@ -341,7 +376,9 @@ impl Pools {
         match tokio::task::spawn_blocking(move || ctx.cgroups.cleanup_stale()).await {
             Ok(Ok(n)) if n > 0 => tracing::info!(count = n, "killed busy instances at shutdown"),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %error_chain(&e), "cannot clean cgroups at shutdown"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %error_chain(&e), "cannot clean cgroups at shutdown")
+            }
             Err(e) => tracing::warn!(error = %e, "cgroup cleanup task failed"),
         }
     }

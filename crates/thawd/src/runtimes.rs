@@ -43,7 +43,10 @@ impl HostRuntimes {
     pub fn discover() -> Self {
         let python311 = probe(
             &std::env::var("THAW_PYTHON").unwrap_or_else(|_| "python3.11".into()),
-            &["-c", "import sys; print(sys.executable); print(sys.base_prefix)"],
+            &[
+                "-c",
+                "import sys; print(sys.executable); print(sys.base_prefix)",
+            ],
         );
         let node20 = probe(
             &std::env::var("THAW_NODE").unwrap_or_else(|_| "node".into()),
@@ -54,10 +57,14 @@ impl HostRuntimes {
             ],
         );
         if python311.is_none() {
-            tracing::warn!("python3.11 not found on this host: the python3.11 runtime is unavailable");
+            tracing::warn!(
+                "python3.11 not found on this host: the python3.11 runtime is unavailable"
+            );
         }
         if node20.is_none() {
-            tracing::warn!("Node.js 20 not found on this host: the nodejs20.x runtime is unavailable");
+            tracing::warn!(
+                "Node.js 20 not found on this host: the nodejs20.x runtime is unavailable"
+            );
         }
         HostRuntimes { python311, node20 }
     }
@@ -155,7 +162,10 @@ pub fn start_spec(
         }
         "provided" | "provided.al2" | "provided.al2023" => {
             // A custom runtime may use either interpreter; make both visible.
-            for rt in [&ctx.runtimes.python311, &ctx.runtimes.node20].into_iter().flatten() {
+            for rt in [&ctx.runtimes.python311, &ctx.runtimes.node20]
+                .into_iter()
+                .flatten()
+            {
                 add_prefix(&mut binds, &mut path, rt);
             }
             vec!["/var/task/bootstrap".into()]
@@ -189,7 +199,10 @@ pub fn start_spec(
         ("AWS_LAMBDA_FUNCTION_NAME", f.name.clone()),
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mb.to_string()),
-        ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", f.name)),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/aws/lambda/{}", f.name),
+        ),
         (
             "AWS_LAMBDA_LOG_STREAM_NAME",
             format!("{today}/[$LATEST]{short}"),

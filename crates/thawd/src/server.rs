@@ -44,16 +44,22 @@ impl Platform {
             );
         }
         let bootstrap_dir = data_dir.join("runtime");
-        thaw_runtime::install_bootstraps(&bootstrap_dir)
-            .with_context(|| format!("cannot install bootstraps into {}", bootstrap_dir.display()))?;
+        thaw_runtime::install_bootstraps(&bootstrap_dir).with_context(|| {
+            format!("cannot install bootstraps into {}", bootstrap_dir.display())
+        })?;
         let root_mountpoint = data_dir.join("run").join("root");
         std::fs::create_dir_all(&root_mountpoint)?;
 
         let cgroups = CgroupParent::open(&cgroup_parent_name(&data_dir))
             .context("cannot set up the cgroup hierarchy")?;
-        let stale = cgroups.cleanup_stale().context("cannot clean up stale instances")?;
+        let stale = cgroups
+            .cleanup_stale()
+            .context("cannot clean up stale instances")?;
         if stale > 0 {
-            tracing::warn!(count = stale, "removed instances left behind by a previous daemon");
+            tracing::warn!(
+                count = stale,
+                "removed instances left behind by a previous daemon"
+            );
         }
         let logs = Arc::new(LogStore::open(data_dir.join("logs"))?);
         let metrics = Arc::new(Metrics::new()?);

@@ -1,0 +1,426 @@
+//! A typed, blocking client of thaw's API, used by the CLI, benchmarks and
+//! tests.
+//!
+//! Owns: building requests and turning responses, including Lambda error
+//! responses, into typed values. Must not: retry or hide errors; the caller
+//! decides. Built on `reqwest::blocking`, so it must not be called from inside
+//! an async runtime.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use reqwest::blocking::{RequestBuilder, Response};
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ErrorBody, ErrorCode, ERROR_TYPE_HEADER};
+use crate::invoke::{
+    InvocationType, ServerTiming, StartKind, CLIENT_CONTEXT_HEADER, FUNCTION_ERROR_HEADER,
+    INVOCATION_TYPE_HEADER, LOG_RESULT_HEADER, LOG_TYPE_HEADER, REQUEST_ID_HEADER,
+    SERVER_TIMING_HEADER, THAW_START_HEADER,
+};
+use crate::logs::LogRecord;
+use crate::types::{
+    CreateFunctionRequest, FunctionConfiguration, GetFunctionResponse, ListFunctionsResponse,
+    UpdateFunctionCodeRequest, UpdateFunctionConfigurationRequest,
+};
+
+/// How long one request may take: the longest function timeout (900 s) plus
+/// init and queueing.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(960);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is not an http(s) URL.
+    #[error("Invalid endpoint {endpoint}")]
+    Endpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why it is invalid.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The API answered with a Lambda error.
+    #[error("{code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Lambda's error code (from `x-amzn-ErrorType`).
+        code: ErrorCode,
+        /// Lambda's message.
+        message: String,
+    },
+    /// The request did not get a response.
+    #[error("Request to {url} failed")]
+    Transport {
+        /// What was requested.
+        url: String,
+        /// Why it failed.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The response could not be understood.
+    #[error("Unexpected response from {url}")]
+    Decode {
+        /// What was requested.
+        url: String,
+        /// Why it could not be decoded.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ClientError {
+    /// Lambda's error code, if the API answered with one.
+    pub fn code(&self) -> Option<&ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether the API said the function does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(&ErrorCode::ResourceNotFound)
+    }
+}
+
+/// Options of [`Client::invoke`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InvokeOptions {
+    /// `RequestResponse`, `Event` or `DryRun`.
+    pub invocation_type: InvocationType,
+    /// Ask for the last 4 KiB of the log (`X-Amz-Log-Type: Tail`).
+    pub log_tail: bool,
+    /// A JSON document passed to the function as its client context.
+    pub client_context: Option<String>,
+}
+
+/// The response of [`Client::invoke`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InvokeResult {
+    /// 200 (sync), 202 (`Event`) or 204 (`DryRun`).
+    pub status: u16,
+    /// The function's response, or its error document.
+    pub payload: Vec<u8>,
+    /// `Unhandled` when the function failed.
+    pub function_error: Option<String>,
+    /// The decoded log tail, when asked for.
+    pub log_result: Option<String>,
+    /// Whether the instance was started for this call (`X-Thaw-Start`).
+    pub start: Option<StartKind>,
+    /// The phases of the call (`Server-Timing`).
+    pub server_timing: Option<ServerTiming>,
+    /// The request id.
+    pub request_id: Option<String>,
+}
+
+/// A client of one thaw daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::blocking::Client,
+    endpoint: Url,
+}
+
+impl Client {
+    /// A client of the daemon at `endpoint`, e.g. `http://127.0.0.1:9070`.
+    pub fn new(endpoint: &str) -> Result<Client, ClientError> {
+        let invalid = |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Endpoint {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let mut url = Url::parse(endpoint).map_err(|e| invalid(Box::new(e)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.path_segments_mut().is_err() {
+            return Err(invalid("expected an http:// URL".into()));
+        }
+        let http = reqwest::blocking::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| invalid(Box::new(e)))?;
+        Ok(Client {
+            http,
+            endpoint: url,
+        })
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &Url {
+        &self.endpoint
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.endpoint.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    fn function_url(&self, name: &str, tail: &[&str]) -> Url {
+        let mut segments = vec!["2015-03-31", "functions", name];
+        segments.extend_from_slice(tail);
+        self.url(&segments)
+    }
+
+    /// `CreateFunction`.
+    pub fn create_function(
+        &self,
+        req: &CreateFunctionRequest,
+    ) -> Result<FunctionConfiguration, ClientError> {
+        let url = self.url(&["2015-03-31", "functions"]);
+        let resp = self.send(self.http.post(url.clone()).json(req), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `GetFunction`.
+    pub fn get_function(&self, name: &str) -> Result<GetFunctionResponse, ClientError> {
+        let url = self.function_url(name, &[]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `GetFunctionConfiguration`.
+    pub fn get_function_configuration(
+        &self,
+        name: &str,
+    ) -> Result<FunctionConfiguration, ClientError> {
+        let url = self.function_url(name, &["configuration"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `ListFunctions`: one page.
+    pub fn list_functions(
+        &self,
+        marker: Option<&str>,
+        max_items: Option<u32>,
+    ) -> Result<ListFunctionsResponse, ClientError> {
+        let mut url = self.url(&["2015-03-31", "functions", ""]);
+        let max_items = max_items.map(|n| n.to_string());
+        with_query(
+            &mut url,
+            &[("Marker", marker), ("MaxItems", max_items.as_deref())],
+        );
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `ListFunctions`, following `NextMarker` to the end.
+    pub fn list_all_functions(&self) -> Result<Vec<FunctionConfiguration>, ClientError> {
+        let mut all = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self.list_functions(marker.as_deref(), None)?;
+            all.extend(page.functions);
+            match page.next_marker {
+                Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// `UpdateFunctionCode`.
+    pub fn update_function_code(
+        &self,
+        name: &str,
+        req: &UpdateFunctionCodeRequest,
+    ) -> Result<FunctionConfiguration, ClientError> {
+        let url = self.function_url(name, &["code"]);
+        let resp = self.send(self.http.put(url.clone()).json(req), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `UpdateFunctionConfiguration`.
+    pub fn update_function_configuration(
+        &self,
+        name: &str,
+        req: &UpdateFunctionConfigurationRequest,
+    ) -> Result<FunctionConfiguration, ClientError> {
+        let url = self.function_url(name, &["configuration"]);
+        let resp = self.send(self.http.put(url.clone()).json(req), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `DeleteFunction`.
+    pub fn delete_function(&self, name: &str) -> Result<(), ClientError> {
+        let url = self.function_url(name, &[]);
+        self.send(self.http.delete(url.clone()), &url)?;
+        Ok(())
+    }
+
+    /// `Invoke`. A function error is not a [`ClientError`]: it comes back as
+    /// [`InvokeResult::function_error`].
+    pub fn invoke(
+        &self,
+        name: &str,
+        payload: &[u8],
+        opts: &InvokeOptions,
+    ) -> Result<InvokeResult, ClientError> {
+        let url = self.function_url(name, &["invocations"]);
+        let mut req = self
+            .http
+            .post(url.clone())
+            .header(INVOCATION_TYPE_HEADER, opts.invocation_type.as_str())
+            .header(LOG_TYPE_HEADER, if opts.log_tail { "Tail" } else { "None" })
+            .body(payload.to_vec());
+        if let Some(ctx) = &opts.client_context {
+            req = req.header(CLIENT_CONTEXT_HEADER, STANDARD.encode(ctx));
+        }
+        let resp = self.send(req, &url)?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let log_result = match header(LOG_RESULT_HEADER) {
+            None => None,
+            Some(b64) => {
+                let bytes = STANDARD.decode(b64).map_err(|e| ClientError::Decode {
+                    url: url.to_string(),
+                    source: Box::new(e),
+                })?;
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        let mut result = InvokeResult {
+            status: resp.status().as_u16(),
+            payload: Vec::new(),
+            function_error: header(FUNCTION_ERROR_HEADER),
+            log_result,
+            start: header(THAW_START_HEADER).and_then(|s| StartKind::parse(&s)),
+            server_timing: header(SERVER_TIMING_HEADER).and_then(|s| ServerTiming::parse(&s)),
+            request_id: header(REQUEST_ID_HEADER),
+        };
+        result.payload = resp
+            .bytes()
+            .map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })?
+            .to_vec();
+        Ok(result)
+    }
+
+    /// thaw's log endpoint: the last `limit` log lines of `name`, optionally
+    /// only those of one request.
+    pub fn logs(
+        &self,
+        name: &str,
+        request_id: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<LogRecord>, ClientError> {
+        let mut url = self.url(&["thaw", "v1", "functions", name, "logs"]);
+        let limit = limit.map(|n| n.to_string());
+        with_query(
+            &mut url,
+            &[("request_id", request_id), ("limit", limit.as_deref())],
+        );
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// The function's code zip, as uploaded.
+    pub fn function_code(&self, name: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(&["thaw", "v1", "functions", name, "code"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        resp.bytes()
+            .map(|b| b.to_vec())
+            .map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })
+    }
+
+    /// Send a request; a non-2xx answer becomes [`ClientError::Api`].
+    fn send(&self, req: RequestBuilder, url: &Url) -> Result<Response, ClientError> {
+        let resp = req.send().map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let code = resp
+            .headers()
+            .get(ERROR_TYPE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(ErrorCode::parse)
+            .unwrap_or_else(|| ErrorCode::Other(format!("HTTP {status}")));
+        let body = resp.bytes().unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .ok()
+            .and_then(|b| b.text().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(512).collect());
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+        })
+    }
+}
+
+/// Append the parameters that are set; leave the URL without `?` if none is.
+fn with_query(url: &mut Url, params: &[(&str, Option<&str>)]) {
+    let set: Vec<(&str, &str)> = params
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| (*k, v)))
+        .collect();
+    if !set.is_empty() {
+        url.query_pairs_mut().extend_pairs(set);
+    }
+}
+
+fn decode<T: DeserializeOwned>(resp: Response, url: &Url) -> Result<T, ClientError> {
+    let body = resp.bytes().map_err(|source| ClientError::Transport {
+        url: url.to_string(),
+        source,
+    })?;
+    serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+        url: url.to_string(),
+        source: Box::new(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_encode_names_and_keep_prefixes() {
+        let c = Client::new("http://127.0.0.1:9070").unwrap();
+        assert_eq!(
+            c.function_url("f", &["invocations"]).as_str(),
+            "http://127.0.0.1:9070/2015-03-31/functions/f/invocations"
+        );
+        let arn = "arn:aws:lambda:us-east-1:000000000000:function:f";
+        assert!(c
+            .function_url(arn, &[])
+            .as_str()
+            .ends_with("/functions/arn:aws:lambda:us-east-1:000000000000:function:f"));
+        assert_eq!(
+            c.function_url("a/b", &[]).as_str(),
+            "http://127.0.0.1:9070/2015-03-31/functions/a%2Fb"
+        );
+        let p = Client::new("http://host/prefix/").unwrap();
+        assert_eq!(
+            p.url(&["2015-03-31", "functions", ""]).as_str(),
+            "http://host/prefix/2015-03-31/functions/"
+        );
+        let mut u = c.url(&["x"]);
+        with_query(&mut u, &[("a", None)]);
+        assert_eq!(u.as_str(), "http://127.0.0.1:9070/x");
+        with_query(
+            &mut u,
+            &[("a", None), ("Marker", Some("m n")), ("b", Some("1"))],
+        );
+        assert_eq!(u.as_str(), "http://127.0.0.1:9070/x?Marker=m+n&b=1");
+        assert!(Client::new("not a url").is_err());
+        assert!(Client::new("mailto:x@y").is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! `thaw deploy`, `thaw list` and `thaw delete`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use thaw_api::{
+    CreateFunctionRequest, Environment, FunctionCode, FunctionConfiguration,
+    UpdateFunctionCodeRequest, UpdateFunctionConfigurationRequest,
+};
+
+use crate::client;
+
+/// Role recorded for functions deployed from the command line (thaw has no IAM).
+const DEFAULT_ROLE: &str = "arn:aws:iam::000000000000:role/thaw";
+
+/// Arguments of `thaw deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The function's name.
+    pub name: String,
+    /// `python3.11`, `nodejs20.x`, `provided`, `provided.al2` or `provided.al2023`.
+    #[arg(long)]
+    pub runtime: String,
+    /// Handler, e.g. `app.handler` (not needed by `provided` runtimes).
+    #[arg(long)]
+    pub handler: Option<String>,
+    /// A directory to zip, or a ready zip file.
+    #[arg(long)]
+    pub code: PathBuf,
+    /// Memory size, MB [default on create: 128].
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Timeout, seconds [default on create: 3].
+    #[arg(long)]
+    pub timeout: Option<u32>,
+    /// An environment variable; repeat for more. Replaces all variables.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Free text.
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// The code to upload: a directory is zipped (keeping execute bits), a file
+/// is taken as a zip.
+fn code_zip(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.is_dir() {
+        thaw_api::package::zip_directory(path)
+            .with_context(|| format!("cannot zip {}", path.display()))
+    } else {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if !bytes.starts_with(b"PK") {
+            bail!("{} is neither a directory nor a zip file", path.display());
+        }
+        Ok(bytes)
+    }
+}
+
+/// Create the function, or update its code and configuration.
+pub fn deploy(endpoint: &str, args: DeployArgs) -> anyhow::Result<()> {
+    let c = client(endpoint)?;
+    let zip = code_zip(&args.code)?;
+    let environment = (!args.env.is_empty()).then(|| Environment {
+        variables: Some(args.env.iter().cloned().collect()),
+    });
+    let exists = match c.get_function_configuration(&args.name) {
+        Ok(_) => true,
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return Err(e).with_context(|| format!("cannot look up {}", args.name)),
+    };
+    let cfg = if exists {
+        c.update_function_code(
+            &args.name,
+            &UpdateFunctionCodeRequest {
+                zip_file: Some(zip),
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("cannot update the code of {}", args.name))?;
+        let cfg = c
+            .update_function_configuration(
+                &args.name,
+                &UpdateFunctionConfigurationRequest {
+                    runtime: Some(args.runtime.clone()),
+                    handler: args.handler.clone(),
+                    memory_size: args.memory.map(i64::from),
+                    timeout: args.timeout.map(i64::from),
+                    environment,
+                    description: args.description.clone(),
+                    ..Default::default()
+                },
+            )
+            .with_context(|| format!("cannot update the configuration of {}", args.name))?;
+        println!("updated {}", describe(&cfg));
+        cfg
+    } else {
+        let cfg = c
+            .create_function(&CreateFunctionRequest {
+                function_name: args.name.clone(),
+                runtime: Some(args.runtime.clone()),
+                handler: args.handler.clone(),
+                role: Some(DEFAULT_ROLE.into()),
+                code: FunctionCode {
+                    zip_file: Some(zip),
+                    ..Default::default()
+                },
+                memory_size: args.memory.map(i64::from),
+                timeout: args.timeout.map(i64::from),
+                environment,
+                description: args.description.clone(),
+                ..Default::default()
+            })
+            .with_context(|| format!("cannot create {}", args.name))?;
+        println!("created {}", describe(&cfg));
+        cfg
+    };
+    println!("  code sha256 {}", cfg.code_sha256);
+    Ok(())
+}
+
+fn describe(c: &FunctionConfiguration) -> String {
+    format!(
+        "{}: {}, {} MB, {} s timeout, code {}",
+        c.function_name,
+        c.runtime,
+        c.memory_size,
+        c.timeout,
+        human_bytes(c.code_size)
+    )
+}
+
+/// `1.2 KiB`, `3.4 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Print the functions as a table.
+pub fn list(endpoint: &str) -> anyhow::Result<()> {
+    let functions = client(endpoint)?
+        .list_all_functions()
+        .context("cannot list functions")?;
+    if functions.is_empty() {
+        eprintln!("no functions");
+        return Ok(());
+    }
+    let rows: Vec<[String; 6]> = functions
+        .iter()
+        .map(|f| {
+            [
+                f.function_name.clone(),
+                f.runtime.clone(),
+                format!("{} MB", f.memory_size),
+                format!("{} s", f.timeout),
+                human_bytes(f.code_size),
+                f.last_modified.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "RUNTIME",
+                "MEMORY",
+                "TIMEOUT",
+                "CODE",
+                "LAST MODIFIED"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// Delete a function.
+pub fn delete(endpoint: &str, name: &str) -> anyhow::Result<()> {
+    client(endpoint)?
+        .delete_function(name)
+        .with_context(|| format!("cannot delete {name}"))?;
+    println!("deleted {name}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+        let t = table(
+            &["NAME", "RUNTIME"],
+            &[
+                ["hello".into(), "python3.11".into()],
+                ["a".into(), "nodejs20.x".into()],
+            ],
+        );
+        assert_eq!(t, "NAME   RUNTIME\nhello  python3.11\na      nodejs20.x\n");
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_env("=x").is_err() && parse_env("x").is_err());
+    }
+}

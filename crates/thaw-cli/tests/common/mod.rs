@@ -1,0 +1,254 @@
+//! Shared harness of the end-to-end tests: a real `thaw serve` process on a
+//! loopback port with its own data directory.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use thaw_api::{Client, CreateFunctionRequest, FunctionCode, InvokeOptions, InvokeResult};
+
+/// Directory of the test functions.
+pub fn functions_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/functions")
+}
+
+/// Whether this test can run here; prints a loud SKIP line when not.
+pub fn can_run(test: &str) -> bool {
+    if !nix_is_root() {
+        eprintln!("SKIP {test}: needs root (namespaces, cgroups, mounts)");
+        return false;
+    }
+    true
+}
+
+fn nix_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The cgroup parent name of the daemon using `data_dir` (mirrors thawd).
+pub fn cgroup_parent_of(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let canon = std::fs::canonicalize(data_dir).unwrap();
+    let h = sha2::Sha256::digest(canon.as_os_str().as_encoded_bytes());
+    let hex: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("thaw/{hex}")
+}
+
+/// Instance cgroups (children of the daemon's parent) that still exist, in any controller.
+pub fn instance_cgroups(data_dir: &Path) -> Vec<PathBuf> {
+    let parent = cgroup_parent_of(data_dir);
+    let mut out = Vec::new();
+    let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    for root in roots
+        .iter()
+        .chain(std::iter::once(&PathBuf::from("/sys/fs/cgroup")))
+    {
+        if let Ok(rd) = std::fs::read_dir(root.join(&parent)) {
+            out.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+        }
+    }
+    out
+}
+
+/// A running `thaw serve`.
+pub struct Daemon {
+    child: Option<Child>,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Start a daemon with a fresh data directory.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("thaw-e2e-")
+            .tempdir()
+            .unwrap();
+        let mut d = Daemon::start_in(tmp.path(), extra);
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// Start a daemon on an existing data directory.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Daemon {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .args(["serve", "--listen", &listen, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn thaw serve");
+        let endpoint = format!("http://{listen}");
+        let mut d = Daemon {
+            child: Some(child),
+            endpoint,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        };
+        d.wait_healthy();
+        d
+    }
+
+    fn wait_healthy(&mut self) {
+        let http = reqwest::blocking::Client::new();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("thaw serve exited during start-up: {st}");
+            }
+            if let Ok(r) = http.get(format!("{}/healthz", self.endpoint)).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "daemon not healthy after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoint).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.success();
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Deploy `dir` (a directory under tests/functions) as `name`.
+pub fn deploy(
+    c: &Client,
+    name: &str,
+    dir: &str,
+    runtime: &str,
+    handler: &str,
+    memory: i64,
+    timeout: i64,
+) {
+    let zip = thaw_api::package::zip_directory(&functions_dir().join(dir)).unwrap();
+    deploy_zip(c, name, zip, runtime, handler, memory, timeout);
+}
+
+pub fn deploy_zip(
+    c: &Client,
+    name: &str,
+    zip: Vec<u8>,
+    runtime: &str,
+    handler: &str,
+    memory: i64,
+    timeout: i64,
+) {
+    c.create_function(&CreateFunctionRequest {
+        function_name: name.into(),
+        runtime: Some(runtime.into()),
+        handler: Some(handler.into()),
+        role: Some("arn:aws:iam::000000000000:role/test".into()),
+        code: FunctionCode {
+            zip_file: Some(zip),
+            ..Default::default()
+        },
+        memory_size: Some(memory),
+        timeout: Some(timeout),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("deploy {name}: {e}"));
+}
+
+/// Invoke and decode the JSON response.
+pub fn invoke(
+    c: &Client,
+    name: &str,
+    payload: serde_json::Value,
+) -> (InvokeResult, serde_json::Value) {
+    let r = c
+        .invoke(
+            name,
+            payload.to_string().as_bytes(),
+            &InvokeOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("invoke {name}: {e}"));
+    let v = serde_json::from_slice(&r.payload).unwrap_or(serde_json::Value::Null);
+    (r, v)
+}
+
+/// Host pids of processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Every cgroup directory under any controller whose path mentions `needle`.
+pub fn cgroups_mentioning(needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    fn walk(dir: &Path, needle: &str, out: &mut Vec<PathBuf>, depth: usize) {
+        if depth > 6 {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if p.to_string_lossy().contains(needle) {
+                    out.push(p.clone());
+                }
+                walk(&p, needle, out, depth + 1);
+            }
+        }
+    }
+    walk(Path::new("/sys/fs/cgroup"), needle, &mut out, 0);
+    out
+}

@@ -1,0 +1,952 @@
+//! The HTTP API driven through `router_with` and `tower::ServiceExt::oneshot`
+//! (no socket), over a real `Registry` in a temporary directory and a fake
+//! backend in place of the instance pools: management calls, Lambda's error
+//! shape, and how Invoke maps requests and outcomes to Lambda's headers.
+
+use std::io::{Cursor, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use axum::Router;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use thawd::api::{router_with, ApiBackend};
+use thawd::invoke::{InvokeError, InvokeInput, InvokeOutcome, PhaseTimings, StartKind};
+use thawd::logs::LogRecord;
+use thawd::registry::{FunctionRecord, Registry};
+use tower::ServiceExt;
+use zip::write::SimpleFileOptions;
+
+type InvokeFn =
+    dyn Fn(&FunctionRecord, &InvokeInput) -> Result<InvokeOutcome, InvokeError> + Send + Sync;
+
+/// A backend whose "pool" is a closure and which records what the API asked of it.
+#[derive(Clone)]
+struct Fake {
+    registry: Arc<Registry>,
+    invoke: Arc<InvokeFn>,
+    invoked: Arc<Mutex<Vec<(String, InvokeInput)>>>,
+    retired: Arc<Mutex<Vec<String>>>,
+    logs_deleted: Arc<Mutex<Vec<String>>>,
+}
+
+impl ApiBackend for Fake {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    async fn invoke(
+        &self,
+        function: &FunctionRecord,
+        input: InvokeInput,
+    ) -> Result<InvokeOutcome, InvokeError> {
+        let out = (self.invoke)(function, &input);
+        self.invoked
+            .lock()
+            .unwrap()
+            .push((function.name.clone(), input));
+        out
+    }
+
+    async fn retire(&self, name: &str) {
+        self.retired.lock().unwrap().push(name.to_string());
+    }
+
+    fn read_logs(&self, name: &str, request_id: Option<&str>, limit: usize) -> Vec<LogRecord> {
+        (0..3)
+            .map(|i| LogRecord {
+                ts_ms: 1_700_000_000_000 + i,
+                request_id: Some(request_id.unwrap_or("r1").to_string()),
+                stream: "stdout".into(),
+                line: format!("{name} line {i}"),
+            })
+            .take(limit)
+            .collect()
+    }
+
+    fn delete_logs(&self, name: &str) {
+        self.logs_deleted.lock().unwrap().push(name.to_string());
+    }
+
+    fn render_metrics(&self) -> String {
+        "# TYPE thaw_up gauge\nthaw_up 1\n".into()
+    }
+}
+
+fn echo(_: &FunctionRecord, input: &InvokeInput) -> Result<InvokeOutcome, InvokeError> {
+    Ok(InvokeOutcome {
+        request_id: "11111111-2222-3333-4444-555555555555".into(),
+        payload: input.payload.clone(),
+        function_error: None,
+        start: StartKind::Cold,
+        timings: PhaseTimings {
+            sandbox_ms: 1.5,
+            runtime_ms: 20.0,
+            init_ms: 3.25,
+            invoke_ms: 0.5,
+        },
+        log_tail: input.tail_logs.then(|| "START\nhello\nEND\n".to_string()),
+    })
+}
+
+struct Api {
+    app: Router,
+    fake: Fake,
+    _dir: tempfile::TempDir,
+}
+
+fn api_with(invoke: Arc<InvokeFn>) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake {
+        registry: Arc::new(Registry::open(dir.path()).unwrap()),
+        invoke,
+        invoked: Arc::default(),
+        retired: Arc::default(),
+        logs_deleted: Arc::default(),
+    };
+    Api {
+        app: router_with(fake.clone()),
+        fake,
+        _dir: dir,
+    }
+}
+
+fn api() -> Api {
+    api_with(Arc::new(echo))
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Assert a Lambda error: status, `x-amzn-ErrorType` and body shape.
+    fn assert_error(&self, status: u16, code: &str) -> String {
+        assert_eq!(
+            (self.status.as_u16(), self.header("x-amzn-ErrorType")),
+            (status, Some(code)),
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        let kind = if status >= 500 { "Service" } else { "User" };
+        assert_eq!(v["Type"], kind, "{v}");
+        assert_eq!(v["Message"], v["message"], "{v}");
+        v["message"].as_str().unwrap().to_string()
+    }
+}
+
+impl Api {
+    async fn send(&self, req: Request<Body>) -> Reply {
+        let resp: Response<Body> = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "thaw.test:9070")
+            // A SigV4 header as the AWS SDKs send it: accepted, not checked.
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=AKID/20240101/us-east-1/lambda/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc",
+            )
+            .header("x-amz-date", "20240101T000000Z");
+        let body = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(req.body(body).unwrap()).await
+    }
+
+    async fn raw(&self, method: &str, uri: &str, body: &'static [u8]) -> Reply {
+        self.send(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn invoke(&self, name: &str, payload: Vec<u8>, headers: &[(&str, &str)]) -> Reply {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(format!("/2015-03-31/functions/{name}/invocations"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(Body::from(payload)).unwrap()).await
+    }
+
+    async fn create(&self, name: &str, extra: Value) -> Reply {
+        let mut req = json!({
+            "FunctionName": name,
+            "Runtime": "python3.11",
+            "Role": "arn:aws:iam::000000000000:role/thaw",
+            "Handler": "app.handler",
+            "Code": {"ZipFile": STANDARD.encode(app_zip("def handler(e, c):\n    return e\n"))},
+        });
+        if let (Some(base), Value::Object(extra)) = (req.as_object_mut(), extra) {
+            base.extend(extra);
+        }
+        self.call("POST", "/2015-03-31/functions", Some(req)).await
+    }
+}
+
+fn zip_of(entries: &[(&str, &str)]) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, body) in entries {
+        z.start_file(*name, SimpleFileOptions::default()).unwrap();
+        z.write_all(body.as_bytes()).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+fn app_zip(body: &str) -> Vec<u8> {
+    zip_of(&[("app.py", body)])
+}
+
+#[tokio::test]
+async fn create_get_list_delete() {
+    let api = api();
+    let r = api
+        .create(
+            "hello",
+            json!({"MemorySize": 256, "Timeout": 5, "Environment": {"Variables": {"GREETING": "hi"}},
+                   "Tags": {"t": "1"}, "SomeFutureField": true}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let c = r.json();
+    assert_eq!(c["FunctionName"], "hello");
+    assert_eq!(
+        c["FunctionArn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:hello"
+    );
+    assert_eq!(c["Runtime"], "python3.11");
+    assert_eq!(c["Handler"], "app.handler");
+    assert_eq!(
+        (c["MemorySize"].as_u64(), c["Timeout"].as_u64()),
+        (Some(256), Some(5))
+    );
+    assert_eq!(c["Environment"]["Variables"]["GREETING"], "hi");
+    assert_eq!(c["Version"], "$LATEST");
+    assert_eq!(c["State"], "Active");
+    assert_eq!(c["LastUpdateStatus"], "Successful");
+    assert_eq!(c["PackageType"], "Zip");
+    assert_eq!(c["Architectures"], json!(["x86_64"]));
+    assert_eq!(c["EphemeralStorage"], json!({"Size": 512}));
+    let zip = app_zip("def handler(e, c):\n    return e\n");
+    assert_eq!(c["CodeSize"].as_u64(), Some(zip.len() as u64));
+    assert_eq!(c["CodeSha256"].as_str().unwrap().len(), 44);
+    assert!(c["LastModified"].as_str().unwrap().ends_with("+0000"));
+    assert!(!c["RevisionId"].as_str().unwrap().is_empty());
+
+    let r = api
+        .create(
+            "second",
+            json!({"Runtime": "nodejs20.x", "Handler": "index.handler"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        (
+            r.json()["MemorySize"].as_u64(),
+            r.json()["Timeout"].as_u64()
+        ),
+        (Some(128), Some(3))
+    );
+    assert!(r.json().get("Environment").is_none());
+
+    let g = api.call("GET", "/2015-03-31/functions/hello", None).await;
+    assert_eq!(g.status, StatusCode::OK);
+    let g = g.json();
+    assert_eq!(g["Configuration"], c);
+    assert_eq!(g["Code"]["RepositoryType"], "S3");
+    assert_eq!(
+        g["Code"]["Location"],
+        "http://thaw.test:9070/thaw/v1/functions/hello/code"
+    );
+    let cfg = api
+        .call("GET", "/2015-03-31/functions/hello/configuration", None)
+        .await;
+    assert_eq!(cfg.json(), c);
+    // By ARN (as boto3 sends it, percent-encoded), partial ARN and $LATEST.
+    for path in [
+        "arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Ahello",
+        "arn:aws:lambda:us-east-1:000000000000:function:hello:$LATEST",
+        "000000000000:function:hello",
+        "hello?Qualifier=%24LATEST",
+    ] {
+        let r = api
+            .call("GET", &format!("/2015-03-31/functions/{path}"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.json()["Configuration"]["FunctionName"], "hello");
+    }
+    // The code endpoint serves the zip as uploaded.
+    let code = api.call("GET", "/thaw/v1/functions/hello/code", None).await;
+    assert_eq!(code.status, StatusCode::OK);
+    assert_eq!(code.header("content-type"), Some("application/zip"));
+    assert_eq!(code.body.as_ref(), zip.as_slice());
+
+    for path in ["/2015-03-31/functions", "/2015-03-31/functions/"] {
+        let l = api.call("GET", path, None).await;
+        assert_eq!(l.status, StatusCode::OK);
+        let names: Vec<String> = l.json()["Functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["FunctionName"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["hello", "second"]);
+        assert!(l.json().get("NextMarker").is_none());
+    }
+
+    let d = api
+        .call("DELETE", "/2015-03-31/functions/hello", None)
+        .await;
+    assert_eq!(d.status, StatusCode::NO_CONTENT);
+    assert!(d.body.is_empty());
+    assert_eq!(*api.fake.retired.lock().unwrap(), ["hello"]);
+    assert_eq!(*api.fake.logs_deleted.lock().unwrap(), ["hello"]);
+    let msg = api
+        .call("GET", "/2015-03-31/functions/hello", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    assert_eq!(
+        msg,
+        "Function not found: arn:aws:lambda:us-east-1:000000000000:function:hello"
+    );
+    api.call("DELETE", "/2015-03-31/functions/hello", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    api.call("GET", "/thaw/v1/functions/hello/code", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    // The name is free again.
+    assert_eq!(
+        api.create("hello", json!({})).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn list_pagination() {
+    let api = api();
+    for n in ["c", "a", "b", "d", "e"] {
+        assert_eq!(api.create(n, json!({})).await.status, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let uri = if marker.is_empty() {
+            "/2015-03-31/functions/?MaxItems=2".to_string()
+        } else {
+            format!("/2015-03-31/functions/?MaxItems=2&Marker={marker}")
+        };
+        let page = api.call("GET", &uri, None).await.json();
+        let fs = page["Functions"].as_array().unwrap();
+        assert!(fs.len() <= 2);
+        seen.extend(
+            fs.iter()
+                .map(|f| f["FunctionName"].as_str().unwrap().to_string()),
+        );
+        match page.get("NextMarker").and_then(Value::as_str) {
+            Some(m) => marker = m.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+    for bad in ["0", "x", "10001", "-1"] {
+        api.call(
+            "GET",
+            &format!("/2015-03-31/functions/?MaxItems={bad}"),
+            None,
+        )
+        .await
+        .assert_error(400, "ValidationException");
+    }
+}
+
+#[tokio::test]
+async fn updates_retire_instances() {
+    let api = api();
+    let before = api.create("f", json!({})).await.json();
+
+    let upd = api
+        .call(
+            "PUT",
+            "/2015-03-31/functions/f/code",
+            Some(json!({"ZipFile": STANDARD.encode(app_zip("v = 2")), "Publish": false})),
+        )
+        .await;
+    assert_eq!(upd.status, StatusCode::OK, "{:?}", upd.body);
+    let upd = upd.json();
+    assert_ne!(upd["CodeSha256"], before["CodeSha256"]);
+    assert_ne!(upd["RevisionId"], before["RevisionId"]);
+    assert_eq!(*api.fake.retired.lock().unwrap(), ["f"]);
+    let rec = api.fake.registry.get("f").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rec.code_dir.join("app.py")).unwrap(),
+        "v = 2"
+    );
+
+    // DryRun validates without changing anything.
+    let dry = api
+        .call(
+            "PUT",
+            "/2015-03-31/functions/f/code",
+            Some(json!({"ZipFile": STANDARD.encode(app_zip("v = 3")), "DryRun": true})),
+        )
+        .await;
+    assert_eq!(dry.status, StatusCode::OK);
+    assert_eq!(dry.json()["CodeSha256"], upd["CodeSha256"]);
+    assert_eq!(api.fake.retired.lock().unwrap().len(), 1);
+
+    let cfg = api
+        .call(
+            "PUT",
+            "/2015-03-31/functions/f/configuration",
+            Some(
+                json!({"MemorySize": 512, "Timeout": 7, "Environment": {"Variables": {"A": "1"}},
+                        "Description": "d"}),
+            ),
+        )
+        .await;
+    assert_eq!(cfg.status, StatusCode::OK, "{:?}", cfg.body);
+    let cfg = cfg.json();
+    assert_eq!(
+        (cfg["MemorySize"].as_u64(), cfg["Timeout"].as_u64()),
+        (Some(512), Some(7))
+    );
+    assert_eq!(cfg["Handler"], "app.handler");
+    assert_eq!(cfg["Description"], "d");
+    assert_eq!(cfg["CodeSha256"], upd["CodeSha256"]);
+    assert_eq!(*api.fake.retired.lock().unwrap(), ["f", "f"]);
+    let got = api
+        .call("GET", "/2015-03-31/functions/f/configuration", None)
+        .await
+        .json();
+    assert_eq!(got["Environment"]["Variables"], json!({"A": "1"}));
+
+    // A stale RevisionId is refused.
+    api.call(
+        "PUT",
+        "/2015-03-31/functions/f/configuration",
+        Some(json!({"Timeout": 9, "RevisionId": before["RevisionId"]})),
+    )
+    .await
+    .assert_error(412, "PreconditionFailedException");
+    // Invalid values leave the function as it was.
+    for (body, code) in [
+        (json!({"MemorySize": 64}), "ValidationException"),
+        (json!({"Timeout": 901}), "ValidationException"),
+        (
+            json!({"Runtime": "java21"}),
+            "InvalidParameterValueException",
+        ),
+        (json!({"Handler": ""}), "InvalidParameterValueException"),
+        (
+            json!({"Layers": ["arn:x"]}),
+            "InvalidParameterValueException",
+        ),
+    ] {
+        api.call("PUT", "/2015-03-31/functions/f/configuration", Some(body))
+            .await
+            .assert_error(400, code);
+    }
+    api.call(
+        "PUT",
+        "/2015-03-31/functions/f/code",
+        Some(json!({"ZipFile": STANDARD.encode(b"not a zip")})),
+    )
+    .await
+    .assert_error(400, "InvalidParameterValueException");
+    api.call(
+        "PUT",
+        "/2015-03-31/functions/f/code",
+        Some(json!({"S3Bucket": "b", "S3Key": "k"})),
+    )
+    .await
+    .assert_error(400, "InvalidParameterValueException");
+    assert_eq!(api.fake.registry.get("f").unwrap().timeout_s, 7);
+    assert_eq!(api.fake.retired.lock().unwrap().len(), 2);
+
+    for (m, p) in [
+        ("PUT", "/2015-03-31/functions/nope/code"),
+        ("PUT", "/2015-03-31/functions/nope/configuration"),
+    ] {
+        api.call(
+            m,
+            p,
+            Some(json!({"ZipFile": STANDARD.encode(app_zip("x")), "Timeout": 3})),
+        )
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    }
+}
+
+#[tokio::test]
+async fn create_rejections() {
+    let api = api();
+    assert_eq!(
+        api.create("dup", json!({})).await.status,
+        StatusCode::CREATED
+    );
+    let msg = api
+        .create("dup", json!({}))
+        .await
+        .assert_error(409, "ResourceConflictException");
+    assert_eq!(msg, "Function already exist: dup");
+
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({"FunctionName": "bad name!"}),
+            400,
+            "ValidationException",
+        ),
+        (
+            json!({"FunctionName": "x".repeat(65)}),
+            400,
+            "ValidationException",
+        ),
+        (
+            json!({"FunctionName": "../../etc"}),
+            400,
+            "ValidationException",
+        ),
+        (
+            json!({"FunctionName": "arn:aws:lambda:us-east-1:000000000000:function:bad!"}),
+            400,
+            "ValidationException",
+        ),
+        (
+            json!({"Runtime": "cobol85"}),
+            400,
+            "InvalidParameterValueException",
+        ),
+        (json!({"MemorySize": 127}), 400, "ValidationException"),
+        (json!({"MemorySize": 10241}), 400, "ValidationException"),
+        (json!({"Timeout": 0}), 400, "ValidationException"),
+        (json!({"Timeout": 901}), 400, "ValidationException"),
+        (
+            json!({"Environment": {"Variables": {"BIG": "x".repeat(4100)}}}),
+            400,
+            "InvalidParameterValueException",
+        ),
+        (
+            json!({"Environment": {"Variables": {"AWS_REGION": "x"}}}),
+            400,
+            "InvalidParameterValueException",
+        ),
+        (
+            json!({"Code": {"S3Bucket": "b", "S3Key": "k"}}),
+            400,
+            "InvalidParameterValueException",
+        ),
+        (json!({"Code": {}}), 400, "InvalidParameterValueException"),
+        (
+            json!({"Layers": ["arn:aws:lambda:us-east-1:0:layer:x:1"]}),
+            400,
+            "InvalidParameterValueException",
+        ),
+        (
+            json!({"Handler": null}),
+            400,
+            "InvalidParameterValueException",
+        ),
+        (
+            json!({"PackageType": "Image"}),
+            400,
+            "InvalidParameterValueException",
+        ),
+        (
+            json!({"MemorySize": "lots"}),
+            400,
+            "InvalidRequestContentException",
+        ),
+        (
+            json!({"Code": {"ZipFile": "%%% not base64"}}),
+            400,
+            "InvalidRequestContentException",
+        ),
+    ];
+    for (extra, status, code) in cases {
+        let what = extra.to_string();
+        let r = api.create("some-fn", extra).await;
+        assert_eq!(
+            (r.status.as_u16(), r.header("x-amzn-ErrorType")),
+            (status, Some(code)),
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.assert_error(status, code);
+    }
+    let msg = api
+        .create("z", json!({"Code": {"S3Bucket": "b", "S3Key": "k"}}))
+        .await
+        .assert_error(400, "InvalidParameterValueException");
+    assert!(msg.contains("not supported"), "{msg}");
+
+    // Custom runtimes need no handler; names may be given as ARNs.
+    let r = api
+        .create(
+            "arn:aws:lambda:us-east-1:000000000000:function:custom",
+            json!({"Runtime": "provided.al2023", "Handler": null}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.json()["FunctionName"], "custom");
+    assert!(r.json().get("Handler").is_none());
+
+    // Nothing but the two good functions was created.
+    let names: Vec<String> = api
+        .fake
+        .registry
+        .list()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(names, ["custom", "dup"]);
+}
+
+#[tokio::test]
+async fn code_zip_rejections() {
+    let api = api();
+    let msg = api
+        .create(
+            "f",
+            json!({"Code": {"ZipFile": STANDARD.encode(b"this is not a zip")}}),
+        )
+        .await
+        .assert_error(400, "InvalidParameterValueException");
+    assert_eq!(
+        msg,
+        "Could not unzip uploaded file. Please check your file, then try to upload again."
+    );
+    for evil in ["../escape.py", "/etc/escape.py", "a/../../escape.py"] {
+        let zip = zip_of(&[(evil, "x")]);
+        api.create("f", json!({"Code": {"ZipFile": STANDARD.encode(zip)}}))
+            .await
+            .assert_error(400, "InvalidParameterValueException");
+    }
+    let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    z.add_symlink("etc", "/etc", SimpleFileOptions::default())
+        .unwrap();
+    let zip = z.finish().unwrap().into_inner();
+    api.create("f", json!({"Code": {"ZipFile": STANDARD.encode(zip)}}))
+        .await
+        .assert_error(400, "InvalidParameterValueException");
+    assert!(api.fake.registry.list().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_requests_get_lambda_errors() {
+    let api = api();
+    api.create("f", json!({})).await;
+    for (method, uri, body) in [
+        ("POST", "/2015-03-31/functions", &b"{not json"[..]),
+        ("POST", "/2015-03-31/functions", b""),
+        ("POST", "/2015-03-31/functions", b"[1,2]"),
+        (
+            "PUT",
+            "/2015-03-31/functions/f/configuration",
+            b"{\"Timeout\": ",
+        ),
+        ("PUT", "/2015-03-31/functions/f/code", b"\xff\xfe"),
+    ] {
+        let r = api.raw(method, uri, body).await;
+        let msg = r.assert_error(400, "InvalidRequestContentException");
+        assert!(
+            msg.starts_with("Could not parse request body into json"),
+            "{msg}"
+        );
+    }
+    // Names in the path follow the same rules as in bodies.
+    api.call("GET", "/2015-03-31/functions/bad%20name", None)
+        .await
+        .assert_error(400, "ValidationException");
+    api.call(
+        "GET",
+        "/2015-03-31/functions/arn:aws:lambda:us-east-1:1:function:f",
+        None,
+    )
+    .await
+    .assert_error(400, "ValidationException");
+    // thaw has only $LATEST: another qualifier names a version that does not exist.
+    api.call("GET", "/2015-03-31/functions/f:1", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    api.call("GET", "/2015-03-31/functions/f?Qualifier=prod", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    // Unknown routes and methods.
+    api.call("GET", "/2015-03-31/nothing-here", None)
+        .await
+        .assert_error(404, "UnknownOperationException");
+    api.call("PATCH", "/2015-03-31/functions/f", None)
+        .await
+        .assert_error(405, "UnknownOperationException");
+}
+
+#[tokio::test]
+async fn invoke_maps_outcomes_to_lambda_headers() {
+    let api = api();
+    api.create("f", json!({})).await;
+    let r = api
+        .invoke("f", br#"{"n": 1}"#.to_vec(), &[("X-Amz-Log-Type", "Tail")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.as_ref(), br#"{"n": 1}"#);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("X-Amz-Executed-Version"), Some("$LATEST"));
+    assert_eq!(
+        r.header("X-Amzn-RequestId"),
+        Some("11111111-2222-3333-4444-555555555555")
+    );
+    assert_eq!(r.header("X-Thaw-Start"), Some("cold"));
+    assert_eq!(
+        r.header("Server-Timing"),
+        Some("sandbox;dur=1.500, runtime;dur=20.000, init;dur=3.250, invoke;dur=0.500")
+    );
+    assert_eq!(r.header("X-Amz-Function-Error"), None);
+    let tail = STANDARD
+        .decode(r.header("X-Amz-Log-Result").unwrap())
+        .unwrap();
+    assert_eq!(tail, b"START\nhello\nEND\n");
+    {
+        let invoked = api.fake.invoked.lock().unwrap();
+        let (name, input) = &invoked[0];
+        assert_eq!(name, "f");
+        assert!(input.tail_logs);
+        assert_eq!(input.client_context, None);
+    }
+
+    // By ARN, with an empty body (the function gets `{}`) and a client context.
+    let ctx = STANDARD.encode(br#"{"custom": {"k": "v"}}"#);
+    let r = api
+        .invoke(
+            "arn:aws:lambda:us-east-1:000000000000:function:f",
+            Vec::new(),
+            &[("X-Amz-Client-Context", &ctx)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.as_ref(), b"{}");
+    assert_eq!(r.header("X-Amz-Log-Result"), None);
+    {
+        let invoked = api.fake.invoked.lock().unwrap();
+        let (_, input) = &invoked[1];
+        assert_eq!(input.payload.as_ref(), b"{}");
+        assert_eq!(
+            input.client_context.as_deref(),
+            Some(r#"{"custom": {"k": "v"}}"#)
+        );
+        assert!(!input.tail_logs);
+    }
+
+    // DryRun and Event.
+    let r = api
+        .invoke("f", b"{}".to_vec(), &[("X-Amz-Invocation-Type", "DryRun")])
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.header("X-Amzn-RequestId").is_some());
+    assert_eq!(api.fake.invoked.lock().unwrap().len(), 2);
+    let r = api
+        .invoke(
+            "f",
+            br#"{"async": true}"#.to_vec(),
+            &[("X-Amz-Invocation-Type", "Event")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert!(r.body.is_empty());
+    assert!(r.header("X-Amzn-RequestId").is_some());
+    let mut waited = Duration::ZERO;
+    while api.fake.invoked.lock().unwrap().len() < 3 {
+        assert!(
+            waited < Duration::from_secs(5),
+            "event invocation never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += Duration::from_millis(10);
+    }
+    assert_eq!(
+        api.fake.invoked.lock().unwrap()[2].1.payload.as_ref(),
+        br#"{"async": true}"#
+    );
+}
+
+#[tokio::test]
+async fn invoke_rejections() {
+    let api = api();
+    api.create("f", json!({})).await;
+    api.invoke("nope", b"{}".to_vec(), &[])
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    api.invoke("f:7", b"{}".to_vec(), &[])
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    let msg = api
+        .invoke("f", b"{not json".to_vec(), &[])
+        .await
+        .assert_error(400, "InvalidRequestContentException");
+    assert!(
+        msg.starts_with("Could not parse request body into json: "),
+        "{msg}"
+    );
+
+    // Sizes: 6 MiB synchronous, 256 KiB for Event; at the limit is fine.
+    let json_of_len = |n: usize| {
+        let mut v = vec![b' '; n];
+        v[0] = b'1';
+        v
+    };
+    let sync_max = 6 * 1024 * 1024;
+    let r = api.invoke("f", json_of_len(sync_max), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    api.invoke("f", json_of_len(sync_max + 1), &[])
+        .await
+        .assert_error(413, "RequestTooLargeException");
+    api.invoke(
+        "f",
+        json_of_len(256 * 1024 + 1),
+        &[("X-Amz-Invocation-Type", "Event")],
+    )
+    .await
+    .assert_error(413, "RequestTooLargeException");
+
+    for (h, v, code) in [
+        ("X-Amz-Invocation-Type", "Later", "ValidationException"),
+        ("X-Amz-Log-Type", "Everything", "ValidationException"),
+        (
+            "X-Amz-Client-Context",
+            "%%%",
+            "InvalidRequestContentException",
+        ),
+        (
+            "X-Amz-Client-Context",
+            "e25vcGU=",
+            "InvalidRequestContentException",
+        ),
+    ] {
+        api.invoke("f", b"{}".to_vec(), &[(h, v)])
+            .await
+            .assert_error(400, code);
+    }
+}
+
+#[tokio::test]
+async fn invoke_errors_and_function_errors() {
+    let api = api_with(Arc::new(
+        |f: &FunctionRecord, input: &InvokeInput| match input.payload.as_ref() {
+            b"\"busy\"" => Err(InvokeError::TooManyRequests(8)),
+            b"\"stop\"" => Err(InvokeError::ShuttingDown),
+            b"\"broken\"" => Err(InvokeError::Sandbox(anyhow::anyhow!("cgroup gone"))),
+            _ => Ok(InvokeOutcome {
+                request_id: "r-err".into(),
+                payload: Bytes::from_static(br#"{"errorType":"ValueError","errorMessage":"boom"}"#),
+                function_error: Some("Unhandled".into()),
+                start: StartKind::Warm,
+                timings: PhaseTimings {
+                    invoke_ms: 2.0,
+                    ..PhaseTimings::default()
+                },
+                log_tail: None,
+            })
+            .inspect(|_| assert_eq!(f.name, "f")),
+        },
+    ));
+    api.create("f", json!({})).await;
+    let r = api.invoke("f", b"{}".to_vec(), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("X-Amz-Function-Error"), Some("Unhandled"));
+    assert_eq!(r.header("X-Thaw-Start"), Some("warm"));
+    assert_eq!(r.json()["errorType"], "ValueError");
+
+    let busy = api.invoke("f", b"\"busy\"".to_vec(), &[]).await;
+    busy.assert_error(429, "TooManyRequestsException");
+    assert_eq!(busy.json()["Reason"], "ConcurrentInvocationLimitExceeded");
+    api.invoke("f", b"\"stop\"".to_vec(), &[])
+        .await
+        .assert_error(503, "ServiceException");
+    api.invoke("f", b"\"broken\"".to_vec(), &[])
+        .await
+        .assert_error(500, "ServiceException");
+}
+
+#[tokio::test]
+async fn logs_metrics_health() {
+    let api = api();
+    api.create("f", json!({})).await;
+    let r = api.call("GET", "/thaw/v1/functions/f/logs", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert_eq!(v[0]["line"], "f line 0");
+    assert_eq!(v[0]["stream"], "stdout");
+    assert_eq!(v[0]["ts_ms"], 1_700_000_000_000u64);
+    let r = api
+        .call(
+            "GET",
+            "/thaw/v1/functions/f/logs?request_id=abc&limit=2",
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(r.as_array().unwrap().len(), 2);
+    assert_eq!(r[1]["request_id"], "abc");
+    for bad in ["0", "x", "10001"] {
+        api.call(
+            "GET",
+            &format!("/thaw/v1/functions/f/logs?limit={bad}"),
+            None,
+        )
+        .await
+        .assert_error(400, "ValidationException");
+    }
+    api.call("GET", "/thaw/v1/functions/nope/logs", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+
+    let m = api.call("GET", "/metrics", None).await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert_eq!(
+        m.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(String::from_utf8_lossy(&m.body).contains("thaw_up 1"));
+    let h = api.call("GET", "/healthz", None).await;
+    assert_eq!(h.status, StatusCode::OK);
+}
