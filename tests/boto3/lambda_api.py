@@ -97,7 +97,7 @@ check(arn_get["Configuration"]["FunctionName"] == "boto-py", "get by ARN")
 # --- Invoke ----------------------------------------------------------------
 r, out = invoke("boto-py", {"action": "echo", "n": 1})
 check(r["StatusCode"] == 200 and out["count"] == 1 and out["event"]["n"] == 1, "python invoke (cold)")
-check(out["function_name"] == "boto-py" and out["memory_limit_in_mb"] == 256, "python context fields")
+check(out["function_name"] == "boto-py" and out["memory_limit_in_mb"] == "256", "python context fields")
 check(0 < out["remaining_ms"] <= 5000, "python remaining time")
 r, out = invoke("boto-py", {"action": "echo"}, LogType="Tail")
 check(out["count"] == 2, "python invoke reuses the warm instance")

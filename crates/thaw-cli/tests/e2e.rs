@@ -57,7 +57,7 @@ fn python_lifecycle_warm_reuse_timeout_crash_and_oom() {
     assert_eq!(v["big"], 100000);
     assert_eq!(v["event"]["k"], "v");
     assert_eq!(v["function_name"], "life");
-    assert_eq!(v["memory_limit_in_mb"], 128);
+    assert_eq!(v["memory_limit_in_mb"], "128");
     assert_ne!(v["uid"], 0);
     assert!(v["remaining_ms"].as_i64().unwrap() > 0);
 
@@ -464,7 +464,7 @@ fn shutdown_leaves_nothing_and_restart_finds_functions() {
     .unwrap();
     let (r, v) = invoke(&c2, "keep", json!({}));
     assert_eq!(r.start, Some(StartKind::Cold));
-    assert_eq!(v["memory_limit_in_mb"], 256);
+    assert_eq!(v["memory_limit_in_mb"], "256");
 }
 
 #[test]

@@ -134,12 +134,8 @@ pub enum ControlError {
     Closed,
 }
 
-/// Write one frame: `header` serialized as JSON, followed by `body`.
-pub async fn write_frame<W, H>(w: &mut W, header: &H, body: &[u8]) -> Result<(), ControlError>
-where
-    W: AsyncWrite + Unpin,
-    H: Serialize,
-{
+/// Encode one frame: `header` serialized as JSON, followed by `body`.
+pub fn encode_frame<H: Serialize>(header: &H, body: &[u8]) -> Result<Vec<u8>, ControlError> {
     let hdr = serde_json::to_vec(header).map_err(ControlError::Header)?;
     let len = 4u64 + hdr.len() as u64 + body.len() as u64;
     if len > u64::from(MAX_FRAME) {
@@ -152,6 +148,46 @@ where
     buf.extend_from_slice(&hdr_len.to_le_bytes());
     buf.extend_from_slice(&hdr);
     buf.extend_from_slice(body);
+    Ok(buf)
+}
+
+/// Check the length prefix of a frame; returns the number of bytes that follow it.
+fn frame_len(len_buf: [u8; 4]) -> Result<usize, ControlError> {
+    let len = u32::from_le_bytes(len_buf);
+    if len > MAX_FRAME {
+        return Err(ControlError::FrameTooLarge(u64::from(len)));
+    }
+    if len < 4 {
+        return Err(ControlError::Malformed(
+            "frame shorter than its header length",
+        ));
+    }
+    usize::try_from(len).map_err(|_| ControlError::FrameTooLarge(u64::from(len)))
+}
+
+/// Split the part of a frame after its length prefix into header and body.
+fn decode_frame<H>(mut frame: Vec<u8>) -> Result<(H, Vec<u8>), ControlError>
+where
+    H: for<'de> Deserialize<'de>,
+{
+    let (hl, rest) = frame.split_at(4);
+    let hdr_len = u32::from_le_bytes([hl[0], hl[1], hl[2], hl[3]]) as usize;
+    if hdr_len > rest.len() {
+        return Err(ControlError::Malformed("header length exceeds frame"));
+    }
+    let header = serde_json::from_slice(&rest[..hdr_len]).map_err(ControlError::Header)?;
+    // Reuse the frame's allocation for the body (payloads can be megabytes).
+    let body = frame.split_off(4 + hdr_len);
+    Ok((header, body))
+}
+
+/// Write one frame: `header` serialized as JSON, followed by `body`.
+pub async fn write_frame<W, H>(w: &mut W, header: &H, body: &[u8]) -> Result<(), ControlError>
+where
+    W: AsyncWrite + Unpin,
+    H: Serialize,
+{
+    let buf = encode_frame(header, body)?;
     w.write_all(&buf).await?;
     w.flush().await?;
     Ok(())
@@ -167,25 +203,46 @@ where
     let mut len_buf = [0u8; 4];
     match r.read_exact(&mut len_buf).await {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ControlError::Closed),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ControlError::Closed)
+        }
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_le_bytes(len_buf);
-    if len > MAX_FRAME {
-        return Err(ControlError::FrameTooLarge(u64::from(len)));
-    }
-    if len < 4 {
-        return Err(ControlError::Malformed("frame shorter than its header length"));
-    }
-    let mut frame = vec![0u8; len as usize];
+    let mut frame = vec![0u8; frame_len(len_buf)?];
     r.read_exact(&mut frame).await?;
-    let (hl, rest) = frame.split_at(4);
-    let hdr_len = u32::from_le_bytes([hl[0], hl[1], hl[2], hl[3]]) as usize;
-    if hdr_len > rest.len() {
-        return Err(ControlError::Malformed("header length exceeds frame"));
+    decode_frame(frame)
+}
+
+/// Blocking variant of [`write_frame`], for `thaw-init` before it has a tokio
+/// runtime (it must stay single-threaded until the sandbox is entered).
+pub fn write_frame_sync<W, H>(w: &mut W, header: &H, body: &[u8]) -> Result<(), ControlError>
+where
+    W: std::io::Write,
+    H: Serialize,
+{
+    let buf = encode_frame(header, body)?;
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Blocking variant of [`read_frame`].
+pub fn read_frame_sync<R, H>(r: &mut R) -> Result<(H, Vec<u8>), ControlError>
+where
+    R: std::io::Read,
+    H: for<'de> Deserialize<'de>,
+{
+    let mut len_buf = [0u8; 4];
+    match r.read_exact(&mut len_buf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ControlError::Closed)
+        }
+        Err(e) => return Err(e.into()),
     }
-    let header = serde_json::from_slice(&rest[..hdr_len]).map_err(ControlError::Header)?;
-    Ok((header, rest[hdr_len..].to_vec()))
+    let mut frame = vec![0u8; frame_len(len_buf)?];
+    r.read_exact(&mut frame)?;
+    decode_frame(frame)
 }
 
 #[cfg(test)]
@@ -205,6 +262,27 @@ mod tests {
         assert_eq!(got_body, body);
         drop(a);
         let end = read_frame::<_, FromSupervisor>(&mut b).await;
+        assert!(matches!(end, Err(ControlError::Closed)));
+    }
+
+    #[test]
+    fn sync_and_async_framing_agree() {
+        let msg = ToSupervisor::Invoke(Invocation {
+            request_id: "r2".into(),
+            deadline_ms: 1,
+            invoked_function_arn: "arn".into(),
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        });
+        let mut buf = Vec::new();
+        write_frame_sync(&mut buf, &msg, b"{}").unwrap();
+        assert_eq!(buf, encode_frame(&msg, b"{}").unwrap());
+        let mut rd = std::io::Cursor::new(buf);
+        let (got, body): (ToSupervisor, Vec<u8>) = read_frame_sync(&mut rd).unwrap();
+        assert_eq!(got, msg);
+        assert_eq!(body, b"{}");
+        let end = read_frame_sync::<_, ToSupervisor>(&mut rd);
         assert!(matches!(end, Err(ControlError::Closed)));
     }
 

@@ -1,1 +1,4 @@
-fn main() {}
+//! `thaw-init`: the supervisor inside every sandbox (see `thaw_runtime::init`).
+fn main() {
+    thaw_runtime::init::main()
+}

@@ -1,0 +1,331 @@
+"""thaw's Python bootstrap: runs a Lambda-style Python handler against the AWS
+Lambda Runtime API served by thaw's supervisor.
+
+Standard library only. Reads AWS_LAMBDA_RUNTIME_API, _HANDLER, LAMBDA_TASK_ROOT
+and the AWS_LAMBDA_* description of the function; loads `module.function`
+(dots or slashes for packages), reports how long that took in the
+X-Thaw-Function-Init-Ms header of the first /next, then serves invocations
+forever. Init failures go to /runtime/init/error and end the process.
+"""
+
+import decimal
+import http.client
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+
+API_PREFIX = "/2018-06-01/runtime"
+INIT_MS_HEADER = "X-Thaw-Function-Init-Ms"
+ERROR_TYPE_HEADER = "Lambda-Runtime-Function-Error-Type"
+BOOTSTRAP_FILE = os.path.abspath(__file__)
+
+
+def _line_buffered_output():
+    """Print output as it happens, so it is logged with the invocation that printed it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError):
+            pass
+
+
+def _flush_output():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class RuntimeApiClient:
+    """One keep-alive HTTP/1.1 connection to the Runtime API."""
+
+    def __init__(self, address):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"AWS_LAMBDA_RUNTIME_API is not host:port: {address!r}")
+        self._host = host
+        self._port = int(port)
+        self._conn = None
+
+    def request(self, method, path, body=None, headers=None):
+        """Send one request; returns (status, headers, body). Reconnects once if the
+        kept-alive connection turns out to be closed."""
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self._host, self._port)
+            try:
+                self._conn.request(method, API_PREFIX + path, body=body, headers=headers or {})
+                resp = self._conn.getresponse()
+                data = resp.read()
+                if resp.will_close:
+                    self._conn.close()
+                    self._conn = None
+                return resp.status, resp.headers, data
+            except (OSError, http.client.HTTPException):
+                self._conn.close()
+                self._conn = None
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+
+class InitFault(Exception):
+    """A failure to load the handler, with Lambda's error type."""
+
+    def __init__(self, error_type, message, stack_trace=None):
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.stack_trace = stack_trace or []
+
+
+def _user_frames(tb):
+    """The traceback without the bootstrap's own frames, formatted like Lambda's stackTrace."""
+    frames = [f for f in traceback.extract_tb(tb) if os.path.abspath(f.filename) != BOOTSTRAP_FILE]
+    return traceback.format_list(frames)
+
+
+def _strip_importlib(frames):
+    return [f for f in frames if "<frozen importlib" not in f]
+
+
+def load_handler(handler_name):
+    """Import the module and return the handler function, or raise InitFault /
+    the exception the module raised while it was imported."""
+    try:
+        module_name, function_name = handler_name.rsplit(".", 1)
+    except ValueError as e:
+        raise InitFault("Runtime.MalformedHandlerName", f"Bad handler '{handler_name}': {e}") from None
+    if not module_name or not function_name:
+        raise InitFault("Runtime.MalformedHandlerName", f"Bad handler '{handler_name}'")
+    import_name = module_name.replace("/", ".").strip(".")
+    if import_name.split(".")[0] in sys.builtin_module_names:
+        raise InitFault(
+            "Runtime.BuiltInModuleConflict",
+            f"Cannot use built-in module {module_name} as a handler module",
+        )
+    try:
+        module = importlib.import_module(import_name)
+    except ImportError as e:
+        raise InitFault("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {e}") from None
+    except SyntaxError as e:
+        where = f'  File "{e.filename}" Line {e.lineno}\n    {(e.text or "").rstrip()}\n'
+        raise InitFault(
+            "Runtime.UserCodeSyntaxError",
+            f"Syntax error in module '{module_name}': {e}",
+            [where],
+        ) from None
+    try:
+        handler = getattr(module, function_name)
+    except AttributeError:
+        raise InitFault(
+            "Runtime.HandlerNotFound",
+            f"Handler '{function_name}' missing on module '{module_name}'",
+        ) from None
+    if not callable(handler):
+        raise InitFault(
+            "Runtime.HandlerNotFound",
+            f"Handler '{function_name}' on module '{module_name}' is not callable",
+        )
+    return handler
+
+
+class CognitoIdentity:
+    def __init__(self, doc):
+        doc = doc or {}
+        self.cognito_identity_id = doc.get("cognitoIdentityId")
+        self.cognito_identity_pool_id = doc.get("cognitoIdentityPoolId")
+
+
+class Client:
+    def __init__(self, doc):
+        doc = doc or {}
+        self.installation_id = doc.get("installation_id")
+        self.app_title = doc.get("app_title")
+        self.app_version_name = doc.get("app_version_name")
+        self.app_version_code = doc.get("app_version_code")
+        self.app_package_name = doc.get("app_package_name")
+
+
+class ClientContext:
+    def __init__(self, doc):
+        self.client = Client(doc.get("client")) if doc.get("client") else None
+        self.custom = doc.get("custom")
+        self.env = doc.get("env")
+
+
+def _json_header(headers, name):
+    raw = headers.get(name)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+class LambdaContext:
+    """The `context` argument of a handler."""
+
+    def __init__(self, request_id, deadline_ms, invoked_function_arn, client_context, identity):
+        self.aws_request_id = request_id
+        self.invoked_function_arn = invoked_function_arn
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION")
+        memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+        # A string, as in the AWS runtime interface client.
+        self.memory_limit_in_mb = memory
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
+        self.client_context = ClientContext(client_context) if client_context is not None else None
+        self.identity = CognitoIdentity(identity)
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self):
+        return max(self._deadline_ms - int(time.time() * 1000), 0)
+
+    def log(self, msg):
+        sys.stdout.write(str(msg))
+        sys.stdout.flush()
+
+    def __repr__(self):
+        return (
+            f"LambdaContext([aws_request_id={self.aws_request_id},"
+            f"function_name={self.function_name},function_version={self.function_version},"
+            f"invoked_function_arn={self.invoked_function_arn}])"
+        )
+
+
+def _json_default(value):
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _error_doc(error_type, message, request_id, stack_trace):
+    return {
+        "errorMessage": message,
+        "errorType": error_type,
+        "requestId": request_id,
+        "stackTrace": stack_trace,
+    }
+
+
+def _log_error(error_type, message, stack_trace):
+    lines = [f"[ERROR] {error_type}: {message}"]
+    if stack_trace:
+        lines.append("Traceback (most recent call last):")
+        lines.extend(s.rstrip("\n") for s in stack_trace)
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _post_error(client, path, doc):
+    _flush_output()
+    body = json.dumps(doc).encode()
+    headers = {ERROR_TYPE_HEADER: doc["errorType"], "Content-Type": "application/json"}
+    status, _, data = client.request("POST", path, body=body, headers=headers)
+    if status != 202:
+        print(f"thaw bootstrap: {path} returned {status}: {data[:200]!r}", file=sys.stderr)
+
+
+def _report_init_error(client, error_type, message, stack_trace):
+    _log_error(error_type, message, stack_trace)
+    try:
+        _post_error(client, "/init/error", _error_doc(error_type, message, "", stack_trace))
+    except (OSError, http.client.HTTPException) as e:
+        print(f"thaw bootstrap: cannot report the init error: {e}", file=sys.stderr)
+    _flush_output()
+    sys.exit(1)
+
+
+def _invoke(client, handler, headers, payload):
+    request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
+    trace_id = headers.get("Lambda-Runtime-Trace-Id")
+    if trace_id:
+        os.environ["_X_AMZN_TRACE_ID"] = trace_id
+    else:
+        os.environ.pop("_X_AMZN_TRACE_ID", None)
+    try:
+        deadline_ms = int(headers.get("Lambda-Runtime-Deadline-Ms", "0"))
+    except ValueError:
+        deadline_ms = 0
+    context = LambdaContext(
+        request_id,
+        deadline_ms,
+        headers.get("Lambda-Runtime-Invoked-Function-Arn"),
+        _json_header(headers, "Lambda-Runtime-Client-Context"),
+        _json_header(headers, "Lambda-Runtime-Cognito-Identity"),
+    )
+    error = None
+    try:
+        event = json.loads(payload) if payload else None
+    except ValueError as e:
+        error = _error_doc("Runtime.UnmarshalError", f"Unable to unmarshal input: {e}", request_id, [])
+    if error is None:
+        try:
+            result = handler(event, context)
+        except Exception as e:  # noqa: BLE001 - every handler failure is reported
+            stack = _user_frames(e.__traceback__)
+            error = _error_doc(type(e).__name__, str(e), request_id, stack)
+        else:
+            try:
+                body = json.dumps(result, default=_json_default).encode()
+            except (TypeError, ValueError) as e:
+                error = _error_doc("Runtime.MarshalError", f"Unable to marshal response: {e}", request_id, [])
+    path = f"/invocation/{request_id}"
+    if error is not None:
+        _log_error(error["errorType"], error["errorMessage"], error["stackTrace"])
+        _post_error(client, path + "/error", error)
+        return
+    _flush_output()
+    status, _, data = client.request(
+        "POST", path + "/response", body=body, headers={"Content-Type": "application/json"}
+    )
+    if status != 202:
+        print(f"thaw bootstrap: the response was refused ({status}): {data[:300]!r}", file=sys.stderr)
+
+
+def main():
+    _line_buffered_output()
+    address = os.environ.get("AWS_LAMBDA_RUNTIME_API")
+    if not address:
+        print("thaw bootstrap: AWS_LAMBDA_RUNTIME_API is not set", file=sys.stderr)
+        sys.exit(1)
+    client = RuntimeApiClient(address)
+    task_root = os.environ.get("LAMBDA_TASK_ROOT", "/var/task")
+    sys.path[:] = [task_root] + [p for p in sys.path if p != task_root]
+
+    started = time.perf_counter()
+    try:
+        handler = load_handler(os.environ.get("_HANDLER", ""))
+    except InitFault as e:
+        _report_init_error(client, e.error_type, e.message, e.stack_trace)
+    except Exception as e:  # noqa: BLE001 - an exception raised by the module at import
+        _report_init_error(client, type(e).__name__, str(e), _strip_importlib(_user_frames(e.__traceback__)))
+    init_ms = (time.perf_counter() - started) * 1000.0
+
+    next_headers = {INIT_MS_HEADER: f"{init_ms:.3f}"}
+    while True:
+        try:
+            status, headers, payload = client.request("GET", "/invocation/next", headers=next_headers)
+        except (OSError, http.client.HTTPException) as e:
+            print(f"thaw bootstrap: the Runtime API is gone: {e}", file=sys.stderr)
+            sys.exit(1)
+        next_headers = {}
+        if status != 200:
+            print(f"thaw bootstrap: /invocation/next returned {status}: {payload[:200]!r}", file=sys.stderr)
+            sys.exit(1)
+        try:
+            _invoke(client, handler, headers, payload)
+        except (OSError, http.client.HTTPException) as e:
+            print(f"thaw bootstrap: cannot report the result: {e}", file=sys.stderr)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

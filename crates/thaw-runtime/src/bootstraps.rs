@@ -1,0 +1,81 @@
+//! thaw's language bootstraps: the programs that load a Python or Node.js
+//! function and serve it over the AWS Lambda Runtime API.
+//!
+//! Owns: the bootstrap sources (embedded at build time) and writing them to a
+//! host directory. Must not: know where the daemon keeps that directory or how
+//! it is mounted (the daemon bind-mounts it read-only at `/var/runtime`).
+//!
+//! What the bootstraps rely on from their environment: `AWS_LAMBDA_RUNTIME_API`,
+//! `_HANDLER`, `LAMBDA_TASK_ROOT` (default `/var/task`),
+//! `AWS_LAMBDA_FUNCTION_NAME`, `AWS_LAMBDA_FUNCTION_VERSION`,
+//! `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, `AWS_LAMBDA_LOG_GROUP_NAME`,
+//! `AWS_LAMBDA_LOG_STREAM_NAME`. On their first `/invocation/next` they send
+//! [`FUNCTION_INIT_MS_HEADER`] with the milliseconds spent loading the handler.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The Python bootstrap, installed as `python/bootstrap.py`.
+pub const PYTHON_BOOTSTRAP: &str = include_str!("../bootstraps/python/bootstrap.py");
+
+/// The Node.js bootstrap, installed as `node/bootstrap.js`.
+pub const NODE_BOOTSTRAP: &str = include_str!("../bootstraps/node/bootstrap.js");
+
+/// Request header our bootstraps send on their first `/invocation/next`: the
+/// time (float milliseconds) they spent loading the user's handler.
+pub const FUNCTION_INIT_MS_HEADER: &str = "X-Thaw-Function-Init-Ms";
+
+/// Write the bootstraps to `dir/python/bootstrap.py` and `dir/node/bootstrap.js`,
+/// readable by every uid (functions run as unprivileged users). Each file is
+/// replaced atomically, so a runtime starting meanwhile never reads half a file.
+pub fn install_bootstraps(dir: &Path) -> io::Result<()> {
+    let files = [
+        ("python", "bootstrap.py", PYTHON_BOOTSTRAP),
+        ("node", "bootstrap.js", NODE_BOOTSTRAP),
+    ];
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for (sub, name, contents) in files {
+        let sub_dir = dir.join(sub);
+        fs::create_dir_all(&sub_dir)?;
+        fs::set_permissions(&sub_dir, fs::Permissions::from_mode(0o755))?;
+        let tmp = sub_dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(contents.as_bytes())?;
+            f.set_permissions(fs::Permissions::from_mode(0o644))?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, sub_dir.join(name))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_both_bootstraps_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("runtime");
+        install_bootstraps(&root).unwrap();
+        // Installing twice (daemon restart) replaces the files.
+        install_bootstraps(&root).unwrap();
+        let py = root.join("python/bootstrap.py");
+        let js = root.join("node/bootstrap.js");
+        assert_eq!(fs::read_to_string(&py).unwrap(), PYTHON_BOOTSTRAP);
+        assert_eq!(fs::read_to_string(&js).unwrap(), NODE_BOOTSTRAP);
+        for p in [&py, &js] {
+            let mode = fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{}", p.display());
+        }
+        let leftovers: Vec<_> = fs::read_dir(root.join("python"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+}

@@ -1,0 +1,152 @@
+//! `thaw-init`: the process the daemon spawns for every instance.
+//!
+//! Owns the order of operations at instance start: take the control socket
+//! (fd [`CONTROL_FD`]), read the `Start` frame, enter the sandbox while the
+//! process is still single-threaded, then run the [`supervisor`] on a
+//! current-thread tokio runtime. Must not: build namespaces itself
+//! (`thaw_sandbox::enter` does) or speak HTTP (the supervisor does), and must not
+//! start any thread before the sandbox is entered (`enter` forks).
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::SystemTime;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::stat::{fstat, SFlag};
+use thaw_sandbox::SandboxError;
+
+use crate::control::{
+    read_frame_sync, write_frame_sync, ControlError, FromSupervisor, ToSupervisor, CONTROL_FD,
+};
+use crate::error_chain;
+use crate::supervisor::{self, ExitReason};
+
+/// Why `thaw-init` could not start the supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// fd 3 is missing, not a socket, or cannot be configured.
+    #[error("Control socket (fd 3) is not usable")]
+    ControlSocket(#[source] io::Error),
+    /// The first frame could not be read.
+    #[error("Cannot read the Start frame")]
+    Handshake(#[source] ControlError),
+    /// The daemon sent something other than `Start` first.
+    #[error("First control frame is not Start")]
+    UnexpectedFrame,
+    /// `thaw_sandbox::enter` failed.
+    #[error("Cannot enter the sandbox")]
+    Sandbox(#[source] SandboxError),
+    /// The tokio runtime could not be built.
+    #[error("Cannot start the async runtime")]
+    AsyncRuntime(#[source] io::Error),
+}
+
+/// Entry point of the `thaw-init` binary. Never returns: exits 0 when the
+/// runtime exited or the daemon hung up, 1 on any failure (reported to the
+/// daemon as `Fatal` when the control channel still works).
+pub fn main() -> ! {
+    init_tracing();
+    let code = match run() {
+        Ok(ExitReason::RuntimeExited { .. } | ExitReason::ControlClosed) => 0,
+        Ok(ExitReason::SpawnFailed) => 1,
+        Err(()) => 1,
+    };
+    std::process::exit(code)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Fails only if a subscriber is already set, which is then good enough.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// Take ownership of fd 3 and make sure the runtime never inherits it.
+fn take_control_socket() -> Result<StdUnixStream, StartupError> {
+    // SAFETY: F_GETFD only reads the descriptor flags of fd 3; it touches no
+    // memory of ours. It tells us whether fd 3 is open before we claim it.
+    let flags = unsafe { libc::fcntl(CONTROL_FD, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(StartupError::ControlSocket(io::Error::last_os_error()));
+    }
+    // SAFETY: fd 3 is open (checked above) and, by the contract with the daemon,
+    // is the control socket that nothing else in this process owns or closes;
+    // from here on the OwnedFd is its only owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
+    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| StartupError::ControlSocket(e.into()))?;
+    let st = fstat(&fd).map_err(|e| StartupError::ControlSocket(e.into()))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(StartupError::ControlSocket(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "fd 3 is not a socket",
+        )));
+    }
+    Ok(StdUnixStream::from(fd))
+}
+
+/// Tell the daemon why we give up (best effort) and log it.
+fn fatal(control: &mut StdUnixStream, err: &StartupError) {
+    let message = error_chain(err);
+    tracing::error!(error = %message, "thaw-init failed");
+    if let Err(e) = write_frame_sync(control, &FromSupervisor::Fatal { message }, &[]) {
+        tracing::warn!(error = %error_chain(&e), "cannot report the failure");
+    }
+}
+
+fn run() -> Result<ExitReason, ()> {
+    let mut control = take_control_socket().map_err(|e| {
+        tracing::error!(error = %error_chain(&e), "thaw-init failed");
+    })?;
+    let spec = match read_frame_sync::<_, ToSupervisor>(&mut control) {
+        Ok((ToSupervisor::Start(spec), _)) => *spec,
+        Ok(_) => {
+            fatal(&mut control, &StartupError::UnexpectedFrame);
+            return Err(());
+        }
+        Err(e) => {
+            fatal(&mut control, &StartupError::Handshake(e));
+            return Err(());
+        }
+    };
+    // Wall-clock time: a time namespace may shift the monotonic clocks between
+    // here and the sandbox side of `enter`.
+    let started = SystemTime::now();
+    if let Err(e) = thaw_sandbox::enter(&spec.sandbox) {
+        fatal(&mut control, &StartupError::Sandbox(e));
+        return Err(());
+    }
+    // Now PID 1 of the sandbox, unprivileged. Only now may threads exist.
+    let setup_ms = started
+        .elapsed()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            fatal(&mut control, &StartupError::AsyncRuntime(e));
+            return Err(());
+        }
+    };
+    if let Err(e) = control.set_nonblocking(true) {
+        fatal(&mut control, &StartupError::ControlSocket(e));
+        return Err(());
+    }
+    rt.block_on(async move {
+        let control = tokio::net::UnixStream::from_std(control).map_err(|e| {
+            tracing::error!(error = %e, "cannot register the control socket");
+        })?;
+        // The supervisor reports its own failures to the daemon.
+        supervisor::run(spec.runtime, control, setup_ms)
+            .await
+            .map_err(|_| ())
+    })
+}
