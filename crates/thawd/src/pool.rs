@@ -242,6 +242,11 @@ impl Pools {
                 lines.push(format!("RequestId: {request_id} Error: {error_type}"));
                 (payload, Some("Unhandled".into()), false, "crash")
             }
+            RunResult::Broken(_) if self.shutting_down.load(Ordering::SeqCst) => {
+                self.metrics.add_instances(&f.name, "busy", -1);
+                inst.destroy().await;
+                return Err(InvokeError::ShuttingDown);
+            }
             RunResult::Broken(why) => {
                 tracing::error!(instance = %inst.id, why, "instance broke during an invocation");
                 self.metrics.add_instances(&f.name, "busy", -1);
@@ -373,7 +378,12 @@ impl Pools {
         // Busy instances are killed through their cgroups; their invocations then
         // fail and destroy what is left of them.
         let ctx = self.ctx.clone();
-        match tokio::task::spawn_blocking(move || ctx.cgroups.cleanup_stale()).await {
+        let cleanup = tokio::task::spawn_blocking(move || {
+            let n = ctx.cgroups.cleanup_stale()?;
+            ctx.cgroups.remove()?;
+            Ok::<usize, thaw_sandbox::CgroupError>(n)
+        });
+        match cleanup.await {
             Ok(Ok(n)) if n > 0 => tracing::info!(count = n, "killed busy instances at shutdown"),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

@@ -243,7 +243,7 @@ pub fn start_spec(
             gid: f.uid,
             root_mountpoint: ctx.root_mountpoint.to_path_buf(),
             binds,
-            tmp_size_bytes: ctx.tmp_size_bytes,
+            tmp_size_bytes: tmp_size_bytes(f, ctx.tmp_size_bytes),
             shm_size_bytes: 64 * 1024 * 1024,
             files,
         },
@@ -254,6 +254,14 @@ pub fn start_spec(
             api_port: RUNTIME_API_PORT,
         },
     })
+}
+
+/// `/tmp` is a tmpfs, so what a function writes there counts against its memory
+/// limit. Cap it at half the memory size so that filling `/tmp` fails with
+/// ENOSPC instead of an out-of-memory kill.
+fn tmp_size_bytes(f: &FunctionRecord, configured: u64) -> u64 {
+    let half_memory = u64::from(f.memory_mb) * 1024 * 1024 / 2;
+    configured.min(half_memory)
 }
 
 fn add_prefix(binds: &mut Vec<BindMount>, path: &mut String, rt: &HostRuntime) {

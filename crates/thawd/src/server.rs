@@ -140,6 +140,13 @@ pub async fn serve_with(
     };
 
     let app = crate::api::router(platform.clone());
+    // Kill instances as soon as shutdown starts: graceful shutdown waits for
+    // in-flight requests, and an invocation may otherwise run for minutes.
+    let stopping = platform.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.pools.shutdown().await;
+    };
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

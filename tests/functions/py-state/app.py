@@ -20,11 +20,10 @@ def _try(fn):
 def _fill_tmp():
     written = 0
     chunk = b"x" * (1 << 20)
-    with open("/tmp/fill", "wb") as f:
+    with open("/tmp/fill", "wb", buffering=0) as f:
         try:
             while written < (4 << 30):
                 f.write(chunk)
-                f.flush()
                 written += len(chunk)
         except OSError as e:
             os.remove("/tmp/fill")
