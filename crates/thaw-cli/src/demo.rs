@@ -27,7 +27,7 @@ pub fn run(data_dir: Option<PathBuf>, warm_runs: usize) -> anyhow::Result<()> {
         "thaw demo: starting a daemon with its data in {}",
         dir.display()
     );
-    let daemon = LocalDaemon::start(dir, |_| {})?;
+    let daemon = LocalDaemon::start(dir.clone(), |_| {})?;
     let client = Client::new(&daemon.endpoint)?;
     let functions = [
         (
@@ -95,6 +95,18 @@ pub fn run(data_dir: Option<PathBuf>, warm_runs: usize) -> anyhow::Result<()> {
         );
     }
     daemon.stop()?;
-    println!("\ndaemon stopped; every sandbox, cgroup and mount was removed");
+    // Check, not assume, that nothing was left behind.
+    let parent = thawd::server::cgroup_parent_name(&std::fs::canonicalize(&dir)?);
+    let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")?
+        .flatten()
+        .map(|e| e.path().join(&parent))
+        .chain(std::iter::once(std::path::Path::new("/sys/fs/cgroup").join(&parent)))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !left.is_empty() {
+        anyhow::bail!("cgroups left behind: {}", left.join(", "));
+    }
+    println!("\ndaemon stopped; no instance cgroup is left (sandbox mounts lived in their own namespaces)");
     Ok(())
 }

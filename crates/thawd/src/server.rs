@@ -93,7 +93,7 @@ impl Platform {
 
 /// cgroup parent of one daemon: `thaw/<hash of its data dir>`, so that several
 /// daemons (e.g. parallel tests) never clean up each other's instances.
-fn cgroup_parent_name(data_dir: &Path) -> String {
+pub fn cgroup_parent_name(data_dir: &Path) -> String {
     let h = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
     let hex: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
     format!("thaw/{hex}")
