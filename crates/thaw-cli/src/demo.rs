@@ -100,7 +100,9 @@ pub fn run(data_dir: Option<PathBuf>, warm_runs: usize) -> anyhow::Result<()> {
     let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")?
         .flatten()
         .map(|e| e.path().join(&parent))
-        .chain(std::iter::once(std::path::Path::new("/sys/fs/cgroup").join(&parent)))
+        .chain(std::iter::once(
+            std::path::Path::new("/sys/fs/cgroup").join(&parent),
+        ))
         .filter(|p| p.exists())
         .map(|p| p.display().to_string())
         .collect();

@@ -350,6 +350,16 @@ fn sandbox_isolation_from_inside_a_function() {
         let (_, v) = invoke(&c, "iso", json!({"action": "listdir", "path": dir}));
         assert_eq!(v["ok"], false, "{dir} listable: {v}");
     }
+    // The host Python's own site-packages (other software, start-up hooks) is hidden.
+    let (_, v) = invoke(
+        &c,
+        "iso",
+        json!({"action": "listdir", "path": "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages"}),
+    );
+    assert!(
+        v["value"] == json!([]) || v["ok"] == false,
+        "host site-packages visible: {v}"
+    );
     let (_, v) = invoke(&c, "iso", json!({"action": "listdir", "path": "/var/task"}));
     assert_eq!(v["value"], json!(["app.py"]), "only its own code: {v}");
     let (_, v) = invoke(&c, "iso", json!({"action": "listdir", "path": "/etc"}));
@@ -510,4 +520,78 @@ fn unmodified_awslambdaric_runs_as_a_custom_runtime() {
     let (r, v) = invoke(&c, "ric", json!({"again": true}));
     assert_eq!(r.start, Some(StartKind::Warm));
     assert_eq!(v["echo"], json!({"again": true}));
+}
+
+#[test]
+fn cli_deploy_invoke_list_logs_delete() {
+    if !can_run("cli") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let thaw = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .arg("--endpoint")
+            .arg(&d.endpoint)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let code_dir = functions_dir().join("py-state");
+    let code_dir = code_dir.to_str().unwrap();
+    let (st, _, err) = thaw(&[
+        "deploy",
+        "clifn",
+        "--runtime",
+        "python3.11",
+        "--handler",
+        "app.handler",
+        "--code",
+        code_dir,
+        "--memory",
+        "192",
+        "--env",
+        "MODE=cli",
+    ]);
+    assert_eq!(st, Some(0), "{err}");
+    // Deploying again updates the function in place.
+    let (st, _, err) = thaw(&[
+        "deploy",
+        "clifn",
+        "--runtime",
+        "python3.11",
+        "--handler",
+        "app.handler",
+        "--code",
+        code_dir,
+        "--timeout",
+        "9",
+    ]);
+    assert_eq!(st, Some(0), "{err}");
+    let (st, out, err) = thaw(&["invoke", "clifn", "--payload", r#"{"action":"env"}"#]);
+    assert_eq!(st, Some(0), "{err}");
+    let env: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"], "192");
+    assert!(err.contains("cold"), "start kind on stderr: {err}");
+    let (st, out, _) = thaw(&["invoke", "clifn", "--payload", r#"{"action":"raise"}"#]);
+    assert_eq!(st, Some(1), "function error exits 1");
+    assert!(out.contains("ValueError"), "{out}");
+    let (st, out, _) = thaw(&["list"]);
+    assert_eq!(st, Some(0));
+    assert!(out.contains("clifn") && out.contains("python3.11"), "{out}");
+    let (st, out, _) = thaw(&["logs", "clifn"]);
+    assert_eq!(st, Some(0));
+    assert!(
+        out.contains("action=env") && out.contains("REPORT RequestId"),
+        "{out}"
+    );
+    let (st, _, _) = thaw(&["delete", "clifn"]);
+    assert_eq!(st, Some(0));
+    let (st, _, err) = thaw(&["invoke", "clifn"]);
+    assert_ne!(st, Some(0));
+    assert!(err.contains("ResourceNotFoundException"), "{err}");
 }

@@ -40,6 +40,7 @@ pub struct InstanceContext {
     pub runtimes: HostRuntimes,
     pub bootstrap_dir: PathBuf,
     pub root_mountpoint: PathBuf,
+    pub empty_dir: PathBuf,
     pub tmp_size_bytes: u64,
     pub pids_max: u64,
     pub cgroups: CgroupParent,
@@ -113,6 +114,7 @@ impl Instance {
                 runtimes: &ctx.runtimes,
                 bootstrap_dir: &ctx.bootstrap_dir,
                 root_mountpoint: &ctx.root_mountpoint,
+                empty_dir: &ctx.empty_dir,
                 tmp_size_bytes: ctx.tmp_size_bytes,
             },
         )

@@ -28,6 +28,9 @@ pub struct HostRuntime {
     pub executable: PathBuf,
     /// Install prefix to bind-mount read-only, when it is outside `/usr`.
     pub prefix: Option<PathBuf>,
+    /// Directories of the host installation that instances must not see (the
+    /// host's `site-packages`: other software's packages and start-up hooks).
+    pub hidden: Vec<PathBuf>,
 }
 
 /// Runtimes found on the host at daemon start.
@@ -45,7 +48,8 @@ impl HostRuntimes {
             &std::env::var("THAW_PYTHON").unwrap_or_else(|_| "python3.11".into()),
             &[
                 "-c",
-                "import sys; print(sys.executable); print(sys.base_prefix)",
+                "import sys, sysconfig; print(sys.executable); print(sys.base_prefix); \
+                 print(sysconfig.get_paths()['purelib']); print(sysconfig.get_paths()['platlib'])",
             ],
         );
         let node20 = probe(
@@ -80,7 +84,19 @@ fn probe(program: &str, args: &[&str]) -> Option<HostRuntime> {
     let executable = std::fs::canonicalize(lines.next()?.trim()).ok()?;
     let prefix = std::fs::canonicalize(lines.next()?.trim()).ok()?;
     let prefix = (!prefix.starts_with("/usr")).then_some(prefix);
-    Some(HostRuntime { executable, prefix })
+    let mut hidden: Vec<PathBuf> = Vec::new();
+    for line in lines {
+        if let Ok(p) = std::fs::canonicalize(line.trim()) {
+            if p.is_dir() && !hidden.contains(&p) {
+                hidden.push(p);
+            }
+        }
+    }
+    Some(HostRuntime {
+        executable,
+        prefix,
+        hidden,
+    })
 }
 
 /// Why an instance of a function cannot be described.
@@ -99,6 +115,8 @@ pub struct SpecContext<'a> {
     pub bootstrap_dir: &'a Path,
     /// Empty host directory used as the sandbox root mount point.
     pub root_mountpoint: &'a Path,
+    /// Empty host directory mounted over hidden host directories.
+    pub empty_dir: &'a Path,
     pub tmp_size_bytes: u64,
 }
 
@@ -140,6 +158,7 @@ pub fn start_spec(
                 .as_ref()
                 .ok_or_else(|| SpecError::RuntimeMissing(f.runtime.clone()))?;
             add_prefix(&mut binds, &mut path, rt);
+            hide(&mut binds, rt, ctx.empty_dir);
             env.push(("PYTHONUNBUFFERED".into(), "1".into()));
             env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
             vec![
@@ -274,6 +293,17 @@ fn add_prefix(binds: &mut Vec<BindMount>, path: &mut String, rt: &HostRuntime) {
             });
             *path = format!("{}:{}", prefix.join("bin").display(), path);
         }
+    }
+}
+
+/// Mount `empty` over the runtime's hidden host directories.
+fn hide(binds: &mut Vec<BindMount>, rt: &HostRuntime, empty: &Path) {
+    for dir in &rt.hidden {
+        binds.push(BindMount {
+            source: empty.to_path_buf(),
+            target: dir.clone(),
+            required: true,
+        });
     }
 }
 

@@ -49,6 +49,8 @@ impl Platform {
         })?;
         let root_mountpoint = data_dir.join("run").join("root");
         std::fs::create_dir_all(&root_mountpoint)?;
+        let empty_dir = data_dir.join("run").join("empty");
+        std::fs::create_dir_all(&empty_dir)?;
 
         let cgroups = CgroupParent::open(&cgroup_parent_name(&data_dir))
             .context("cannot set up the cgroup hierarchy")?;
@@ -70,6 +72,7 @@ impl Platform {
             runtimes,
             bootstrap_dir,
             root_mountpoint,
+            empty_dir,
             tmp_size_bytes: config.tmp_size_bytes,
             pids_max: config.pids_max,
             cgroups,

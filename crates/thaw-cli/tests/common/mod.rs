@@ -85,7 +85,7 @@ impl Daemon {
             .args(["serve", "--listen", &listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn thaw serve");
