@@ -24,7 +24,7 @@ pub use bootstraps::install_bootstraps;
 pub use supervisor::{ExitReason, SupervisorError};
 
 /// An error and its sources, joined with ": " (for `Fatal` messages and logs).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

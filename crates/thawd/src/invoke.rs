@@ -2,23 +2,7 @@
 
 use bytes::Bytes;
 
-/// How the instance that served an invocation was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartKind {
-    /// A new sandbox was created and the function initialised from scratch.
-    Cold,
-    /// An idle, already initialised instance was reused.
-    Warm,
-}
-
-impl StartKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StartKind::Cold => "cold",
-            StartKind::Warm => "warm",
-        }
-    }
-}
+pub use thaw_api::StartKind;
 
 /// Per-phase timings of one invocation, milliseconds. Start phases are zero for
 /// a warm start.
