@@ -595,3 +595,34 @@ fn cli_deploy_invoke_list_logs_delete() {
     assert_ne!(st, Some(0));
     assert!(err.contains("ResourceNotFoundException"), "{err}");
 }
+
+#[test]
+fn no_descriptor_reaches_a_function_and_the_supervisor_is_opaque() {
+    if !can_run("fd_hygiene") {
+        return;
+    }
+    let d = Daemon::start_with_inherited_fds();
+    let c = d.client();
+    deploy(&c, "fds", "py-state", "python3.11", "app.handler", 128, 5);
+    let (_, v) = invoke(&c, "fds", json!({"action": "fds"}));
+    let fds = v.as_object().expect("fd map");
+    assert!(fds.len() <= 6, "unexpected descriptors: {v}");
+    for (fd, target) in fds {
+        let t = target.as_str().unwrap();
+        let allowed = t == "/dev/null"
+            || t.starts_with("pipe:")
+            || t.starts_with("socket:")
+            || t.starts_with("/proc/");
+        assert!(allowed, "fd {fd} -> {t} leaked into the function: {v}");
+    }
+    // The supervisor (PID 1, same uid) is not dumpable: its fds and memory are closed.
+    for path in ["/proc/1/fd", "/proc/1/environ", "/proc/1/mem"] {
+        let action = if path.ends_with("fd") {
+            "listdir"
+        } else {
+            "read"
+        };
+        let (_, v) = invoke(&c, "fds", json!({"action": action, "path": path}));
+        assert_eq!(v["ok"], false, "{path} is open to the function: {v}");
+    }
+}

@@ -40,12 +40,23 @@ pub enum StartupError {
     /// The tokio runtime could not be built.
     #[error("Cannot start the async runtime")]
     AsyncRuntime(#[source] io::Error),
+    /// PR_SET_DUMPABLE could not be cleared.
+    #[error("Cannot make the supervisor non-dumpable")]
+    Dumpable(#[source] io::Error),
 }
 
 /// Entry point of the `thaw-init` binary. Never returns: exits 0 when the
 /// runtime exited or the daemon hung up, 1 on any failure (reported to the
 /// daemon as `Fatal` when the control channel still works).
 pub fn main() -> ! {
+    // Close everything inherited above the control socket before anything in
+    // this process can own a descriptor: the sandbox must start with fds 0-3 only.
+    // SAFETY: this is the first statement of the program's main; no Rust object
+    // owns a descriptor numbered 4 or higher yet, so none is left dangling.
+    if let Err(e) = unsafe { thaw_sandbox::close_fds_from(CONTROL_FD as u32 + 1) } {
+        eprintln!("thaw-init: cannot close inherited descriptors: {e}");
+        std::process::exit(1);
+    }
     init_tracing();
     let code = match run() {
         Ok(ExitReason::RuntimeExited { .. } | ExitReason::ControlClosed) => 0,
@@ -121,7 +132,14 @@ fn run() -> Result<ExitReason, ()> {
         fatal(&mut control, &StartupError::Sandbox(e));
         return Err(());
     }
-    // Now PID 1 of the sandbox, unprivileged. Only now may threads exist.
+    // Now PID 1 of the sandbox, unprivileged. The function runs as the same
+    // uid: make sure it can never open this process's /proc entries (fds,
+    // memory), whatever the host's suid_dumpable setting.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        fatal(&mut control, &StartupError::Dumpable(e.into()));
+        return Err(());
+    }
+    // Only now may threads exist.
     let setup_ms = started
         .elapsed()
         .map(|d| d.as_secs_f64() * 1000.0)

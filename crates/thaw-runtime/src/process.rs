@@ -56,6 +56,15 @@ impl RuntimeProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Only stdin/stdout/stderr reach the runtime: the control socket, the
+        // Runtime API listener and anything else stay with the supervisor.
+        // SAFETY: the closure runs between fork and exec and makes one
+        // async-signal-safe system call (close_range with CLOEXEC), allocating nothing.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                thaw_sandbox::mark_cloexec_from(3)
+            });
+        }
         let mut child = cmd.spawn()?;
         let raw_pid = i32::try_from(child.id())
             .map_err(|_| io::Error::new(ErrorKind::InvalidData, "pid out of range"))?;

@@ -44,6 +44,7 @@ pub use seccomp::{
 };
 pub use seccompiler::BpfProgram;
 pub use spec::{BindMount, Limits, SandboxFile, SandboxSpec, SpecError};
+pub use sys::{close_fds_from, mark_cloexec_from};
 
 /// Errors of building a sandbox; the variant names the step that failed.
 #[derive(Debug, thiserror::Error)]

@@ -355,6 +355,8 @@ mod tests {
             "ptrace" => libc::SYS_ptrace,
             "process_vm_readv" => libc::SYS_process_vm_readv,
             "process_vm_writev" => libc::SYS_process_vm_writev,
+            "pidfd_getfd" => libc::SYS_pidfd_getfd,
+            "kcmp" => libc::SYS_kcmp,
             "keyctl" => libc::SYS_keyctl,
             "add_key" => libc::SYS_add_key,
             "request_key" => libc::SYS_request_key,

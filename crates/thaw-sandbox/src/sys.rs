@@ -50,10 +50,27 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Re
 /// Any Rust object owning one of those descriptors (a `File`, an `OwnedFd`)
 /// is left dangling: the caller must never use or drop such an object again.
 /// Meant for a process that afterwards only waits and exits.
-pub(crate) unsafe fn close_fds_from(first: u32) -> io::Result<()> {
+pub unsafe fn close_fds_from(first: u32) -> io::Result<()> {
     // SAFETY: close_range(2) takes integers only; the caller upholds the
     // ownership contract documented above.
     let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0_u32) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `CLOSE_RANGE_CLOEXEC` (linux/close_range.h): mark instead of close.
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
+/// Mark every descriptor numbered `first` or higher close-on-exec, so that no
+/// descriptor the caller inherited or forgot leaks into a program it executes.
+/// Safe: no descriptor is closed, so no owner is left dangling. One system call
+/// and no allocation, so it may run between fork and exec.
+pub fn mark_cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range(2) takes integers only; with CLOSE_RANGE_CLOEXEC it
+    // only sets a flag on descriptors and invalidates none.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }

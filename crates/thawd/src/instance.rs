@@ -506,9 +506,9 @@ fn spawn_init(init_binary: &std::path::Path, control: &OwnedFd) -> std::io::Resu
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (dup2, fcntl) on a descriptor that the parent
-    // keeps open until spawn returns.
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (dup2, fcntl, close_range) on descriptors;
+    // `fd` stays open in the parent until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
             if fd == thaw_runtime::control::CONTROL_FD {
@@ -519,6 +519,9 @@ fn spawn_init(init_binary: &std::path::Path, control: &OwnedFd) -> std::io::Resu
             } else if libc::dup2(fd, thaw_runtime::control::CONTROL_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Nothing the daemon holds (listeners, other instances' sockets,
+            // descriptors it inherited) may reach the sandbox.
+            thaw_sandbox::mark_cloexec_from(4)?;
             Ok(())
         });
     }

@@ -74,14 +74,41 @@ impl Daemon {
         d
     }
 
+    /// Start a daemon whose process inherited extra descriptors from its parent
+    /// (fd 7 on the host's `/`, fd 8 on `/etc/hostname`), as a careless launcher would.
+    pub fn start_with_inherited_fds() -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("thaw-e2e-")
+            .tempdir()
+            .unwrap();
+        let mut d = Daemon::spawn(tmp.path(), &[], true);
+        d._tmp = Some(tmp);
+        d
+    }
+
     /// Start a daemon on an existing data directory.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::spawn(data_dir, extra, false)
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str], leak_fds: bool) -> Daemon {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
         let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_thaw"))
+        let mut cmd = if leak_fds {
+            let mut c = Command::new("/bin/sh");
+            c.args([
+                "-c",
+                "exec 7</ 8</etc/hostname; exec \"$0\" \"$@\"",
+                env!("CARGO_BIN_EXE_thaw"),
+            ]);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_thaw"))
+        };
+        let child = cmd
             .args(["serve", "--listen", &listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
