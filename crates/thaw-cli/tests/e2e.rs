@@ -1,5 +1,6 @@
 //! End-to-end tests: a real `thaw serve`, real sandboxes, real runtimes.
-//! Each test prints a loud SKIP line and returns when it cannot run here.
+//! Each test prints a loud SKIP line and returns when it cannot run here
+//! (and fails instead when THAW_REQUIRE_ALL=1, as in CI).
 
 mod common;
 
@@ -20,7 +21,10 @@ fn boto3_drives_the_lambda_api() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !has_boto3 {
-        eprintln!("SKIP boto3_drives_the_lambda_api: boto3 is not installed (scripts/test.sh installs it)");
+        skip(
+            "boto3_drives_the_lambda_api",
+            "boto3 is not installed (scripts/test.sh installs it)",
+        );
         return;
     }
     let d = Daemon::start(&[]);
@@ -449,6 +453,10 @@ fn shutdown_leaves_nothing_and_restart_finds_functions() {
         !mounts_before.contains(&root),
         "sandbox mounts leaked into the host namespace"
     );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(tmp.path()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "data dir is open to other users: {mode:o}");
 
     let d2 = Daemon::start_in(tmp.path(), &[]);
     let c2 = d2.client();
@@ -501,7 +509,10 @@ fn unmodified_awslambdaric_runs_as_a_custom_runtime() {
         .arg("awslambdaric==4.2.2")
         .status();
     if !matches!(pip, Ok(s) if s.success()) {
-        eprintln!("SKIP awslambdaric: `pip install awslambdaric` failed on this machine");
+        skip(
+            "awslambdaric",
+            "`pip install awslambdaric` failed on this machine",
+        );
         return;
     }
     let zip = thaw_api::package::zip_directory(code.path()).unwrap();
@@ -625,4 +636,47 @@ fn no_descriptor_reaches_a_function_and_the_supervisor_is_opaque() {
         let (_, v) = invoke(&c, "fds", json!({"action": action, "path": path}));
         assert_eq!(v["ok"], false, "{path} is open to the function: {v}");
     }
+}
+
+#[test]
+fn a_client_that_hangs_up_does_not_leak_the_instance() {
+    if !can_run("client_hangs_up") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    deploy(&c, "slow", "py-state", "python3.11", "app.handler", 128, 10);
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!(
+            "{}/2015-03-31/functions/slow/invocations",
+            d.endpoint
+        ))
+        .body(r#"{"action":"sleep","seconds":2}"#)
+        .send();
+    assert!(r.is_err(), "the client should have timed out");
+    // The invocation finishes on its own; the instance goes back to the pool.
+    std::thread::sleep(Duration::from_millis(2500));
+    let metrics = reqwest::blocking::get(format!("{}/metrics", d.endpoint))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"thaw_instances{function="slow",state="busy"} 0"#),
+        "{metrics}"
+    );
+    assert_eq!(
+        instance_cgroups(&d.data_dir).len(),
+        3,
+        "one instance, three controllers"
+    );
+    let (r, v) = invoke(&c, "slow", json!({}));
+    assert_eq!(r.start, Some(StartKind::Warm));
+    assert_eq!(
+        v["count"], 2,
+        "the hung-up invocation completed on the same instance"
+    );
 }

@@ -667,14 +667,27 @@ async fn invoke<B: ApiBackend>(
             Ok(resp)
         }
         InvocationType::RequestResponse => {
-            let outcome = b
-                .invoke(&record, input)
-                .instrument(span.clone())
-                .await
-                .map_err(|e| {
+            // Its own task: a client that hangs up must not cancel an invocation
+            // halfway (the instance would be dropped mid-use).
+            let task = {
+                let b = b.clone();
+                let span = span.clone();
+                tokio::spawn(async move { b.invoke(&record, input).instrument(span).await })
+            };
+            let outcome = match task.await {
+                Ok(r) => r.map_err(|e| {
                     let _enter = span.enter();
                     invoke_error(e)
-                })?;
+                })?,
+                Err(join) => {
+                    let _enter = span.enter();
+                    tracing::error!(error = %join, "invocation task failed");
+                    return Err(ApiError(LambdaError::new(
+                        ErrorCode::Service,
+                        "The invocation failed inside the daemon",
+                    )));
+                }
+            };
             Ok(invoke_response(outcome))
         }
     }

@@ -55,7 +55,7 @@ pub enum StartError {
     Init {
         error_type: String,
         payload: Bytes,
-        log: Vec<String>,
+        log: LogTail,
         timings: PhaseTimings,
     },
     /// The platform failed to build or run the sandbox.
@@ -78,6 +78,43 @@ pub enum RunResult {
     Broken(String),
 }
 
+/// The most recent log lines of an instance start or an invocation, bounded to
+/// what `LogType: Tail` can return, so that a function printing gigabytes
+/// cannot grow the daemon's memory (everything is still in the log store).
+#[derive(Debug, Default)]
+pub struct LogTail {
+    lines: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+impl LogTail {
+    /// Bytes kept (Lambda's tail is the last 4 KiB).
+    pub const MAX_BYTES: usize = 4096;
+
+    /// Append a line, dropping the oldest lines beyond the bound.
+    pub fn push(&mut self, mut line: String) {
+        if line.len() > Self::MAX_BYTES {
+            let mut cut = line.len() - Self::MAX_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut += 1;
+            }
+            line = line.split_off(cut);
+        }
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line);
+        while self.bytes > Self::MAX_BYTES && self.lines.len() > 1 {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes -= old.len() + 1;
+            }
+        }
+    }
+
+    /// The kept lines, oldest first.
+    pub fn into_lines(self) -> Vec<String> {
+        self.lines.into()
+    }
+}
+
 enum Event {
     Frame(FromSupervisor, Vec<u8>),
     Log(Option<String>, String),
@@ -95,6 +132,9 @@ pub struct Instance {
     control: OwnedWriteHalf,
     events: mpsc::UnboundedReceiver<Event>,
     collecting: Arc<AtomicBool>,
+    /// Cleared by the reader task once the runtime exited or the supervisor's
+    /// channel closed: the instance can never serve again.
+    alive: Arc<AtomicBool>,
     reader: JoinHandle<()>,
 }
 
@@ -162,12 +202,14 @@ impl Instance {
         let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
         let collecting = Arc::new(AtomicBool::new(true));
+        let alive = Arc::new(AtomicBool::new(true));
         let reader = tokio::spawn(read_events(
             read_half,
             tx,
             ctx.logs.clone(),
             f.name.clone(),
             collecting.clone(),
+            alive.clone(),
         ));
         let mut inst = Instance {
             id,
@@ -179,6 +221,7 @@ impl Instance {
             control: write_half,
             events: rx,
             collecting,
+            alive,
             reader,
         };
         match inst.finish_start(t0, f, spec).await {
@@ -214,7 +257,7 @@ impl Instance {
         let init_timeout = MIN_INIT_TIMEOUT.max(Duration::from_secs(u64::from(f.timeout_s)));
         let deadline = tokio::time::Instant::now() + init_timeout;
         let mut timings = PhaseTimings::default();
-        let mut init_log = Vec::new();
+        let mut init_log = LogTail::default();
         let oom_before = self.oom_kills();
         loop {
             let ev = match tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -315,13 +358,13 @@ impl Instance {
         payload: &[u8],
         timeout: Duration,
         f: &FunctionRecord,
-    ) -> (RunResult, Vec<String>, f64) {
+    ) -> (RunResult, LogTail, f64) {
         // Drop anything stale left in the channel while the instance was idle.
         while let Ok(ev) = self.events.try_recv() {
             if let Event::Closed(why) = ev {
                 return (
                     RunResult::Broken(format!("instance died while idle: {why}")),
-                    Vec::new(),
+                    LogTail::default(),
                     0.0,
                 );
             }
@@ -330,7 +373,7 @@ impl Instance {
         let oom_before = self.oom_kills();
         self.collecting.store(true, Ordering::Relaxed);
         let t0 = Instant::now();
-        let mut lines = Vec::new();
+        let mut lines = LogTail::default();
         if let Err(e) = write_frame(&mut self.control, &ToSupervisor::Invoke(inv), payload).await {
             self.collecting.store(false, Ordering::Relaxed);
             return (
@@ -413,16 +456,22 @@ impl Instance {
         (result, lines, invoke_ms)
     }
 
-    /// Whether the supervisor process is still running.
-    pub fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// Whether nothing has reported the instance dead (cheap, for the reaper).
+    pub fn looks_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Whether an idle instance can take an invocation: its runtime has not
+    /// exited, its channel is open and its supervisor process still runs.
+    pub fn is_usable(&mut self) -> bool {
+        self.looks_alive() && matches!(self.child.try_wait(), Ok(None))
     }
 
     fn oom_kills(&self) -> u64 {
         self.cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0)
     }
 
-    async fn drain_logs(&mut self, into: &mut Vec<String>, wait: Duration) {
+    async fn drain_logs(&mut self, into: &mut LogTail, wait: Duration) {
         let until = tokio::time::Instant::now() + wait;
         while let Ok(Some(ev)) = tokio::time::timeout_at(until, self.events.recv()).await {
             match ev {
@@ -494,6 +543,28 @@ impl Instance {
     }
 }
 
+impl Drop for Instance {
+    /// A safety net for an instance dropped without [`Instance::destroy`] (a
+    /// cancelled or panicking task): kill the sandbox and remove its cgroup.
+    fn drop(&mut self) {
+        let Some(cg) = self.cgroup.take() else { return };
+        tracing::warn!(instance = %self.id, "instance dropped without destroy; cleaning up");
+        let _ = self.child.start_kill();
+        self.reader.abort();
+        let cleanup = move || {
+            if let Err(e) = cg.destroy() {
+                tracing::warn!(error = %error_chain(&e), "cannot remove cgroup of a dropped instance");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(cleanup);
+            }
+            Err(_) => cleanup(),
+        }
+    }
+}
+
 fn spawn_init(init_binary: &std::path::Path, control: &OwnedFd) -> std::io::Result<Child> {
     let fd = control.as_raw_fd();
     let mut cmd = Command::new(init_binary);
@@ -535,6 +606,7 @@ async fn read_events(
     logs: Arc<LogStore>,
     function: String,
     collecting: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
 ) {
     let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
     loop {
@@ -566,11 +638,18 @@ async fn read_events(
                 }
             }
             Ok((msg, body)) => {
+                if matches!(
+                    msg,
+                    FromSupervisor::Exited { .. } | FromSupervisor::Fatal { .. }
+                ) {
+                    alive.store(false, Ordering::SeqCst);
+                }
                 if tx.send(Event::Frame(msg, body)).is_err() {
                     return;
                 }
             }
             Err(e) => {
+                alive.store(false, Ordering::SeqCst);
                 let _ = tx.send(Event::Closed(error_chain(&e)));
                 return;
             }
@@ -589,3 +668,30 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 pub use thaw_runtime::error_chain;
+
+#[cfg(test)]
+mod tests {
+    use super::LogTail;
+
+    #[test]
+    fn log_tail_stays_bounded_and_keeps_the_newest_lines() {
+        let mut t = LogTail::default();
+        for i in 0..100_000 {
+            t.push(format!("line {i} {}", "x".repeat(50)));
+        }
+        t.push("é".repeat(5000));
+        let lines = t.into_lines();
+        let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+        assert!(bytes <= LogTail::MAX_BYTES + 1, "{bytes}");
+        assert_eq!(lines.len(), 1, "an oversized line keeps only its end");
+        assert!(lines[0].chars().all(|c| c == 'é'));
+
+        let mut t = LogTail::default();
+        for i in 0..1000 {
+            t.push(format!("line {i}"));
+        }
+        let lines = t.into_lines();
+        assert_eq!(lines.last().map(String::as_str), Some("line 999"));
+        assert!(lines.len() < 1000);
+    }
+}

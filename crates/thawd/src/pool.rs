@@ -17,7 +17,9 @@ use thaw_runtime::control::Invocation;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::instance::{error_chain, error_doc, Instance, InstanceContext, RunResult, StartError};
+use crate::instance::{
+    error_chain, error_doc, Instance, InstanceContext, LogTail, RunResult, StartError,
+};
 use crate::invoke::{InvokeError, InvokeInput, InvokeOutcome, PhaseTimings, StartKind};
 use crate::logs::{now_ms, LogRecord, LogStore};
 use crate::metrics::Metrics;
@@ -125,6 +127,10 @@ impl Pools {
                     return Err(InvokeError::TooManyRequests(self.max_instances));
                 }
             };
+        // Shutdown may have begun while this call waited for a slot.
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(InvokeError::ShuttingDown);
+        }
 
         // A warm instance if one is idle and alive, else a cold start.
         let mut warm = None;
@@ -134,7 +140,7 @@ impl Pools {
                 None => break,
                 Some(mut inst) => {
                     self.metrics.add_instances(&f.name, "idle", -1);
-                    if inst.is_alive() {
+                    if inst.is_usable() {
                         warm = Some(inst);
                         break;
                     }
@@ -144,12 +150,17 @@ impl Pools {
             }
         }
         let (mut inst, start, mut timings, mut lines) = match warm {
-            Some(inst) => (inst, StartKind::Warm, PhaseTimings::default(), Vec::new()),
+            Some(inst) => (
+                inst,
+                StartKind::Warm,
+                PhaseTimings::default(),
+                LogTail::default(),
+            ),
             None => match Instance::start(f, &self.ctx).await {
                 Ok((inst, t)) => {
                     self.metrics.count_instance_start(&f.name, "ok");
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, runtime_ms = t.runtime_ms, init_ms = t.init_ms, "cold start");
-                    (inst, StartKind::Cold, t, Vec::new())
+                    (inst, StartKind::Cold, t, LogTail::default())
                 }
                 Err(StartError::Init {
                     error_type,
@@ -166,8 +177,9 @@ impl Pools {
                     );
                     tracing::info!(error_type, "function init failed");
                     let mut records: Vec<LogRecord> = log
-                        .iter()
-                        .map(|l| LogRecord::now(Some(request_id.clone()), "stdout", l.clone()))
+                        .into_lines()
+                        .into_iter()
+                        .map(|l| LogRecord::now(Some(request_id.clone()), "stdout", l))
                         .collect();
                     records.push(platform_line(&request_id, format!("INIT_REPORT Init Duration: {:.2} ms Phase: init Status: error Error Type: {error_type}", timings.runtime_ms + timings.init_ms)));
                     self.logs.append(&f.name, &records);
@@ -209,7 +221,9 @@ impl Pools {
         };
         let (result, out_lines, invoke_ms) = inst.run(inv, &input.payload, timeout, f).await;
         timings.invoke_ms = invoke_ms;
-        lines.extend(out_lines);
+        for line in out_lines.into_lines() {
+            lines.push(line);
+        }
 
         let (payload, function_error, keep, outcome) = match result {
             RunResult::Response(p) => (p, None, true, "success"),
@@ -273,9 +287,8 @@ impl Pools {
             ));
         }
         let end_line = format!("END RequestId: {request_id}");
-        let mut all = Vec::with_capacity(lines.len() + 3);
-        all.push(start_line.clone());
-        all.extend(lines.iter().cloned());
+        let mut all = vec![start_line.clone()];
+        all.extend(lines.into_lines());
         all.push(end_line.clone());
         all.push(report.clone());
         self.logs.append(
@@ -287,13 +300,21 @@ impl Pools {
             ],
         );
 
-        if keep
-            && !pool.retired.load(Ordering::SeqCst)
-            && !self.shutting_down.load(Ordering::SeqCst)
-        {
-            lock(&pool.idle).push(inst);
-            self.metrics.add_instances(&f.name, "idle", 1);
+        // `retired` is checked under the idle lock, which `retire` also takes
+        // after setting it: an instance is never parked in a retired pool.
+        let leftover = if keep && !self.shutting_down.load(Ordering::SeqCst) {
+            let mut idle = lock(&pool.idle);
+            if pool.retired.load(Ordering::SeqCst) {
+                Some(inst)
+            } else {
+                idle.push(inst);
+                self.metrics.add_instances(&f.name, "idle", 1);
+                None
+            }
         } else {
+            Some(inst)
+        };
+        if let Some(mut inst) = leftover {
             tokio::spawn(async move { inst.destroy().await });
         }
         Ok(InvokeOutcome {
@@ -337,9 +358,10 @@ impl Pools {
             let map = lock(&self.functions);
             for (name, pool) in map.iter() {
                 let mut idle = lock(&pool.idle);
-                let (old, keep): (Vec<Instance>, Vec<Instance>) = idle
-                    .drain(..)
-                    .partition(|i| now.duration_since(i.last_used) >= self.keep_alive);
+                // Expired, or dead while idle (its runtime exited or crashed).
+                let (old, keep): (Vec<Instance>, Vec<Instance>) = idle.drain(..).partition(|i| {
+                    now.duration_since(i.last_used) >= self.keep_alive || !i.looks_alive()
+                });
                 *idle = keep;
                 if !old.is_empty() {
                     self.metrics

@@ -1,6 +1,7 @@
 //! The daemon process: builds the [`Platform`] and serves the HTTP API until
 //! SIGINT/SIGTERM, then tears every instance down.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,10 @@ impl Platform {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let data_dir = std::fs::canonicalize(&config.data_dir)?;
+        // Function configurations (with their environment), code and logs are
+        // for root only; sandboxes reach their code through bind mounts.
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
         if !config.init_binary.is_file() {
             bail!(
                 "supervisor binary {} not found (build it with `cargo build --bins`)",

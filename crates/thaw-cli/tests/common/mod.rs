@@ -17,10 +17,19 @@ pub fn functions_dir() -> PathBuf {
 /// Whether this test can run here; prints a loud SKIP line when not.
 pub fn can_run(test: &str) -> bool {
     if !nix_is_root() {
-        eprintln!("SKIP {test}: needs root (namespaces, cgroups, mounts)");
+        skip(test, "needs root (namespaces, cgroups, mounts)");
         return false;
     }
     true
+}
+
+/// Print a loud SKIP line, or fail when `THAW_REQUIRE_ALL=1` (CI sets it, so
+/// that a required proof can never pass by being skipped).
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("THAW_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("{test} cannot run here ({why}) and THAW_REQUIRE_ALL=1");
+    }
+    eprintln!("SKIP {test}: {why}");
 }
 
 fn nix_is_root() -> bool {

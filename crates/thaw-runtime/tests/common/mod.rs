@@ -33,6 +33,10 @@ fn interpreter(name: &str, args: &[&str]) -> Option<String> {
 pub fn python(test: &str) -> Option<String> {
     let p = interpreter("python3", &["-c", "import sys; print(sys.executable)"]);
     if p.is_none() {
+        assert!(
+            std::env::var("THAW_REQUIRE_ALL").as_deref() != Ok("1"),
+            "{test}: python3 is not installed and THAW_REQUIRE_ALL=1"
+        );
         eprintln!("SKIP: {test}: python3 is not installed on this host");
     }
     p
@@ -42,6 +46,10 @@ pub fn python(test: &str) -> Option<String> {
 pub fn node(test: &str) -> Option<String> {
     let p = interpreter("node", &["-e", "console.log(process.execPath)"]);
     if p.is_none() {
+        assert!(
+            std::env::var("THAW_REQUIRE_ALL").as_deref() != Ok("1"),
+            "{test}: node is not installed and THAW_REQUIRE_ALL=1"
+        );
         eprintln!("SKIP: {test}: node is not installed on this host");
     }
     p
