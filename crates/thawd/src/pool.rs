@@ -33,7 +33,8 @@ const QUEUE_WAIT: Duration = Duration::from_secs(10);
 const TAIL_BYTES: usize = 4096;
 
 struct FunctionPool {
-    revision: String,
+    /// The function as this pool's instances run it (the newest seen).
+    record: FunctionRecord,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Instance>>,
     retired: AtomicBool,
@@ -73,7 +74,11 @@ impl Pools {
     fn pool_for(&self, f: &FunctionRecord) -> Arc<FunctionPool> {
         let mut map = lock(&self.functions);
         if let Some(p) = map.get(&f.name) {
-            if p.revision == f.revision_id {
+            // Same revision, or a request that read the function before an
+            // update landed: serve it with the newer revision rather than let it
+            // retire the new instances and start the old code again.
+            // (`LastModified` strings share one fixed format, so they sort by time.)
+            if p.record.revision_id == f.revision_id || f.last_modified < p.record.last_modified {
                 return p.clone();
             }
             // The function changed under us: retire the old revision's instances.
@@ -83,7 +88,7 @@ impl Pools {
             }
         }
         let p = Arc::new(FunctionPool {
-            revision: f.revision_id.clone(),
+            record: f.clone(),
             permits: Arc::new(Semaphore::new(self.max_instances)),
             idle: Mutex::new(Vec::new()),
             retired: AtomicBool::new(false),
@@ -119,6 +124,7 @@ impl Pools {
             return Err(InvokeError::ShuttingDown);
         }
         let pool = self.pool_for(f);
+        let f = &pool.record;
         let _permit =
             match tokio::time::timeout(QUEUE_WAIT, pool.permits.clone().acquire_owned()).await {
                 Ok(Ok(p)) => p,
