@@ -2,8 +2,9 @@
 //!
 //! Owns: thin, typed wrappers around the Linux interfaces that a checkpoint of
 //! a quiescent process tree reads from: `/proc/<pid>/…` files ([`proc`]),
-//! ptrace stops and per-thread register state ([`ptrace`]), another process's
-//! memory ([`memory`]) and the CPU's extended-state layout ([`cpu`]).
+//! ptrace stops and per-thread register state ([`ptrace`]), state only the
+//! process itself can report, read with remote syscalls ([`remote`]), another
+//! process's memory ([`memory`]) and the CPU's extended-state layout ([`cpu`]).
 //!
 //! Must not: decide policy (which processes to dump, what to do with an
 //! unsupported object), know about functions, sandboxes, HTTP or storage, or
@@ -13,8 +14,8 @@
 //! Every wrapper is tested against the real kernel in `tests/`. The crate is
 //! x86_64-only: the register and xstate layouts are that architecture's.
 //!
-//! Unsafe code lives only in [`ptrace`] (raw `ptrace(2)` requests and
-//! `get_robust_list(2)` that nix does not wrap) and [`cpu`] (`xgetbv`); each
+//! Unsafe code lives only in [`ptrace`] (raw `ptrace(2)` requests,
+//! `get_robust_list(2)` and `tkill(2)` that nix does not wrap) and [`cpu`] (`xgetbv`); each
 //! block carries a `// SAFETY:` comment.
 
 #![deny(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod cpu;
 pub mod memory;
 pub mod proc;
 pub mod ptrace;
+pub mod remote;
 
 /// Size of a base page on x86_64, the unit of every memory operation here.
 pub const PAGE_SIZE: u64 = 4096;

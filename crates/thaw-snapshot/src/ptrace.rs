@@ -5,8 +5,11 @@
 //! state while it is stopped, and detaching so it continues exactly where it
 //! was ([`Tracee`]); stopping every thread of a process at once ([`freeze`]).
 //!
-//! Must not: change a tracee's registers or memory (a checkpoint observes;
-//! the restore side has its own code), or decide what to dump.
+//! Must not: leave a tracee's registers or memory changed (a checkpoint
+//! observes; the restore side has its own code), or decide what to dump.
+//! The one exception is [`Tracee::remote_syscall`], which runs a single
+//! system call *in* a stopped thread and puts every register back exactly
+//! before it returns (see its documentation for the invariants).
 //!
 //! What is read per thread, and with which request:
 //!
@@ -18,14 +21,16 @@
 //! | rseq registration              | `PTRACE_GET_RSEQ_CONFIGURATION` (raw, Linux 5.13) |
 //! | blocked-signal mask            | `PTRACE_GETSIGMASK` (raw)                        |
 //! | robust futex list              | `get_robust_list(2)` (raw; not a ptrace request) |
+//! | one syscall run in the thread  | `PTRACE_SETREGS` + `PTRACE_SINGLESTEP` ([`Tracee::remote_syscall`]) |
 //!
 //! ptrace is bound to the tracer *thread*: every call on a [`Tracee`] must
 //! come from the thread that seized it, so [`Tracee`] and [`Frozen`] are
 //! neither `Send` nor `Sync`.
 
 // Unsafe is needed for the raw ptrace requests nix does not wrap
-// (NT_X86_XSTATE, GET_RSEQ_CONFIGURATION, GETSIGMASK) and get_robust_list;
-// each lives in one small function below.
+// (NT_X86_XSTATE, GET_RSEQ_CONFIGURATION, GETSIGMASK), get_robust_list and
+// tkill; each lives in one small function below. Remote syscalls need none:
+// nix wraps SETREGS, SINGLESTEP and PEEKDATA safely.
 #![allow(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,6 +62,11 @@ const XSTATE_BUFFER_MAX: usize = 64 * 1024;
 const MAX_FORWARDED_SIGNALS: usize = 64;
 /// How many times [`freeze`] re-reads the thread list before giving up.
 const MAX_FREEZE_ROUNDS: usize = 32;
+/// How many signals [`Tracee::remote_syscall_at`] holds back before it
+/// gives up on getting its system call executed.
+const MAX_REMOTE_SIGNALS: usize = 16;
+/// The `syscall` instruction.
+pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 
 /// Kernel-internal restart codes a stopped syscall may hold in `rax`
 /// (`include/linux/errno.h`); user space never sees them.
@@ -141,6 +151,70 @@ pub enum PtraceError {
         tid: Pid,
         /// Bytes returned.
         len: usize,
+    },
+    /// Writing registers or memory of the thread failed; `what` names it.
+    #[error("Writing {what} of thread {tid}")]
+    Write {
+        /// What was written (e.g. `"registers"`).
+        what: &'static str,
+        /// The thread.
+        tid: Pid,
+        /// Why.
+        #[source]
+        source: Errno,
+    },
+    /// A remote syscall needs a thread held in our interrupt stop; this one
+    /// is in a group stop or was never stopped.
+    #[error("Thread {tid} is not in an interrupt stop ({stop:?})")]
+    NotInterrupted {
+        /// The thread.
+        tid: Pid,
+        /// How it is stopped, if at all.
+        stop: Option<StopKind>,
+    },
+    /// The two bytes before `rip` (or at the given address) are not a
+    /// `syscall` instruction.
+    #[error("No syscall instruction at {addr:#x} in thread {tid} (found {found:02x?})")]
+    NoSyscallInstruction {
+        /// The thread.
+        tid: Pid,
+        /// Where one was expected.
+        addr: u64,
+        /// The bytes found there.
+        found: [u8; 2],
+    },
+    /// `PTRACE_SINGLESTEP` failed.
+    #[error("Single-stepping thread {tid}")]
+    Step {
+        /// The thread.
+        tid: Pid,
+        /// Why.
+        #[source]
+        source: Errno,
+    },
+    /// Signals kept arriving and the remote syscall never ran.
+    #[error("Remote syscall {nr} in thread {tid} did not run: {held} signals arrived first")]
+    RemoteStarved {
+        /// The thread.
+        tid: Pid,
+        /// The syscall number.
+        nr: i64,
+        /// Signals held back so far.
+        held: usize,
+    },
+    /// The thread stopped somewhere other than before or just after the
+    /// `syscall` instruction (the call changed control flow, or something
+    /// else moved the thread).
+    #[error("Remote syscall {nr} in thread {tid}: unexpected stop {status} at rip {rip:#x}")]
+    RemoteUnexpected {
+        /// The thread.
+        tid: Pid,
+        /// The syscall number.
+        nr: i64,
+        /// The wait status, as text.
+        status: String,
+        /// Where the thread was.
+        rip: u64,
     },
     /// `PTRACE_DETACH` failed.
     #[error("Detaching from thread {tid}")]
@@ -245,6 +319,40 @@ pub struct GeneralRegs {
     pub es: u64,
     pub fs: u64,
     pub gs: u64,
+}
+
+impl From<GeneralRegs> for libc::user_regs_struct {
+    fn from(r: GeneralRegs) -> Self {
+        Self {
+            r15: r.r15,
+            r14: r.r14,
+            r13: r.r13,
+            r12: r.r12,
+            rbp: r.rbp,
+            rbx: r.rbx,
+            r11: r.r11,
+            r10: r.r10,
+            r9: r.r9,
+            r8: r.r8,
+            rax: r.rax,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            orig_rax: r.orig_rax,
+            rip: r.rip,
+            cs: r.cs,
+            eflags: r.eflags,
+            rsp: r.rsp,
+            ss: r.ss,
+            fs_base: r.fs_base,
+            gs_base: r.gs_base,
+            ds: r.ds,
+            es: r.es,
+            fs: r.fs,
+            gs: r.gs,
+        }
+    }
 }
 
 impl From<libc::user_regs_struct> for GeneralRegs {
@@ -517,6 +625,9 @@ pub struct Tracee {
     tid: Pid,
     attached: bool,
     stop: Option<StopKind>,
+    /// Signals that arrived during remote syscalls and were held back;
+    /// re-sent to the thread (`tkill`) just before detach.
+    held: Vec<Signal>,
     // ptrace state belongs to the tracer thread: keep this !Send and !Sync.
     _tracer_thread: PhantomData<*const ()>,
 }
@@ -532,6 +643,7 @@ impl Tracee {
             tid,
             attached: true,
             stop: None,
+            held: Vec::new(),
             _tracer_thread: PhantomData,
         })
     }
@@ -669,6 +781,218 @@ impl Tracee {
             .map_err(self.read_err("robust list"))
     }
 
+    /// Overwrites the thread's general registers (`PTRACE_SETREGS`).
+    fn set_regs(&self, regs: &GeneralRegs) -> Result<(), PtraceError> {
+        ptrace::setregs(self.tid, (*regs).into()).map_err(|source| PtraceError::Write {
+            what: "registers",
+            tid: self.tid,
+            source,
+        })
+    }
+
+    /// Reads the two bytes at `addr` with `PTRACE_PEEKDATA` (aligned words,
+    /// so a read never crosses into a page the process has not mapped).
+    pub fn peek_bytes2(&self, addr: u64) -> Result<[u8; 2], PtraceError> {
+        let word = |a: u64| -> Result<[u8; 8], PtraceError> {
+            ptrace::read(self.tid, a as ptrace::AddressType)
+                .map(|w| w.to_ne_bytes())
+                .map_err(self.read_err("memory"))
+        };
+        let base = addr & !7;
+        let off = (addr - base) as usize;
+        let first = word(base)?;
+        if off < 7 {
+            Ok([first[off], first[off + 1]])
+        } else {
+            let second = word(base + 8)?;
+            Ok([first[7], second[0]])
+        }
+    }
+
+    /// The address of the `syscall` instruction the thread is stopped
+    /// after (`rip - 2`), checked to hold `0f 05`. Threads stopped by
+    /// [`freeze`] inside a system call always have one; a thread stopped in
+    /// user code does not, and needs another instruction (e.g. one in the
+    /// vDSO) for [`Tracee::remote_syscall_at`].
+    pub fn syscall_insn_before_rip(&self) -> Result<u64, PtraceError> {
+        let regs = self.regs()?;
+        let addr = regs.rip.wrapping_sub(2);
+        let found = self.peek_bytes2(addr)?;
+        if found != SYSCALL_INSN {
+            return Err(PtraceError::NoSyscallInstruction {
+                tid: self.tid,
+                addr,
+                found,
+            });
+        }
+        Ok(addr)
+    }
+
+    /// Signals that arrived during remote syscalls and are held until
+    /// detach (when they are re-sent to the thread).
+    pub fn held_signals(&self) -> &[Signal] {
+        &self.held
+    }
+
+    /// Executes system call `nr` with `args` (`rdi, rsi, rdx, r10, r8, r9`)
+    /// *in* this stopped thread, using the `syscall` instruction it is
+    /// stopped after ([`Tracee::syscall_insn_before_rip`]), and returns
+    /// the raw result (`-errno` on failure).
+    ///
+    /// See [`Tracee::remote_syscall_at`] for the invariants.
+    pub fn remote_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, PtraceError> {
+        self.check_interrupted()?;
+        let insn = self.syscall_insn_before_rip()?;
+        self.remote_syscall_at(insn, nr, args)
+    }
+
+    /// Executes system call `nr` in this stopped thread by pointing `rip`
+    /// at the `syscall` instruction at `insn` (checked to be `0f 05`) and
+    /// single-stepping over it; returns the raw `rax` (`-errno` on failure).
+    ///
+    /// Invariants (what makes this safe for the tracee):
+    ///
+    /// * The thread must be in our interrupt stop ([`StopKind::Interrupted`]);
+    ///   a group-stopped thread is refused.
+    /// * The registers are read first and written back exactly, whatever
+    ///   happens after they were changed (also on error). That includes
+    ///   `orig_rax` and `rax` as the interrupt stop left them
+    ///   (`-ERESTARTSYS` etc., *not* the rewound form), so on detach the
+    ///   kernel's own restart rule still re-executes an interrupted call.
+    ///   While our call runs, `orig_rax = -1` keeps the kernel from applying
+    ///   that rule to it on the way out of the stop.
+    /// * No tracee memory is written by this function; the syscall itself
+    ///   writes only what its arguments point at (the caller's scratch
+    ///   area, see [`crate::remote`]).
+    /// * The call must return to the instruction after `syscall` and not
+    ///   block: `rt_sigreturn`, `execve`, `exit`, `clone`, or a blocking
+    ///   `read` are not for this. A stop anywhere else is
+    ///   [`PtraceError::RemoteUnexpected`] (registers restored).
+    /// * A signal that arrives before the call ran shows up as a
+    ///   signal-delivery stop with `rip == insn`; it is held back (not
+    ///   delivered with our temporary registers) and re-sent to the thread
+    ///   with `tkill` at detach, so it is not lost (its `siginfo` becomes a
+    ///   `SI_TKILL` one). After 16 such signals the
+    ///   call gives up with [`PtraceError::RemoteStarved`].
+    /// * The thread's extended (FPU/vector) state is untouched: the kernel
+    ///   saves and restores it around every syscall.
+    /// * A seccomp filter in the tracee applies to the call.
+    pub fn remote_syscall_at(
+        &mut self,
+        insn: u64,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Result<i64, PtraceError> {
+        self.check_interrupted()?;
+        let found = self.peek_bytes2(insn)?;
+        if found != SYSCALL_INSN {
+            return Err(PtraceError::NoSyscallInstruction {
+                tid: self.tid,
+                addr: insn,
+                found,
+            });
+        }
+        let saved = self.regs()?;
+        let mut call = saved;
+        call.rip = insn;
+        call.rax = nr as u64;
+        call.orig_rax = u64::MAX;
+        call.rdi = args[0];
+        call.rsi = args[1];
+        call.rdx = args[2];
+        call.r10 = args[3];
+        call.r8 = args[4];
+        call.r9 = args[5];
+        self.set_regs(&call)?;
+        let result = self.step_over_syscall(insn, nr);
+        // Put everything back even when the step failed; a thread that is
+        // gone has nothing to restore.
+        let restored = if self.attached {
+            self.set_regs(&saved)
+        } else {
+            Ok(())
+        };
+        let ret = result?;
+        restored?;
+        Ok(ret)
+    }
+
+    /// Refuses anything but our own interrupt stop.
+    fn check_interrupted(&self) -> Result<(), PtraceError> {
+        if self.stop == Some(StopKind::Interrupted) {
+            Ok(())
+        } else {
+            Err(PtraceError::NotInterrupted {
+                tid: self.tid,
+                stop: self.stop,
+            })
+        }
+    }
+
+    /// Single-steps until the `syscall` at `insn` has run; returns `rax`.
+    fn step_over_syscall(&mut self, insn: u64, nr: i64) -> Result<i64, PtraceError> {
+        let tid = self.tid;
+        let after = insn.wrapping_add(2);
+        for _ in 0..=MAX_REMOTE_SIGNALS {
+            ptrace::step(tid, None).map_err(|source| PtraceError::Step { tid, source })?;
+            let status = waitpid(tid, Some(WaitPidFlag::__WALL))
+                .map_err(|source| PtraceError::Wait { tid, source })?;
+            let sig = match status {
+                WaitStatus::Stopped(_, sig) => Some(sig),
+                // A stray interrupt or job-control stop: step again.
+                WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP) => None,
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    self.attached = false;
+                    return Err(PtraceError::Exited {
+                        tid,
+                        status: format!("{status:?}"),
+                    });
+                }
+                other => {
+                    let rip = self.regs().map(|r| r.rip).unwrap_or(0);
+                    return Err(PtraceError::RemoteUnexpected {
+                        tid,
+                        nr,
+                        status: format!("{other:?}"),
+                        rip,
+                    });
+                }
+            };
+            let regs = self.regs()?;
+            if regs.rip == after {
+                // Our call ran. The single-step trap (a SIGTRAP, reported
+                // before any other signal because it is synchronous) is
+                // ours; any other signal is held for later.
+                if let Some(s) = sig.filter(|s| *s != Signal::SIGTRAP) {
+                    self.held.push(s);
+                }
+                return Ok(regs.rax as i64);
+            }
+            if regs.rip != insn {
+                return Err(PtraceError::RemoteUnexpected {
+                    tid,
+                    nr,
+                    status: format!("{status:?}"),
+                    rip: regs.rip,
+                });
+            }
+            // Not run yet: a signal got in first. Hold it, step again.
+            if let Some(s) = sig {
+                debug!(
+                    tid = tid.as_raw(),
+                    ?s,
+                    "holding signal during remote syscall"
+                );
+                self.held.push(s);
+            }
+        }
+        Err(PtraceError::RemoteStarved {
+            tid,
+            nr,
+            held: self.held.len(),
+        })
+    }
+
     /// Detaches, letting the thread continue where it stopped; an
     /// interrupted syscall restarts as the kernel decides.
     pub fn detach(mut self) -> Result<(), PtraceError> {
@@ -680,6 +1004,14 @@ impl Tracee {
             return Ok(());
         }
         self.attached = false;
+        // Signals held back by remote syscalls go back into the thread's
+        // queue now; the thread is still stopped, so they stay pending
+        // and it takes them as soon as it runs again.
+        for sig in self.held.drain(..) {
+            if let Err(e) = tkill(self.tid, sig) {
+                warn!(tid = self.tid.as_raw(), ?sig, error = %e, "re-sending held signal failed");
+            }
+        }
         match ptrace::detach(self.tid, None) {
             Ok(()) => Ok(()),
             // Already gone: nothing to restore.
@@ -775,6 +1107,20 @@ fn get_robust_list(tid: Pid) -> Result<(u64, u64), Errno> {
     Ok((head as u64, len as u64))
 }
 
+/// `tkill(2)`: queues `sig` for thread `tid`.
+fn tkill(tid: Pid, sig: Signal) -> Result<(), Errno> {
+    // SAFETY: `tkill` takes two integers by value and touches no memory of
+    // this process.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_tkill,
+            libc::c_long::from(tid.as_raw()),
+            libc::c_long::from(sig as i32),
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// Every thread of one process, stopped. Dropping it detaches them all.
 #[derive(Debug)]
 pub struct Frozen {
@@ -791,6 +1137,11 @@ impl Frozen {
     /// The stopped threads, the thread-group leader first, then by tid.
     pub fn threads(&self) -> &[Tracee] {
         &self.threads
+    }
+
+    /// The stopped threads, mutable (for [`Tracee::remote_syscall`]).
+    pub fn threads_mut(&mut self) -> &mut [Tracee] {
+        &mut self.threads
     }
 
     /// The stopped thread `tid`, if it belongs to the process.
