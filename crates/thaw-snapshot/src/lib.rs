@@ -24,11 +24,16 @@
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 compile_error!("thaw-snapshot supports only Linux on x86_64");
 
+pub mod checkpoint;
 pub mod cpu;
+pub mod image;
 pub mod memory;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;
+pub mod restore;
+pub mod spawn;
+pub mod state;
 
 /// Size of a base page on x86_64, the unit of every memory operation here.
 pub const PAGE_SIZE: u64 = 4096;

@@ -538,6 +538,12 @@ pub struct Xstate {
 }
 
 impl Xstate {
+    /// Wraps a saved image (as read back from a snapshot). The kernel checks
+    /// it when it is written to a thread.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self { bytes }
+    }
+
     /// The raw image.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
@@ -637,8 +643,13 @@ impl Tracee {
     /// running and receives no signal; call [`Tracee::interrupt`] and
     /// [`Tracee::wait_stop`] to stop it.
     pub fn seize(tid: Pid) -> Result<Self, PtraceError> {
-        ptrace::seize(tid, ptrace::Options::empty())
-            .map_err(|source| PtraceError::Seize { tid, source })?;
+        Self::seize_with(tid, ptrace::Options::empty())
+    }
+
+    /// [`Tracee::seize`] with ptrace options (e.g. `PTRACE_O_EXITKILL`, so
+    /// a process being restored dies with its restorer).
+    pub fn seize_with(tid: Pid, options: ptrace::Options) -> Result<Self, PtraceError> {
+        ptrace::seize(tid, options).map_err(|source| PtraceError::Seize { tid, source })?;
         Ok(Self {
             tid,
             attached: true,
@@ -782,9 +793,48 @@ impl Tracee {
     }
 
     /// Overwrites the thread's general registers (`PTRACE_SETREGS`).
-    fn set_regs(&self, regs: &GeneralRegs) -> Result<(), PtraceError> {
+    pub fn set_regs(&self, regs: &GeneralRegs) -> Result<(), PtraceError> {
         ptrace::setregs(self.tid, (*regs).into()).map_err(|source| PtraceError::Write {
             what: "registers",
+            tid: self.tid,
+            source,
+        })
+    }
+
+    /// The raw `struct sock_filter` array of the thread's seccomp filter
+    /// `index` (0 = the most recently installed), or `None` past the oldest
+    /// (`PTRACE_SECCOMP_GET_FILTER`, needs `CAP_SYS_ADMIN`).
+    pub fn seccomp_filter(&self, index: u64) -> Result<Option<Vec<u8>>, PtraceError> {
+        const SOCK_FILTER: usize = 8;
+        let count = match seccomp_get_filter(self.tid, index, None) {
+            Ok(n) => n,
+            // ENOENT: past the oldest filter; EINVAL: no filter at all.
+            Err(Errno::ENOENT) | Err(Errno::EINVAL) => return Ok(None),
+            Err(e) => return Err(self.read_err("seccomp filter")(e)),
+        };
+        let mut buf = vec![0u8; count * SOCK_FILTER];
+        let got = seccomp_get_filter(self.tid, index, Some(&mut buf))
+            .map_err(self.read_err("seccomp filter"))?;
+        buf.truncate(got * SOCK_FILTER);
+        Ok(Some(buf))
+    }
+
+    /// Overwrites the thread's full extended state
+    /// (`PTRACE_SETREGSET(NT_X86_XSTATE)`). The kernel validates the image
+    /// (header, `XSTATE_BV` against the enabled features) and refuses a bad
+    /// one with `EINVAL`.
+    pub fn set_xstate(&self, xstate: &Xstate) -> Result<(), PtraceError> {
+        setregset_xstate(self.tid, &xstate.bytes).map_err(|source| PtraceError::Write {
+            what: "xstate",
+            tid: self.tid,
+            source,
+        })
+    }
+
+    /// Overwrites the thread's blocked-signal mask (`PTRACE_SETSIGMASK`).
+    pub fn set_sigmask(&self, mask: SigSet) -> Result<(), PtraceError> {
+        set_sigmask(self.tid, mask.0).map_err(|source| PtraceError::Write {
+            what: "signal mask",
             tid: self.tid,
             source,
         })
@@ -993,6 +1043,47 @@ impl Tracee {
         })
     }
 
+    /// Runs the thread from `regs` until it executes an `int3` (a `SIGTRAP`
+    /// stop) and returns the registers there. For code the restorer placed
+    /// in the process; any other stop is [`PtraceError::RemoteUnexpected`].
+    /// `nr` only labels errors.
+    pub fn run_until_trap(
+        &mut self,
+        regs: &GeneralRegs,
+        nr: i64,
+    ) -> Result<GeneralRegs, PtraceError> {
+        let tid = self.tid;
+        self.set_regs(regs)?;
+        ptrace::cont(tid, None).map_err(|source| PtraceError::Step { tid, source })?;
+        loop {
+            let status = waitpid(tid, Some(WaitPidFlag::__WALL))
+                .map_err(|source| PtraceError::Wait { tid, source })?;
+            match status {
+                WaitStatus::Stopped(_, Signal::SIGTRAP) => return self.regs(),
+                // A stray interrupt or job-control stop: go on.
+                WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP) => {
+                    ptrace::cont(tid, None).map_err(|source| PtraceError::Step { tid, source })?;
+                }
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    self.attached = false;
+                    return Err(PtraceError::Exited {
+                        tid,
+                        status: format!("{status:?}"),
+                    });
+                }
+                other => {
+                    let rip = self.regs().map(|r| r.rip).unwrap_or(0);
+                    return Err(PtraceError::RemoteUnexpected {
+                        tid,
+                        nr,
+                        status: format!("{other:?}"),
+                        rip,
+                    });
+                }
+            }
+        }
+    }
+
     /// Detaches, letting the thread continue where it stopped; an
     /// interrupted syscall restarts as the kernel decides.
     pub fn detach(mut self) -> Result<(), PtraceError> {
@@ -1052,6 +1143,61 @@ fn getregset_xstate(tid: Pid, buf: &mut [u8]) -> Result<usize, Errno> {
     };
     Errno::result(ret)?;
     Ok(iov.iov_len.min(buf.len()))
+}
+
+/// `PTRACE_SECCOMP_GET_FILTER`: with `buf`, copies filter `index` into it
+/// (which must hold the whole program); returns its instruction count.
+fn seccomp_get_filter(tid: Pid, index: u64, buf: Option<&mut [u8]>) -> Result<usize, Errno> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    let data = buf.map_or(std::ptr::null_mut(), |b| b.as_mut_ptr());
+    // SAFETY: with a null `data` the kernel only returns the instruction
+    // count; otherwise `data` points at a buffer the caller sized from that
+    // count (8 bytes per instruction), and the filter of a stopped tracee
+    // cannot change in between. `addr` is the filter index by value.
+    let ret = unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid.as_raw(),
+            index as usize as *mut libc::c_void,
+            data,
+        )
+    };
+    Errno::result(ret).map(|n| n as usize)
+}
+
+/// `PTRACE_SETREGSET(NT_X86_XSTATE)`.
+fn setregset_xstate(tid: Pid, buf: &[u8]) -> Result<(), Errno> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr().cast_mut().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, valid for `buf.len()` bytes for the
+    // whole call; for a SET request the kernel only reads through it (the
+    // `*mut` is the iovec ABI, nothing is written to `buf`).
+    let ret = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGSET,
+            tid.as_raw(),
+            NT_X86_XSTATE as usize as *mut libc::c_void,
+            &mut iov as *mut libc::iovec,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// `PTRACE_SETSIGMASK`.
+fn set_sigmask(tid: Pid, mask: u64) -> Result<(), Errno> {
+    // SAFETY: the kernel requires `addr` == sizeof(sigset_t) == 8 and reads
+    // exactly 8 bytes from `data`, which points at `mask`.
+    let ret = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETSIGMASK,
+            tid.as_raw(),
+            std::mem::size_of::<u64>(),
+            &mask as *const u64,
+        )
+    };
+    Errno::result(ret).map(drop)
 }
 
 /// `PTRACE_GET_RSEQ_CONFIGURATION`.

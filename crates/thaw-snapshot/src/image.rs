@@ -1,0 +1,377 @@
+//! The on-disk snapshot format.
+//!
+//! Owns: writing and reading a snapshot directory, and refusing one that is
+//! truncated, corrupted, or of another format version, before anything acts
+//! on it.
+//!
+//! A snapshot is a directory of two files:
+//!
+//! * `state.thaw`: a 56-byte header (magic `THAWSTAT`, format version, body
+//!   length, BLAKE3 of the body) and a JSON body, the [`SnapshotState`]
+//!   (self-describing, small: threads, descriptors, layout, page index).
+//! * `memory.thaw`: one header page (magic `THAWMEM\0`, format version, page
+//!   size, page count) and then the saved pages, page-aligned, in address
+//!   order. The page index in the state says which address each page
+//!   belongs to; each chunk of [`CHUNK_PAGES`] pages has its BLAKE3 in the
+//!   state, so a reader verifies a chunk the first time it uses it (eager
+//!   restores verify all; lazy ones as pages are served), and the store can
+//!   later cut the file along the same boundaries.
+//!
+//! Must not: interpret the state (that is [`crate::restore`]).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::state::{MemoryIndex, SnapshotState, FORMAT_VERSION};
+use crate::PAGE_SIZE;
+
+/// File name of the state file.
+pub const STATE_FILE: &str = "state.thaw";
+/// File name of the memory image.
+pub const MEMORY_FILE: &str = "memory.thaw";
+/// Pages per integrity chunk (1 MiB).
+pub const CHUNK_PAGES: u32 = 256;
+/// Largest state body a reader accepts; a bigger length field means a
+/// corrupt header, not a bigger process.
+pub const MAX_STATE_BYTES: u64 = 64 << 20;
+
+const STATE_MAGIC: &[u8; 8] = b"THAWSTAT";
+const MEMORY_MAGIC: &[u8; 8] = b"THAWMEM\0";
+const STATE_HEADER: usize = 8 + 4 + 4 + 8 + 32;
+const PAGE: usize = PAGE_SIZE as usize;
+
+/// Why a snapshot cannot be written or read.
+#[derive(Debug, Error)]
+pub enum ImageError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file does not start with the expected magic bytes.
+    #[error("{path} is not a thaw snapshot file (bad magic)")]
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Written by another format version.
+    #[error("{path} has snapshot format version {found}; this build reads version {supported}")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// Shorter (or longer) than its header says.
+    #[error("{path} is truncated or padded: {found} bytes, expected {expected}")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Size the header implies.
+        expected: u64,
+        /// Actual size.
+        found: u64,
+    },
+    /// Contents do not match their checksum.
+    #[error("{path}: checksum mismatch in {what} (corrupted or tampered)")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// Which part (`"state"`, `"memory chunk 3"`).
+        what: String,
+    },
+    /// The state body is not a valid state.
+    #[error("{path}: malformed state: {source}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The state and the memory image disagree.
+    #[error("{path}: {why}")]
+    Inconsistent {
+        /// The file.
+        path: PathBuf,
+        /// What disagrees.
+        why: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Splits data pages into chunks and hashes each.
+pub fn chunk_hashes(data: &[u8]) -> Vec<String> {
+    data.chunks(CHUNK_PAGES as usize * PAGE)
+        .map(|c| blake3::hash(c).to_hex().to_string())
+        .collect()
+}
+
+/// Writes a snapshot into `dir` (created if missing; existing snapshot
+/// files are replaced atomically, state last). `data` holds the data pages
+/// the state's [`MemoryIndex`] describes; its chunk hashes must already be
+/// in the state ([`chunk_hashes`]).
+pub fn write(dir: &Path, state: &SnapshotState, data: &[u8]) -> Result<(), ImageError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mem_path = dir.join(MEMORY_FILE);
+    let tmp = dir.join(format!("{MEMORY_FILE}.tmp"));
+    {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut header = vec![0u8; PAGE];
+        header[..8].copy_from_slice(MEMORY_MAGIC);
+        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[12..16].copy_from_slice(&(PAGE as u32).to_le_bytes());
+        header[16..24].copy_from_slice(&state.memory.data_pages.to_le_bytes());
+        f.write_all(&header).map_err(io_err(&tmp))?;
+        f.write_all(data).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, &mem_path).map_err(io_err(&mem_path))?;
+
+    let body = serde_json::to_vec(state).map_err(|source| ImageError::Malformed {
+        path: dir.join(STATE_FILE),
+        source,
+    })?;
+    let state_path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut header = Vec::with_capacity(STATE_HEADER);
+        header.extend_from_slice(STATE_MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        header.extend_from_slice(blake3::hash(&body).as_bytes());
+        f.write_all(&header).map_err(io_err(&tmp))?;
+        f.write_all(&body).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, &state_path).map_err(io_err(&state_path))?;
+    Ok(())
+}
+
+/// An opened, header-checked snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    dir: PathBuf,
+    state: SnapshotState,
+    memory: File,
+}
+
+impl Snapshot {
+    /// Opens the snapshot in `dir`: checks both headers, the state checksum,
+    /// and that the memory image has exactly the pages the state indexes.
+    /// Page contents are verified per chunk as they are read.
+    pub fn open(dir: &Path) -> Result<Self, ImageError> {
+        let state = read_state(&dir.join(STATE_FILE))?;
+        let mem_path = dir.join(MEMORY_FILE);
+        let mut memory = File::open(&mem_path).map_err(io_err(&mem_path))?;
+        let mut header = vec![0u8; PAGE];
+        let len = memory.metadata().map_err(io_err(&mem_path))?.len();
+        if len < PAGE as u64 {
+            return Err(ImageError::Truncated {
+                path: mem_path,
+                expected: PAGE as u64,
+                found: len,
+            });
+        }
+        memory.read_exact(&mut header).map_err(io_err(&mem_path))?;
+        if &header[..8] != MEMORY_MAGIC {
+            return Err(ImageError::BadMagic { path: mem_path });
+        }
+        let version = le_u32(&header[8..12]);
+        if version != FORMAT_VERSION {
+            return Err(ImageError::Version {
+                path: mem_path,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let pages = le_u64(&header[16..24]);
+        if le_u32(&header[12..16]) as usize != PAGE || pages != state.memory.data_pages {
+            return Err(ImageError::Inconsistent {
+                path: mem_path,
+                why: format!(
+                    "memory image holds {pages} pages, the state indexes {}",
+                    state.memory.data_pages
+                ),
+            });
+        }
+        let expected = (pages + 1) * PAGE_SIZE;
+        if len != expected {
+            return Err(ImageError::Truncated {
+                path: mem_path,
+                expected,
+                found: len,
+            });
+        }
+        check_index(&state.memory, &mem_path)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            state,
+            memory,
+        })
+    }
+
+    /// The snapshot directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The state.
+    pub fn state(&self) -> &SnapshotState {
+        &self.state
+    }
+
+    /// Reads and verifies chunk `i` of the memory image.
+    pub fn read_chunk(&self, i: usize) -> Result<Vec<u8>, ImageError> {
+        let idx = &self.state.memory;
+        let path = self.dir.join(MEMORY_FILE);
+        let first = i as u64 * u64::from(idx.chunk_pages);
+        let pages = (idx.data_pages - first).min(u64::from(idx.chunk_pages));
+        let mut buf = vec![0u8; (pages * PAGE_SIZE) as usize];
+        self.memory
+            .read_exact_at(&mut buf, (first + 1) * PAGE_SIZE)
+            .map_err(io_err(&path))?;
+        let want = idx
+            .chunk_hashes
+            .get(i)
+            .ok_or_else(|| ImageError::Inconsistent {
+                path: path.clone(),
+                why: format!("no hash for chunk {i}"),
+            })?;
+        if blake3::hash(&buf).to_hex().as_str() != want {
+            return Err(ImageError::Checksum {
+                path,
+                what: format!("memory chunk {i}"),
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Reads and verifies every data page (for eager restores).
+    pub fn read_all_pages(&self) -> Result<Vec<u8>, ImageError> {
+        let mut all = Vec::with_capacity((self.state.memory.data_pages * PAGE_SIZE) as usize);
+        for i in 0..self.state.memory.chunk_hashes.len() {
+            all.extend_from_slice(&self.read_chunk(i)?);
+        }
+        Ok(all)
+    }
+}
+
+/// Reads and verifies a state file.
+pub fn read_state(path: &Path) -> Result<SnapshotState, ImageError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let len = f.metadata().map_err(io_err(path))?.len();
+    let mut header = [0u8; STATE_HEADER];
+    if len < STATE_HEADER as u64 {
+        return Err(ImageError::Truncated {
+            path: path.to_owned(),
+            expected: STATE_HEADER as u64,
+            found: len,
+        });
+    }
+    f.read_exact(&mut header).map_err(io_err(path))?;
+    if &header[..8] != STATE_MAGIC {
+        return Err(ImageError::BadMagic {
+            path: path.to_owned(),
+        });
+    }
+    let version = le_u32(&header[8..12]);
+    if version != FORMAT_VERSION {
+        return Err(ImageError::Version {
+            path: path.to_owned(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let body_len = le_u64(&header[16..24]);
+    let expected = STATE_HEADER as u64 + body_len;
+    if body_len > MAX_STATE_BYTES || len != expected {
+        return Err(ImageError::Truncated {
+            path: path.to_owned(),
+            expected,
+            found: len,
+        });
+    }
+    let mut body = vec![0u8; body_len as usize];
+    f.read_exact(&mut body).map_err(io_err(path))?;
+    if blake3::hash(&body).as_bytes() != &header[24..56] {
+        return Err(ImageError::Checksum {
+            path: path.to_owned(),
+            what: "state".into(),
+        });
+    }
+    let state: SnapshotState =
+        serde_json::from_slice(&body).map_err(|source| ImageError::Malformed {
+            path: path.to_owned(),
+            source,
+        })?;
+    if state.format_version != version {
+        return Err(ImageError::Inconsistent {
+            path: path.to_owned(),
+            why: "header and body disagree on the format version".into(),
+        });
+    }
+    Ok(state)
+}
+
+/// Checks that the page index is ordered, non-overlapping and covers the
+/// image exactly, and that there is one hash per chunk.
+fn check_index(idx: &MemoryIndex, path: &Path) -> Result<(), ImageError> {
+    let bad = |why: String| ImageError::Inconsistent {
+        path: path.to_owned(),
+        why,
+    };
+    if idx.chunk_pages == 0 {
+        return Err(bad("chunk size 0".into()));
+    }
+    let mut next_page = 0u64;
+    let mut last_end = 0u64;
+    for r in &idx.runs {
+        if r.pages == 0 || r.image_page != next_page || r.addr < last_end || r.addr % PAGE_SIZE != 0
+        {
+            return Err(bad(format!("page run at {:#x} is out of order", r.addr)));
+        }
+        next_page += r.pages;
+        last_end = r.addr + r.pages * PAGE_SIZE;
+    }
+    if next_page != idx.data_pages {
+        return Err(bad(format!(
+            "page runs cover {next_page} pages, the image holds {}",
+            idx.data_pages
+        )));
+    }
+    let chunks = idx.data_pages.div_ceil(u64::from(idx.chunk_pages));
+    if idx.chunk_hashes.len() as u64 != chunks {
+        return Err(bad(format!(
+            "{} chunk hashes for {chunks} chunks",
+            idx.chunk_hashes.len()
+        )));
+    }
+    Ok(())
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]))
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]))
+}

@@ -1,0 +1,1054 @@
+//! Restore: turn a snapshot back into a running process.
+//!
+//! Owns: building the restored process out of a stub ([`crate::spawn`]):
+//! its address space (stub unmapped, vDSO moved to where the snapshot had
+//! it, every mapping recreated, pages copied in), its kernel state (signal
+//! dispositions, limits, layout fields, rseq, robust list, alternate stack,
+//! credentials, seccomp filters) and finally its registers. Nothing runs in
+//! the restored process until all of that is in place; any failure kills the
+//! stub, so a failed restore leaves no process behind.
+//!
+//! How: the stub is traced; the restorer places a tiny *executor* in a
+//! scratch mapping of the stub (a loop that runs system calls from a table
+//! and stops at an `int3`), so each batch of remote calls costs one ptrace
+//! round trip instead of one per call. The scratch mapping lies in a hole of
+//! both the stub's and the snapshot's layout and is unmapped last.
+//!
+//! Must not: run any code of the restored process before its state is
+//! complete, or leave restorer descriptors or memory in it.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::ptrace::Options;
+use nix::unistd::Pid;
+use thiserror::Error;
+use tracing::debug;
+
+use crate::cpu::{CpuError, CpuFeatures, CpuMismatch};
+use crate::image::{ImageError, Snapshot};
+use crate::memory::{MemoryError, ProcessMemory};
+use crate::proc::{self, MapEntry, MappingKind, ProcError};
+use crate::ptrace::{PtraceError, Tracee, Xstate};
+use crate::spawn::{self, FdSource, Install, OpenFile, SpawnError, StubPlan};
+use crate::state::{FdKind, FileIdentity, Vma, VmaKind};
+use crate::PAGE_SIZE;
+
+/// The executor (x86-64). With `r12` pointing at a table of 64-byte
+/// entries `{nr, a0..a5, result}`, it runs each entry's system call and
+/// stores the result, until an entry with `nr == -1` or a failing call
+/// (`rax >= -4095`), then executes `int3`:
+///
+/// ```text
+/// 00 loop: mov rax,[r12]        ; 49 8b 04 24
+/// 04       cmp rax,-1           ; 48 83 f8 ff
+/// 08       je done              ; 74 33
+/// 0a       mov rdi,[r12+8]      ; ... rsi, rdx, r10, r8, r9 likewise
+/// 28       syscall              ; 0f 05
+/// 2a       mov [r12+56],rax     ; 49 89 44 24 38
+/// 2f       cmp rax,-4095        ; 48 3d 01 f0 ff ff
+/// 35       jae done             ; 73 06
+/// 37       add r12,64           ; 49 83 c4 40
+/// 3b       jmp loop             ; eb c3
+/// 3d done: int3                 ; cc
+/// ```
+const EXECUTOR: [u8; 62] = [
+    0x49, 0x8b, 0x04, 0x24, 0x48, 0x83, 0xf8, 0xff, 0x74, 0x33, 0x49, 0x8b, 0x7c, 0x24, 0x08, 0x49,
+    0x8b, 0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d, 0x8b,
+    0x44, 0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x48,
+    0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x06, 0x49, 0x83, 0xc4, 0x40, 0xeb, 0xc3, 0xcc,
+];
+/// Offset of the executor's `syscall` instruction (for single calls).
+const EXECUTOR_SYSCALL: u64 = 0x28;
+/// Where the executor's table starts in the scratch mapping.
+const TABLE_OFFSET: u64 = 64;
+/// Size of the scratch mapping (code, table, call arguments).
+const SCRATCH_LEN: u64 = 4 << 20;
+/// Lowest address considered for the scratch mapping.
+const SCRATCH_FLOOR: u64 = 0x1000_0000;
+/// Top of the user address space (47-bit).
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const PR_SET_NAME: u64 = 15;
+const PR_SET_PDEATHSIG: u64 = 1;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const PR_CAPBSET_DROP: u64 = 24;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
+
+/// Why a restore failed. The stub is dead and reaped by the time any of
+/// these is returned.
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    /// The snapshot could not be read or failed verification.
+    #[error("Reading the snapshot")]
+    Image(#[from] ImageError),
+    /// Reading this CPU's features failed.
+    #[error("Reading CPU features")]
+    Cpu(#[from] CpuError),
+    /// The snapshot was taken on a CPU whose state this one cannot hold.
+    #[error("The snapshot was taken on an incompatible CPU")]
+    CpuMismatch(#[from] CpuMismatch),
+    /// The kernel's vDSO differs from the snapshot's.
+    #[error("The vDSO of this kernel differs from the snapshot's ({what}); restore on the kernel the snapshot was taken on")]
+    VdsoMismatch {
+        /// What differs.
+        what: String,
+    },
+    /// The snapshot needs something this engine does not restore yet.
+    #[error("Unsupported: {0}")]
+    Unsupported(String),
+    /// A descriptor the caller must provide is missing.
+    #[error("File descriptor {fd} ({link}) must be provided by the caller")]
+    MissingFd {
+        /// The descriptor number.
+        fd: i32,
+        /// What it was.
+        link: String,
+    },
+    /// The caller provided a descriptor the snapshot does not have.
+    #[error("File descriptor {fd} was provided but the snapshot has no external descriptor {fd}")]
+    ExtraFd {
+        /// The descriptor number.
+        fd: i32,
+    },
+    /// A file the snapshot maps or holds open changed since the checkpoint.
+    #[error("{path} changed since the checkpoint")]
+    FileChanged {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Creating the stub failed.
+    #[error("Creating the restore stub")]
+    Spawn(#[from] SpawnError),
+    /// Tracing the stub failed.
+    #[error("Tracing the restore stub")]
+    Ptrace(#[from] PtraceError),
+    /// A remote call in the stub failed.
+    #[error("Restoring {what}")]
+    Call {
+        /// What the call was for.
+        what: String,
+        /// Why.
+        #[source]
+        source: Errno,
+    },
+    /// Reading the stub's layout failed.
+    #[error("Reading the stub's layout")]
+    Proc(#[from] ProcError),
+    /// Reading the stub's memory failed.
+    #[error("Reading the stub's memory")]
+    Memory(#[from] MemoryError),
+    /// Accessing the stub's memory or files failed.
+    #[error("{what}")]
+    Io {
+        /// What.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No free address range for the scratch mapping.
+    #[error("No free address range of {len} bytes for the restorer")]
+    NoScratch {
+        /// Bytes needed.
+        len: u64,
+    },
+}
+
+/// Where and with what a snapshot is restored.
+#[derive(Debug)]
+pub struct RestoreOptions<'a> {
+    /// The pid namespace to create the process in; its pid and thread ids
+    /// there must be free (a fresh namespace per restore).
+    pub pid_ns: BorrowedFd<'a>,
+    /// Namespaces to join (mount, network, UTS, IPC, cgroup), if not the
+    /// restorer's own.
+    pub namespaces: Vec<(BorrowedFd<'a>, CloneFlags)>,
+    /// Replacements for the snapshot's external descriptors (pipes and
+    /// sockets to the outside): `(number, descriptor)`. Every external
+    /// descriptor needs one.
+    pub fds: Vec<(i32, BorrowedFd<'a>)>,
+    /// A cgroup's `cgroup.procs` (or `tasks`) file to move the process into
+    /// before it runs.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// Time spent in each restore phase, microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestoreTimings {
+    /// Reading and verifying the snapshot.
+    pub read_us: u64,
+    /// Creating the stub.
+    pub spawn_us: u64,
+    /// Replacing the address space.
+    pub layout_us: u64,
+    /// Copying pages in.
+    pub memory_us: u64,
+    /// Kernel state and registers.
+    pub state_us: u64,
+    /// All of it.
+    pub total_us: u64,
+}
+
+/// A restored, running process (a child of the calling process).
+#[derive(Debug)]
+pub struct Restored {
+    /// Its pid in the caller's pid namespace.
+    pub pid: Pid,
+    /// Where the time went.
+    pub timings: RestoreTimings,
+}
+
+/// Kills and reaps the stub unless disarmed.
+struct StubGuard(Option<Pid>);
+
+impl Drop for StubGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            spawn::reap(pid);
+        }
+    }
+}
+
+/// Restores `snap` eagerly (every page copied in before the process runs)
+/// as a new child process of the caller.
+pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, RestoreError> {
+    let t0 = Instant::now();
+    let mut timings = RestoreTimings::default();
+    let st = snap.state();
+    let p = &st.process;
+    st.cpu.check_restore_on(&CpuFeatures::host()?)?;
+    if p.threads.len() != 1 {
+        return Err(RestoreError::Unsupported(format!(
+            "{} threads (only single-threaded processes restore so far)",
+            p.threads.len()
+        )));
+    }
+
+    // Descriptors: reopened files, and the caller's replacements.
+    let mut opens = Vec::new();
+    let mut installs = Vec::new();
+    for f in &p.fds {
+        let source = match &f.kind {
+            FdKind::File { path, pos, .. } => {
+                opens.push(OpenFile {
+                    path: cstring(path.as_os_str().as_encoded_bytes())?,
+                    flags: f.flags,
+                    pos: *pos,
+                });
+                FdSource::Opened(opens.len() - 1)
+            }
+            FdKind::Device { path } => {
+                opens.push(OpenFile {
+                    path: cstring(path.as_os_str().as_encoded_bytes())?,
+                    flags: f.flags,
+                    pos: 0,
+                });
+                FdSource::Opened(opens.len() - 1)
+            }
+            FdKind::External { link } => match opts.fds.iter().find(|(n, _)| *n == f.fd) {
+                Some((_, fd)) => FdSource::Provided(fd.as_raw_fd()),
+                None => {
+                    return Err(RestoreError::MissingFd {
+                        fd: f.fd,
+                        link: link.clone(),
+                    })
+                }
+            },
+        };
+        let status_flags = match f.kind {
+            FdKind::External { .. } => Some(f.flags & !libc::O_ACCMODE),
+            _ => None,
+        };
+        installs.push(Install {
+            source,
+            target: f.fd,
+            cloexec: f.cloexec,
+            status_flags,
+        });
+    }
+    for (n, _) in &opts.fds {
+        if !p
+            .fds
+            .iter()
+            .any(|f| f.fd == *n && matches!(f.kind, FdKind::External { .. }))
+        {
+            return Err(RestoreError::ExtraFd { fd: *n });
+        }
+    }
+
+    let pages = snap.read_all_pages()?;
+    timings.read_us = t0.elapsed().as_micros() as u64;
+
+    let plan = StubPlan {
+        pid: Some(p.pid),
+        pid_ns: Some(opts.pid_ns),
+        namespaces: opts.namespaces.clone(),
+        cwd: cstring(p.cwd.as_os_str().as_encoded_bytes())?,
+        umask: p.umask,
+        opens,
+        installs,
+    };
+    let t_spawn = Instant::now();
+    let stub = spawn::spawn_stub(&plan)?;
+    let mut guard = StubGuard(Some(stub));
+    for procs in &opts.cgroup_procs {
+        std::fs::write(procs, stub.as_raw().to_string()).map_err(|source| RestoreError::Io {
+            what: format!("Moving the process into {}", procs.display()),
+            source,
+        })?;
+    }
+    let mut t = Tracee::seize_with(stub, Options::PTRACE_O_EXITKILL)?;
+    t.interrupt()?;
+    t.wait_stop()?;
+    timings.spawn_us = t_spawn.elapsed().as_micros() as u64;
+
+    let t_layout = Instant::now();
+    let mut r = Remote::prepare(&mut t, snap)?;
+    r.replace_layout(snap)?;
+    timings.layout_us = t_layout.elapsed().as_micros() as u64;
+
+    let t_mem = Instant::now();
+    for run in &st.memory.runs {
+        let from = (run.image_page * PAGE_SIZE) as usize;
+        let len = (run.pages * PAGE_SIZE) as usize;
+        r.mem
+            .write_all_at(&pages[from..from + len], run.addr)
+            .map_err(|source| RestoreError::Io {
+                what: format!("Writing {} pages at {:#x}", run.pages, run.addr),
+                source,
+            })?;
+    }
+    timings.memory_us = t_mem.elapsed().as_micros() as u64;
+
+    let t_state = Instant::now();
+    r.restore_kernel_state(snap)?;
+    r.finish(snap)?;
+    drop(r);
+    t.detach()?;
+    guard.0 = None;
+    timings.state_us = t_state.elapsed().as_micros() as u64;
+    timings.total_us = t0.elapsed().as_micros() as u64;
+    debug!(pid = stub.as_raw(), ?timings, "restored");
+    Ok(Restored { pid: stub, timings })
+}
+
+fn cstring(bytes: &[u8]) -> Result<std::ffi::CString, RestoreError> {
+    std::ffi::CString::new(bytes)
+        .map_err(|_| RestoreError::Unsupported("a path with a NUL byte".into()))
+}
+
+/// An argument of a remote call: a value, or the address of bytes placed
+/// in the scratch mapping with the call.
+#[derive(Debug, Clone, Copy)]
+enum Arg {
+    Val(u64),
+    Data(usize),
+}
+
+/// A batch of remote calls and the bytes they point at.
+#[derive(Debug, Default)]
+struct Batch {
+    calls: Vec<(i64, [Arg; 6], String)>,
+    data: Vec<u8>,
+    /// Pointers inside `data`: `(where, target)` makes the 8 bytes at
+    /// `data[where..]` the address of `data[target..]` once placed.
+    pointers: Vec<(usize, usize)>,
+}
+
+impl Batch {
+    fn call(&mut self, nr: i64, args: [Arg; 6], what: impl Into<String>) {
+        self.calls.push((nr, args, what.into()));
+    }
+
+    /// Places `bytes` (8-byte aligned) and returns an argument pointing at them.
+    fn data(&mut self, bytes: &[u8]) -> Arg {
+        while !self.data.len().is_multiple_of(8) {
+            self.data.push(0);
+        }
+        let at = self.data.len();
+        self.data.extend_from_slice(bytes);
+        Arg::Data(at)
+    }
+
+    /// Marks the 8 bytes at `arg + offset` as a pointer to `target`.
+    fn pointer(&mut self, arg: Arg, offset: usize, target: Arg) {
+        if let (Arg::Data(at), Arg::Data(to)) = (arg, target) {
+            self.pointers.push((at + offset, to));
+        }
+    }
+}
+
+use Arg::Val as V;
+
+/// The stub under construction.
+struct Remote<'t> {
+    t: &'t mut Tracee,
+    pid: Pid,
+    mem: File,
+    scratch: u64,
+    scratch_len: u64,
+    /// Temporary homes for the vDSO mappings while they move.
+    temp: u64,
+}
+
+impl<'t> Remote<'t> {
+    /// Unregisters the stub's rseq, checks its vDSO against the snapshot,
+    /// maps the scratch area and places the executor there.
+    fn prepare(t: &'t mut Tracee, snap: &Snapshot) -> Result<Self, RestoreError> {
+        let pid = t.tid();
+        let st = snap.state();
+        let insn = t.syscall_insn_before_rip()?;
+        let call =
+            |t: &mut Tracee, nr: i64, args: [u64; 6], what: &str| -> Result<u64, RestoreError> {
+                let ret = t.remote_syscall_at(insn, nr, args)?;
+                if (-4095..0).contains(&ret) {
+                    return Err(RestoreError::Call {
+                        what: what.to_string(),
+                        source: Errno::from_raw(-ret as i32),
+                    });
+                }
+                Ok(ret as u64)
+            };
+        // The stub's rseq area is about to be unmapped; the kernel would
+        // kill the stub updating it.
+        let rseq = t.rseq_configuration()?;
+        if rseq.abi_pointer != 0 {
+            call(
+                t,
+                libc::SYS_rseq,
+                [
+                    rseq.abi_pointer,
+                    u64::from(rseq.abi_size),
+                    RSEQ_FLAG_UNREGISTER,
+                    u64::from(rseq.signature),
+                    0,
+                    0,
+                ],
+                "unregistering the stub's rseq",
+            )?;
+        }
+
+        let stub_maps = proc::read_maps(pid)?;
+        check_vdso(pid, &stub_maps, &st.process.mappings, &st.vdso_hash)?;
+        let specials: u64 = stub_maps
+            .iter()
+            .filter(|m| is_vdso(&m.kind))
+            .map(MapEntry::len)
+            .sum();
+        let need = SCRATCH_LEN + specials;
+        let mut occupied: Vec<(u64, u64)> = stub_maps.iter().map(|m| (m.start, m.end)).collect();
+        occupied.extend(st.process.mappings.iter().map(|v| (v.start, v.end)));
+        let scratch =
+            find_hole(&mut occupied, need).ok_or(RestoreError::NoScratch { len: need })?;
+        let got = call(
+            t,
+            libc::SYS_mmap,
+            [
+                scratch,
+                need,
+                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+                (libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_FIXED_NOREPLACE
+                    | libc::MAP_NORESERVE) as u64,
+                u64::MAX,
+                0,
+            ],
+            "mapping the restorer's scratch area",
+        )?;
+        if got != scratch {
+            return Err(RestoreError::NoScratch { len: need });
+        }
+        let mem_path = format!("/proc/{pid}/mem");
+        let mem = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&mem_path)
+            .map_err(|source| RestoreError::Io {
+                what: format!("Opening {mem_path}"),
+                source,
+            })?;
+        mem.write_all_at(&EXECUTOR, scratch)
+            .map_err(|source| RestoreError::Io {
+                what: "Placing the executor".into(),
+                source,
+            })?;
+        Ok(Self {
+            t,
+            pid,
+            mem,
+            scratch,
+            scratch_len: need,
+            temp: scratch + SCRATCH_LEN,
+        })
+    }
+
+    /// Runs a batch in the stub; returns each call's result.
+    fn run(&mut self, batch: &Batch) -> Result<Vec<u64>, RestoreError> {
+        if batch.calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = self.scratch + TABLE_OFFSET;
+        let data_at = table + (batch.calls.len() as u64 + 1) * 64;
+        if data_at + batch.data.len() as u64 > self.scratch + SCRATCH_LEN {
+            return Err(RestoreError::Unsupported(format!(
+                "a batch of {} calls with {} bytes of arguments",
+                batch.calls.len(),
+                batch.data.len()
+            )));
+        }
+        let mut bytes = Vec::with_capacity((batch.calls.len() + 1) * 64 + batch.data.len());
+        for (nr, args, _) in &batch.calls {
+            bytes.extend_from_slice(&nr.to_le_bytes());
+            for a in args {
+                let v = match *a {
+                    Arg::Val(v) => v,
+                    Arg::Data(off) => data_at + off as u64,
+                };
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            // Result slot, pre-set to an error so a call that never ran reads as one.
+            bytes.extend_from_slice(&(-i64::from(libc::ECANCELED)).to_le_bytes());
+        }
+        bytes.extend_from_slice(&(-1i64).to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 56]);
+        let mut data = batch.data.clone();
+        for &(at, to) in &batch.pointers {
+            data[at..at + 8].copy_from_slice(&(data_at + to as u64).to_le_bytes());
+        }
+        bytes.extend_from_slice(&data);
+        self.mem
+            .write_all_at(&bytes, table)
+            .map_err(|source| RestoreError::Io {
+                what: "Writing a call table".into(),
+                source,
+            })?;
+        let mut regs = self.t.regs()?;
+        regs.rip = self.scratch;
+        regs.r12 = table;
+        regs.orig_rax = u64::MAX;
+        self.t.run_until_trap(&regs, batch.calls[0].0)?;
+        let mut results = vec![0u8; batch.calls.len() * 64];
+        self.mem
+            .read_exact_at(&mut results, table)
+            .map_err(|source| RestoreError::Io {
+                what: "Reading call results".into(),
+                source,
+            })?;
+        let mut out = Vec::with_capacity(batch.calls.len());
+        for (i, (_, _, what)) in batch.calls.iter().enumerate() {
+            let off = i * 64 + 56;
+            let v = i64::from_le_bytes(results[off..off + 8].try_into().unwrap_or([0; 8]));
+            if (-4095..0).contains(&v) {
+                return Err(RestoreError::Call {
+                    what: what.clone(),
+                    source: Errno::from_raw(-v as i32),
+                });
+            }
+            out.push(v as u64);
+        }
+        Ok(out)
+    }
+
+    /// Unmaps the stub, moves the vDSO, recreates every mapping and the
+    /// memory-layout fields.
+    fn replace_layout(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
+        let p = &snap.state().process;
+        let stub_maps = proc::read_maps(self.pid)?;
+
+        // 1. Unmap the stub; park its vDSO mappings in the temp area; open files.
+        let mut b = Batch::default();
+        for m in &stub_maps {
+            if is_vdso(&m.kind) || m.kind == MappingKind::Vsyscall || m.start == self.scratch {
+                continue;
+            }
+            b.call(
+                libc::SYS_munmap,
+                [V(m.start), V(m.len()), V(0), V(0), V(0), V(0)],
+                format!("unmapping the stub at {:#x}", m.start),
+            );
+        }
+        let mut moves = Vec::new();
+        let mut temp = self.temp;
+        for m in stub_maps.iter().filter(|m| is_vdso(&m.kind)) {
+            let kind = vdso_kind(&m.kind);
+            let Some(target) = p.mappings.iter().find(|v| Some(&v.kind) == kind.as_ref()) else {
+                continue;
+            };
+            b.call(
+                libc::SYS_mremap,
+                [
+                    V(m.start),
+                    V(m.len()),
+                    V(m.len()),
+                    V((libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64),
+                    V(temp),
+                    V(0),
+                ],
+                format!("moving {:?} out of the way", m.kind),
+            );
+            moves.push((temp, m.len(), target.start, m.kind.clone()));
+            temp += m.len();
+        }
+        for (from, len, to, kind) in &moves {
+            b.call(
+                libc::SYS_mremap,
+                [
+                    V(*from),
+                    V(*len),
+                    V(*len),
+                    V((libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64),
+                    V(*to),
+                    V(0),
+                ],
+                format!("moving {kind:?} to {to:#x}"),
+            );
+        }
+        // Files to map, and the executable.
+        let mut files: Vec<(PathBuf, bool, Option<FileIdentity>)> =
+            vec![(p.exe.clone(), false, None)];
+        for v in &p.mappings {
+            if let VmaKind::File { path, identity, .. } = &v.kind {
+                let rw = v.shared && v.prot & libc::PROT_WRITE != 0;
+                match files.iter_mut().find(|(fp, w, _)| fp == path && *w == rw) {
+                    Some(f) => {
+                        f.2.get_or_insert(*identity);
+                    }
+                    None => files.push((path.clone(), rw, Some(*identity))),
+                }
+            }
+        }
+        let first_open = b.calls.len();
+        for (path, rw, _) in &files {
+            let mut c = path.as_os_str().as_encoded_bytes().to_vec();
+            c.push(0);
+            let arg = b.data(&c);
+            let flags = if *rw { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+            b.call(
+                libc::SYS_openat,
+                [
+                    V(libc::AT_FDCWD as u64),
+                    arg,
+                    V(flags as u64),
+                    V(0),
+                    V(0),
+                    V(0),
+                ],
+                format!("opening {}", path.display()),
+            );
+        }
+        let results = self.run(&b)?;
+        let fds: Vec<u64> = results[first_open..].to_vec();
+        for ((path, _, identity), fd) in files.iter().zip(&fds) {
+            let Some(want) = identity else { continue };
+            let link = format!("/proc/{}/fd/{fd}", self.pid);
+            let meta = std::fs::metadata(&link).map_err(|source| RestoreError::Io {
+                what: format!("Checking {}", path.display()),
+                source,
+            })?;
+            if want.dev != meta.dev()
+                || want.ino != meta.ino()
+                || want.size != meta.size()
+                || want.mtime_ns != meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+            {
+                return Err(RestoreError::FileChanged { path: path.clone() });
+            }
+        }
+
+        // 2. Map everything, set the layout fields, close the files.
+        let mut b = Batch::default();
+        for v in &p.mappings {
+            let len = v.end - v.start;
+            let (flags, fd, offset) = match &v.kind {
+                VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => continue,
+                VmaKind::Anonymous | VmaKind::Heap => {
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, u64::MAX, 0)
+                }
+                VmaKind::Stack => (
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN,
+                    u64::MAX,
+                    0,
+                ),
+                VmaKind::File { path, offset, .. } => {
+                    let rw = v.shared && v.prot & libc::PROT_WRITE != 0;
+                    let i = files
+                        .iter()
+                        .position(|(fp, w, _)| fp == path && *w == rw)
+                        .unwrap_or(0);
+                    let share = if v.shared {
+                        libc::MAP_SHARED
+                    } else {
+                        libc::MAP_PRIVATE
+                    };
+                    (share, fds[i], *offset)
+                }
+            };
+            b.call(
+                libc::SYS_mmap,
+                [
+                    V(v.start),
+                    V(len),
+                    V(v.prot as u64),
+                    V((flags | libc::MAP_FIXED | libc::MAP_NORESERVE) as u64),
+                    V(fd),
+                    V(offset),
+                ],
+                format!("mapping {:#x}-{:#x} ({})", v.start, v.end, describe(v)),
+            );
+        }
+        let mm = &p.mm;
+        let auxv: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let auxv_arg = b.data(&auxv);
+        // struct prctl_mm_map; the auxv pointer is filled in when placed.
+        let mut map = Vec::with_capacity(112);
+        for w in [
+            mm.start_code,
+            mm.end_code,
+            mm.start_data,
+            mm.end_data,
+            mm.start_brk,
+            mm.brk,
+            mm.start_stack,
+            mm.arg_start,
+            mm.arg_end,
+            mm.env_start,
+            mm.env_end,
+            0,
+        ] {
+            map.extend_from_slice(&w.to_le_bytes());
+        }
+        map.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
+        map.extend_from_slice(&(fds[0] as u32).to_le_bytes());
+        let map_arg = b.data(&map);
+        b.pointer(map_arg, 88, auxv_arg);
+        b.call(
+            libc::SYS_prctl,
+            [
+                V(PR_SET_MM),
+                V(PR_SET_MM_MAP),
+                map_arg,
+                V(map.len() as u64),
+                V(0),
+                V(0),
+            ],
+            "the memory-layout fields (PR_SET_MM_MAP)",
+        );
+        for fd in &fds {
+            b.call(
+                libc::SYS_close,
+                [V(*fd), V(0), V(0), V(0), V(0), V(0)],
+                "closing a mapped file",
+            );
+        }
+        self.run(&b)?;
+        Ok(())
+    }
+
+    /// Signal dispositions, limits, name, per-thread registrations,
+    /// credentials and seccomp filters.
+    fn restore_kernel_state(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
+        let p = &snap.state().process;
+        let th = &p.threads[0];
+        let mut b = Batch::default();
+        for (i, a) in p.signals.iter().enumerate() {
+            let sig = i as u64 + 1;
+            if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+                continue;
+            }
+            let mut act = Vec::with_capacity(32);
+            for w in [a.handler, a.flags, a.restorer, a.mask.0] {
+                act.extend_from_slice(&w.to_le_bytes());
+            }
+            let arg = b.data(&act);
+            b.call(
+                libc::SYS_rt_sigaction,
+                [V(sig), arg, V(0), V(8), V(0), V(0)],
+                format!("the disposition of signal {sig}"),
+            );
+        }
+        for l in &p.rlimits {
+            let mut lim = Vec::with_capacity(16);
+            lim.extend_from_slice(&l.cur.to_le_bytes());
+            lim.extend_from_slice(&l.max.to_le_bytes());
+            let arg = b.data(&lim);
+            b.call(
+                libc::SYS_prlimit64,
+                [V(0), V(u64::from(l.resource)), arg, V(0), V(0), V(0)],
+                format!("resource limit {}", l.resource),
+            );
+        }
+        let mut comm = p.comm.as_bytes().to_vec();
+        comm.truncate(15);
+        comm.push(0);
+        let arg = b.data(&comm);
+        b.call(
+            libc::SYS_prctl,
+            [V(PR_SET_NAME), arg, V(0), V(0), V(0), V(0)],
+            "the command name",
+        );
+        b.call(
+            libc::SYS_prctl,
+            [V(PR_SET_PDEATHSIG), V(0), V(0), V(0), V(0), V(0)],
+            "the parent-death signal",
+        );
+        b.call(
+            libc::SYS_set_tid_address,
+            [V(th.clear_child_tid), V(0), V(0), V(0), V(0), V(0)],
+            "clear_child_tid",
+        );
+        b.call(
+            libc::SYS_set_robust_list,
+            [
+                V(th.robust_list.head),
+                V(th.robust_list.len.max(24)),
+                V(0),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            "the robust futex list",
+        );
+        let ss = &th.sigaltstack;
+        let mut stack = Vec::with_capacity(24);
+        stack.extend_from_slice(&ss.sp.to_le_bytes());
+        let flags = ss.flags & (libc::SS_DISABLE | (1 << 31));
+        stack.extend_from_slice(&(flags as u32 as u64).to_le_bytes());
+        stack.extend_from_slice(&ss.size.to_le_bytes());
+        let arg = b.data(&stack);
+        b.call(
+            libc::SYS_sigaltstack,
+            [arg, V(0), V(0), V(0), V(0), V(0)],
+            "the alternate signal stack",
+        );
+        if th.rseq.abi_pointer != 0 {
+            b.call(
+                libc::SYS_rseq,
+                [
+                    V(th.rseq.abi_pointer),
+                    V(u64::from(th.rseq.abi_size)),
+                    V(0),
+                    V(u64::from(th.rseq.signature)),
+                    V(0),
+                    V(0),
+                ],
+                "the rseq registration",
+            );
+        }
+        // Credentials: bounding set, groups, ids, capabilities.
+        let c = &p.creds;
+        let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        for cap in 0..=last_cap {
+            if c.cap_bounding & (1 << cap) == 0 {
+                b.call(
+                    libc::SYS_prctl,
+                    [V(PR_CAPBSET_DROP), V(cap), V(0), V(0), V(0), V(0)],
+                    format!("dropping capability {cap} from the bounding set"),
+                );
+            }
+        }
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let arg = b.data(&groups);
+        b.call(
+            libc::SYS_setgroups,
+            [V(c.groups.len() as u64), arg, V(0), V(0), V(0), V(0)],
+            "supplementary groups",
+        );
+        b.call(
+            libc::SYS_setresgid,
+            [
+                V(c.gid[0].into()),
+                V(c.gid[1].into()),
+                V(c.gid[2].into()),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            "group ids",
+        );
+        b.call(
+            libc::SYS_setresuid,
+            [
+                V(c.uid[0].into()),
+                V(c.uid[1].into()),
+                V(c.uid[2].into()),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            "user ids",
+        );
+        let mut hdr = Vec::with_capacity(8);
+        hdr.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_le_bytes());
+        hdr.extend_from_slice(&0u32.to_le_bytes());
+        let mut data = Vec::with_capacity(24);
+        for half in 0..2 {
+            for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
+                data.extend_from_slice(&((set >> (32 * half)) as u32).to_le_bytes());
+            }
+        }
+        let hdr_arg = b.data(&hdr);
+        let data_arg = b.data(&data);
+        b.call(
+            libc::SYS_capset,
+            [hdr_arg, data_arg, V(0), V(0), V(0), V(0)],
+            "capabilities",
+        );
+        if c.no_new_privs {
+            b.call(
+                libc::SYS_prctl,
+                [V(PR_SET_NO_NEW_PRIVS), V(1), V(0), V(0), V(0), V(0)],
+                "no_new_privs",
+            );
+        }
+        for (i, f) in p.seccomp_filters.iter().enumerate() {
+            let insns = b.data(f);
+            // struct sock_fprog { u16 len; u8 pad[6]; struct sock_filter *filter; }
+            let mut fprog = Vec::with_capacity(16);
+            fprog.extend_from_slice(&((f.len() / 8) as u16).to_le_bytes());
+            fprog.extend_from_slice(&[0u8; 14]);
+            let prog = b.data(&fprog);
+            b.pointer(prog, 8, insns);
+            b.call(
+                libc::SYS_seccomp,
+                [V(SECCOMP_SET_MODE_FILTER), V(0), prog, V(0), V(0), V(0)],
+                format!("seccomp filter {i}"),
+            );
+        }
+        self.run(&b)?;
+        Ok(())
+    }
+
+    /// Unmaps the scratch area and loads the thread's saved registers.
+    fn finish(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
+        let th = &snap.state().process.threads[0];
+        let ret = self.t.remote_syscall_at(
+            self.scratch + EXECUTOR_SYSCALL,
+            libc::SYS_munmap,
+            [self.scratch, self.scratch_len, 0, 0, 0, 0],
+        )?;
+        if ret < 0 {
+            return Err(RestoreError::Call {
+                what: "unmapping the restorer's scratch area".into(),
+                source: Errno::from_raw(-ret as i32),
+            });
+        }
+        self.t.set_xstate(&Xstate::from_bytes(th.xstate.clone()))?;
+        self.t.set_sigmask(th.sigmask)?;
+        self.t.set_regs(&th.regs)?;
+        Ok(())
+    }
+}
+
+fn is_vdso(kind: &MappingKind) -> bool {
+    matches!(
+        kind,
+        MappingKind::Vdso | MappingKind::Vvar | MappingKind::VvarVclock
+    )
+}
+
+fn vdso_kind(kind: &MappingKind) -> Option<VmaKind> {
+    match kind {
+        MappingKind::Vdso => Some(VmaKind::Vdso),
+        MappingKind::Vvar => Some(VmaKind::Vvar),
+        MappingKind::VvarVclock => Some(VmaKind::VvarVclock),
+        _ => None,
+    }
+}
+
+fn describe(v: &Vma) -> String {
+    match &v.kind {
+        VmaKind::File { path, .. } => path.display().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Refuses a stub whose vDSO is not the snapshot's: different code, or
+/// different sizes of the vDSO data mappings.
+fn check_vdso(pid: Pid, stub: &[MapEntry], snap: &[Vma], hash: &str) -> Result<(), RestoreError> {
+    for m in stub.iter().filter(|m| is_vdso(&m.kind)) {
+        let kind = vdso_kind(&m.kind);
+        let Some(v) = snap.iter().find(|v| Some(&v.kind) == kind.as_ref()) else {
+            return Err(RestoreError::VdsoMismatch {
+                what: format!("the snapshot has no {:?}", m.kind),
+            });
+        };
+        if v.end - v.start != m.len() {
+            return Err(RestoreError::VdsoMismatch {
+                what: format!(
+                    "{:?} is {} bytes here, {} in the snapshot",
+                    m.kind,
+                    m.len(),
+                    v.end - v.start
+                ),
+            });
+        }
+        if m.kind == MappingKind::Vdso {
+            let mem = ProcessMemory::open(pid)?;
+            let mut text = vec![0u8; m.len() as usize];
+            mem.read(m.start, &mut text)?;
+            if blake3::hash(&text).to_hex().as_str() != hash {
+                return Err(RestoreError::VdsoMismatch {
+                    what: "different vDSO code".into(),
+                });
+            }
+        }
+    }
+    for v in snap {
+        let kind = match v.kind {
+            VmaKind::Vdso => MappingKind::Vdso,
+            VmaKind::Vvar => MappingKind::Vvar,
+            VmaKind::VvarVclock => MappingKind::VvarVclock,
+            _ => continue,
+        };
+        if !stub.iter().any(|m| m.kind == kind) {
+            return Err(RestoreError::VdsoMismatch {
+                what: format!("this kernel has no {kind:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The lowest free range of `len` bytes at or above [`SCRATCH_FLOOR`].
+fn find_hole(occupied: &mut [(u64, u64)], len: u64) -> Option<u64> {
+    occupied.sort_unstable();
+    let mut candidate = SCRATCH_FLOOR;
+    for &(start, end) in occupied.iter() {
+        if end <= candidate {
+            continue;
+        }
+        if start >= candidate + len {
+            break;
+        }
+        candidate = end.max(candidate);
+    }
+    (candidate + len <= TASK_SIZE).then_some(candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hole_skips_occupied_ranges() {
+        let mut occ = vec![(0x2000_0000, 0x2000_2000), (0x1000_0000, 0x1000_1000)];
+        assert_eq!(find_hole(&mut occ, 0x1000), Some(0x1000_1000));
+        let mut occ = vec![(0x1000_0000, 0x1000_1000), (0x1000_1800, 0x1000_3000)];
+        assert_eq!(find_hole(&mut occ, 0x1000), Some(0x1000_3000));
+        let mut occ = vec![(0, TASK_SIZE)];
+        assert_eq!(find_hole(&mut occ, 0x1000), None);
+    }
+}
