@@ -25,8 +25,8 @@ use crate::proc::{self, MapEntry, MappingKind, ProcError};
 use crate::ptrace::{self, FreezeError, PtraceError, SyscallState};
 use crate::remote::{self, RemoteError};
 use crate::state::{
-    Credentials, FdImage, FdKind, FileIdentity, MemoryIndex, MmLayout, PageRun, ProcessImage,
-    Rlimit, SnapshotState, ThreadImage, Vma, VmaKind, FORMAT_VERSION,
+    Credentials, EpollTarget, FdImage, FdKind, FileIdentity, MemoryIndex, MmLayout, PageRun,
+    ProcessImage, Rlimit, SnapshotState, ThreadImage, Vma, VmaKind, FORMAT_VERSION,
 };
 use crate::PAGE_SIZE;
 
@@ -231,6 +231,7 @@ fn capture(frozen: &mut ptrace::Frozen) -> Result<(SnapshotState, Vec<u8>), Chec
         }
         threads.push(ThreadImage {
             tid: *tstatus.ns_pid.last().unwrap_or(&tid.as_raw()),
+            comm: tstatus.name.clone(),
             regs: regs.resume_regs(),
             xstate: t.xstate()?.as_bytes().to_vec(),
             sigmask: t.sigmask()?,
@@ -534,7 +535,13 @@ fn read_rlimits(pid: Pid) -> Result<Vec<Rlimit>, CheckpointError> {
 /// Every open descriptor, classified.
 fn capture_fds(pid: Pid) -> Result<Vec<FdImage>, CheckpointError> {
     let dir = format!("/proc/{pid}/fd");
-    let mut fds = Vec::new();
+    struct Raw {
+        fd: i32,
+        link: String,
+        info: String,
+        flags: i32,
+    }
+    let mut raw = Vec::new();
     for entry in fs::read_dir(&dir).map_err(|e| proc_file_err(&dir, e))? {
         let entry = entry.map_err(|e| proc_file_err(&dir, e))?;
         let Some(fd) = entry
@@ -548,48 +555,151 @@ fn capture_fds(pid: Pid) -> Result<Vec<FdImage>, CheckpointError> {
         let link = fs::read_link(&link_path).map_err(|e| proc_file_err(&link_path, e))?;
         let info_path = format!("/proc/{pid}/fdinfo/{fd}");
         let info = fs::read_to_string(&info_path).map_err(|e| proc_file_err(&info_path, e))?;
-        let info_field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-        };
-        let flags = info_field("flags")
+        let flags = info_field(&info, "flags")
             .and_then(|f| i32::from_str_radix(f, 8).ok())
             .ok_or_else(|| proc_file_err(&info_path, "no flags"))?;
-        let pos = info_field("pos")
-            .and_then(|p| p.parse::<u64>().ok())
-            .unwrap_or(0);
-        let text = link.to_string_lossy().into_owned();
+        raw.push(Raw {
+            fd,
+            link: link.to_string_lossy().into_owned(),
+            info,
+            flags,
+        });
+    }
+    raw.sort_by_key(|r| r.fd);
+
+    // A pipe is internal when the process holds both of its ends.
+    let pipe_end = |r: &Raw| -> Option<(u64, bool)> {
+        let id = r
+            .link
+            .strip_prefix("pipe:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
+        Some((id, r.flags & libc::O_ACCMODE == libc::O_WRONLY))
+    };
+    let ends: Vec<(u64, bool)> = raw.iter().filter_map(pipe_end).collect();
+    let internal = |id: u64| ends.contains(&(id, true)) && ends.contains(&(id, false));
+
+    let mut fds = Vec::new();
+    for r in &raw {
+        let fd = r.fd;
+        let link_path = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
         let unsupported = |what: String| CheckpointError::UnsupportedFd { fd, what };
-        let kind = if text.starts_with("pipe:[") || text.starts_with("socket:[") {
-            FdKind::External { link: text }
+        let text = &r.link;
+        let kind = if let Some((id, write)) = pipe_end(r).filter(|(id, _)| internal(*id)) {
+            let unread = if write {
+                Vec::new()
+            } else {
+                crate::sys::pipe_peek(&link_path).map_err(|e| proc_file_err(&link_path, e))?
+            };
+            if unread.len() >= 64 << 10 {
+                return Err(unsupported(format!(
+                    "{text} holds {} unread bytes",
+                    unread.len()
+                )));
+            }
+            FdKind::Pipe { id, write, unread }
+        } else if text.starts_with("pipe:[") || text.starts_with("socket:[") {
+            FdKind::External { link: text.clone() }
+        } else if text == "anon_inode:[eventfd]" {
+            let count = info_field(&r.info, "eventfd-count")
+                .and_then(|c| u64::from_str_radix(c, 16).ok())
+                .ok_or_else(|| unsupported("eventfd without a readable count".into()))?;
+            if count > u64::from(u32::MAX) {
+                return Err(unsupported(format!("eventfd with count {count}")));
+            }
+            let semaphore = info_field(&r.info, "eventfd-semaphore") == Some("1");
+            FdKind::EventFd { count, semaphore }
+        } else if text == "anon_inode:[eventpoll]" {
+            FdKind::Epoll {
+                targets: epoll_targets(
+                    pid,
+                    fd,
+                    &r.info,
+                    &raw.iter().map(|r| r.fd).collect::<Vec<_>>(),
+                )?,
+            }
         } else if text.starts_with('/') {
             if text.ends_with(" (deleted)") {
-                return Err(unsupported(text));
+                return Err(unsupported(text.clone()));
             }
             let meta = fs::metadata(&link_path).map_err(|e| proc_file_err(&link_path, e))?;
             let ft = meta.file_type();
+            let pos = info_field(&r.info, "pos")
+                .and_then(|p| p.parse::<u64>().ok())
+                .unwrap_or(0);
             if ft.is_file() || ft.is_dir() {
                 FdKind::File {
-                    path: link.clone(),
+                    path: PathBuf::from(text),
                     pos,
                     identity: identity(&meta),
                 }
             } else if STATELESS_DEVICES.contains(&text.as_str()) {
-                FdKind::Device { path: link.clone() }
+                FdKind::Device {
+                    path: PathBuf::from(text),
+                }
             } else {
-                return Err(unsupported(text));
+                return Err(unsupported(text.clone()));
             }
         } else {
-            return Err(unsupported(text));
+            return Err(unsupported(text.clone()));
         };
         fds.push(FdImage {
             fd,
-            flags: flags & !libc::O_CLOEXEC,
-            cloexec: flags & libc::O_CLOEXEC != 0,
+            flags: r.flags & !libc::O_CLOEXEC,
+            cloexec: r.flags & libc::O_CLOEXEC != 0,
             kind,
         });
     }
-    fds.sort_by_key(|f| f.fd);
     Ok(fds)
+}
+
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// The registrations of epoll instance `fd`, from the `tfd:` lines of its
+/// fdinfo; each must name a descriptor of the process that is still the
+/// file it was registered as.
+fn epoll_targets(
+    pid: Pid,
+    fd: i32,
+    info: &str,
+    open: &[i32],
+) -> Result<Vec<EpollTarget>, CheckpointError> {
+    let mut targets = Vec::new();
+    for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+        // "tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x"
+        let parsed = (|| {
+            let tfd: i32 = line.split_whitespace().nth(1)?.parse().ok()?;
+            let events = u32::from_str_radix(line.split_whitespace().nth(3)?, 16).ok()?;
+            let data = u64::from_str_radix(line.split_whitespace().nth(5)?, 16).ok()?;
+            let ino = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("ino:"))
+                .and_then(|i| u64::from_str_radix(i, 16).ok())?;
+            Some((tfd, events, data, ino))
+        })();
+        let Some((tfd, events, data, ino)) = parsed else {
+            return Err(CheckpointError::UnsupportedFd {
+                fd,
+                what: format!("epoll with an unreadable registration {line:?}"),
+            });
+        };
+        let target_ino = fs::metadata(format!("/proc/{pid}/fd/{tfd}")).map(|m| m.ino());
+        if !open.contains(&tfd) || target_ino.ok() != Some(ino) {
+            return Err(CheckpointError::UnsupportedFd {
+                fd,
+                what: format!("epoll watching descriptor {tfd}, which is closed or reused"),
+            });
+        }
+        targets.push(EpollTarget {
+            fd: tfd,
+            events,
+            data,
+        });
+    }
+    Ok(targets)
 }

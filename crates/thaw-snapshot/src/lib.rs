@@ -34,6 +34,7 @@ pub mod remote;
 pub mod restore;
 pub mod spawn;
 pub mod state;
+mod sys;
 
 /// Size of a base page on x86_64, the unit of every memory operation here.
 pub const PAGE_SIZE: u64 = 4096;

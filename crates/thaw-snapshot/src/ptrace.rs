@@ -54,6 +54,8 @@ const NT_X86_XSTATE: libc::c_int = 0x202;
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
 /// `PTRACE_EVENT_STOP`: the stop reported for `PTRACE_INTERRUPT` and group stops.
 const PTRACE_EVENT_STOP: i32 = 128;
+/// `PTRACE_EVENT_CLONE`: a traced thread created another.
+const PTRACE_EVENT_CLONE: i32 = 3;
 /// Upper bound on the xstate buffer; the kernel truncates to its real size.
 /// (AMX tile data makes it about 11 KiB; leave room for what comes next.)
 const XSTATE_BUFFER_MAX: usize = 64 * 1024;
@@ -1046,20 +1048,28 @@ impl Tracee {
     /// Runs the thread from `regs` until it executes an `int3` (a `SIGTRAP`
     /// stop) and returns the registers there. For code the restorer placed
     /// in the process; any other stop is [`PtraceError::RemoteUnexpected`].
-    /// `nr` only labels errors.
+    /// `nr` only labels errors. Threads the code creates (with
+    /// `PTRACE_O_TRACECLONE` set) are returned, still to be
+    /// [`Tracee::adopt`]ed.
     pub fn run_until_trap(
         &mut self,
         regs: &GeneralRegs,
         nr: i64,
-    ) -> Result<GeneralRegs, PtraceError> {
+    ) -> Result<(GeneralRegs, Vec<Pid>), PtraceError> {
         let tid = self.tid;
         self.set_regs(regs)?;
         ptrace::cont(tid, None).map_err(|source| PtraceError::Step { tid, source })?;
+        let mut clones = Vec::new();
         loop {
             let status = waitpid(tid, Some(WaitPidFlag::__WALL))
                 .map_err(|source| PtraceError::Wait { tid, source })?;
             match status {
-                WaitStatus::Stopped(_, Signal::SIGTRAP) => return self.regs(),
+                WaitStatus::Stopped(_, Signal::SIGTRAP) => return Ok((self.regs()?, clones)),
+                WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_CLONE) => {
+                    let new = ptrace::getevent(tid).map_err(self.read_err("clone event"))?;
+                    clones.push(Pid::from_raw(new as i32));
+                    ptrace::cont(tid, None).map_err(|source| PtraceError::Step { tid, source })?;
+                }
                 // A stray interrupt or job-control stop: go on.
                 WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP) => {
                     ptrace::cont(tid, None).map_err(|source| PtraceError::Step { tid, source })?;
@@ -1079,6 +1089,39 @@ impl Tracee {
                         status: format!("{other:?}"),
                         rip,
                     });
+                }
+            }
+        }
+    }
+
+    /// Takes over a thread auto-attached by `PTRACE_O_TRACECLONE`: waits
+    /// for its initial stop, after which it is held like an interrupted one.
+    pub fn adopt(tid: Pid) -> Result<Self, PtraceError> {
+        let mut t = Self {
+            tid,
+            attached: true,
+            stop: None,
+            held: Vec::new(),
+            _tracer_thread: PhantomData,
+        };
+        loop {
+            let status = waitpid(tid, Some(WaitPidFlag::__WALL))
+                .map_err(|source| PtraceError::Wait { tid, source })?;
+            match status {
+                WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)
+                | WaitStatus::Stopped(_, Signal::SIGSTOP) => {
+                    t.stop = Some(StopKind::Interrupted);
+                    return Ok(t);
+                }
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    t.attached = false;
+                    return Err(PtraceError::Exited {
+                        tid,
+                        status: format!("{status:?}"),
+                    });
+                }
+                _ => {
+                    ptrace::cont(tid, None).map_err(|source| PtraceError::Step { tid, source })?;
                 }
             }
         }

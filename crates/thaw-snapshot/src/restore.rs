@@ -35,8 +35,8 @@ use crate::image::{ImageError, Snapshot};
 use crate::memory::{MemoryError, ProcessMemory};
 use crate::proc::{self, MapEntry, MappingKind, ProcError};
 use crate::ptrace::{PtraceError, Tracee, Xstate};
-use crate::spawn::{self, FdSource, Install, OpenFile, SpawnError, StubPlan};
-use crate::state::{FdKind, FileIdentity, Vma, VmaKind};
+use crate::spawn::{self, Create, EpollAdd, FdSource, Install, OpenFile, SpawnError, StubPlan};
+use crate::state::{Credentials, FdKind, FileIdentity, ThreadImage, Vma, VmaKind};
 use crate::PAGE_SIZE;
 
 /// The executor (x86-64). With `r12` pointing at a table of 64-byte
@@ -83,6 +83,7 @@ const PR_CAPBSET_DROP: u64 = 24;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
+const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 
 /// Why a restore failed. The stub is dead and reaped by the time any of
 /// these is returned.
@@ -227,33 +228,75 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
     let st = snap.state();
     let p = &st.process;
     st.cpu.check_restore_on(&CpuFeatures::host()?)?;
-    if p.threads.len() != 1 {
-        return Err(RestoreError::Unsupported(format!(
-            "{} threads (only single-threaded processes restore so far)",
-            p.threads.len()
-        )));
-    }
 
-    // Descriptors: reopened files, and the caller's replacements.
-    let mut opens = Vec::new();
+    // Descriptors: reopened files, recreated pipes, eventfds and epoll
+    // instances, and the caller's replacements.
+    let mut creates = Vec::new();
     let mut installs = Vec::new();
+    let mut epoll_adds = Vec::new();
+    let mut pipes: Vec<(u64, usize)> = Vec::new();
     for f in &p.fds {
         let source = match &f.kind {
             FdKind::File { path, pos, .. } => {
-                opens.push(OpenFile {
+                creates.push(Create::Open(OpenFile {
                     path: cstring(path.as_os_str().as_encoded_bytes())?,
                     flags: f.flags,
                     pos: *pos,
-                });
-                FdSource::Opened(opens.len() - 1)
+                }));
+                FdSource::Created(creates.len() - 1, 0)
             }
             FdKind::Device { path } => {
-                opens.push(OpenFile {
+                creates.push(Create::Open(OpenFile {
                     path: cstring(path.as_os_str().as_encoded_bytes())?,
                     flags: f.flags,
                     pos: 0,
+                }));
+                FdSource::Created(creates.len() - 1, 0)
+            }
+            FdKind::Pipe { id, write, .. } => {
+                let i = match pipes.iter().find(|(p, _)| p == id) {
+                    Some((_, i)) => *i,
+                    None => {
+                        // The read end carries the bytes.
+                        let unread = p
+                            .fds
+                            .iter()
+                            .find_map(|g| match &g.kind {
+                                FdKind::Pipe {
+                                    id: gid,
+                                    write: false,
+                                    unread,
+                                } if gid == id => Some(unread.clone()),
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        creates.push(Create::Pipe { unread });
+                        pipes.push((*id, creates.len() - 1));
+                        creates.len() - 1
+                    }
+                };
+                FdSource::Created(i, usize::from(*write))
+            }
+            FdKind::EventFd { count, semaphore } => {
+                creates.push(Create::EventFd {
+                    count: u32::try_from(*count).unwrap_or(u32::MAX),
+                    flags: if *semaphore { libc::EFD_SEMAPHORE } else { 0 },
                 });
-                FdSource::Opened(opens.len() - 1)
+                FdSource::Created(creates.len() - 1, 0)
+            }
+            FdKind::Epoll { targets } => {
+                for t in targets {
+                    let mut event = [0u8; 12];
+                    event[..4].copy_from_slice(&t.events.to_le_bytes());
+                    event[4..].copy_from_slice(&t.data.to_le_bytes());
+                    epoll_adds.push(EpollAdd {
+                        epfd: f.fd,
+                        fd: t.fd,
+                        event,
+                    });
+                }
+                creates.push(Create::Epoll);
+                FdSource::Created(creates.len() - 1, 0)
             }
             FdKind::External { link } => match opts.fds.iter().find(|(n, _)| *n == f.fd) {
                 Some((_, fd)) => FdSource::Provided(fd.as_raw_fd()),
@@ -265,15 +308,11 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
                 }
             },
         };
-        let status_flags = match f.kind {
-            FdKind::External { .. } => Some(f.flags & !libc::O_ACCMODE),
-            _ => None,
-        };
         installs.push(Install {
             source,
             target: f.fd,
             cloexec: f.cloexec,
-            status_flags,
+            status_flags: Some(f.flags & !libc::O_ACCMODE),
         });
     }
     for (n, _) in &opts.fds {
@@ -295,8 +334,9 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
         namespaces: opts.namespaces.clone(),
         cwd: cstring(p.cwd.as_os_str().as_encoded_bytes())?,
         umask: p.umask,
-        opens,
+        creates,
         installs,
+        epoll_adds,
     };
     let t_spawn = Instant::now();
     let stub = spawn::spawn_stub(&plan)?;
@@ -307,7 +347,10 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
             source,
         })?;
     }
-    let mut t = Tracee::seize_with(stub, Options::PTRACE_O_EXITKILL)?;
+    let mut t = Tracee::seize_with(
+        stub,
+        Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACECLONE,
+    )?;
     t.interrupt()?;
     t.wait_stop()?;
     timings.spawn_us = t_spawn.elapsed().as_micros() as u64;
@@ -331,10 +374,13 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
     timings.memory_us = t_mem.elapsed().as_micros() as u64;
 
     let t_state = Instant::now();
+    r.create_threads(snap)?;
     r.restore_kernel_state(snap)?;
-    r.finish(snap)?;
-    drop(r);
+    let threads = r.finish(snap)?;
     t.detach()?;
+    for th in threads {
+        th.detach()?;
+    }
     guard.0 = None;
     timings.state_us = t_state.elapsed().as_micros() as u64;
     timings.total_us = t0.elapsed().as_micros() as u64;
@@ -392,7 +438,10 @@ use Arg::Val as V;
 
 /// The stub under construction.
 struct Remote<'t> {
+    /// The thread-group leader.
     t: &'t mut Tracee,
+    /// The other threads, in snapshot order, once created.
+    threads: Vec<Tracee>,
     pid: Pid,
     mem: File,
     scratch: u64,
@@ -485,6 +534,7 @@ impl<'t> Remote<'t> {
             })?;
         Ok(Self {
             t,
+            threads: Vec::new(),
             pid,
             mem,
             scratch,
@@ -493,10 +543,21 @@ impl<'t> Remote<'t> {
         })
     }
 
-    /// Runs a batch in the stub; returns each call's result.
+    /// Runs a batch in the leader; returns each call's result.
     fn run(&mut self, batch: &Batch) -> Result<Vec<u64>, RestoreError> {
+        self.run_in(0, batch).map(|(r, _)| r)
+    }
+
+    /// Runs a batch in thread `which` (0: the leader, `i`: the `i`-th
+    /// created thread); returns each call's result and the threads it
+    /// created.
+    fn run_in(
+        &mut self,
+        which: usize,
+        batch: &Batch,
+    ) -> Result<(Vec<u64>, Vec<Pid>), RestoreError> {
         if batch.calls.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let table = self.scratch + TABLE_OFFSET;
         let data_at = table + (batch.calls.len() as u64 + 1) * 64;
@@ -533,11 +594,15 @@ impl<'t> Remote<'t> {
                 what: "Writing a call table".into(),
                 source,
             })?;
-        let mut regs = self.t.regs()?;
+        let t: &mut Tracee = match which {
+            0 => self.t,
+            i => &mut self.threads[i - 1],
+        };
+        let mut regs = t.regs()?;
         regs.rip = self.scratch;
         regs.r12 = table;
         regs.orig_rax = u64::MAX;
-        self.t.run_until_trap(&regs, batch.calls[0].0)?;
+        let (_, clones) = t.run_until_trap(&regs, batch.calls[0].0)?;
         let mut results = vec![0u8; batch.calls.len() * 64];
         self.mem
             .read_exact_at(&mut results, table)
@@ -557,7 +622,7 @@ impl<'t> Remote<'t> {
             }
             out.push(v as u64);
         }
-        Ok(out)
+        Ok((out, clones))
     }
 
     /// Unmaps the stub, moves the vDSO, recreates every mapping and the
@@ -754,11 +819,46 @@ impl<'t> Remote<'t> {
         Ok(())
     }
 
-    /// Signal dispositions, limits, name, per-thread registrations,
-    /// credentials and seccomp filters.
+    /// Creates every thread but the leader with its exact id (`clone3`
+    /// with `set_tid`, run by the leader), traced from its first instruction.
+    fn create_threads(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
+        const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        for th in &snap.state().process.threads[1..] {
+            let mut b = Batch::default();
+            let set_tid = b.data(&th.tid.to_le_bytes());
+            let mut args = Vec::with_capacity(88);
+            for w in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0] {
+                args.extend_from_slice(&w.to_le_bytes());
+            }
+            let args_arg = b.data(&args);
+            b.pointer(args_arg, 64, set_tid);
+            b.call(
+                libc::SYS_clone3,
+                [args_arg, V(88), V(0), V(0), V(0), V(0)],
+                format!("creating thread {}", th.tid),
+            );
+            let (_, clones) = self.run_in(0, &b)?;
+            let [tid] = clones[..] else {
+                return Err(RestoreError::Unsupported(format!(
+                    "creating thread {} reported {} new threads",
+                    th.tid,
+                    clones.len()
+                )));
+            };
+            self.threads.push(Tracee::adopt(tid)?);
+        }
+        Ok(())
+    }
+
+    /// Process-wide kernel state (signal dispositions, limits), then each
+    /// thread's own (registrations, credentials), then the seccomp filters.
     fn restore_kernel_state(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
         let p = &snap.state().process;
-        let th = &p.threads[0];
         let mut b = Batch::default();
         for (i, a) in p.signals.iter().enumerate() {
             let sig = i as u64 + 1;
@@ -787,132 +887,24 @@ impl<'t> Remote<'t> {
                 format!("resource limit {}", l.resource),
             );
         }
-        let mut comm = p.comm.as_bytes().to_vec();
-        comm.truncate(15);
-        comm.push(0);
-        let arg = b.data(&comm);
-        b.call(
-            libc::SYS_prctl,
-            [V(PR_SET_NAME), arg, V(0), V(0), V(0), V(0)],
-            "the command name",
-        );
         b.call(
             libc::SYS_prctl,
             [V(PR_SET_PDEATHSIG), V(0), V(0), V(0), V(0), V(0)],
             "the parent-death signal",
         );
-        b.call(
-            libc::SYS_set_tid_address,
-            [V(th.clear_child_tid), V(0), V(0), V(0), V(0), V(0)],
-            "clear_child_tid",
-        );
-        b.call(
-            libc::SYS_set_robust_list,
-            [
-                V(th.robust_list.head),
-                V(th.robust_list.len.max(24)),
-                V(0),
-                V(0),
-                V(0),
-                V(0),
-            ],
-            "the robust futex list",
-        );
-        let ss = &th.sigaltstack;
-        let mut stack = Vec::with_capacity(24);
-        stack.extend_from_slice(&ss.sp.to_le_bytes());
-        let flags = ss.flags & (libc::SS_DISABLE | (1 << 31));
-        stack.extend_from_slice(&(flags as u32 as u64).to_le_bytes());
-        stack.extend_from_slice(&ss.size.to_le_bytes());
-        let arg = b.data(&stack);
-        b.call(
-            libc::SYS_sigaltstack,
-            [arg, V(0), V(0), V(0), V(0), V(0)],
-            "the alternate signal stack",
-        );
-        if th.rseq.abi_pointer != 0 {
-            b.call(
-                libc::SYS_rseq,
-                [
-                    V(th.rseq.abi_pointer),
-                    V(u64::from(th.rseq.abi_size)),
-                    V(0),
-                    V(u64::from(th.rseq.signature)),
-                    V(0),
-                    V(0),
-                ],
-                "the rseq registration",
-            );
+        self.run(&b)?;
+
+        for (i, th) in p.threads.iter().enumerate() {
+            let b = thread_batch(th, &p.creds);
+            self.run_in(i, &b)?;
         }
-        // Credentials: bounding set, groups, ids, capabilities.
-        let c = &p.creds;
-        let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(40);
-        for cap in 0..=last_cap {
-            if c.cap_bounding & (1 << cap) == 0 {
-                b.call(
-                    libc::SYS_prctl,
-                    [V(PR_CAPBSET_DROP), V(cap), V(0), V(0), V(0), V(0)],
-                    format!("dropping capability {cap} from the bounding set"),
-                );
-            }
-        }
-        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let arg = b.data(&groups);
-        b.call(
-            libc::SYS_setgroups,
-            [V(c.groups.len() as u64), arg, V(0), V(0), V(0), V(0)],
-            "supplementary groups",
-        );
-        b.call(
-            libc::SYS_setresgid,
-            [
-                V(c.gid[0].into()),
-                V(c.gid[1].into()),
-                V(c.gid[2].into()),
-                V(0),
-                V(0),
-                V(0),
-            ],
-            "group ids",
-        );
-        b.call(
-            libc::SYS_setresuid,
-            [
-                V(c.uid[0].into()),
-                V(c.uid[1].into()),
-                V(c.uid[2].into()),
-                V(0),
-                V(0),
-                V(0),
-            ],
-            "user ids",
-        );
-        let mut hdr = Vec::with_capacity(8);
-        hdr.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_le_bytes());
-        hdr.extend_from_slice(&0u32.to_le_bytes());
-        let mut data = Vec::with_capacity(24);
-        for half in 0..2 {
-            for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
-                data.extend_from_slice(&((set >> (32 * half)) as u32).to_le_bytes());
-            }
-        }
-        let hdr_arg = b.data(&hdr);
-        let data_arg = b.data(&data);
-        b.call(
-            libc::SYS_capset,
-            [hdr_arg, data_arg, V(0), V(0), V(0), V(0)],
-            "capabilities",
-        );
-        if c.no_new_privs {
-            b.call(
-                libc::SYS_prctl,
-                [V(PR_SET_NO_NEW_PRIVS), V(1), V(0), V(0), V(0), V(0)],
-                "no_new_privs",
-            );
-        }
+
+        let mut b = Batch::default();
+        let tsync = if p.threads.len() > 1 {
+            SECCOMP_FILTER_FLAG_TSYNC
+        } else {
+            0
+        };
         for (i, f) in p.seccomp_filters.iter().enumerate() {
             let insns = b.data(f);
             // struct sock_fprog { u16 len; u8 pad[6]; struct sock_filter *filter; }
@@ -923,7 +915,7 @@ impl<'t> Remote<'t> {
             b.pointer(prog, 8, insns);
             b.call(
                 libc::SYS_seccomp,
-                [V(SECCOMP_SET_MODE_FILTER), V(0), prog, V(0), V(0), V(0)],
+                [V(SECCOMP_SET_MODE_FILTER), V(tsync), prog, V(0), V(0), V(0)],
                 format!("seccomp filter {i}"),
             );
         }
@@ -931,9 +923,9 @@ impl<'t> Remote<'t> {
         Ok(())
     }
 
-    /// Unmaps the scratch area and loads the thread's saved registers.
-    fn finish(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
-        let th = &snap.state().process.threads[0];
+    /// Unmaps the scratch area and loads every thread's saved registers;
+    /// returns the created threads, ready to detach.
+    fn finish(&mut self, snap: &Snapshot) -> Result<Vec<Tracee>, RestoreError> {
         let ret = self.t.remote_syscall_at(
             self.scratch + EXECUTOR_SYSCALL,
             libc::SYS_munmap,
@@ -945,11 +937,144 @@ impl<'t> Remote<'t> {
                 source: Errno::from_raw(-ret as i32),
             });
         }
-        self.t.set_xstate(&Xstate::from_bytes(th.xstate.clone()))?;
-        self.t.set_sigmask(th.sigmask)?;
-        self.t.set_regs(&th.regs)?;
-        Ok(())
+        let images = &snap.state().process.threads;
+        for (i, th) in images.iter().enumerate() {
+            let t: &Tracee = match i {
+                0 => self.t,
+                i => &self.threads[i - 1],
+            };
+            t.set_xstate(&Xstate::from_bytes(th.xstate.clone()))?;
+            t.set_sigmask(th.sigmask)?;
+            t.set_regs(&th.regs)?;
+        }
+        Ok(std::mem::take(&mut self.threads))
     }
+}
+
+/// One thread's own kernel state: name, `clear_child_tid`, robust list,
+/// alternate stack, rseq, and its credentials (per thread in the kernel).
+fn thread_batch(th: &ThreadImage, c: &Credentials) -> Batch {
+    let mut b = Batch::default();
+    let mut comm = th.comm.as_bytes().to_vec();
+    comm.truncate(15);
+    comm.push(0);
+    let arg = b.data(&comm);
+    b.call(
+        libc::SYS_prctl,
+        [V(PR_SET_NAME), arg, V(0), V(0), V(0), V(0)],
+        "the thread name",
+    );
+    b.call(
+        libc::SYS_set_tid_address,
+        [V(th.clear_child_tid), V(0), V(0), V(0), V(0), V(0)],
+        "clear_child_tid",
+    );
+    b.call(
+        libc::SYS_set_robust_list,
+        [
+            V(th.robust_list.head),
+            V(th.robust_list.len.max(24)),
+            V(0),
+            V(0),
+            V(0),
+            V(0),
+        ],
+        "the robust futex list",
+    );
+    let ss = &th.sigaltstack;
+    let mut stack = Vec::with_capacity(24);
+    stack.extend_from_slice(&ss.sp.to_le_bytes());
+    let flags = ss.flags & (libc::SS_DISABLE | (1 << 31));
+    stack.extend_from_slice(&(flags as u32 as u64).to_le_bytes());
+    stack.extend_from_slice(&ss.size.to_le_bytes());
+    let arg = b.data(&stack);
+    b.call(
+        libc::SYS_sigaltstack,
+        [arg, V(0), V(0), V(0), V(0), V(0)],
+        "the alternate signal stack",
+    );
+    if th.rseq.abi_pointer != 0 {
+        b.call(
+            libc::SYS_rseq,
+            [
+                V(th.rseq.abi_pointer),
+                V(u64::from(th.rseq.abi_size)),
+                V(0),
+                V(u64::from(th.rseq.signature)),
+                V(0),
+                V(0),
+            ],
+            "the rseq registration",
+        );
+    }
+    let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last_cap {
+        if c.cap_bounding & (1 << cap) == 0 {
+            b.call(
+                libc::SYS_prctl,
+                [V(PR_CAPBSET_DROP), V(cap), V(0), V(0), V(0), V(0)],
+                format!("dropping capability {cap} from the bounding set"),
+            );
+        }
+    }
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    let arg = b.data(&groups);
+    b.call(
+        libc::SYS_setgroups,
+        [V(c.groups.len() as u64), arg, V(0), V(0), V(0), V(0)],
+        "supplementary groups",
+    );
+    b.call(
+        libc::SYS_setresgid,
+        [
+            V(c.gid[0].into()),
+            V(c.gid[1].into()),
+            V(c.gid[2].into()),
+            V(0),
+            V(0),
+            V(0),
+        ],
+        "group ids",
+    );
+    b.call(
+        libc::SYS_setresuid,
+        [
+            V(c.uid[0].into()),
+            V(c.uid[1].into()),
+            V(c.uid[2].into()),
+            V(0),
+            V(0),
+            V(0),
+        ],
+        "user ids",
+    );
+    let mut hdr = Vec::with_capacity(8);
+    hdr.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_le_bytes());
+    hdr.extend_from_slice(&0u32.to_le_bytes());
+    let mut data = Vec::with_capacity(24);
+    for half in 0..2 {
+        for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
+            data.extend_from_slice(&((set >> (32 * half)) as u32).to_le_bytes());
+        }
+    }
+    let hdr_arg = b.data(&hdr);
+    let data_arg = b.data(&data);
+    b.call(
+        libc::SYS_capset,
+        [hdr_arg, data_arg, V(0), V(0), V(0), V(0)],
+        "capabilities",
+    );
+    if c.no_new_privs {
+        b.call(
+            libc::SYS_prctl,
+            [V(PR_SET_NO_NEW_PRIVS), V(1), V(0), V(0), V(0), V(0)],
+            "no_new_privs",
+        );
+    }
+    b
 }
 
 fn is_vdso(kind: &MappingKind) -> bool {

@@ -52,8 +52,41 @@ pub enum SpawnError {
 pub enum FdSource {
     /// A descriptor of the restorer, handed over.
     Provided(RawFd),
-    /// `plan.opens[i]`, opened by the stub in the target's mount namespace.
-    Opened(usize),
+    /// Descriptor `end` (0, or 1 for a pipe's write end) of
+    /// `plan.creates[i]`, made by the stub in the target's namespaces.
+    Created(usize, usize),
+}
+
+/// A descriptor the stub makes.
+#[derive(Debug)]
+pub enum Create {
+    /// Open a file.
+    Open(OpenFile),
+    /// A pipe: end 0 reads, end 1 writes; `unread` is written into it.
+    Pipe {
+        /// Bytes the pipe held.
+        unread: Vec<u8>,
+    },
+    /// An eventfd with this counter and `EFD_*` flags.
+    EventFd {
+        /// Initial counter.
+        count: u32,
+        /// `EFD_SEMAPHORE` or 0.
+        flags: i32,
+    },
+    /// An epoll instance (registrations come from [`StubPlan::epoll_adds`]).
+    Epoll,
+}
+
+/// An `epoll_ctl(EPOLL_CTL_ADD)` to make once every descriptor is in place.
+#[derive(Debug, Clone, Copy)]
+pub struct EpollAdd {
+    /// The epoll descriptor (target number).
+    pub epfd: RawFd,
+    /// The watched descriptor (target number).
+    pub fd: RawFd,
+    /// `struct epoll_event` (packed on x86_64: u32 events, u64 data).
+    pub event: [u8; 12],
 }
 
 /// A file the stub opens (in the target's mount namespace).
@@ -93,10 +126,12 @@ pub struct StubPlan<'a> {
     pub cwd: CString,
     /// umask.
     pub umask: u32,
-    /// Files to open.
-    pub opens: Vec<OpenFile>,
+    /// Descriptors to make.
+    pub creates: Vec<Create>,
     /// Descriptors to install.
     pub installs: Vec<Install>,
+    /// Epoll registrations.
+    pub epoll_adds: Vec<EpollAdd>,
 }
 
 /// The `struct clone_args` of `clone3(2)` (version 2, with `set_tid`).
@@ -126,6 +161,11 @@ const STEPS: &[&str] = &[
     "install a descriptor",
     "set descriptor flags",
     "block signals",
+    "create a pipe",
+    "create an eventfd",
+    "create an epoll instance",
+    "register with epoll",
+    "refill a pipe",
 ];
 
 /// Creates the stub and waits until it is parked. Returns its pid in the
@@ -146,7 +186,7 @@ pub fn spawn_stub(plan: &StubPlan<'_>) -> Result<Pid, SpawnError> {
         }
     }
     let base = base + 1;
-    let mut opened = vec![-1; plan.opens.len()];
+    let mut opened = vec![[-1, -1]; plan.creates.len()];
     let mut moved = vec![-1; plan.installs.len()];
     let set_tid = [plan.pid.unwrap_or(0)];
     let args = CloneArgs {
@@ -238,7 +278,7 @@ fn stub_main(
     plan: &StubPlan<'_>,
     report_w: RawFd,
     base: RawFd,
-    opened: &mut [RawFd],
+    opened: &mut [[RawFd; 2]],
     moved: &mut [RawFd],
 ) -> ! {
     let mut report = report_w;
@@ -277,21 +317,51 @@ fn stub_main(
             fail(report, 2);
         }
         libc::umask(plan.umask as libc::mode_t);
-        for (i, o) in plan.opens.iter().enumerate() {
-            let flags = o.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
-            let fd = libc::open(o.path.as_ptr(), flags | libc::O_CLOEXEC);
-            if fd < 0 {
-                fail(report, 3);
+        for (i, c) in plan.creates.iter().enumerate() {
+            match c {
+                Create::Open(o) => {
+                    let flags = o.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+                    let fd = libc::open(o.path.as_ptr(), flags | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        fail(report, 3);
+                    }
+                    if o.pos > 0 && libc::lseek(fd, o.pos as libc::off_t, libc::SEEK_SET) < 0 {
+                        fail(report, 4);
+                    }
+                    opened[i][0] = fd;
+                }
+                Create::Pipe { unread } => {
+                    if libc::pipe2(opened[i].as_mut_ptr(), libc::O_CLOEXEC) < 0 {
+                        fail(report, 9);
+                    }
+                    // Under 64 KiB (checked at checkpoint): fits the pipe.
+                    if !unread.is_empty()
+                        && libc::write(opened[i][1], unread.as_ptr().cast(), unread.len())
+                            != unread.len() as isize
+                    {
+                        fail(report, 13);
+                    }
+                }
+                Create::EventFd { count, flags } => {
+                    let fd = libc::eventfd(*count, flags | libc::EFD_CLOEXEC);
+                    if fd < 0 {
+                        fail(report, 10);
+                    }
+                    opened[i][0] = fd;
+                }
+                Create::Epoll => {
+                    let fd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+                    if fd < 0 {
+                        fail(report, 11);
+                    }
+                    opened[i][0] = fd;
+                }
             }
-            if o.pos > 0 && libc::lseek(fd, o.pos as libc::off_t, libc::SEEK_SET) < 0 {
-                fail(report, 4);
-            }
-            opened[i] = fd;
         }
         for (i, inst) in plan.installs.iter().enumerate() {
             let src = match inst.source {
                 FdSource::Provided(fd) => fd,
-                FdSource::Opened(j) => opened[j],
+                FdSource::Created(j, end) => opened[j][end],
             };
             let d = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, base);
             if d < 0 {
@@ -314,6 +384,18 @@ fn stub_main(
                 if libc::fcntl(inst.target, libc::F_SETFL, fl) < 0 {
                     fail(report, 7);
                 }
+            }
+        }
+        for add in &plan.epoll_adds {
+            let mut ev = add.event;
+            if libc::epoll_ctl(
+                add.epfd,
+                libc::EPOLL_CTL_ADD,
+                add.fd,
+                ev.as_mut_ptr().cast(),
+            ) < 0
+            {
+                fail(report, 12);
             }
         }
         if report > base {

@@ -188,6 +188,8 @@ pub struct FileIdentity {
 pub struct ThreadImage {
     /// Thread id in the process's pid namespace; restored exactly.
     pub tid: i32,
+    /// The thread's name (`comm`).
+    pub comm: String,
     /// Registers as the thread must resume (interrupted syscalls rewound to
     /// restart, see [`GeneralRegs::resume_regs`]).
     pub regs: GeneralRegs,
@@ -237,6 +239,28 @@ pub enum FdKind {
         /// Its path.
         path: PathBuf,
     },
+    /// One end of a pipe whose both ends the process holds (libuv's wake-up
+    /// pipes), recreated with the bytes it held.
+    Pipe {
+        /// The pipe's inode at checkpoint: ends with the same id are one pipe.
+        id: u64,
+        /// The write end (else the read end).
+        write: bool,
+        /// Bytes waiting in the pipe (recorded with the read end).
+        unread: Vec<u8>,
+    },
+    /// An eventfd.
+    EventFd {
+        /// Its counter.
+        count: u64,
+        /// `EFD_SEMAPHORE`.
+        semaphore: bool,
+    },
+    /// An epoll instance and what it watches.
+    Epoll {
+        /// The registrations.
+        targets: Vec<EpollTarget>,
+    },
     /// A pipe or socket whose other end lives outside the process (stdio,
     /// the connection to the supervisor). It is not restored: the restorer
     /// must be handed a replacement for it, or the restore fails.
@@ -245,6 +269,17 @@ pub enum FdKind {
         link: String,
     },
 }
+/// One epoll registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollTarget {
+    /// The watched descriptor (a number in the same table).
+    pub fd: i32,
+    /// `EPOLL*` event bits.
+    pub events: u32,
+    /// The user data returned with events.
+    pub data: u64,
+}
+
 /// Where the saved pages are in the memory image.
 ///
 /// The image is a header page followed by data pages, each [`crate::PAGE_SIZE`]

@@ -5,20 +5,15 @@
 #[macro_use]
 mod common;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, OwnedFd};
+#[path = "support/restore.rs"]
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{python, Interp};
-use nix::sys::wait::waitpid;
-use nix::unistd::Pid;
+use support::{error_chain, first_child, now_s, restore_with_pipes, PidNs};
 use thaw_snapshot::checkpoint::checkpoint;
 use thaw_snapshot::image::Snapshot;
-use thaw_snapshot::restore::{restore, RestoreOptions};
-use thaw_snapshot::state::FdKind;
 
 const SCRIPT: &str = r#"
 import os, sys, json, hashlib, time, random
@@ -36,120 +31,6 @@ for line in sys.stdin:
     elif cmd[0] == "info":
         print(f"info {os.getpid()} {len(state)} {blob[:16]} {time.time():.0f} {random.random()}", flush=True)
 "#;
-
-/// The first child of `pid`, waiting for it to appear.
-fn first_child(pid: u32) -> Pid {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(c) = text.split_whitespace().next() {
-            return Pid::from_raw(c.parse().expect("pid"));
-        }
-        assert!(Instant::now() < deadline, "no child of {pid}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A pid namespace held open by a sleeping init.
-struct PidNs {
-    holder: Child,
-    ns: File,
-}
-
-impl PidNs {
-    fn new() -> PidNs {
-        let holder = Command::new("unshare")
-            .args(["--pid", "--fork", "--kill-child", "sleep", "1000"])
-            .spawn()
-            .expect("unshare");
-        let init = first_child(holder.id());
-        let ns = File::open(format!("/proc/{init}/ns/pid")).expect("open pid ns");
-        PidNs { holder, ns }
-    }
-}
-
-impl Drop for PidNs {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// A restored process on new pipes.
-struct RestoredPy {
-    pid: Pid,
-    stdin: File,
-    stdout: BufReader<File>,
-}
-
-impl RestoredPy {
-    fn ask(&mut self, line: &str) -> String {
-        writeln!(self.stdin, "{line}").expect("write");
-        self.stdin.flush().expect("flush");
-        let mut out = String::new();
-        self.stdout.read_line(&mut out).expect("read");
-        out.trim().to_string()
-    }
-}
-
-impl Drop for RestoredPy {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = waitpid(self.pid, None);
-    }
-}
-
-fn restore_with_pipes(snap: &Snapshot, ns: &PidNs) -> RestoredPy {
-    let (in_r, in_w) = nix::unistd::pipe().expect("pipe");
-    let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
-    let err: OwnedFd = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("dup stderr");
-    let mut fds = vec![(0, in_r.as_fd()), (1, out_w.as_fd())];
-    let err_external = snap
-        .state()
-        .process
-        .fds
-        .iter()
-        .any(|f| f.fd == 2 && matches!(f.kind, FdKind::External { .. }));
-    if err_external {
-        fds.push((2, err.as_fd()));
-    }
-    let opts = RestoreOptions {
-        pid_ns: ns.ns.as_fd(),
-        namespaces: Vec::new(),
-        fds,
-        cgroup_procs: Vec::new(),
-    };
-    let restored =
-        restore(snap, &opts).unwrap_or_else(|e| panic!("restore: {}", thaw_snapshot_chain(&e)));
-    eprintln!("restored pid {} in {:?}", restored.pid, restored.timings);
-    RestoredPy {
-        pid: restored.pid,
-        stdin: File::from(in_w),
-        stdout: BufReader::new(File::from(out_r)),
-    }
-}
-
-fn thaw_snapshot_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
 
 #[test]
 fn python_restores_with_state_pid_and_clock() {
@@ -181,7 +62,7 @@ fn python_restores_with_state_pid_and_clock() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let stats = checkpoint(py_pid, dir.path())
-        .unwrap_or_else(|e| panic!("checkpoint: {}", thaw_snapshot_chain(&e)));
+        .unwrap_or_else(|e| panic!("checkpoint: {}", error_chain(&e)));
     eprintln!("checkpoint: {stats:?}");
 
     // The original goes on unharmed.
@@ -198,7 +79,11 @@ fn python_restores_with_state_pid_and_clock() {
     orig.send("info");
     let orig_info = orig.line();
     let o: Vec<&str> = orig_info.split_whitespace().collect();
-    assert_eq!(f[..4], ["info", "2", "200001", o[3]], "{info} vs {orig_info}");
+    assert_eq!(
+        f[..4],
+        ["info", "2", "200001", o[3]],
+        "{info} vs {orig_info}"
+    );
     // Both draw random numbers from the same saved state: a restore that
     // does not reseed repeats the original's sequence (issue 6 regenerates
     // identity and RNG state; here it proves memory came back exactly).
