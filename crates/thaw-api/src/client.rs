@@ -15,6 +15,7 @@ use reqwest::Url;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ErrorBody, ErrorCode, ERROR_TYPE_HEADER};
+use crate::invoke::SnapshotReport;
 use crate::invoke::{
     InvocationType, ServerTiming, StartKind, CLIENT_CONTEXT_HEADER, FUNCTION_ERROR_HEADER,
     INVOCATION_TYPE_HEADER, LOG_RESULT_HEADER, LOG_TYPE_HEADER, REQUEST_ID_HEADER,
@@ -322,6 +323,27 @@ impl Client {
         );
         let resp = self.send(self.http.get(url.clone()), &url)?;
         decode(resp, &url)
+    }
+
+    /// Snapshots the function (thaw extension): a new instance is started,
+    /// invoked once with `payload`, and checkpointed; later instances of
+    /// this code revision are restored from the snapshot.
+    pub fn create_snapshot(
+        &self,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<SnapshotReport, ClientError> {
+        let url = self.url(&["thaw", "v1", "functions", name, "snapshot"]);
+        let resp = self.send(self.http.post(url.clone()).body(payload.to_vec()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// Deletes the function's snapshot (thaw extension): new instances
+    /// start cold again.
+    pub fn delete_snapshot(&self, name: &str) -> Result<(), ClientError> {
+        let url = self.url(&["thaw", "v1", "functions", name, "snapshot"]);
+        self.send(self.http.delete(url.clone()), &url)?;
+        Ok(())
     }
 
     /// The function's code zip, as uploaded.

@@ -152,6 +152,8 @@ pub enum StartKind {
     Cold,
     /// An idle instance was reused.
     Warm,
+    /// A new instance was restored from the function's snapshot.
+    Restored,
 }
 
 impl StartKind {
@@ -160,6 +162,7 @@ impl StartKind {
         match self {
             StartKind::Cold => "cold",
             StartKind::Warm => "warm",
+            StartKind::Restored => "restored",
         }
     }
 
@@ -168,6 +171,7 @@ impl StartKind {
         match s.trim() {
             "cold" => Some(StartKind::Cold),
             "warm" => Some(StartKind::Warm),
+            "restored" => Some(StartKind::Restored),
             _ => None,
         }
     }
@@ -301,4 +305,33 @@ mod tests {
         assert_eq!(ServerTiming::parse(&h), Some(t));
         assert_eq!(ServerTiming::parse("db;desc=x"), None);
     }
+}
+
+/// What `POST /thaw/v1/functions/{name}/snapshot` reports: a snapshot of an
+/// instance taken after one test invocation, from which new instances of
+/// this revision are restored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotReport {
+    /// The function.
+    pub function: String,
+    /// The code revision the snapshot belongs to.
+    pub revision_id: String,
+    /// Cold start of the instance that was checkpointed, milliseconds.
+    pub cold_start_ms: f64,
+    /// The test invocation, milliseconds.
+    pub test_invoke_ms: f64,
+    /// The checkpoint (freeze, capture, write), milliseconds.
+    pub checkpoint_ms: f64,
+    /// How long the instance was stopped, milliseconds.
+    pub frozen_ms: f64,
+    /// Threads of the runtime.
+    pub threads: usize,
+    /// Memory mappings.
+    pub mappings: usize,
+    /// Pages stored in the memory image.
+    pub data_pages: u64,
+    /// Populated zero pages (not stored).
+    pub zero_pages: u64,
+    /// Size of the snapshot on disk, bytes.
+    pub size_bytes: u64,
 }

@@ -39,6 +39,8 @@ pub(crate) enum ApiEvent {
     /// The runtime asked for its first invocation: init is done. Carries the
     /// bootstrap's own measure of the time it spent loading the function.
     FirstNext { function_init_ms: Option<f64> },
+    /// The runtime called `/next` (every time): it is waiting, idle.
+    Waiting,
     /// A result for the daemon (`Response`, `Error` or `InitError`). The HTTP
     /// request is answered once `forwarded` fires.
     Report {
@@ -208,6 +210,7 @@ async fn next(State(api): State<Arc<RuntimeApi>>, headers: HeaderMap) -> Respons
         // A closed channel means the supervisor is going away; the recv below says so.
         let _ = api.events.send(ApiEvent::FirstNext { function_init_ms });
     }
+    let _ = api.events.send(ApiEvent::Waiting);
     // recv() is cancel-safe: if the runtime hangs up while waiting, the next
     // invocation stays queued for its next /next.
     let delivery = api.deliveries.lock().await.recv().await;
@@ -558,8 +561,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(h.events.try_recv(), Ok(ApiEvent::Waiting)));
         h.deliver.send(invocation("r2")).unwrap();
         h.call(get_next(Some("99"))).await;
+        assert!(
+            matches!(h.events.try_recv(), Ok(ApiEvent::Waiting)),
+            "every /next reports the runtime waiting"
+        );
         assert!(h.events.try_recv().is_err(), "InitDone is reported once");
     }
 

@@ -46,6 +46,16 @@ pub struct RuntimeSpec {
 pub struct StartSpec {
     pub sandbox: SandboxSpec,
     pub runtime: RuntimeSpec,
+    /// Restore the runtime from a snapshot instead of starting it.
+    #[serde(default)]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// Where the snapshot to restore the runtime from is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreSpec {
+    /// The snapshot directory inside the sandbox (bind-mounted read-only).
+    pub snapshot_dir: String,
 }
 
 /// One invocation handed to the runtime. The body of the frame is the event payload.
@@ -87,14 +97,21 @@ pub enum FromSupervisor {
     /// runtime process has been spawned. `host_pid` is not known inside the pid
     /// namespace; the daemon learns it from the process it spawned.
     SandboxReady {
-        /// Milliseconds spent building the sandbox inside `thaw-init`.
+        /// Milliseconds spent building the sandbox inside `thaw-init`
+        /// (including restoring the runtime from a snapshot, if asked).
         setup_ms: f64,
+        /// Milliseconds of that spent restoring the runtime (0 when started).
+        #[serde(default)]
+        restore_ms: f64,
     },
     /// The runtime made its first `GET /invocation/next`: init is complete.
     /// `runtime_ms` is the time from spawning the runtime until its bootstrap
     /// began loading the function (0 when the runtime does not report it), and
     /// `init_ms` the rest, until the first `/next`.
     InitDone { runtime_ms: f64, init_ms: f64 },
+    /// The runtime called `/invocation/next` and waits for an invocation:
+    /// it is idle (a checkpoint may be taken now).
+    Waiting,
     /// The runtime reported `/runtime/init/error`. Body: the error JSON.
     InitError { error_type: String },
     /// `/runtime/invocation/{id}/response`. Body: the response payload.

@@ -128,7 +128,15 @@ fn run() -> Result<ExitReason, ()> {
     // Wall-clock time: a time namespace may shift the monotonic clocks between
     // here and the sandbox side of `enter`.
     let started = SystemTime::now();
-    if let Err(e) = thaw_sandbox::enter(&spec.sandbox) {
+    let mut adopted = None;
+    let entered = match &spec.restore {
+        None => thaw_sandbox::enter(&spec.sandbox),
+        Some(r) => thaw_sandbox::enter_with(&spec.sandbox, || {
+            adopted = Some(crate::restore::restore_runtime(&spec.runtime, r)?);
+            Ok(())
+        }),
+    };
+    if let Err(e) = entered {
         fatal(&mut control, &StartupError::Sandbox(e));
         return Err(());
     }
@@ -163,7 +171,7 @@ fn run() -> Result<ExitReason, ()> {
             tracing::error!(error = %e, "cannot register the control socket");
         })?;
         // The supervisor reports its own failures to the daemon.
-        supervisor::run(spec.runtime, control, setup_ms)
+        supervisor::run(spec.runtime, control, setup_ms, adopted)
             .await
             .map_err(|_| ())
     })

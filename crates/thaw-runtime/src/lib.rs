@@ -10,6 +10,8 @@
 //! - [`init`]: the `thaw-init` entry point (fd 3, sandbox entry, tokio start);
 //! - [`supervisor`]: the event loop that ties the runtime process, its output,
 //!   the Runtime API and the control channel together;
+//! - [`restore`]: bringing the runtime back from a snapshot inside the
+//!   sandbox, with fresh stdio pipes and Runtime API connection;
 //! - [`bootstraps`]: thaw's Python and Node.js bootstraps, installed on the host
 //!   and bind-mounted read-only at `/var/runtime` in every sandbox.
 
@@ -18,6 +20,7 @@ pub mod bootstraps;
 pub mod control;
 pub mod init;
 mod process;
+pub mod restore;
 pub mod supervisor;
 
 pub use bootstraps::install_bootstraps;

@@ -89,6 +89,16 @@ impl RuntimeProcess {
         Ok((process, output))
     }
 
+    /// Takes charge of a runtime restored from a snapshot (a child of this
+    /// process).
+    pub(crate) fn adopt(pid: Pid, reap_all: bool) -> RuntimeProcess {
+        RuntimeProcess {
+            pid,
+            reap_all,
+            status: None,
+        }
+    }
+
     /// The runtime's pid (in the supervisor's pid namespace).
     pub(crate) fn pid(&self) -> Pid {
         self.pid
@@ -203,6 +213,22 @@ fn index(stream: LogStream) -> usize {
 }
 
 impl RuntimeOutput {
+    /// Output pipes made for a restored runtime.
+    pub(crate) fn from_fds(stdout: OwnedFd, stderr: OwnedFd) -> io::Result<RuntimeOutput> {
+        for fd in [&stdout, &stderr] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )?;
+        }
+        Ok(RuntimeOutput {
+            pipes: [
+                Some(pipe::Receiver::from_owned_fd(stdout)?),
+                Some(pipe::Receiver::from_owned_fd(stderr)?),
+            ],
+        })
+    }
+
     /// Whether `stream` is still open.
     pub(crate) fn is_open(&self, stream: LogStream) -> bool {
         self.pipes[index(stream)].is_some()

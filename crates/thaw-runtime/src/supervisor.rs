@@ -27,6 +27,7 @@ use crate::control::{
 };
 use crate::error_chain;
 use crate::process::{RuntimeOutput, RuntimeProcess};
+use crate::restore::Adopted;
 
 /// Error type reported as `InitError` when the runtime cannot even be started.
 pub const INVALID_ENTRYPOINT: &str = "Runtime.InvalidEntrypoint";
@@ -97,15 +98,20 @@ impl<T> Drop for AbortOnDrop<T> {
 /// process is PID 1 it reaps every child in its pid namespace; otherwise (tests
 /// on the host) only the runtime. The runtime is killed on every way out other
 /// than its own exit.
+///
+/// With `adopted`, the runtime was restored from a snapshot before the
+/// sandbox dropped its privileges ([`crate::restore`]): it is served instead
+/// of spawning one.
 pub async fn run(
     spec: RuntimeSpec,
     control: UnixStream,
     setup_ms: f64,
+    adopted: Option<Adopted>,
 ) -> Result<ExitReason, SupervisorError> {
     let (rd, mut wr) = control.into_split();
     // Whatever way `supervise` returns, its runtime process has been killed and
     // reaped by then (RuntimeProcess's Drop), unless it exited by itself.
-    let result = match supervise(spec, rd, &mut wr, setup_ms).await {
+    let result = match supervise(spec, rd, &mut wr, setup_ms, adopted).await {
         // The daemon hung up while we were writing to it: same as a close.
         Err(SupervisorError::Control(ControlError::Io(e)))
             if matches!(
@@ -183,26 +189,51 @@ async fn supervise(
     rd: OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     setup_ms: f64,
+    adopted: Option<Adopted>,
 ) -> Result<ExitReason, SupervisorError> {
     let reap_all = getpid() == Pid::from_raw(1);
-    // Watch SIGCHLD before there is a child, so no exit goes unnoticed.
+    // Watch SIGCHLD before there is a child, so no exit goes unnoticed (an
+    // adopted runtime may already have exited: the reap poll finds it).
     let mut sigchld = signal(SignalKind::child()).map_err(SupervisorError::Signal)?;
     let bind_err = |source| SupervisorError::Bind {
         port: spec.api_port,
         source,
     };
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, spec.api_port))
-        .await
-        .map_err(bind_err)?;
-    let port = listener.local_addr().map_err(bind_err)?.port();
-    let runtime_api = format!("127.0.0.1:{port}");
+    let restore_ms = adopted.as_ref().map_or(0.0, |a| a.restore_ms);
+    let (listener, spawned) = match adopted {
+        Some(a) => {
+            a.listener.set_nonblocking(true).map_err(bind_err)?;
+            let listener = TcpListener::from_std(a.listener).map_err(bind_err)?;
+            let output =
+                RuntimeOutput::from_fds(a.stdout, a.stderr).map_err(SupervisorError::Output)?;
+            (
+                listener,
+                Ok((RuntimeProcess::adopt(a.pid, reap_all), output)),
+            )
+        }
+        None => {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, spec.api_port))
+                .await
+                .map_err(bind_err)?;
+            let port = listener.local_addr().map_err(bind_err)?.port();
+            let runtime_api = format!("127.0.0.1:{port}");
+            (
+                listener,
+                RuntimeProcess::spawn(&spec, &runtime_api, reap_all),
+            )
+        }
+    };
+    let ready = FromSupervisor::SandboxReady {
+        setup_ms,
+        restore_ms,
+    };
 
-    let (mut process, mut output) = match RuntimeProcess::spawn(&spec, &runtime_api, reap_all) {
+    let (mut process, mut output) = match spawned {
         Ok(p) => p,
         Err(e) => {
             let program = spec.argv.first().map(String::as_str).unwrap_or("");
             tracing::warn!(program, error = %e, "cannot start the runtime");
-            send(wr, &FromSupervisor::SandboxReady { setup_ms }, &[]).await?;
+            send(wr, &ready, &[]).await?;
             let doc = serde_json::json!({
                 "errorType": INVALID_ENTRYPOINT,
                 "errorMessage": format!("Cannot start the runtime {program}: {e}"),
@@ -215,8 +246,8 @@ async fn supervise(
         }
     };
     let spawned_at = Instant::now();
-    tracing::info!(pid = %process.pid(), %runtime_api, reap_all, "runtime started");
-    send(wr, &FromSupervisor::SandboxReady { setup_ms }, &[]).await?;
+    tracing::info!(pid = %process.pid(), reap_all, restored = restore_ms > 0.0, "runtime started");
+    send(wr, &ready, &[]).await?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (deliver, deliveries) = mpsc::unbounded_channel();
@@ -245,6 +276,9 @@ async fn supervise(
                         None => (0.0, total),
                     };
                     send(wr, &FromSupervisor::InitDone { runtime_ms, init_ms }, &[]).await?;
+                }
+                ApiEvent::Waiting => {
+                    send(wr, &FromSupervisor::Waiting, &[]).await?;
                 }
                 ApiEvent::Report { message, body, forwarded } => {
                     send_output(wr, output.drain(), &tag).await?;

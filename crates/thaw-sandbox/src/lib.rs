@@ -97,6 +97,20 @@ pub const NOFILE_LIMIT: u64 = 1024;
 /// fork, in the original process; later ones are returned in the child, which
 /// is then PID 1 of a half-built sandbox and should report and exit.
 pub fn enter(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    enter_with(spec, || Ok(()))
+}
+
+/// [`enter`], running `before_drop` in the sandbox's PID 1 once the root,
+/// hostname, loopback and limits are in place but while it is still root
+/// with all capabilities and no seccomp filter: the snapshot restorer
+/// creates the restored runtime there (it needs ptrace and `clone3` with a
+/// chosen pid). Whatever `before_drop` leaves behind is then subject to the
+/// same privilege drop as the rest of the sandbox; an error from it fails
+/// the sandbox setup with its message.
+pub fn enter_with<F>(spec: &SandboxSpec, before_drop: F) -> Result<(), SandboxError>
+where
+    F: FnOnce() -> Result<(), String>,
+{
     spec.validate()?;
     let threads = thread_count().map_err(|e| SandboxError::step("count threads", e))?;
     if threads != 1 {
@@ -123,7 +137,7 @@ pub fn enter(spec: &SandboxSpec) -> Result<(), SandboxError> {
     match unsafe { fork() }.map_err(|e| SandboxError::step("fork", e))? {
         ForkResult::Parent { child } => wait_and_exit(child),
         ForkResult::Child => {
-            let result = build_child(spec, &filter, parent);
+            let result = build_child(spec, &filter, parent, before_drop);
             if let Err(e) = &result {
                 tracing::debug!(error = %e, "sandbox setup failed in the child");
             }
@@ -155,11 +169,15 @@ fn wait_and_exit(child: Pid) -> ! {
 }
 
 /// The child half, PID 1 of the new pid namespace.
-fn build_child(
+fn build_child<F>(
     spec: &SandboxSpec,
     filter: &BpfProgram,
     parent: OwnedFd,
-) -> Result<(), SandboxError> {
+    before_drop: F,
+) -> Result<(), SandboxError>
+where
+    F: FnOnce() -> Result<(), String>,
+{
     arm_parent_death_signal(&parent)?;
     // Directories and files are created with explicit modes; do not let the
     // caller's umask narrow them. Restored before returning.
@@ -169,6 +187,7 @@ fn build_child(
     sethostname(&spec.hostname).map_err(|e| SandboxError::step("set hostname", e))?;
     sys::set_interface_up("lo").map_err(|e| SandboxError::step("bring up loopback", e))?;
     set_rlimits()?;
+    before_drop().map_err(|e| SandboxError::step("prepare the runtime", io::Error::other(e)))?;
     credentials::drop_to(spec.uid, spec.gid)?;
     // Changing the effective uid/gid clears the parent-death signal: arm it again.
     arm_parent_death_signal(&parent)?;

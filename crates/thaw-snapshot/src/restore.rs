@@ -168,9 +168,10 @@ pub enum RestoreError {
 /// Where and with what a snapshot is restored.
 #[derive(Debug)]
 pub struct RestoreOptions<'a> {
-    /// The pid namespace to create the process in; its pid and thread ids
-    /// there must be free (a fresh namespace per restore).
-    pub pid_ns: BorrowedFd<'a>,
+    /// The pid namespace to create the process in (`None`: the one the
+    /// caller creates children in, e.g. when the caller is PID 1 of a fresh
+    /// namespace); its pid and thread ids there must be free.
+    pub pid_ns: Option<BorrowedFd<'a>>,
     /// Namespaces to join (mount, network, UTS, IPC, cgroup), if not the
     /// restorer's own.
     pub namespaces: Vec<(BorrowedFd<'a>, CloneFlags)>,
@@ -330,7 +331,7 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
 
     let plan = StubPlan {
         pid: Some(p.pid),
-        pid_ns: Some(opts.pid_ns),
+        pid_ns: opts.pid_ns,
         namespaces: opts.namespaces.clone(),
         cwd: cstring(p.cwd.as_os_str().as_encoded_bytes())?,
         umask: p.umask,

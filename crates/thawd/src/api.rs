@@ -87,11 +87,41 @@ pub trait ApiBackend: Clone + Send + Sync + 'static {
     fn delete_logs(&self, name: &str);
     /// Prometheus text exposition.
     fn render_metrics(&self) -> String;
+    /// Snapshot the function after one test invocation with `payload`.
+    fn create_snapshot(
+        &self,
+        function: &FunctionRecord,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<thaw_api::SnapshotReport, InvokeError>> + Send {
+        let _ = (function, payload);
+        async {
+            Err(InvokeError::Sandbox(anyhow::anyhow!(
+                "snapshots are not supported by this backend"
+            )))
+        }
+    }
+    /// Forget the function's snapshots (all revisions). Returns whether it had any.
+    fn delete_snapshots(&self, name: &str) -> std::io::Result<bool> {
+        let _ = name;
+        Ok(false)
+    }
 }
 
 impl ApiBackend for Arc<Platform> {
     fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    fn create_snapshot(
+        &self,
+        function: &FunctionRecord,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<thaw_api::SnapshotReport, InvokeError>> + Send {
+        self.pools.create_snapshot(function, payload)
+    }
+
+    fn delete_snapshots(&self, name: &str) -> std::io::Result<bool> {
+        self.pools.delete_snapshots(name)
     }
 
     fn invoke(
@@ -151,6 +181,10 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
         )
         .route("/thaw/v1/functions/{name}/logs", get(function_logs::<B>))
         .route("/thaw/v1/functions/{name}/code", get(function_code::<B>))
+        .route(
+            "/thaw/v1/functions/{name}/snapshot",
+            post(create_snapshot::<B>).delete(delete_snapshot::<B>),
+        )
         .route("/metrics", get(metrics::<B>))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(unknown_operation)
@@ -547,6 +581,9 @@ async fn delete_function<B: ApiBackend>(
     async {
         b.retire(name.as_str()).await;
         b.delete_logs(name.as_str());
+        if let Err(e) = b.delete_snapshots(name.as_str()) {
+            tracing::warn!(error = %e, "cannot delete the function's snapshots");
+        }
     }
     .instrument(span)
     .await;
@@ -745,6 +782,64 @@ fn invoke_response(out: InvokeOutcome) -> Response {
 
 // ---------------------------------------------------------------------------
 // thaw's own endpoints
+
+/// `POST /thaw/v1/functions/{name}/snapshot`: snapshot the function after a
+/// test invocation with the request body as its event.
+async fn create_snapshot<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    body: Bytes,
+) -> Result<Json<thaw_api::SnapshotReport>, ApiError> {
+    let name = target.latest(None)?;
+    let f = lookup(&b, &name)?;
+    let payload = if body.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
+    let span = span("CreateSnapshot", &name);
+    let bg = b.clone();
+    // In its own task: a client hanging up must not leave a half-made snapshot.
+    let report =
+        tokio::spawn(async move { bg.create_snapshot(&f, payload).await }.instrument(span))
+            .await
+            .map_err(|e| {
+                ApiError(LambdaError::new(
+                    ErrorCode::Service,
+                    format!("snapshot task failed: {e}"),
+                ))
+            })?
+            .map_err(|e| {
+                ApiError(LambdaError::new(
+                    ErrorCode::Service,
+                    format!("Cannot snapshot the function: {}", error_chain(&e)),
+                ))
+            })?;
+    Ok(Json(report))
+}
+
+/// `DELETE /thaw/v1/functions/{name}/snapshot`.
+async fn delete_snapshot<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+) -> Result<StatusCode, ApiError> {
+    let name = target.latest(None)?;
+    lookup(&b, &name)?;
+    let had = b.delete_snapshots(name.as_str()).map_err(|e| {
+        ApiError(LambdaError::new(
+            ErrorCode::Service,
+            format!("Cannot delete the snapshot: {e}"),
+        ))
+    })?;
+    if had {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(LambdaError::new(
+            ErrorCode::ResourceNotFound,
+            format!("Function {} has no snapshot", name.as_str()),
+        )))
+    }
+}
 
 async fn function_logs<B: ApiBackend>(
     State(b): State<B>,

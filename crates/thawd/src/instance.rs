@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thaw_runtime::control::{
-    read_frame, write_frame, FromSupervisor, Invocation, LogStream, ToSupervisor,
+    read_frame, write_frame, FromSupervisor, Invocation, LogStream, RestoreSpec, ToSupervisor,
 };
-use thaw_sandbox::{Cgroup, CgroupParent, Limits};
+use thaw_sandbox::{BindMount, Cgroup, CgroupParent, Limits};
+use thaw_snapshot::checkpoint::CheckpointStats;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -34,6 +35,34 @@ use crate::runtimes::{start_spec, HostRuntimes, SpecContext};
 /// whatever the function's own timeout (Lambda allows 10 s).
 const MIN_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where a snapshot is mounted (read-only) in a sandbox restoring from it.
+pub const SNAPSHOT_MOUNT: &str = "/.thaw/snapshot";
+
+/// How long a checkpoint waits for the runtime to become idle.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an instance could not be checkpointed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointFailure {
+    /// The runtime did not ask for the next invocation in time.
+    #[error("The runtime did not become idle within {} seconds", IDLE_TIMEOUT.as_secs())]
+    NotIdle,
+    /// The instance is gone.
+    #[error("The instance is no longer running")]
+    Gone,
+    /// The engine refused or failed.
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// The only child of `pid` (`None` if it has none or several).
+fn only_child(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let mut it = text.split_whitespace();
+    let first = it.next()?.parse().ok()?;
+    it.next().is_none().then_some(first)
+}
+
 /// What every instance start needs from the daemon.
 pub struct InstanceContext {
     pub init_binary: PathBuf,
@@ -45,6 +74,8 @@ pub struct InstanceContext {
     pub pids_max: u64,
     pub cgroups: CgroupParent,
     pub logs: Arc<LogStore>,
+    /// Where function snapshots live: `<snapshots>/<name>/<revision>/`.
+    pub snapshots: PathBuf,
 }
 
 /// Why an instance could not be started.
@@ -145,9 +176,30 @@ impl Instance {
         f: &FunctionRecord,
         ctx: &InstanceContext,
     ) -> Result<(Instance, PhaseTimings), StartError> {
+        Self::launch(f, ctx, None).await
+    }
+
+    /// Start a new instance of `f` whose runtime is restored from the
+    /// snapshot in `snapshot_dir` (taken with [`Instance::checkpoint`] from
+    /// an instance of the same function revision) instead of starting and
+    /// initialising it. Returns once the restored runtime asks for an
+    /// invocation. On any failure everything started so far is torn down.
+    pub async fn restore(
+        f: &FunctionRecord,
+        ctx: &InstanceContext,
+        snapshot_dir: &Path,
+    ) -> Result<(Instance, PhaseTimings), StartError> {
+        Self::launch(f, ctx, Some(snapshot_dir)).await
+    }
+
+    async fn launch(
+        f: &FunctionRecord,
+        ctx: &InstanceContext,
+        snapshot_dir: Option<&Path>,
+    ) -> Result<(Instance, PhaseTimings), StartError> {
         let t0 = Instant::now();
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let spec = start_spec(
+        let mut spec = start_spec(
             f,
             &id,
             &SpecContext {
@@ -159,6 +211,16 @@ impl Instance {
             },
         )
         .map_err(|e| StartError::Platform(e.to_string()))?;
+        if let Some(dir) = snapshot_dir {
+            spec.sandbox.binds.push(BindMount {
+                source: dir.to_path_buf(),
+                target: SNAPSHOT_MOUNT.into(),
+                required: true,
+            });
+            spec.restore = Some(RestoreSpec {
+                snapshot_dir: SNAPSHOT_MOUNT.into(),
+            });
+        }
         let limits = Limits {
             memory_bytes: u64::from(f.memory_mb) * 1024 * 1024,
             // Lambda gives one vCPU per 1769 MB; we express that as a relative share.
@@ -280,9 +342,11 @@ impl Instance {
             };
             match ev {
                 Event::Log(_, line) => init_log.push(line),
-                Event::Frame(FromSupervisor::SandboxReady { .. }, _) => {
+                Event::Frame(FromSupervisor::SandboxReady { restore_ms, .. }, _) => {
                     timings.sandbox_ms = ms(t0.elapsed());
+                    timings.restore_ms = restore_ms;
                 }
+                Event::Frame(FromSupervisor::Waiting, _) => {}
                 Event::Frame(
                     FromSupervisor::InitDone {
                         runtime_ms,
@@ -454,6 +518,35 @@ impl Instance {
         self.collecting.store(false, Ordering::Relaxed);
         self.last_used = Instant::now();
         (result, lines, invoke_ms)
+    }
+
+    /// Checkpoints this instance's runtime into the snapshot directory `dir`
+    /// once it is idle (waiting in `/invocation/next`; normally right after
+    /// an invocation). The instance keeps running and serving.
+    pub async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointStats, CheckpointFailure> {
+        let deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return Err(CheckpointFailure::NotIdle),
+                Ok(None) | Ok(Some(Event::Closed(_))) => return Err(CheckpointFailure::Gone),
+                Ok(Some(Event::Frame(FromSupervisor::Waiting, _))) => break,
+                Ok(Some(Event::Frame(
+                    FromSupervisor::Exited { .. } | FromSupervisor::Fatal { .. },
+                    _,
+                ))) => return Err(CheckpointFailure::Gone),
+                Ok(Some(_)) => {}
+            }
+        }
+        let init = self.child.id().ok_or(CheckpointFailure::Gone)?;
+        let pid1 = only_child(init).ok_or(CheckpointFailure::Gone)?;
+        let runtime = only_child(pid1).ok_or(CheckpointFailure::Gone)?;
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            thaw_snapshot::checkpoint::checkpoint(nix::unistd::Pid::from_raw(runtime as i32), &dir)
+        })
+        .await
+        .map_err(|e| CheckpointFailure::Engine(e.to_string()))?
+        .map_err(|e| CheckpointFailure::Engine(error_chain(&e)))
     }
 
     /// Whether nothing has reported the instance dead (cheap, for the reaper).

@@ -8,8 +8,12 @@ pub use thaw_api::StartKind;
 /// a warm start.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PhaseTimings {
-    /// Creating the sandbox (namespaces, mounts, cgroup, privilege drop).
+    /// Creating the sandbox (namespaces, mounts, cgroup, privilege drop),
+    /// including restoring the runtime when it came from a snapshot.
     pub sandbox_ms: f64,
+    /// Restoring the runtime from a snapshot (part of `sandbox_ms`; 0 for a
+    /// cold start).
+    pub restore_ms: f64,
     /// Starting the language runtime, until the bootstrap begins loading the function.
     pub runtime_ms: f64,
     /// Function init: loading the handler module and its dependencies.

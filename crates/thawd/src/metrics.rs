@@ -82,6 +82,13 @@ impl Metrics {
                     .observe(ms / 1000.0);
             }
         }
+        if start == StartKind::Restored {
+            for (phase, ms) in [("sandbox", t.sandbox_ms), ("restore", t.restore_ms)] {
+                self.phase
+                    .with_label_values(&[function, s, phase])
+                    .observe(ms / 1000.0);
+            }
+        }
         self.phase
             .with_label_values(&[function, s, "invoke"])
             .observe(t.invoke_ms / 1000.0);
@@ -133,6 +140,7 @@ mod tests {
             runtime_ms: 20.0,
             init_ms: 30.0,
             invoke_ms: 1.0,
+            restore_ms: 0.0,
         };
         m.observe_invocation("f", StartKind::Cold, &t, "success");
         let text = m.render();

@@ -25,6 +25,10 @@ use crate::logs::{now_ms, LogRecord, LogStore};
 use crate::metrics::Metrics;
 use crate::registry::FunctionRecord;
 use crate::runtimes::REGION;
+use bytes::Bytes;
+use std::path::PathBuf;
+use thaw_api::SnapshotReport;
+use thaw_snapshot::checkpoint::CheckpointStats;
 
 /// How long an invocation waits for a free instance slot before it is throttled.
 const QUEUE_WAIT: Duration = Duration::from_secs(10);
@@ -97,6 +101,132 @@ impl Pools {
         p
     }
 
+    /// The snapshot directory of `f`'s current revision.
+    pub fn snapshot_dir(&self, f: &FunctionRecord) -> PathBuf {
+        self.ctx.snapshots.join(&f.name).join(&f.revision_id)
+    }
+
+    /// A new instance restored from `f`'s snapshot, if it has one and the
+    /// restore works; a failed restore is logged and counted, and the caller
+    /// starts the instance cold instead.
+    async fn restore(&self, f: &FunctionRecord) -> Option<(Instance, PhaseTimings)> {
+        let dir = self.snapshot_dir(f);
+        if !dir.join(thaw_snapshot::image::STATE_FILE).is_file() {
+            return None;
+        }
+        match Instance::restore(f, &self.ctx, &dir).await {
+            Ok((inst, t)) => {
+                self.metrics.count_instance_start(&f.name, "restored");
+                tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "restored");
+                Some((inst, t))
+            }
+            Err(e) => {
+                self.metrics.count_instance_start(&f.name, "restore_error");
+                let why = match &e {
+                    StartError::Platform(m) => m.clone(),
+                    StartError::Init { error_type, .. } => error_type.clone(),
+                };
+                tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %why, "restore failed; starting cold instead");
+                None
+            }
+        }
+    }
+
+    /// Snapshots `f`: starts a new instance, invokes it once with `payload`
+    /// (which must succeed), checkpoints it into the revision's snapshot
+    /// directory (replacing an older snapshot) and discards it. Later new
+    /// instances of this revision are restored from the snapshot.
+    pub async fn create_snapshot(
+        &self,
+        f: &FunctionRecord,
+        payload: Bytes,
+    ) -> Result<SnapshotReport, InvokeError> {
+        let fail = |m: String| InvokeError::Sandbox(anyhow::anyhow!(m));
+        let (mut inst, t) = Instance::start(f, &self.ctx).await.map_err(|e| match e {
+            StartError::Platform(m) => fail(m),
+            StartError::Init { error_type, .. } => {
+                fail(format!("function init failed: {error_type}"))
+            }
+        })?;
+        let result = self.checkpoint_after_test(&mut inst, f, payload).await;
+        inst.destroy().await;
+        let (test_invoke_ms, stats, size_bytes) = result.map_err(fail)?;
+        Ok(SnapshotReport {
+            function: f.name.clone(),
+            revision_id: f.revision_id.clone(),
+            cold_start_ms: t.sandbox_ms + t.runtime_ms + t.init_ms,
+            test_invoke_ms,
+            checkpoint_ms: stats.total_us as f64 / 1000.0,
+            frozen_ms: stats.frozen_us as f64 / 1000.0,
+            threads: stats.threads,
+            mappings: stats.mappings,
+            data_pages: stats.data_pages,
+            zero_pages: stats.zero_pages,
+            size_bytes,
+        })
+    }
+
+    async fn checkpoint_after_test(
+        &self,
+        inst: &mut Instance,
+        f: &FunctionRecord,
+        payload: Bytes,
+    ) -> Result<(f64, CheckpointStats, u64), String> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let timeout = Duration::from_secs(u64::from(f.timeout_s));
+        let inv = Invocation {
+            request_id,
+            deadline_ms: now_ms() + timeout.as_millis() as u64,
+            invoked_function_arn: format!(
+                "arn:aws:lambda:{REGION}:000000000000:function:{}",
+                f.name
+            ),
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        };
+        let (result, _, invoke_ms) = inst.run(inv, &payload, timeout, f).await;
+        match result {
+            RunResult::Response(_) => {}
+            RunResult::FunctionError { payload, .. } => {
+                return Err(format!(
+                    "the test invocation failed: {}",
+                    String::from_utf8_lossy(&payload)
+                ))
+            }
+            RunResult::Timeout => return Err("the test invocation timed out".into()),
+            RunResult::Crashed { error_type, .. } => {
+                return Err(format!("the test invocation crashed: {error_type}"))
+            }
+            RunResult::Broken(why) => return Err(format!("the instance broke: {why}")),
+        }
+        let dir = self.snapshot_dir(f);
+        let parent = dir.parent().unwrap_or(&self.ctx.snapshots).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let stats = match inst.checkpoint(&tmp).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(format!("checkpoint failed: {e}"));
+            }
+        };
+        let size = dir_size(&tmp);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok((invoke_ms, stats, size))
+    }
+
+    /// Deletes `f`'s snapshots (every revision). Returns whether there were any.
+    pub fn delete_snapshots(&self, name: &str) -> std::io::Result<bool> {
+        let dir = self.ctx.snapshots.join(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Run one invocation on a warm instance of `function`, or on a new one.
     pub async fn invoke(
         &self,
@@ -162,48 +292,51 @@ impl Pools {
                 PhaseTimings::default(),
                 LogTail::default(),
             ),
-            None => match Instance::start(f, &self.ctx).await {
-                Ok((inst, t)) => {
-                    self.metrics.count_instance_start(&f.name, "ok");
-                    tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, runtime_ms = t.runtime_ms, init_ms = t.init_ms, "cold start");
-                    (inst, StartKind::Cold, t, LogTail::default())
-                }
-                Err(StartError::Init {
-                    error_type,
-                    payload,
-                    log,
-                    timings,
-                }) => {
-                    self.metrics.count_instance_start(&f.name, "init_error");
-                    self.metrics.observe_invocation(
-                        &f.name,
-                        StartKind::Cold,
-                        &timings,
-                        "function_error",
-                    );
-                    tracing::info!(error_type, "function init failed");
-                    let mut records: Vec<LogRecord> = log
-                        .into_lines()
-                        .into_iter()
-                        .map(|l| LogRecord::now(Some(request_id.clone()), "stdout", l))
-                        .collect();
-                    records.push(platform_line(&request_id, format!("INIT_REPORT Init Duration: {:.2} ms Phase: init Status: error Error Type: {error_type}", timings.runtime_ms + timings.init_ms)));
-                    self.logs.append(&f.name, &records);
-                    let all: Vec<String> = records.into_iter().map(|r| r.line).collect();
-                    return Ok(InvokeOutcome {
-                        request_id,
+            None => match self.restore(f).await {
+                Some((inst, t)) => (inst, StartKind::Restored, t, LogTail::default()),
+                None => match Instance::start(f, &self.ctx).await {
+                    Ok((inst, t)) => {
+                        self.metrics.count_instance_start(&f.name, "ok");
+                        tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, runtime_ms = t.runtime_ms, init_ms = t.init_ms, "cold start");
+                        (inst, StartKind::Cold, t, LogTail::default())
+                    }
+                    Err(StartError::Init {
+                        error_type,
                         payload,
-                        function_error: Some("Unhandled".into()),
-                        start: StartKind::Cold,
+                        log,
                         timings,
-                        log_tail: input.tail_logs.then(|| tail(&all)),
-                    });
-                }
-                Err(StartError::Platform(msg)) => {
-                    self.metrics.count_instance_start(&f.name, "platform_error");
-                    self.metrics.count_rejected(&f.name, "platform_error");
-                    return Err(InvokeError::Sandbox(anyhow::anyhow!(msg)));
-                }
+                    }) => {
+                        self.metrics.count_instance_start(&f.name, "init_error");
+                        self.metrics.observe_invocation(
+                            &f.name,
+                            StartKind::Cold,
+                            &timings,
+                            "function_error",
+                        );
+                        tracing::info!(error_type, "function init failed");
+                        let mut records: Vec<LogRecord> = log
+                            .into_lines()
+                            .into_iter()
+                            .map(|l| LogRecord::now(Some(request_id.clone()), "stdout", l))
+                            .collect();
+                        records.push(platform_line(&request_id, format!("INIT_REPORT Init Duration: {:.2} ms Phase: init Status: error Error Type: {error_type}", timings.runtime_ms + timings.init_ms)));
+                        self.logs.append(&f.name, &records);
+                        let all: Vec<String> = records.into_iter().map(|r| r.line).collect();
+                        return Ok(InvokeOutcome {
+                            request_id,
+                            payload,
+                            function_error: Some("Unhandled".into()),
+                            start: StartKind::Cold,
+                            timings,
+                            log_tail: input.tail_logs.then(|| tail(&all)),
+                        });
+                    }
+                    Err(StartError::Platform(msg)) => {
+                        self.metrics.count_instance_start(&f.name, "platform_error");
+                        self.metrics.count_rejected(&f.name, "platform_error");
+                        return Err(InvokeError::Sandbox(anyhow::anyhow!(msg)));
+                    }
+                },
             },
         };
         self.metrics.add_instances(&f.name, "busy", 1);
@@ -285,6 +418,12 @@ impl Pools {
             timings.invoke_ms.ceil() as u64,
             f.memory_mb
         );
+        if start == StartKind::Restored {
+            report.push_str(&format!(
+                "\tRestore Duration: {:.2} ms\tSandbox Duration: {:.2} ms",
+                timings.restore_ms, timings.sandbox_ms
+            ));
+        }
         if start == StartKind::Cold {
             report.push_str(&format!(
                 "\tInit Duration: {:.2} ms\tSandbox Duration: {:.2} ms",
@@ -450,6 +589,18 @@ fn tail(lines: &[String]) -> String {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Total size of the files in `dir` (not recursive).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -272,6 +272,7 @@ pub fn start_spec(
             cwd: "/var/task".into(),
             api_port: RUNTIME_API_PORT,
         },
+        restore: None,
     })
 }
 

@@ -82,6 +82,7 @@ impl Platform {
             pids_max: config.pids_max,
             cgroups,
             logs: logs.clone(),
+            snapshots: data_dir.join("snapshots"),
         };
         let pools = Pools::new(
             ctx,

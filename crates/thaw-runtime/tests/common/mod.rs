@@ -138,6 +138,8 @@ pub struct Daemon {
     pub task: JoinHandle<Result<ExitReason, SupervisorError>>,
     /// Every log chunk received so far, in order.
     pub logs: Vec<Log>,
+    /// How many times the runtime reported waiting in `/next`.
+    pub waiting: u32,
     next_id: u32,
 }
 
@@ -183,11 +185,12 @@ impl Daemon {
     /// Start a supervisor for `spec` with a socketpair as its control channel.
     pub fn start(spec: RuntimeSpec) -> Daemon {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let task = tokio::spawn(supervisor::run(spec, theirs, 1.5));
+        let task = tokio::spawn(supervisor::run(spec, theirs, 1.5, None));
         Daemon {
             control: ours,
             task,
             logs: Vec::new(),
+            waiting: 0,
             next_id: 0,
         }
     }
@@ -207,6 +210,8 @@ impl Daemon {
                     stream,
                     text: String::from_utf8_lossy(&body).into_owned(),
                 }),
+                // The runtime waiting for work: counted, not returned.
+                (FromSupervisor::Waiting, _) => self.waiting += 1,
                 other => return other,
             }
         }
@@ -215,7 +220,13 @@ impl Daemon {
     /// Expect `SandboxReady` then `InitDone`; returns `(runtime_ms, init_ms)`.
     pub async fn expect_init(&mut self) -> (f64, f64) {
         let (m, _) = self.recv().await;
-        assert_eq!(m, FromSupervisor::SandboxReady { setup_ms: 1.5 });
+        assert_eq!(
+            m,
+            FromSupervisor::SandboxReady {
+                setup_ms: 1.5,
+                restore_ms: 0.0
+            }
+        );
         match self.recv().await {
             (
                 FromSupervisor::InitDone {
@@ -236,7 +247,13 @@ impl Daemon {
     /// the error document and the exit.
     pub async fn expect_init_error(&mut self) -> (String, Value, FromSupervisor) {
         let (m, _) = self.recv().await;
-        assert_eq!(m, FromSupervisor::SandboxReady { setup_ms: 1.5 });
+        assert_eq!(
+            m,
+            FromSupervisor::SandboxReady {
+                setup_ms: 1.5,
+                restore_ms: 0.0
+            }
+        );
         let (error_type, body) = match self.recv().await {
             (FromSupervisor::InitError { error_type }, body) => (error_type, body),
             (other, _) => panic!("expected InitError, got {other:?}; logs: {:?}", self.logs),

@@ -104,7 +104,7 @@ pub fn restore_with_pipes(snap: &Snapshot, ns: &PidNs) -> Restored {
         fds.push((2, err.as_fd()));
     }
     let opts = RestoreOptions {
-        pid_ns: ns.ns.as_fd(),
+        pid_ns: Some(ns.ns.as_fd()),
         namespaces: Vec::new(),
         fds,
         cgroup_procs: Vec::new(),

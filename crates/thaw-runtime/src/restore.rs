@@ -1,0 +1,111 @@
+//! Bringing a function's runtime back from a snapshot, inside the sandbox.
+//!
+//! Owns: the connections a restored runtime gets in place of the ones it
+//! had (they belonged to the supervisor of the instance the snapshot was
+//! taken from): fresh stdout/stderr pipes to this supervisor, and a fresh
+//! TCP connection to this supervisor's Runtime API carrying the
+//! `GET /invocation/next` the runtime was waiting on when it was
+//! checkpointed. The runtime never notices: it was blocked reading the
+//! answer to that request, and the answer comes on the new connection.
+//!
+//! Must not: run after the sandbox dropped its privileges ([`restore_runtime`]
+//! runs in `thaw_sandbox::enter_with`'s hook, as root in the sandbox's
+//! namespaces), or hand the runtime any descriptor besides those.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::time::Instant;
+
+use nix::unistd::Pid;
+use thaw_snapshot::image::Snapshot;
+use thaw_snapshot::restore::{restore, RestoreOptions};
+use thaw_snapshot::state::FdKind;
+
+use crate::control::{RestoreSpec, RuntimeSpec};
+use crate::error_chain;
+
+/// Header marking the `/next` request the restorer sends for the runtime.
+pub const RESTORED_HEADER: &str = "X-Thaw-Restored";
+
+/// A restored runtime and what the supervisor needs to serve it.
+#[derive(Debug)]
+pub struct Adopted {
+    /// The runtime's pid (a child of this process).
+    pub pid: Pid,
+    /// The Runtime API listener, bound on the port the runtime knows.
+    pub listener: TcpListener,
+    /// Read end of the runtime's stdout.
+    pub stdout: OwnedFd,
+    /// Read end of the runtime's stderr.
+    pub stderr: OwnedFd,
+    /// Milliseconds the restore took.
+    pub restore_ms: f64,
+}
+
+/// Restores the runtime from the snapshot in `r` (called as root inside the
+/// sandbox, before privileges are dropped). The snapshot's descriptors 1
+/// and 2 must be pipes (they get new ones, read by the supervisor) and it
+/// must hold exactly one socket, its Runtime API connection.
+pub fn restore_runtime(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<Adopted, String> {
+    let t0 = Instant::now();
+    let snap = Snapshot::open(Path::new(&r.snapshot_dir)).map_err(|e| error_chain(&e))?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, rt.api_port)).map_err(|e| {
+        format!(
+            "Cannot bind the Runtime API on 127.0.0.1:{}: {e}",
+            rt.api_port
+        )
+    })?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+
+    let mut api_conn: Option<(i32, TcpStream)> = None;
+    for f in &snap.state().process.fds {
+        let FdKind::External { link } = &f.kind else {
+            continue;
+        };
+        match (f.fd, link.starts_with("pipe:")) {
+            (1 | 2, true) => {}
+            (fd, false) if link.starts_with("socket:") && api_conn.is_none() => {
+                let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                    .map_err(|e| format!("Cannot connect to the Runtime API: {e}"))?;
+                // The request the runtime was waiting on an answer to.
+                write!(
+                    conn,
+                    "GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{RESTORED_HEADER}: 1\r\n\r\n"
+                )
+                .map_err(|e| format!("Cannot write to the Runtime API: {e}"))?;
+                api_conn = Some((fd, conn));
+            }
+            (fd, _) => {
+                return Err(format!(
+                    "The snapshot's descriptor {fd} ({link}) is neither stdout/stderr nor the one Runtime API connection"
+                ))
+            }
+        }
+    }
+    let Some((api_fd, conn)) = api_conn else {
+        return Err("The snapshot has no Runtime API connection".into());
+    };
+    let opts = RestoreOptions {
+        pid_ns: None,
+        namespaces: Vec::new(),
+        fds: vec![
+            (1, out_w.as_fd()),
+            (2, err_w.as_fd()),
+            (api_fd, conn.as_fd()),
+        ],
+        cgroup_procs: Vec::new(),
+    };
+    let restored = restore(&snap, &opts).map_err(|e| error_chain(&e))?;
+    drop((out_w, err_w, conn));
+    Ok(Adopted {
+        pid: restored.pid,
+        listener,
+        stdout: out_r,
+        stderr: err_r,
+        restore_ms: t0.elapsed().as_secs_f64() * 1000.0,
+    })
+}
