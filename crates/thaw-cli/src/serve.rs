@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// How long an idle instance is kept warm, seconds.
     #[arg(long)]
     pub keep_alive_secs: Option<u64>,
+    /// Most instances of one function running at once [default: 8].
+    #[arg(long)]
+    pub max_instances: Option<usize>,
     /// The `thaw-init` supervisor binary [default: next to `thaw`].
     #[arg(long)]
     pub init_binary: Option<PathBuf>,
@@ -34,6 +37,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = DaemonConfig::new(args.listen, args.data_dir, init_binary);
     if let Some(secs) = args.keep_alive_secs {
         config.keep_alive = Duration::from_secs(secs);
+    }
+    if let Some(n) = args.max_instances {
+        config.max_instances_per_function = n.max(1);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

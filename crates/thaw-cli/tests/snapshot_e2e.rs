@@ -1,0 +1,196 @@
+//! Functions restored from snapshots, end to end through a real daemon:
+//! state built during init survives, restored instances serve 100 further
+//! invocations and time out like any other, 20 restore concurrently and do
+//! not see each other's writes, and a damaged snapshot is refused (the
+//! daemon falls back to a cold start and leaves nothing behind).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{deploy, instance_cgroups, invoke, processes_mentioning, Daemon};
+use serde_json::json;
+use thaw_api::StartKind;
+
+/// Snapshot `name`, then check what a restored instance serves.
+fn restore_and_serve(d: &Daemon, name: &str, dir: &str, runtime: &str, handler: &str) {
+    let c = d.client();
+    deploy(&c, name, dir, runtime, handler, 512, 2);
+    // Reference values from a cold instance of the same code under another
+    // name (so that no warm instance of `name` exists besides restored ones).
+    let reference = format!("{name}-ref");
+    deploy(&c, &reference, dir, runtime, handler, 512, 2);
+    let (r, cold) = invoke(&c, &reference, json!({"action": "state"}));
+    assert_eq!(r.start, Some(StartKind::Cold));
+    // The snapshot's test invocation writes a value that must survive into
+    // every restored instance.
+    let report = c
+        .create_snapshot(
+            name,
+            json!({"action": "write", "key": "snap", "value": "taken"})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("snapshot {name}: {e}"));
+    eprintln!("{name}: {report:?}");
+    assert!(report.data_pages > 0 && report.size_bytes > report.data_pages * 4096);
+
+    let (r, state) = invoke(&c, name, json!({"action": "state"}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{state}");
+    assert_eq!(
+        state["snap"], "taken",
+        "written during the test invocation, before the checkpoint"
+    );
+    assert_ne!(state["init_id"], cold["init_id"]);
+    assert_eq!(state["big"], cold["big"]);
+    assert_eq!(state["digest"], cold["digest"]);
+    assert_ne!(state["hostname"], cold["hostname"], "a sandbox of its own");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (state["time"].as_f64().unwrap() - now).abs() < 30.0,
+        "clock works: {state}"
+    );
+    let restored_id = state["init_id"].clone();
+    if runtime.starts_with("nodejs") {
+        assert_eq!(state["advanced"], true, "the pending timer keeps firing");
+        assert_eq!(
+            state["hot"], cold["hot"],
+            "JIT-compiled code computes the same"
+        );
+    }
+
+    // 100 further invocations; all on restored-and-now-warm instances.
+    let mut last = 0;
+    for _ in 0..100 {
+        let (r, v) = invoke(&c, name, json!({"action": "count"}));
+        assert_eq!(r.start, Some(StartKind::Warm), "{v}");
+        assert!(r.function_error.is_none(), "{v}");
+        last = last.max(v["count"].as_i64().unwrap());
+    }
+    assert_eq!(last, 100, "one restored instance served them all");
+
+    // A timeout on a restored instance: reported, and the next call gets a
+    // fresh restored instance.
+    let (r, v) = invoke(&c, name, json!({"action": "sleep", "seconds": 5}));
+    assert_eq!(r.function_error.as_deref(), Some("Unhandled"));
+    assert_eq!(v["errorType"], "Sandbox.Timedout", "{v}");
+    let (r, v) = invoke(&c, name, json!({"action": "state"}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    assert_eq!(
+        v["init_id"], restored_id,
+        "every restored instance comes from the same snapshot"
+    );
+    assert_eq!(v["snap"], "taken");
+}
+
+#[test]
+fn python_function_restores_from_snapshot() {
+    if !common::can_run("python_function_restores_from_snapshot") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    restore_and_serve(&d, "pysnap", "py-snap", "python3.11", "app.handler");
+}
+
+#[test]
+fn node_function_restores_from_snapshot() {
+    if !common::can_run("node_function_restores_from_snapshot") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    restore_and_serve(&d, "nodesnap", "node-snap", "nodejs20.x", "index.handler");
+}
+
+#[test]
+fn twenty_concurrent_restores_are_independent() {
+    if !common::can_run("twenty_concurrent_restores_are_independent") {
+        return;
+    }
+    let mut d = Daemon::start(&["--max-instances", "24"]);
+    let c = d.client();
+    deploy(&c, "iso", "py-snap", "python3.11", "app.handler", 256, 10);
+    c.create_snapshot("iso", b"{}").expect("snapshot");
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                invoke(
+                    &c,
+                    "iso",
+                    json!({"action": "isolate", "value": format!("v{i}"), "hold_ms": 1500}),
+                )
+            })
+        })
+        .collect();
+    let mut hosts = std::collections::HashSet::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (r, v) = h.join().unwrap();
+        assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+        assert_eq!(
+            v["read"],
+            format!("v{i}"),
+            "each instance reads its own write"
+        );
+        hosts.insert(v["hostname"].as_str().unwrap().to_string());
+    }
+    assert_eq!(hosts.len(), 20, "20 separate instances");
+    // Each warm instance still holds only its own value.
+    let (_, v) = invoke(&c, "iso", json!({"action": "read", "key": "snap"}));
+    assert_eq!(v["value"], serde_json::Value::Null);
+    let data_dir = d.data_dir.clone();
+    assert!(d.stop());
+    assert!(instance_cgroups(&data_dir).is_empty(), "no cgroup left");
+    assert!(processes_mentioning(data_dir.to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn damaged_snapshot_is_refused_and_falls_back_to_cold() {
+    if !common::can_run("damaged_snapshot_is_refused_and_falls_back_to_cold") {
+        return;
+    }
+    let mut d = Daemon::start(&[]);
+    let c = d.client();
+    deploy(&c, "dmg", "py-snap", "python3.11", "app.handler", 256, 10);
+    let report = c.create_snapshot("dmg", b"{}").expect("snapshot");
+    let dir = d
+        .data_dir
+        .join("snapshots")
+        .join("dmg")
+        .join(&report.revision_id);
+    // Flip one bit in the middle of the memory image.
+    let mem = dir.join("memory.thaw");
+    let mut bytes = std::fs::read(&mem).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&mem, &bytes).unwrap();
+    let (r, v) = invoke(&c, "dmg", json!({"action": "state"}));
+    assert_eq!(
+        r.start,
+        Some(StartKind::Cold),
+        "a corrupt snapshot is never used: {v}"
+    );
+    assert_eq!(v["big"], 300000);
+    // Truncated state file: refused the same way.
+    let state = dir.join("state.thaw");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let c2 = c.clone();
+    let busy =
+        std::thread::spawn(move || invoke(&c2, "dmg", json!({"action": "sleep", "seconds": 1})));
+    std::thread::sleep(Duration::from_millis(200));
+    let (r, _) = invoke(&c, "dmg", json!({"action": "state"}));
+    busy.join().unwrap();
+    assert_eq!(r.start, Some(StartKind::Cold));
+    let data_dir = d.data_dir.clone();
+    assert!(d.stop());
+    assert!(instance_cgroups(&data_dir).is_empty(), "no cgroup left");
+    assert!(processes_mentioning(data_dir.to_str().unwrap()).is_empty());
+}
