@@ -14,6 +14,7 @@ mod invoke;
 mod local;
 mod logs;
 mod serve;
+mod snapshot_cmd;
 
 use std::process::ExitCode;
 
@@ -67,6 +68,9 @@ enum Command {
     /// Benchmarks (need root).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Inspect snapshot directories (no daemon needed).
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quick,
         })
         .map(|()| ExitCode::SUCCESS),
+        Command::Snapshot(cmd) => snapshot_cmd::run(cmd).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -245,5 +250,9 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["thaw", "list"]).is_ok());
         assert!(Cli::try_parse_from(["thaw", "delete", "f"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["thaw", "snapshot", "inspect", "/s", "--verify", "--json"])
+                .is_ok()
+        );
     }
 }

@@ -48,7 +48,7 @@ const PAGE: usize = PAGE_SIZE as usize;
 #[derive(Debug, Error)]
 pub enum ImageError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("Cannot access {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -91,7 +91,7 @@ pub enum ImageError {
         what: String,
     },
     /// The state body is not a valid state.
-    #[error("{path}: malformed state: {source}")]
+    #[error("{path}: malformed state")]
     Malformed {
         /// The file.
         path: PathBuf,

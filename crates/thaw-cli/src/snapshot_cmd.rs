@@ -1,0 +1,373 @@
+//! `thaw snapshot inspect DIR`: open a snapshot directory, verify it, and
+//! print what it holds.
+//!
+//! Owns: the human summary (and the `--json` dump) of a snapshot's state.
+//! Must not: interpret or repair a snapshot; opening and verification are
+//! `thaw_snapshot::image`'s, so this command refuses exactly what a restore
+//! would refuse.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use thaw_snapshot::image::{Snapshot, MEMORY_FILE, STATE_FILE};
+use thaw_snapshot::ptrace::{GeneralRegs, SyscallState};
+use thaw_snapshot::state::{FdKind, SnapshotState, Vma, VmaKind};
+use thaw_snapshot::PAGE_SIZE;
+
+/// `thaw snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Check a snapshot's headers and state checksum and print a summary.
+    Inspect(InspectArgs),
+}
+
+/// Arguments of `thaw snapshot inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The snapshot directory (holding `state.thaw` and `memory.thaw`).
+    pub dir: PathBuf,
+    /// Also read every memory page and check each chunk's checksum.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the whole state as JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a `thaw snapshot` command.
+pub fn run(cmd: SnapshotCommand) -> anyhow::Result<()> {
+    match cmd {
+        SnapshotCommand::Inspect(args) => inspect(&args),
+    }
+}
+
+fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    // An `ImageError`'s message already names the file and the cause (its
+    // I/O and JSON variants include their source), so it is taken as the
+    // message rather than chained, which would print the cause twice.
+    let snap = Snapshot::open(dir)
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("snapshot {} is not usable", dir.display()))?;
+    let verified = if args.verify {
+        let chunks = snap.state().memory.chunk_hashes.len();
+        for i in 0..chunks {
+            snap.read_chunk(i)
+                .map_err(anyhow::Error::new)
+                .with_context(|| format!("snapshot {} failed verification", dir.display()))?;
+        }
+        Some(chunks)
+    } else {
+        None
+    };
+    if args.json {
+        let json = serde_json::to_string_pretty(snap.state()).context("cannot encode the state")?;
+        println!("{json}");
+        return Ok(());
+    }
+    let sizes = FileSizes {
+        state: file_size(&dir.join(STATE_FILE))?,
+        memory: file_size(&dir.join(MEMORY_FILE))?,
+    };
+    print!("{}", summary(dir, snap.state(), sizes, verified));
+    Ok(())
+}
+
+fn file_size(path: &Path) -> anyhow::Result<u64> {
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len())
+}
+
+/// Sizes of the two snapshot files, bytes.
+#[derive(Debug, Clone, Copy)]
+struct FileSizes {
+    state: u64,
+    memory: u64,
+}
+
+/// The human summary. `verified`: the number of chunks checked, if they
+/// were.
+fn summary(dir: &Path, st: &SnapshotState, sizes: FileSizes, verified: Option<usize>) -> String {
+    let mut o = String::new();
+    let p = &st.process;
+    // Writing to a String cannot fail.
+    let _ = writeln!(o, "snapshot {}", dir.display());
+    let _ = writeln!(o, "  format version  {}", st.format_version);
+    let _ = writeln!(
+        o,
+        "  created         {} ({} ms since the epoch)",
+        utc_timestamp(st.created_unix_ms),
+        st.created_unix_ms
+    );
+    let _ = writeln!(o, "  kernel          {}", st.kernel_release);
+    let _ = writeln!(
+        o,
+        "  cpu             {} family {} model {} stepping {}",
+        st.cpu.vendor, st.cpu.family, st.cpu.model, st.cpu.stepping
+    );
+    let _ = writeln!(
+        o,
+        "  xstate          {} bytes, xcr0 {:#x}",
+        st.cpu.xstate_size, st.cpu.xcr0
+    );
+
+    let c = &p.creds;
+    let _ = writeln!(o, "process");
+    let _ = writeln!(o, "  pid             {}", p.pid);
+    let _ = writeln!(o, "  comm            {}", p.comm);
+    let _ = writeln!(o, "  exe             {}", p.exe.display());
+    let _ = writeln!(o, "  cwd             {}", p.cwd.display());
+    let _ = writeln!(
+        o,
+        "  uid             {} (real/effective/saved {}/{}/{}), gid {}",
+        c.uid[1], c.uid[0], c.uid[1], c.uid[2], c.gid[1]
+    );
+    let _ = writeln!(o, "  umask           {:04o}", p.umask);
+    let _ = writeln!(o, "  seccomp filters {}", p.seccomp_filters.len());
+
+    let _ = writeln!(o, "threads ({})", p.threads.len());
+    for t in &p.threads {
+        let _ = writeln!(
+            o,
+            "  tid {:<6} {:<16} rip {:#014x}  {}  rseq {}",
+            t.tid,
+            t.comm,
+            t.regs.rip,
+            thread_syscall_text(&t.regs, &p.mappings),
+            if t.rseq.abi_pointer != 0 { "yes" } else { "no" }
+        );
+    }
+
+    let mut kinds: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+    let mut total = 0;
+    for v in &p.mappings {
+        let len = v.end - v.start;
+        let e = kinds.entry(vma_kind(&v.kind)).or_default();
+        e.0 += 1;
+        e.1 += len;
+        total += len;
+    }
+    let _ = writeln!(o, "mappings ({}, {} total)", p.mappings.len(), mib(total));
+    for (kind, (n, bytes)) in &kinds {
+        let _ = writeln!(o, "  {kind:<12} {n:>4}  {}", mib(*bytes));
+    }
+
+    let m = &st.memory;
+    let _ = writeln!(o, "memory");
+    let _ = writeln!(
+        o,
+        "  data pages      {} ({})",
+        m.data_pages,
+        mib(m.data_pages * PAGE_SIZE)
+    );
+    let _ = writeln!(
+        o,
+        "  zero pages      {} ({}, not stored)",
+        m.zero_pages,
+        mib(m.zero_pages * PAGE_SIZE)
+    );
+    let _ = writeln!(o, "  runs            {}", m.runs.len());
+    let _ = writeln!(
+        o,
+        "  chunks          {} of {} pages",
+        m.chunk_hashes.len(),
+        m.chunk_pages
+    );
+    let _ = writeln!(
+        o,
+        "  image size      {} ({MEMORY_FILE}), state {} bytes ({STATE_FILE})",
+        mib(sizes.memory),
+        sizes.state
+    );
+    match verified {
+        Some(n) => {
+            let _ = writeln!(o, "  verified        all {n} chunk checksums match");
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "  verified        headers and state only (--verify checks every page)"
+            );
+        }
+    }
+
+    let _ = writeln!(o, "fds ({})", p.fds.len());
+    for f in &p.fds {
+        let _ = writeln!(o, "  {:<4} {}", f.fd, fd_text(&f.kind));
+    }
+    o
+}
+
+fn vma_kind(kind: &VmaKind) -> &'static str {
+    match kind {
+        VmaKind::Anonymous => "anonymous",
+        VmaKind::Heap => "heap",
+        VmaKind::Stack => "stack",
+        VmaKind::File { .. } => "file",
+        VmaKind::Vdso => "vdso",
+        VmaKind::Vvar => "vvar",
+        VmaKind::VvarVclock => "vvar_vclock",
+    }
+}
+
+fn fd_text(kind: &FdKind) -> String {
+    match kind {
+        FdKind::File { path, pos, .. } => format!("file     {} (at {pos})", path.display()),
+        FdKind::Device { path } => format!("device   {}", path.display()),
+        FdKind::Pipe { id, write, unread } => format!(
+            "pipe     {} end of pipe:[{id}], {} bytes unread",
+            if *write { "write" } else { "read" },
+            unread.len()
+        ),
+        FdKind::EventFd { count, semaphore } => format!(
+            "eventfd  count {count}{}",
+            if *semaphore { ", semaphore" } else { "" }
+        ),
+        FdKind::Epoll { targets } => format!(
+            "epoll    watching {}",
+            targets
+                .iter()
+                .map(|t| t.fd.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        FdKind::External { link } => format!("external {link} (provided at restore)"),
+    }
+}
+
+fn syscall_text(s: SyscallState) -> String {
+    match s {
+        SyscallState::NotInSyscall => "not in a syscall".into(),
+        SyscallState::Returned { nr, ret } => {
+            format!("returned from {} = {ret}", syscall_name(nr))
+        }
+        SyscallState::Restart { nr, code } => {
+            format!("in {} (restarts, {code})", syscall_name(nr))
+        }
+        SyscallState::RestartBlock { nr } => {
+            format!(
+                "in {} (restart block: resumes with EINTR)",
+                syscall_name(nr)
+            )
+        }
+    }
+}
+
+/// The syscall state of a thread's saved registers, and, since the
+/// checkpoint saves registers already rewound for resuming (so they decode
+/// as "not in a syscall"), what the thread does first: re-enter a syscall
+/// (`rip` at a `syscall` instruction, number in `rax`) or return from one
+/// (`rip` just after it, result in `rax`). The instruction bytes come from
+/// the mapped file, as the restore maps it.
+fn thread_syscall_text(regs: &GeneralRegs, mappings: &[Vma]) -> String {
+    let state = regs.syscall_state();
+    let mut text = syscall_text(state);
+    if state != SyscallState::NotInSyscall {
+        return text;
+    }
+    const SYSCALL: [u8; 2] = [0x0f, 0x05];
+    let rax = regs.rax as i64;
+    if code_at(mappings, regs.rip) == Some(SYSCALL) {
+        let _ = write!(text, " (resumes by entering {})", syscall_name(rax));
+    } else if code_at(mappings, regs.rip.wrapping_sub(2)) == Some(SYSCALL) {
+        let _ = write!(text, " (just after a syscall, rax = {rax})");
+    }
+    text
+}
+
+/// The two code bytes at `addr`, read from the file its mapping maps.
+fn code_at(mappings: &[Vma], addr: u64) -> Option<[u8; 2]> {
+    let v = mappings
+        .iter()
+        .find(|v| v.start <= addr && addr + 2 <= v.end)?;
+    let VmaKind::File { path, offset, .. } = &v.kind else {
+        return None;
+    };
+    let f = std::fs::File::open(path).ok()?;
+    let mut buf = [0u8; 2];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset + (addr - v.start)).ok()?;
+    Some(buf)
+}
+
+/// The name of the x86-64 system calls an idle process usually sleeps in.
+fn syscall_name(nr: i64) -> String {
+    let name = match nr {
+        0 => "read",
+        1 => "write",
+        7 => "poll",
+        23 => "select",
+        34 => "pause",
+        35 => "nanosleep",
+        43 => "accept",
+        45 => "recvfrom",
+        47 => "recvmsg",
+        61 => "wait4",
+        130 => "rt_sigsuspend",
+        202 => "futex",
+        230 => "clock_nanosleep",
+        232 => "epoll_wait",
+        270 => "pselect6",
+        271 => "ppoll",
+        281 => "epoll_pwait",
+        288 => "accept4",
+        441 => "epoll_pwait2",
+        _ => return format!("syscall {nr}"),
+    };
+    format!("{name} ({nr})")
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `2024-01-02T03:04:05.678Z` for milliseconds since the Unix epoch.
+fn utc_timestamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_timestamp(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc_timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn syscall_states_read_well() {
+        assert_eq!(
+            syscall_text(SyscallState::Restart { nr: 0, code: -512 }),
+            "in read (0) (restarts, -512)"
+        );
+        assert_eq!(
+            syscall_text(SyscallState::RestartBlock { nr: 999 }),
+            "in syscall 999 (restart block: resumes with EINTR)"
+        );
+        assert_eq!(syscall_text(SyscallState::NotInSyscall), "not in a syscall");
+    }
+}
