@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// How long an idle instance is kept warm, seconds.
     #[arg(long)]
     pub keep_alive_secs: Option<u64>,
+    /// Restore instances from snapshots lazily: memory is served on first
+    /// touch instead of copied in before the runtime resumes.
+    #[arg(long)]
+    pub lazy_restore: bool,
     /// Most instances of one function running at once [default: 8].
     #[arg(long)]
     pub max_instances: Option<usize>,
@@ -38,6 +42,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(secs) = args.keep_alive_secs {
         config.keep_alive = Duration::from_secs(secs);
     }
+    config.lazy_restore = args.lazy_restore;
     if let Some(n) = args.max_instances {
         config.max_instances_per_function = n.max(1);
     }

@@ -56,6 +56,10 @@ pub struct StartSpec {
 pub struct RestoreSpec {
     /// The snapshot directory inside the sandbox (bind-mounted read-only).
     pub snapshot_dir: String,
+    /// Serve memory lazily from the snapshot (page server in the
+    /// supervisor) instead of copying it in before the runtime resumes.
+    #[serde(default)]
+    pub lazy: bool,
 }
 
 /// One invocation handed to the runtime. The body of the frame is the event payload.

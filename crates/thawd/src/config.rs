@@ -19,6 +19,9 @@ pub struct DaemonConfig {
     pub pids_max: u64,
     /// Size of each instance's private /tmp, bytes.
     pub tmp_size_bytes: u64,
+    /// Restore instances from snapshots lazily (memory served on first
+    /// touch by a page server) instead of copying it all in first.
+    pub lazy_restore: bool,
 }
 
 impl DaemonConfig {
@@ -32,6 +35,7 @@ impl DaemonConfig {
             max_instances_per_function: 8,
             pids_max: 128,
             tmp_size_bytes: 512 * 1024 * 1024,
+            lazy_restore: false,
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct InstanceContext {
     pub logs: Arc<LogStore>,
     /// Where function snapshots live: `<snapshots>/<name>/<revision>/`.
     pub snapshots: PathBuf,
+    /// Restore memory lazily (see [`crate::DaemonConfig::lazy_restore`]).
+    pub lazy_restore: bool,
 }
 
 /// Why an instance could not be started.
@@ -219,6 +221,7 @@ impl Instance {
             });
             spec.restore = Some(RestoreSpec {
                 snapshot_dir: SNAPSHOT_MOUNT.into(),
+                lazy: ctx.lazy_restore,
             });
         }
         let limits = Limits {

@@ -83,6 +83,7 @@ impl Platform {
             cgroups,
             logs: logs.clone(),
             snapshots: data_dir.join("snapshots"),
+            lazy_restore: config.lazy_restore,
         };
         let pools = Pools::new(
             ctx,
