@@ -27,6 +27,7 @@ compile_error!("thaw-snapshot supports only Linux on x86_64");
 pub mod checkpoint;
 pub mod cpu;
 pub mod image;
+pub mod lazy;
 pub mod memory;
 pub mod proc;
 pub mod ptrace;
@@ -34,7 +35,8 @@ pub mod remote;
 pub mod restore;
 pub mod spawn;
 pub mod state;
-mod sys;
+pub mod sys;
+pub mod uffd;
 
 /// Size of a base page on x86_64, the unit of every memory operation here.
 pub const PAGE_SIZE: u64 = 4096;

@@ -18,7 +18,7 @@
 //! complete, or leave restorer descriptors or memory in it.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,11 +32,13 @@ use tracing::debug;
 
 use crate::cpu::{CpuError, CpuFeatures, CpuMismatch};
 use crate::image::{ImageError, Snapshot};
+use crate::lazy::LazyMemory;
 use crate::memory::{MemoryError, ProcessMemory};
 use crate::proc::{self, MapEntry, MappingKind, ProcError};
 use crate::ptrace::{PtraceError, Tracee, Xstate};
 use crate::spawn::{self, Create, EpollAdd, FdSource, Install, OpenFile, SpawnError, StubPlan};
 use crate::state::{Credentials, FdKind, FileIdentity, ThreadImage, Vma, VmaKind};
+use crate::uffd;
 use crate::PAGE_SIZE;
 
 /// The executor (x86-64). With `r12` pointing at a table of 64-byte
@@ -182,6 +184,21 @@ pub struct RestoreOptions<'a> {
     /// A cgroup's `cgroup.procs` (or `tasks`) file to move the process into
     /// before it runs.
     pub cgroup_procs: Vec<PathBuf>,
+    /// How memory comes back.
+    pub memory: MemoryMode,
+}
+
+/// How a restore brings memory back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryMode {
+    /// Every saved page is copied in before the process resumes.
+    #[default]
+    Eager,
+    /// Anonymous memory is registered with a userfaultfd and filled on
+    /// first touch by a page server ([`crate::lazy::serve`]) reading the
+    /// image; only pages the kernel touches during the restore (rseq areas)
+    /// and pages of file mappings are copied in first.
+    Lazy,
 }
 
 /// Time spent in each restore phase, microseconds.
@@ -208,6 +225,10 @@ pub struct Restored {
     pub pid: Pid,
     /// Where the time went.
     pub timings: RestoreTimings,
+    /// In [`MemoryMode::Lazy`]: the userfaultfd the process's faults arrive
+    /// on. It must be served ([`crate::lazy::serve`]) for the process to
+    /// make progress.
+    pub lazy: Option<LazyMemory>,
 }
 
 /// Kills and reaps the stub unless disarmed.
@@ -326,7 +347,10 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
         }
     }
 
-    let pages = snap.read_all_pages()?;
+    let pages = match opts.memory {
+        MemoryMode::Eager => snap.read_all_pages()?,
+        MemoryMode::Lazy => Vec::new(),
+    };
     timings.read_us = t0.elapsed().as_micros() as u64;
 
     let plan = StubPlan {
@@ -362,15 +386,20 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
     timings.layout_us = t_layout.elapsed().as_micros() as u64;
 
     let t_mem = Instant::now();
-    for run in &st.memory.runs {
-        let from = (run.image_page * PAGE_SIZE) as usize;
-        let len = (run.pages * PAGE_SIZE) as usize;
-        r.mem
-            .write_all_at(&pages[from..from + len], run.addr)
-            .map_err(|source| RestoreError::Io {
-                what: format!("Writing {} pages at {:#x}", run.pages, run.addr),
-                source,
-            })?;
+    let mut lazy = None;
+    match opts.memory {
+        MemoryMode::Eager => {
+            for run in &st.memory.runs {
+                let from = (run.image_page * PAGE_SIZE) as usize;
+                let len = (run.pages * PAGE_SIZE) as usize;
+                r.write(run.addr, &pages[from..from + len])?;
+            }
+        }
+        MemoryMode::Lazy => {
+            let ranges = lazy_ranges(snap);
+            r.write_unregistered_pages(snap, &ranges)?;
+            lazy = Some((r.create_uffd()?, ranges));
+        }
     }
     timings.memory_us = t_mem.elapsed().as_micros() as u64;
 
@@ -378,6 +407,21 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
     r.create_threads(snap)?;
     r.restore_kernel_state(snap)?;
     let threads = r.finish(snap)?;
+    drop(r);
+    let lazy = match lazy {
+        None => None,
+        Some((uffd, ranges)) => {
+            for &(start, end) in &ranges {
+                uffd::register(uffd.as_fd(), start, end - start).map_err(|source| {
+                    RestoreError::Call {
+                        what: format!("registering {start:#x}-{end:#x} for lazy memory"),
+                        source,
+                    }
+                })?;
+            }
+            Some(LazyMemory { uffd, ranges })
+        }
+    };
     t.detach()?;
     for th in threads {
         th.detach()?;
@@ -386,7 +430,35 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
     timings.state_us = t_state.elapsed().as_micros() as u64;
     timings.total_us = t0.elapsed().as_micros() as u64;
     debug!(pid = stub.as_raw(), ?timings, "restored");
-    Ok(Restored { pid: stub, timings })
+    Ok(Restored {
+        pid: stub,
+        timings,
+        lazy,
+    })
+}
+
+/// The anonymous mappings served lazily: those holding saved pages.
+fn lazy_ranges(snap: &Snapshot) -> Vec<(u64, u64)> {
+    let st = snap.state();
+    let mut out: Vec<(u64, u64)> = st
+        .process
+        .mappings
+        .iter()
+        .filter(|v| matches!(v.kind, VmaKind::Anonymous | VmaKind::Heap | VmaKind::Stack))
+        .filter(|v| {
+            st.memory
+                .runs
+                .iter()
+                .any(|r| r.addr < v.end && r.addr + r.pages * PAGE_SIZE > v.start)
+        })
+        .map(|v| (v.start, v.end))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+fn in_ranges(ranges: &[(u64, u64)], addr: u64) -> bool {
+    ranges.iter().any(|&(s, e)| (s..e).contains(&addr))
 }
 
 fn cstring(bytes: &[u8]) -> Result<std::ffi::CString, RestoreError> {
@@ -542,6 +614,108 @@ impl<'t> Remote<'t> {
             scratch_len: need,
             temp: scratch + SCRATCH_LEN,
         })
+    }
+
+    /// Writes `bytes` at `addr` of the stub (through `/proc/<pid>/mem`,
+    /// which also writes read-only pages).
+    fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), RestoreError> {
+        self.mem
+            .write_all_at(bytes, addr)
+            .map_err(|source| RestoreError::Io {
+                what: format!("Writing {} bytes at {addr:#x}", bytes.len()),
+                source,
+            })
+    }
+
+    /// For a lazy restore: copies in the saved pages that will not be
+    /// served on demand: those outside `ranges` (written pages of private
+    /// file mappings) and those the kernel writes during the restore itself
+    /// (each thread's rseq area, updated on every return to user space).
+    fn write_unregistered_pages(
+        &self,
+        snap: &Snapshot,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), RestoreError> {
+        let st = snap.state();
+        let mut eager_pages: Vec<u64> = st
+            .process
+            .threads
+            .iter()
+            .filter(|t| t.rseq.abi_pointer != 0)
+            .flat_map(|t| {
+                let first = t.rseq.abi_pointer & !(PAGE_SIZE - 1);
+                let last =
+                    (t.rseq.abi_pointer + u64::from(t.rseq.abi_size).max(1) - 1) & !(PAGE_SIZE - 1);
+                (first..=last).step_by(PAGE_SIZE as usize)
+            })
+            .collect();
+        eager_pages.sort_unstable();
+        eager_pages.dedup();
+        let chunk_pages = u64::from(st.memory.chunk_pages);
+        let mut chunks: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
+        for run in &st.memory.runs {
+            for i in 0..run.pages {
+                let addr = run.addr + i * PAGE_SIZE;
+                if in_ranges(ranges, addr) && eager_pages.binary_search(&addr).is_err() {
+                    continue;
+                }
+                let image_page = run.image_page + i;
+                let chunk_no = image_page / chunk_pages;
+                let chunk = match chunks.entry(chunk_no) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(snap.read_chunk(chunk_no as usize)?)
+                    }
+                };
+                let off = ((image_page % chunk_pages) * PAGE_SIZE) as usize;
+                self.write(addr, &chunk[off..off + PAGE_SIZE as usize])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a userfaultfd inside the stub (while it is still root, so it
+    /// may handle faults in kernel mode too), takes it over with
+    /// `pidfd_getfd`, closes the stub's copy, and enables the events that
+    /// keep anonymous-memory semantics (fork, mremap, madvise, munmap).
+    fn create_uffd(&mut self) -> Result<OwnedFd, RestoreError> {
+        let mut b = Batch::default();
+        b.call(
+            libc::SYS_userfaultfd,
+            [
+                V((libc::O_CLOEXEC | libc::O_NONBLOCK) as u64),
+                V(0),
+                V(0),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            "creating a userfaultfd",
+        );
+        let remote = self.run(&b)?[0];
+        let call = |what: &str| {
+            let what = what.to_string();
+            move |source| RestoreError::Call { what, source }
+        };
+        let pidfd = crate::sys::pidfd_open(self.pid.as_raw()).map_err(call("pidfd_open"))?;
+        let fd = crate::sys::pidfd_getfd(&pidfd, remote as i32)
+            .map_err(call("taking the userfaultfd"))?;
+        let mut b = Batch::default();
+        b.call(
+            libc::SYS_close,
+            [V(remote), V(0), V(0), V(0), V(0), V(0)],
+            "closing the stub's userfaultfd",
+        );
+        self.run(&b)?;
+        uffd::api(
+            fd.as_fd(),
+            uffd::FEATURE_EVENT_FORK
+                | uffd::FEATURE_EVENT_REMAP
+                | uffd::FEATURE_EVENT_REMOVE
+                | uffd::FEATURE_EVENT_UNMAP,
+        )
+        .map_err(call("UFFDIO_API"))?;
+        Ok(fd)
     }
 
     /// Runs a batch in the leader; returns each call's result.

@@ -1,6 +1,9 @@
 //! Small system-call helpers.
 
+#![allow(unsafe_code)]
+
 use std::fs::OpenOptions;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -33,4 +36,47 @@ pub fn pipe_peek(path: &Path) -> std::io::Result<Vec<u8>> {
     }
     out.truncate(got);
     Ok(out)
+}
+
+/// Takes ownership of descriptor `fd`, which the kernel just installed in
+/// this process's table for us (a userfaultfd from a fork event).
+pub fn adopt_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller received `fd` from the kernel as a new descriptor
+    // (not owned by any other object of this process) and hands it over.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `pidfd_open(2)`.
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: integer arguments only.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = Errno::result(ret)?;
+    Ok(adopt_fd(fd as RawFd))
+}
+
+/// `pidfd_getfd(2)`: a duplicate of descriptor `target` of the process
+/// behind `pidfd` (needs ptrace access to it).
+pub fn pidfd_getfd(pidfd: &OwnedFd, target: i32) -> Result<OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: integer arguments only; the result is a new descriptor.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+    let fd = Errno::result(ret)?;
+    Ok(adopt_fd(fd as RawFd))
+}
+
+/// Sends `SIGKILL` to the process behind `pidfd` (`pidfd_send_signal(2)`).
+pub fn pidfd_kill(pidfd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a null `siginfo` is allowed (the kernel fills one in); the
+    // other arguments are integers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(ret).map(drop)
 }

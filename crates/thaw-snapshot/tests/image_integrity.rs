@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use thaw_snapshot::checkpoint::checkpoint;
 use thaw_snapshot::image::{ImageError, Snapshot, MEMORY_FILE, STATE_FILE};
-use thaw_snapshot::restore::{restore, RestoreError, RestoreOptions};
+use thaw_snapshot::restore::{restore, MemoryMode, RestoreError, RestoreOptions};
 use thaw_snapshot::state::{FdKind, VmaKind, FORMAT_VERSION};
 use thaw_snapshot::PAGE_SIZE;
 
@@ -630,6 +630,7 @@ fn restore_on_pipes(snap: &Snapshot, ns: BorrowedFd<'_>) -> Result<Pid, RestoreE
         namespaces: Vec::new(),
         fds: owned.iter().map(|(n, fd)| (*n, fd.as_fd())).collect(),
         cgroup_procs: Vec::new(),
+        memory: MemoryMode::Eager,
     };
     restore(snap, &opts).map(|r| r.pid)
 }
@@ -651,6 +652,14 @@ fn pristine_copy_restores() {
     let dir = copy_of(base);
     let snap = Snapshot::open(dir.path()).expect("open");
     let ns = PidNs::new();
-    let mut r = support::restore_with_pipes(&snap, &ns);
-    assert_eq!(r.ask("again"), format!("echo again {}", 3 << 20));
+    for mode in support::MODES {
+        let ns = PidNs::new();
+        let mut r = support::restore_with_pipes(&snap, &ns, mode);
+        assert_eq!(
+            r.ask("again"),
+            format!("echo again {}", 3 << 20),
+            "{mode:?}"
+        );
+    }
+    drop(ns);
 }

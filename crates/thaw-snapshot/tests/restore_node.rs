@@ -12,7 +12,7 @@ mod support;
 use std::path::Path;
 
 use common::{node, Interp};
-use support::{error_chain, first_child, now_s, restore_with_pipes, PidNs};
+use support::{error_chain, first_child, now_s, restore_with_pipes, PidNs, MODES};
 use thaw_snapshot::checkpoint::checkpoint;
 use thaw_snapshot::image::Snapshot;
 
@@ -77,63 +77,70 @@ fn node_restores_with_threads_timers_and_state() {
     assert_eq!(orig.line(), "val 30");
 
     let snap = Snapshot::open(dir.path()).expect("open snapshot");
-    let ns = PidNs::new();
-    let mut r = restore_with_pipes(&snap, &ns);
-    let tids: Vec<i32> = snap.state().process.threads.iter().map(|t| t.tid).collect();
-    assert_eq!(r.ask("get 10"), "val 30");
-    assert_eq!(r.ask("get 0"), "val 5");
-    let info = r.ask("info");
-    let f: Vec<&str> = info.split_whitespace().collect();
     orig.send("info");
     let orig_info = orig.line();
     let o: Vec<&str> = orig_info.split_whitespace().collect();
-    assert_eq!(
-        f[..4],
-        ["info", "2", "1000000", o[3]],
-        "{info} vs {orig_info}"
-    );
-    assert_eq!(f[5], o[5], "hot function computes the same");
-    let t: u64 = f[4].parse().expect("time");
-    assert!(
-        t.abs_diff(now_s()) < 60,
-        "restored clock {t} vs {}",
-        now_s()
-    );
-    assert_eq!(
-        r.ask("ticks"),
-        "ticked true",
-        "the interval timer keeps firing"
-    );
-    assert_eq!(r.ask("later"), "later done", "new timers fire");
-    // Every thread is back with its id, in the restored process.
-    let restored_tids: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", r.pid))
-        .expect("task dir")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .map(|host_tid| {
-            let status = std::fs::read_to_string(format!("/proc/{}/task/{host_tid}/status", r.pid))
-                .expect("status");
-            let nspid = status
-                .lines()
-                .find(|l| l.starts_with("NSpid:"))
-                .expect("NSpid");
-            nspid
-                .split_whitespace()
-                .last()
-                .expect("ns tid")
-                .parse()
-                .expect("tid")
-        })
-        .collect();
-    let mut want = tids.clone();
-    want.sort_unstable();
-    let mut got = restored_tids;
-    got.sort_unstable();
-    assert_eq!(got, want, "thread ids restored exactly");
-    assert_eq!(r.ask("set 9"), "ok");
+    let tids: Vec<i32> = snap.state().process.threads.iter().map(|t| t.tid).collect();
+    for mode in MODES {
+        let ns = PidNs::new();
+        let mut r = restore_with_pipes(&snap, &ns, mode);
+        assert_eq!(r.ask("get 10"), "val 30");
+        assert_eq!(r.ask("get 0"), "val 5");
+        let info = r.ask("info");
+        let f: Vec<&str> = info.split_whitespace().collect();
+        assert_eq!(
+            f[..4],
+            ["info", "2", "1000000", o[3]],
+            "{info} vs {orig_info} ({mode:?})"
+        );
+        assert_eq!(f[5], o[5], "hot function computes the same");
+        let t: u64 = f[4].parse().expect("time");
+        assert!(
+            t.abs_diff(now_s()) < 60,
+            "restored clock {t} vs {}",
+            now_s()
+        );
+        assert_eq!(
+            r.ask("ticks"),
+            "ticked true",
+            "the interval timer keeps firing"
+        );
+        assert_eq!(r.ask("later"), "later done", "new timers fire");
+        // Every thread is back with its id, in the restored process.
+        let restored_tids: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", r.pid))
+            .expect("task dir")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .map(|host_tid| {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{}/task/{host_tid}/status", r.pid))
+                        .expect("status");
+                let nspid = status
+                    .lines()
+                    .find(|l| l.starts_with("NSpid:"))
+                    .expect("NSpid");
+                nspid
+                    .split_whitespace()
+                    .last()
+                    .expect("ns tid")
+                    .parse()
+                    .expect("tid")
+            })
+            .collect();
+        let mut want = tids.clone();
+        want.sort_unstable();
+        let mut got = restored_tids;
+        got.sort_unstable();
+        assert_eq!(got, want, "thread ids restored exactly ({mode:?})");
+        assert_eq!(r.ask("set 9"), "ok");
+        if let Some(stats) = r.finish() {
+            eprintln!("page server: {stats:?}");
+            assert!(stats.pages_copied > 100, "{stats:?}");
+        }
+    }
     orig.send("get 0");
     assert_eq!(
         orig.line(),
         "val 5",
-        "the original does not see the restored write"
+        "the original does not see the restored writes"
     );
 }

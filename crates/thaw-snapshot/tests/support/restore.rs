@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use thaw_snapshot::image::Snapshot;
-use thaw_snapshot::restore::{restore, RestoreOptions};
+use thaw_snapshot::lazy::LazyStats;
+use thaw_snapshot::restore::{restore, MemoryMode, RestoreOptions};
 use thaw_snapshot::state::FdKind;
 
 /// The first child of `pid`, waiting for it to appear.
@@ -67,6 +68,8 @@ pub struct Restored {
     pub pid: Pid,
     pub stdin: File,
     pub stdout: BufReader<File>,
+    /// The page server of a lazy restore; returns its statistics.
+    pub server: Option<std::thread::JoinHandle<Result<LazyStats, String>>>,
 }
 
 impl Restored {
@@ -75,7 +78,31 @@ impl Restored {
         self.stdin.flush().expect("flush");
         let mut out = String::new();
         self.stdout.read_line(&mut out).expect("read");
+        if out.is_empty() {
+            // The process is gone: say how, and what the page server saw.
+            let status = waitpid(self.pid, None);
+            let server = self.server.take().map(|s| s.join());
+            panic!(
+                "restored process {} ended: {status:?}; page server: {server:?}",
+                self.pid
+            );
+        }
         out.trim().to_string()
+    }
+}
+
+impl Restored {
+    /// Kills the process and returns the page server's statistics (lazy).
+    pub fn finish(mut self) -> Option<LazyStats> {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(self.pid, None);
+        let server = self.server.take()?;
+        Some(
+            server
+                .join()
+                .expect("page server thread")
+                .expect("page server"),
+        )
     }
 }
 
@@ -83,10 +110,16 @@ impl Drop for Restored {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(self.pid, None);
+        if let Some(s) = self.server.take() {
+            let _ = s.join();
+        }
     }
 }
 
-pub fn restore_with_pipes(snap: &Snapshot, ns: &PidNs) -> Restored {
+/// Both memory modes, for tests that must pass in each.
+pub const MODES: [MemoryMode; 2] = [MemoryMode::Eager, MemoryMode::Lazy];
+
+pub fn restore_with_pipes(snap: &Snapshot, ns: &PidNs, memory: MemoryMode) -> Restored {
     let (in_r, in_w) = nix::unistd::pipe().expect("pipe");
     let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
     let err: OwnedFd = std::io::stderr()
@@ -108,13 +141,26 @@ pub fn restore_with_pipes(snap: &Snapshot, ns: &PidNs) -> Restored {
         namespaces: Vec::new(),
         fds,
         cgroup_procs: Vec::new(),
+        memory,
     };
     let restored = restore(snap, &opts).unwrap_or_else(|e| panic!("restore: {}", error_chain(&e)));
-    eprintln!("restored pid {} in {:?}", restored.pid, restored.timings);
+    eprintln!(
+        "restored pid {} ({memory:?}) in {:?}",
+        restored.pid, restored.timings
+    );
+    let server = restored.lazy.map(|lazy| {
+        let dir = snap.dir().to_path_buf();
+        let pidfd = thaw_snapshot::sys::pidfd_open(restored.pid.as_raw()).expect("pidfd");
+        std::thread::spawn(move || {
+            let snap = Snapshot::open(&dir).map_err(|e| error_chain(&e))?;
+            thaw_snapshot::lazy::serve(&snap, lazy, pidfd.as_fd()).map_err(|e| error_chain(&e))
+        })
+    });
     Restored {
         pid: restored.pid,
         stdin: File::from(in_w),
         stdout: BufReader::new(File::from(out_r)),
+        server,
     }
 }
 

@@ -1,0 +1,424 @@
+//! The page server: memory of a lazily restored process, served on demand.
+//!
+//! Owns: answering the page faults of a restored process (and of the
+//! processes it forks) from the snapshot's memory image, with
+//! anonymous-memory semantics intact: a page the process dropped
+//! (`madvise(MADV_DONTNEED)`), unmapped or never had comes back as zeros,
+//! never as the snapshot's old bytes; a range it moved with `mremap` is
+//! served from where it came from. Each memory chunk is verified against
+//! its BLAKE3 hash the first time any page of it is served.
+//!
+//! Must not: serve bytes of a chunk that failed verification: the server
+//! stops with an error instead, and the faulting process stays blocked
+//! until its supervisor kills it (fail closed).
+//!
+//! This is the base working-set prefetch (issue 4) builds on: it records
+//! nothing yet and copies at most [`MAX_BATCH_PAGES`] neighbouring pages
+//! per fault.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use thiserror::Error;
+use tracing::debug;
+
+use crate::image::{ImageError, Snapshot};
+use crate::uffd::{self, Message, MSG_SIZE};
+use crate::PAGE_SIZE;
+
+/// Most pages copied for one fault (the faulting page and its neighbours
+/// in the same image run, chunk and registered range).
+pub const MAX_BATCH_PAGES: u64 = 16;
+
+/// Why the page server stopped serving.
+#[derive(Debug, Error)]
+pub enum LazyError {
+    /// A memory chunk failed verification or could not be read.
+    #[error("Serving a page")]
+    Image(#[from] ImageError),
+    /// A userfaultfd request failed.
+    #[error("{what} failed")]
+    Uffd {
+        /// The request.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Errno,
+    },
+}
+
+/// What the page server did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LazyStats {
+    /// Page faults answered.
+    pub faults: u64,
+    /// Pages copied from the image.
+    pub pages_copied: u64,
+    /// Faults answered with a zero page.
+    pub zero_faults: u64,
+    /// Memory chunks read and verified.
+    pub chunks_verified: u64,
+    /// Fork, remap, remove and unmap events.
+    pub events: u64,
+}
+
+/// A lazily restored process's memory, as [`crate::restore::restore`]
+/// hands it over: its userfaultfd and the ranges registered with it.
+#[derive(Debug)]
+pub struct LazyMemory {
+    /// The userfaultfd (non-blocking).
+    pub uffd: OwnedFd,
+    /// Registered ranges `(start, end)`, sorted.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// One process whose faults are served.
+#[derive(Debug)]
+struct Client {
+    fd: OwnedFd,
+    /// Ranges (current addresses) whose snapshot contents are gone
+    /// (dropped with `madvise`): they read as zeros.
+    removed: Vec<(u64, u64)>,
+    /// `mremap` moves: `(new start, len, old start)`, newest last.
+    remaps: Vec<(u64, u64, u64)>,
+    /// Faults that met `EAGAIN` (the address space was changing: an event
+    /// not yet read), retried once the events are read.
+    deferred: Vec<u64>,
+}
+
+impl Client {
+    /// The snapshot address behind `addr` (undoing `mremap` moves).
+    fn original(&self, addr: u64) -> u64 {
+        let mut a = addr;
+        for &(to, len, from) in self.remaps.iter().rev() {
+            if (to..to + len).contains(&a) {
+                a = from + (a - to);
+            }
+        }
+        a
+    }
+
+    fn is_removed(&self, addr: u64) -> bool {
+        self.removed.iter().any(|&(s, e)| (s..e).contains(&addr))
+    }
+
+    /// Forgets the dropped ranges inside `[start, end)` and returns the
+    /// parts that were inside.
+    fn take_removed(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut inside = Vec::new();
+        let mut keep = Vec::new();
+        for &(s, e) in &self.removed {
+            let (is, ie) = (s.max(start), e.min(end));
+            if is >= ie {
+                keep.push((s, e));
+                continue;
+            }
+            inside.push((is, ie));
+            if s < is {
+                keep.push((s, is));
+            }
+            if ie < e {
+                keep.push((ie, e));
+            }
+        }
+        self.removed = keep;
+        inside
+    }
+
+    /// Whether a batch may copy more than the faulting page (nothing moved
+    /// or dropped, so snapshot addresses are the process's).
+    fn simple(&self) -> bool {
+        self.removed.is_empty() && self.remaps.is_empty()
+    }
+}
+
+/// Serves the faults of the process behind `memory` from `snap` until the
+/// process exits (`process` is its pidfd) or every userfaultfd is closed
+/// by the kernel. On any error the process is killed first (through
+/// `process`): without its server it would read zeros where its memory
+/// should be.
+pub fn serve(
+    snap: &Snapshot,
+    memory: LazyMemory,
+    process: BorrowedFd<'_>,
+) -> Result<LazyStats, LazyError> {
+    let r = serve_inner(snap, memory, process);
+    if r.is_err() {
+        if let Err(e) = crate::sys::pidfd_kill(process) {
+            tracing::error!(error = %e, "cannot kill a process whose page server failed");
+        }
+    }
+    r
+}
+
+fn serve_inner(
+    snap: &Snapshot,
+    memory: LazyMemory,
+    stop: BorrowedFd<'_>,
+) -> Result<LazyStats, LazyError> {
+    let mut server = Server {
+        snap,
+        chunks: HashMap::new(),
+        ranges: memory.ranges,
+        stats: LazyStats::default(),
+    };
+    let mut clients = vec![Client {
+        fd: memory.uffd,
+        removed: Vec::new(),
+        remaps: Vec::new(),
+        deferred: Vec::new(),
+    }];
+    let mut buf = [0u8; MSG_SIZE * 16];
+    while !clients.is_empty() {
+        let (ready, stopped) = {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(clients.len() + 1);
+            fds.push(PollFd::new(stop, PollFlags::POLLIN));
+            for c in &clients {
+                fds.push(PollFd::new(c.fd.as_fd(), PollFlags::POLLIN));
+            }
+            // Deferred faults are retried soon even if nothing new arrives.
+            let timeout = if clients.iter().any(|c| !c.deferred.is_empty()) {
+                PollTimeout::from(1u8)
+            } else {
+                PollTimeout::NONE
+            };
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(source) => {
+                    return Err(LazyError::Uffd {
+                        what: "poll",
+                        source,
+                    })
+                }
+            }
+            let stopped = fds[0].any().unwrap_or(false);
+            let ready: Vec<(usize, PollFlags)> = fds[1..]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| f.revents().filter(|r| !r.is_empty()).map(|r| (i, r)))
+                .collect();
+            (ready, stopped)
+        };
+        if stopped {
+            break;
+        }
+        let mut gone = Vec::new();
+        let mut forked = Vec::new();
+        for (i, c) in clients.iter_mut().enumerate() {
+            if !c.deferred.is_empty() && !ready.iter().any(|(r, _)| *r == i) {
+                if let Outcome::Gone = server.retry(c)? {
+                    gone.push(i);
+                }
+            }
+        }
+        for (i, revents) in ready {
+            loop {
+                match nix::unistd::read(&clients[i].fd, &mut buf) {
+                    Ok(0) => {
+                        gone.push(i);
+                        break;
+                    }
+                    Ok(n) => {
+                        for msg in buf[..n].chunks_exact(MSG_SIZE) {
+                            match server.handle(&mut clients[i], uffd::parse(msg))? {
+                                Outcome::Served => {}
+                                Outcome::Forked(child) => forked.push(child),
+                                Outcome::Gone => gone.push(i),
+                            }
+                        }
+                    }
+                    Err(Errno::EAGAIN) => {
+                        if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+                            gone.push(i);
+                        } else if let Outcome::Gone = server.retry(&mut clients[i])? {
+                            gone.push(i);
+                        }
+                        break;
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(source) => {
+                        return Err(LazyError::Uffd {
+                            what: "read",
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        gone.sort_unstable();
+        gone.dedup();
+        for i in gone.into_iter().rev() {
+            clients.swap_remove(i);
+        }
+        clients.extend(forked);
+    }
+    debug!(stats = ?server.stats, "page server done");
+    Ok(server.stats)
+}
+
+enum Outcome {
+    Served,
+    Forked(Client),
+    Gone,
+}
+
+struct Server<'s> {
+    snap: &'s Snapshot,
+    chunks: HashMap<usize, Arc<Vec<u8>>>,
+    ranges: Vec<(u64, u64)>,
+    stats: LazyStats,
+}
+
+impl Server<'_> {
+    fn chunk(&mut self, i: usize) -> Result<Arc<Vec<u8>>, LazyError> {
+        if let Some(c) = self.chunks.get(&i) {
+            return Ok(c.clone());
+        }
+        let data = Arc::new(self.snap.read_chunk(i)?);
+        self.stats.chunks_verified += 1;
+        self.chunks.insert(i, data.clone());
+        Ok(data)
+    }
+
+    fn handle(&mut self, c: &mut Client, msg: Message) -> Result<Outcome, LazyError> {
+        match msg {
+            Message::PageFault { address } => self.fault(c, address & !(PAGE_SIZE - 1)),
+            Message::Fork { fd } => {
+                self.stats.events += 1;
+                // The kernel installed `fd` in our table when the message
+                // was read; nothing else owns it.
+                let child = crate::sys::adopt_fd(fd);
+                Ok(Outcome::Forked(Client {
+                    fd: child,
+                    removed: c.removed.clone(),
+                    remaps: c.remaps.clone(),
+                    deferred: Vec::new(),
+                }))
+            }
+            Message::Remap { from, to, len } => {
+                self.stats.events += 1;
+                // Dropped pages stay dropped where they move to; whatever
+                // was dropped at the destination is replaced.
+                let moved = c.take_removed(from, from + len);
+                c.take_removed(to, to + len);
+                c.removed.extend(
+                    moved
+                        .into_iter()
+                        .map(|(s, e)| (s - from + to, e - from + to)),
+                );
+                c.remaps.push((to, len, from));
+                Ok(Outcome::Served)
+            }
+            Message::Remove { start, end } => {
+                self.stats.events += 1;
+                c.take_removed(start, end);
+                c.removed.push((start, end));
+                Ok(Outcome::Served)
+            }
+            Message::Unmap { start, end } => {
+                // The range is gone; memory mapped there later is new and
+                // not registered, so it never faults here.
+                self.stats.events += 1;
+                c.take_removed(start, end);
+                Ok(Outcome::Served)
+            }
+            Message::Other(event) => {
+                debug!(event, "ignoring userfaultfd event");
+                Ok(Outcome::Served)
+            }
+        }
+    }
+
+    /// Retries the deferred faults of `c` (those still meeting `EAGAIN`
+    /// stay deferred).
+    fn retry(&mut self, c: &mut Client) -> Result<Outcome, LazyError> {
+        for page in std::mem::take(&mut c.deferred) {
+            if let Outcome::Gone = self.fault(c, page)? {
+                return Ok(Outcome::Gone);
+            }
+        }
+        Ok(Outcome::Served)
+    }
+
+    fn fault(&mut self, c: &mut Client, page: u64) -> Result<Outcome, LazyError> {
+        self.stats.faults += 1;
+        let fd = c.fd.as_fd();
+        let orig = c.original(page);
+        let idx = &self.snap.state().memory;
+        let run = if c.is_removed(page) {
+            None
+        } else {
+            idx.run_at(orig).copied()
+        };
+        let Some(run) = run else {
+            self.stats.zero_faults += 1;
+            return match uffd::zeropage(fd, page, PAGE_SIZE) {
+                Err(Errno::EAGAIN) => {
+                    c.deferred.push(page);
+                    Ok(Outcome::Served)
+                }
+                r => answer(fd, page, r, "UFFDIO_ZEROPAGE"),
+            };
+        };
+        let image_page = run.image_page + (orig - run.addr) / PAGE_SIZE;
+        let chunk_pages = u64::from(idx.chunk_pages);
+        let chunk_no = (image_page / chunk_pages) as usize;
+        let in_chunk = image_page % chunk_pages;
+        let mut pages = 1;
+        if c.simple() {
+            let run_left = run.pages - (orig - run.addr) / PAGE_SIZE;
+            let chunk_left = chunk_pages - in_chunk;
+            let range_end = self
+                .ranges
+                .iter()
+                .find(|(s, e)| (*s..*e).contains(&page))
+                .map_or(page + PAGE_SIZE, |r| r.1);
+            let range_left = (range_end - page) / PAGE_SIZE;
+            pages = MAX_BATCH_PAGES
+                .min(run_left)
+                .min(chunk_left)
+                .min(range_left)
+                .max(1);
+        }
+        let chunk = self.chunk(chunk_no)?;
+        let from = (in_chunk * PAGE_SIZE) as usize;
+        let bytes = &chunk[from..from + (pages * PAGE_SIZE) as usize];
+        match uffd::copy(fd, page, bytes) {
+            Ok(n) => {
+                self.stats.pages_copied += n as u64 / PAGE_SIZE;
+                Ok(Outcome::Served)
+            }
+            Err(Errno::EAGAIN) => {
+                c.deferred.push(page);
+                Ok(Outcome::Served)
+            }
+            other => answer(fd, page, other.map(drop), "UFFDIO_COPY"),
+        }
+    }
+}
+
+/// Turns a copy/zeropage result into an outcome: a page someone else
+/// already filled only needs a wake-up; a process that is gone ends.
+fn answer(
+    fd: BorrowedFd<'_>,
+    page: u64,
+    r: Result<(), Errno>,
+    what: &'static str,
+) -> Result<Outcome, LazyError> {
+    match r {
+        Ok(()) => Ok(Outcome::Served),
+        Err(Errno::EEXIST) => {
+            uffd::wake(fd, page, PAGE_SIZE).map_err(|source| LazyError::Uffd {
+                what: "UFFDIO_WAKE",
+                source,
+            })?;
+            Ok(Outcome::Served)
+        }
+        Err(Errno::ESRCH) | Err(Errno::ENOENT) => Ok(Outcome::Gone),
+        Err(source) => Err(LazyError::Uffd { what, source }),
+    }
+}
