@@ -86,12 +86,25 @@ fn restore_and_serve(d: &Daemon, name: &str, dir: &str, runtime: &str, handler: 
     assert_eq!(v["snap"], "taken");
 }
 
+/// Daemon flags of each memory mode.
+const EAGER: &[&str] = &[];
+const LAZY: &[&str] = &["--lazy-restore"];
+
 #[test]
 fn python_function_restores_from_snapshot() {
     if !common::can_run("python_function_restores_from_snapshot") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(EAGER);
+    restore_and_serve(&d, "pysnap", "py-snap", "python3.11", "app.handler");
+}
+
+#[test]
+fn python_function_restores_from_snapshot_lazily() {
+    if !common::can_run("python_function_restores_from_snapshot_lazily") {
+        return;
+    }
+    let d = Daemon::start(LAZY);
     restore_and_serve(&d, "pysnap", "py-snap", "python3.11", "app.handler");
 }
 
@@ -100,7 +113,16 @@ fn node_function_restores_from_snapshot() {
     if !common::can_run("node_function_restores_from_snapshot") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(EAGER);
+    restore_and_serve(&d, "nodesnap", "node-snap", "nodejs20.x", "index.handler");
+}
+
+#[test]
+fn node_function_restores_from_snapshot_lazily() {
+    if !common::can_run("node_function_restores_from_snapshot_lazily") {
+        return;
+    }
+    let d = Daemon::start(LAZY);
     restore_and_serve(&d, "nodesnap", "node-snap", "nodejs20.x", "index.handler");
 }
 
@@ -109,7 +131,21 @@ fn twenty_concurrent_restores_are_independent() {
     if !common::can_run("twenty_concurrent_restores_are_independent") {
         return;
     }
-    let mut d = Daemon::start(&["--max-instances", "24"]);
+    twenty_concurrent(EAGER);
+}
+
+#[test]
+fn twenty_concurrent_lazy_restores_are_independent() {
+    if !common::can_run("twenty_concurrent_lazy_restores_are_independent") {
+        return;
+    }
+    twenty_concurrent(LAZY);
+}
+
+fn twenty_concurrent(mode: &[&str]) {
+    let mut args = vec!["--max-instances", "24"];
+    args.extend_from_slice(mode);
+    let mut d = Daemon::start(&args);
     let c = d.client();
     deploy(&c, "iso", "py-snap", "python3.11", "app.handler", 256, 10);
     c.create_snapshot("iso", b"{}").expect("snapshot");
@@ -151,7 +187,19 @@ fn damaged_snapshot_is_refused_and_falls_back_to_cold() {
     if !common::can_run("damaged_snapshot_is_refused_and_falls_back_to_cold") {
         return;
     }
-    let mut d = Daemon::start(&[]);
+    damaged(EAGER);
+}
+
+#[test]
+fn damaged_snapshot_is_refused_in_lazy_mode_too() {
+    if !common::can_run("damaged_snapshot_is_refused_in_lazy_mode_too") {
+        return;
+    }
+    damaged(LAZY);
+}
+
+fn damaged(mode: &[&str]) {
+    let mut d = Daemon::start(mode);
     let c = d.client();
     deploy(&c, "dmg", "py-snap", "python3.11", "app.handler", 256, 10);
     let report = c.create_snapshot("dmg", b"{}").expect("snapshot");

@@ -40,6 +40,9 @@ pub enum StartupError {
     /// The tokio runtime could not be built.
     #[error("Cannot start the async runtime")]
     AsyncRuntime(#[source] io::Error),
+    /// The page server of a lazily restored runtime could not start.
+    #[error("Cannot start the page server")]
+    PageServer(#[source] io::Error),
     /// PR_SET_DUMPABLE could not be cleared.
     #[error("Cannot make the supervisor non-dumpable")]
     Dumpable(#[source] io::Error),
@@ -147,7 +150,16 @@ fn run() -> Result<ExitReason, ()> {
         fatal(&mut control, &StartupError::Dumpable(e.into()));
         return Err(());
     }
-    // Only now may threads exist.
+    // Only now may threads exist. A lazily restored runtime is blocked on
+    // its first page fault until its page server runs.
+    if let Some(a) = adopted.as_mut() {
+        if let Some((snap, memory)) = a.lazy.take() {
+            if let Err(e) = crate::restore::serve_lazy_memory(a.pid, snap, memory) {
+                fatal(&mut control, &StartupError::PageServer(e));
+                return Err(());
+            }
+        }
+    }
     let setup_ms = started
         .elapsed()
         .map(|d| d.as_secs_f64() * 1000.0)

@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use nix::unistd::Pid;
 use thaw_snapshot::image::Snapshot;
-use thaw_snapshot::restore::{restore, RestoreOptions};
+use thaw_snapshot::lazy::LazyMemory;
+use thaw_snapshot::restore::{restore, MemoryMode, RestoreOptions};
 use thaw_snapshot::state::FdKind;
 
 use crate::control::{RestoreSpec, RuntimeSpec};
@@ -42,6 +43,24 @@ pub struct Adopted {
     pub stderr: OwnedFd,
     /// Milliseconds the restore took.
     pub restore_ms: f64,
+    /// For a lazy restore: the snapshot and the runtime's userfaultfd, to
+    /// be served by [`serve_lazy_memory`] for as long as the runtime lives.
+    pub lazy: Option<(Snapshot, LazyMemory)>,
+}
+
+/// Serves a lazily restored runtime's memory on a thread of its own, until
+/// the runtime exits. If serving fails the page server kills the runtime
+/// (it cannot run on without its memory) and the supervisor reports the
+/// exit as usual.
+pub fn serve_lazy_memory(pid: Pid, snap: Snapshot, memory: LazyMemory) -> std::io::Result<()> {
+    let pidfd = thaw_snapshot::sys::pidfd_open(pid.as_raw()).map_err(std::io::Error::from)?;
+    std::thread::Builder::new()
+        .name("page-server".into())
+        .spawn(move || match thaw_snapshot::lazy::serve(&snap, memory, pidfd.as_fd()) {
+            Ok(stats) => tracing::debug!(?stats, "page server done"),
+            Err(e) => tracing::error!(error = %error_chain(&e), "page server failed; the runtime was killed"),
+        })?;
+    Ok(())
 }
 
 /// Restores the runtime from the snapshot in `r` (called as root inside the
@@ -98,14 +117,21 @@ pub fn restore_runtime(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<Adopted, Str
             (api_fd, conn.as_fd()),
         ],
         cgroup_procs: Vec::new(),
+        memory: if r.lazy {
+            MemoryMode::Lazy
+        } else {
+            MemoryMode::Eager
+        },
     };
     let restored = restore(&snap, &opts).map_err(|e| error_chain(&e))?;
     drop((out_w, err_w, conn));
+    let lazy = restored.lazy.map(|memory| (snap, memory));
     Ok(Adopted {
         pid: restored.pid,
         listener,
         stdout: out_r,
         stderr: err_r,
         restore_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        lazy,
     })
 }

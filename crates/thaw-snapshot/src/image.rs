@@ -265,6 +265,16 @@ impl Snapshot {
         Ok(buf)
     }
 
+    /// Verifies every chunk without keeping the pages (a lazy restore only
+    /// verifies the chunks it serves; a caller that wants a whole snapshot
+    /// checked up front, once, uses this).
+    pub fn verify(&self) -> Result<(), ImageError> {
+        for i in 0..self.state.memory.chunk_hashes.len() {
+            self.read_chunk(i)?;
+        }
+        Ok(())
+    }
+
     /// Reads and verifies every data page (for eager restores).
     pub fn read_all_pages(&self) -> Result<Vec<u8>, ImageError> {
         let mut all = Vec::with_capacity((self.state.memory.data_pages * PAGE_SIZE) as usize);

@@ -52,6 +52,9 @@ pub struct Pools {
     max_instances: usize,
     keep_alive: Duration,
     functions: Mutex<HashMap<String, Arc<FunctionPool>>>,
+    /// Snapshot directories verified whole, with the file versions
+    /// (inode, size, mtime) that were verified.
+    verified: Mutex<HashMap<PathBuf, SnapshotVersion>>,
     shutting_down: AtomicBool,
 }
 
@@ -71,6 +74,7 @@ impl Pools {
             max_instances: max_instances.max(1),
             keep_alive,
             functions: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -114,6 +118,16 @@ impl Pools {
         if !dir.join(thaw_snapshot::image::STATE_FILE).is_file() {
             return None;
         }
+        if self.ctx.lazy_restore {
+            // A lazy restore verifies pages only as it serves them, so a
+            // damaged snapshot would fail an invocation instead of the
+            // restore: check the whole snapshot once per version of its files.
+            if let Err(e) = self.verified(&dir).await {
+                self.metrics.count_instance_start(&f.name, "restore_error");
+                tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %e, "snapshot failed verification; starting cold instead");
+                return None;
+            }
+        }
         match Instance::restore(f, &self.ctx, &dir).await {
             Ok((inst, t)) => {
                 self.metrics.count_instance_start(&f.name, "restored");
@@ -130,6 +144,33 @@ impl Pools {
                 None
             }
         }
+    }
+
+    /// Verifies the snapshot in `dir` unless this exact version of its files
+    /// (inode, size, modification time) was verified before.
+    async fn verified(&self, dir: &std::path::Path) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let key = |name: &str| -> Result<(u64, u64, i64, i64), String> {
+            let m = std::fs::metadata(dir.join(name)).map_err(|e| e.to_string())?;
+            Ok((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+        };
+        let version = (
+            key(thaw_snapshot::image::STATE_FILE)?,
+            key(thaw_snapshot::image::MEMORY_FILE)?,
+        );
+        if lock(&self.verified).get(dir) == Some(&version) {
+            return Ok(());
+        }
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            thaw_snapshot::image::Snapshot::open(&d)
+                .and_then(|s| s.verify())
+                .map_err(|e| error_chain(&e))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        lock(&self.verified).insert(dir.to_path_buf(), version);
+        Ok(())
     }
 
     /// Snapshots `f`: starts a new instance, invokes it once with `payload`
@@ -590,6 +631,10 @@ fn tail(lines: &[String]) -> String {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Versions (inode, size, mtime s, mtime ns) of a snapshot's state and
+/// memory files.
+type SnapshotVersion = ((u64, u64, i64, i64), (u64, u64, i64, i64));
 
 /// Total size of the files in `dir` (not recursive).
 fn dir_size(dir: &std::path::Path) -> u64 {
