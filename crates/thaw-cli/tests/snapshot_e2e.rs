@@ -242,3 +242,110 @@ fn damaged(mode: &[&str]) {
     assert!(instance_cgroups(&data_dir).is_empty(), "no cgroup left");
     assert!(processes_mentioning(data_dir.to_str().unwrap()).is_empty());
 }
+
+/// Processes in this daemon's instance cgroups (host pids).
+fn processes_in_cgroups_of(parent: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|c| c.contains(parent))
+            .unwrap_or(false)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A `thaw-init` of this daemon caught restoring: its child (the process
+/// being restored) is traced. Returns the restorer's pid.
+fn restorer_mid_restore(parent: &str) -> Option<u32> {
+    for pid in processes_in_cgroups_of(parent) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if tracer != 0 {
+            return Some(tracer);
+        }
+    }
+    None
+}
+
+#[test]
+fn restore_killed_halfway_leaves_nothing_behind() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    if !common::can_run("restore_killed_halfway_leaves_nothing_behind") {
+        return;
+    }
+    let mut d = Daemon::start(EAGER);
+    let c = d.client();
+    let parent = common::cgroup_parent_of(&d.data_dir);
+    let mut caught = false;
+    for attempt in 0..5 {
+        let name = format!("half{attempt}");
+        deploy(
+            &c,
+            &name,
+            "node-snap",
+            "nodejs20.x",
+            "index.handler",
+            512,
+            10,
+        );
+        c.create_snapshot(&name, b"{}").expect("snapshot");
+        let stop = Arc::new(AtomicBool::new(false));
+        let killed = Arc::new(AtomicBool::new(false));
+        let killer = {
+            let (stop, killed, parent) = (stop.clone(), killed.clone(), parent.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(restorer) = restorer_mid_restore(&parent) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(restorer as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        killed.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        };
+        // The restore is killed; the daemon starts the instance cold instead.
+        let (r, v) = invoke(&c, &name, json!({"action": "state"}));
+        stop.store(true, Ordering::SeqCst);
+        killer.join().unwrap();
+        if !killed.load(Ordering::SeqCst) {
+            continue;
+        }
+        caught = true;
+        assert_eq!(r.start, Some(StartKind::Cold), "{v}");
+        assert_eq!(v["big"], 1_000_000);
+        break;
+    }
+    assert!(caught, "no restore was caught in the middle in 5 attempts");
+    // Only the cold instance is left: one thaw-init and its sandbox (init
+    // and runtime), nothing of the killed restore.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_in_cgroups_of(&parent);
+        if left.len() <= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes left: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let data_dir = d.data_dir.clone();
+    assert!(d.stop());
+    assert!(processes_in_cgroups_of(&parent).is_empty());
+    assert!(instance_cgroups(&data_dir).is_empty(), "no cgroup left");
+}
