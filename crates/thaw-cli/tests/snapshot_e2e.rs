@@ -349,3 +349,35 @@ fn restore_killed_halfway_leaves_nothing_behind() {
     assert!(processes_in_cgroups_of(&parent).is_empty());
     assert!(instance_cgroups(&data_dir).is_empty(), "no cgroup left");
 }
+
+/// A `provided` runtime (any binary speaking the Runtime API; here one with
+/// a new HTTP connection per request) restores in both memory modes.
+#[test]
+fn provided_runtime_restores_from_snapshot() {
+    if !common::can_run("provided_runtime_restores_from_snapshot") {
+        return;
+    }
+    for mode in [EAGER, LAZY] {
+        let d = Daemon::start(mode);
+        let c = d.client();
+        deploy(
+            &c,
+            "custom",
+            "provided-py",
+            "provided.al2023",
+            "my.handler",
+            128,
+            5,
+        );
+        c.create_snapshot("custom", b"{}").expect("snapshot");
+        let (r, v) = invoke(&c, "custom", json!({"n": 1}));
+        assert_eq!(r.start, Some(StartKind::Restored), "{v} ({mode:?})");
+        assert_eq!(v["custom_runtime"], true);
+        assert_eq!(v["echo"]["n"], 1);
+        for i in 0..10 {
+            let (r, v) = invoke(&c, "custom", json!({"n": i}));
+            assert_eq!(r.start, Some(StartKind::Warm));
+            assert_eq!(v["echo"]["n"], i);
+        }
+    }
+}
