@@ -68,7 +68,8 @@ enum Command {
     /// Benchmarks (need root).
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Inspect snapshot directories (no daemon needed).
+    /// Snapshot a function (new instances are then restored from the
+    /// snapshot), forget its snapshot, or inspect a snapshot directory.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
 }
@@ -143,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quick,
         })
         .map(|()| ExitCode::SUCCESS),
-        Command::Snapshot(cmd) => snapshot_cmd::run(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Snapshot(cmd) => snapshot_cmd::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -1,3 +1,5 @@
+//! `thaw snapshot create NAME` / `delete NAME`: ask the daemon to snapshot a
+//! function after a test invocation, or to forget its snapshot; and
 //! `thaw snapshot inspect DIR`: open a snapshot directory, verify it, and
 //! print what it holds.
 //!
@@ -20,6 +22,21 @@ use thaw_snapshot::PAGE_SIZE;
 /// `thaw snapshot ...`.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
+    /// Snapshot a function: the daemon starts an instance, invokes it once
+    /// with the test event, and checkpoints it. New instances of this code
+    /// revision are then restored from the snapshot.
+    Create {
+        /// The function.
+        name: String,
+        /// The test event (JSON).
+        #[arg(long, default_value = "{}")]
+        payload: String,
+    },
+    /// Forget a function's snapshot: new instances start cold again.
+    Delete {
+        /// The function.
+        name: String,
+    },
     /// Check a snapshot's headers and state checksum and print a summary.
     Inspect(InspectArgs),
 }
@@ -38,8 +55,41 @@ pub struct InspectArgs {
 }
 
 /// Runs a `thaw snapshot` command.
-pub fn run(cmd: SnapshotCommand) -> anyhow::Result<()> {
+pub fn run(endpoint: &str, cmd: SnapshotCommand) -> anyhow::Result<()> {
     match cmd {
+        SnapshotCommand::Create { name, payload } => {
+            serde_json::from_str::<serde_json::Value>(&payload)
+                .context("--payload is not valid JSON")?;
+            let client = thaw_api::Client::new(endpoint)?;
+            let r = client
+                .create_snapshot(&name, payload.as_bytes())
+                .with_context(|| format!("cannot snapshot {name}"))?;
+            println!(
+                "snapshot of {} (revision {}): {} threads, {} mappings, {:.1} MiB on disk",
+                r.function,
+                r.revision_id,
+                r.threads,
+                r.mappings,
+                r.size_bytes as f64 / f64::from(1 << 20)
+            );
+            println!(
+                "  cold start {:.1} ms, test invocation {:.1} ms, checkpoint {:.1} ms (stopped {:.1} ms)",
+                r.cold_start_ms, r.test_invoke_ms, r.checkpoint_ms, r.frozen_ms
+            );
+            println!(
+                "  {} pages saved, {} zero pages skipped",
+                r.data_pages, r.zero_pages
+            );
+            Ok(())
+        }
+        SnapshotCommand::Delete { name } => {
+            let client = thaw_api::Client::new(endpoint)?;
+            client
+                .delete_snapshot(&name)
+                .with_context(|| format!("cannot delete the snapshot of {name}"))?;
+            println!("deleted the snapshot of {name}");
+            Ok(())
+        }
         SnapshotCommand::Inspect(args) => inspect(&args),
     }
 }
