@@ -145,20 +145,6 @@ pub fn serve(
     memory: LazyMemory,
     process: BorrowedFd<'_>,
 ) -> Result<LazyStats, LazyError> {
-    let r = serve_inner(snap, memory, process);
-    if r.is_err() {
-        if let Err(e) = crate::sys::pidfd_kill(process) {
-            tracing::error!(error = %e, "cannot kill a process whose page server failed");
-        }
-    }
-    r
-}
-
-fn serve_inner(
-    snap: &Snapshot,
-    memory: LazyMemory,
-    stop: BorrowedFd<'_>,
-) -> Result<LazyStats, LazyError> {
     let mut server = Server {
         snap,
         chunks: HashMap::new(),
@@ -171,12 +157,29 @@ fn serve_inner(
         remaps: Vec::new(),
         deferred: Vec::new(),
     }];
+    let r = serve_clients(&mut server, &mut clients, process);
+    if r.is_err() {
+        // Before the userfaultfds close: closing them would let the waiting
+        // threads go on with zero pages.
+        if let Err(e) = crate::sys::pidfd_kill(process) {
+            tracing::error!(error = %e, "cannot kill a process whose page server failed");
+        }
+    }
+    drop(clients);
+    r.map(|()| server.stats)
+}
+
+fn serve_clients(
+    server: &mut Server<'_>,
+    clients: &mut Vec<Client>,
+    stop: BorrowedFd<'_>,
+) -> Result<(), LazyError> {
     let mut buf = [0u8; MSG_SIZE * 16];
     while !clients.is_empty() {
         let (ready, stopped) = {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(clients.len() + 1);
             fds.push(PollFd::new(stop, PollFlags::POLLIN));
-            for c in &clients {
+            for c in clients.iter() {
                 fds.push(PollFd::new(c.fd.as_fd(), PollFlags::POLLIN));
             }
             // Deferred faults are retried soon even if nothing new arrives.
@@ -257,7 +260,7 @@ fn serve_inner(
         clients.extend(forked);
     }
     debug!(stats = ?server.stats, "page server done");
-    Ok(server.stats)
+    Ok(())
 }
 
 enum Outcome {

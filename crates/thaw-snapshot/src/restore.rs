@@ -231,6 +231,17 @@ pub struct Restored {
     pub lazy: Option<LazyMemory>,
 }
 
+/// Kills (without reaping) the stub unless disarmed.
+struct KillFirst(Option<Pid>);
+
+impl Drop for KillFirst {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// Kills and reaps the stub unless disarmed.
 struct StubGuard(Option<Pid>);
 
@@ -382,6 +393,10 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
 
     let t_layout = Instant::now();
     let mut r = Remote::prepare(&mut t, snap)?;
+    // Dropped before `r` and `t` (declared after them): on any error the
+    // stub is killed before its threads are detached, so none of them runs
+    // a single instruction in a half-built state.
+    let mut kill_first = KillFirst(Some(stub));
     r.replace_layout(snap)?;
     timings.layout_us = t_layout.elapsed().as_micros() as u64;
 
@@ -406,8 +421,8 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
     let t_state = Instant::now();
     r.create_threads(snap)?;
     r.restore_kernel_state(snap)?;
-    let threads = r.finish(snap)?;
-    drop(r);
+    // Registered last but for the registers: nothing the restorer does
+    // from here touches lazily served memory.
     let lazy = match lazy {
         None => None,
         Some((uffd, ranges)) => {
@@ -422,6 +437,9 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
             Some(LazyMemory { uffd, ranges })
         }
     };
+    let threads = r.finish(snap)?;
+    kill_first.0 = None;
+    drop(r);
     t.detach()?;
     for th in threads {
         th.detach()?;
