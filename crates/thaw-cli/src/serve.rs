@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// touch instead of copied in before the runtime resumes.
     #[arg(long)]
     pub lazy_restore: bool,
+    /// Standby sandboxes (built, restore prepared) kept ready per function
+    /// with a snapshot [default: 1; 0 builds the sandbox at each restore].
+    #[arg(long)]
+    pub standby: Option<usize>,
     /// Most instances of one function running at once [default: 8].
     #[arg(long)]
     pub max_instances: Option<usize>,
@@ -43,6 +47,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.keep_alive = Duration::from_secs(secs);
     }
     config.lazy_restore = args.lazy_restore;
+    if let Some(n) = args.standby {
+        config.standby_per_function = n;
+    }
     if let Some(n) = args.max_instances {
         config.max_instances_per_function = n.max(1);
     }

@@ -199,7 +199,11 @@ fn damaged_snapshot_is_refused_in_lazy_mode_too() {
 }
 
 fn damaged(mode: &[&str]) {
-    let mut d = Daemon::start(mode);
+    // Without standby sandboxes: one prepared before the damage holds pages
+    // read (and verified) before it, and would rightly restore from them.
+    let mut args = vec!["--standby", "0"];
+    args.extend_from_slice(mode);
+    let mut d = Daemon::start(&args);
     let c = d.client();
     deploy(&c, "dmg", "py-snap", "python3.11", "app.handler", 256, 10);
     let report = c.create_snapshot("dmg", b"{}").expect("snapshot");
@@ -284,7 +288,9 @@ fn restore_killed_halfway_leaves_nothing_behind() {
     if !common::can_run("restore_killed_halfway_leaves_nothing_behind") {
         return;
     }
-    let mut d = Daemon::start(EAGER);
+    // Without standby sandboxes, so that a killed restore falls back to a
+    // cold start (with one, a second restore would be tried first).
+    let mut d = Daemon::start(&["--standby", "0"]);
     let c = d.client();
     let parent = common::cgroup_parent_of(&d.data_dir);
     let mut caught = false;

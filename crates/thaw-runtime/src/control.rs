@@ -60,6 +60,11 @@ pub struct RestoreSpec {
     /// supervisor) instead of copying it in before the runtime resumes.
     #[serde(default)]
     pub lazy: bool,
+    /// Build the sandbox and prepare the restore (snapshot opened and, in
+    /// eager mode, read and verified; Runtime API bound), report
+    /// `Standby`, and restore only when `Resume` arrives.
+    #[serde(default)]
+    pub standby: bool,
 }
 
 /// One invocation handed to the runtime. The body of the frame is the event payload.
@@ -83,6 +88,8 @@ pub enum ToSupervisor {
     Start(Box<StartSpec>),
     /// Deliver an invocation to the runtime's pending `/invocation/next`.
     Invoke(Invocation),
+    /// A standby sandbox (`RestoreSpec::standby`): restore the runtime now.
+    Resume,
 }
 
 /// Which output stream of the runtime a log chunk came from.
@@ -113,6 +120,12 @@ pub enum FromSupervisor {
     /// began loading the function (0 when the runtime does not report it), and
     /// `init_ms` the rest, until the first `/next`.
     InitDone { runtime_ms: f64, init_ms: f64 },
+    /// A standby sandbox is built and its restore prepared; it waits for
+    /// `Resume`.
+    Standby {
+        /// Milliseconds spent building and preparing it.
+        setup_ms: f64,
+    },
     /// The runtime called `/invocation/next` and waits for an invocation:
     /// it is idle (a checkpoint may be taken now).
     Waiting,

@@ -113,6 +113,10 @@ fn fatal(control: &mut StdUnixStream, err: &StartupError) {
     }
 }
 
+fn ms_since(t: SystemTime) -> f64 {
+    t.elapsed().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
 fn run() -> Result<ExitReason, ()> {
     let mut control = take_control_socket().map_err(|e| {
         tracing::error!(error = %error_chain(&e), "thaw-init failed");
@@ -130,10 +134,27 @@ fn run() -> Result<ExitReason, ()> {
     };
     // Wall-clock time: a time namespace may shift the monotonic clocks between
     // here and the sandbox side of `enter`.
-    let started = SystemTime::now();
+    let mut started = SystemTime::now();
     let mut adopted = None;
     let entered = match &spec.restore {
         None => thaw_sandbox::enter(&spec.sandbox),
+        Some(r) if r.standby => thaw_sandbox::enter_with(&spec.sandbox, || {
+            let prepared = crate::restore::prepare_restore(&spec.runtime, r)?;
+            let setup_ms = ms_since(started);
+            write_frame_sync(&mut control, &FromSupervisor::Standby { setup_ms }, &[])
+                .map_err(|e| error_chain(&e))?;
+            match read_frame_sync::<_, ToSupervisor>(&mut control) {
+                Ok((ToSupervisor::Resume, _)) => {}
+                Ok((other, _)) => {
+                    return Err(format!("a standby sandbox got {other:?} instead of Resume"))
+                }
+                Err(e) => return Err(format!("standby sandbox: {}", error_chain(&e))),
+            }
+            // What the daemon waits for from here on is the restore.
+            started = SystemTime::now();
+            adopted = Some(prepared.restore()?);
+            Ok(())
+        }),
         Some(r) => thaw_sandbox::enter_with(&spec.sandbox, || {
             adopted = Some(crate::restore::restore_runtime(&spec.runtime, r)?);
             Ok(())

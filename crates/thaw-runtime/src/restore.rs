@@ -69,7 +69,40 @@ pub fn serve_lazy_memory(pid: Pid, snap: Snapshot, memory: LazyMemory) -> std::i
 /// must hold exactly one socket, its Runtime API connection.
 pub fn restore_runtime(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<Adopted, String> {
     let t0 = Instant::now();
+    let mut adopted = prepare_restore(rt, r)?.restore()?;
+    adopted.restore_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    Ok(adopted)
+}
+
+/// Everything a restore needs that does not depend on the moment it runs:
+/// the opened (and, in eager mode, read and verified) snapshot, the bound
+/// Runtime API with the runtime's connection and its pending `/next`, the
+/// output pipes. A standby sandbox holds one of these until `Resume`.
+pub struct PreparedRestore {
+    snap: Snapshot,
+    lazy: bool,
+    listener: TcpListener,
+    out: (OwnedFd, OwnedFd),
+    err: (OwnedFd, OwnedFd),
+    api_fd: i32,
+    conn: TcpStream,
+}
+
+impl std::fmt::Debug for PreparedRestore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedRestore")
+            .field("snapshot", &self.snap.dir())
+            .field("lazy", &self.lazy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Prepares a restore (see [`PreparedRestore`]).
+pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRestore, String> {
     let snap = Snapshot::open(Path::new(&r.snapshot_dir)).map_err(|e| error_chain(&e))?;
+    if !r.lazy {
+        snap.preload().map_err(|e| error_chain(&e))?;
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, rt.api_port)).map_err(|e| {
         format!(
             "Cannot bind the Runtime API on 127.0.0.1:{}: {e}",
@@ -108,30 +141,47 @@ pub fn restore_runtime(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<Adopted, Str
     let Some((api_fd, conn)) = api_conn else {
         return Err("The snapshot has no Runtime API connection".into());
     };
-    let opts = RestoreOptions {
-        pid_ns: None,
-        namespaces: Vec::new(),
-        fds: vec![
-            (1, out_w.as_fd()),
-            (2, err_w.as_fd()),
-            (api_fd, conn.as_fd()),
-        ],
-        cgroup_procs: Vec::new(),
-        memory: if r.lazy {
-            MemoryMode::Lazy
-        } else {
-            MemoryMode::Eager
-        },
-    };
-    let restored = restore(&snap, &opts).map_err(|e| error_chain(&e))?;
-    drop((out_w, err_w, conn));
-    let lazy = restored.lazy.map(|memory| (snap, memory));
-    Ok(Adopted {
-        pid: restored.pid,
+    Ok(PreparedRestore {
+        snap,
+        lazy: r.lazy,
         listener,
-        stdout: out_r,
-        stderr: err_r,
-        restore_ms: t0.elapsed().as_secs_f64() * 1000.0,
-        lazy,
+        out: (out_r, out_w),
+        err: (err_r, err_w),
+        api_fd,
+        conn,
     })
+}
+
+impl PreparedRestore {
+    /// Restores the runtime.
+    pub fn restore(self) -> Result<Adopted, String> {
+        let t0 = Instant::now();
+        let opts = RestoreOptions {
+            pid_ns: None,
+            namespaces: Vec::new(),
+            fds: vec![
+                (1, self.out.1.as_fd()),
+                (2, self.err.1.as_fd()),
+                (self.api_fd, self.conn.as_fd()),
+            ],
+            cgroup_procs: Vec::new(),
+            memory: if self.lazy {
+                MemoryMode::Lazy
+            } else {
+                MemoryMode::Eager
+            },
+        };
+        let restored = restore(&self.snap, &opts).map_err(|e| error_chain(&e))?;
+        tracing::debug!(timings = ?restored.timings, lazy = self.lazy, "runtime restored");
+        let snap = self.snap;
+        let lazy = restored.lazy.map(|memory| (snap, memory));
+        Ok(Adopted {
+            pid: restored.pid,
+            listener: self.listener,
+            stdout: self.out.0,
+            stderr: self.err.0,
+            restore_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            lazy,
+        })
+    }
 }

@@ -304,6 +304,9 @@ async fn supervise(
                 Some(Ok((ToSupervisor::Start(_), _))) => {
                     tracing::warn!("ignoring a second Start frame");
                 }
+                Some(Ok((ToSupervisor::Resume, _))) => {
+                    tracing::warn!("ignoring Resume: the runtime is running");
+                }
                 Some(Err(ControlError::Closed)) | None => {
                     tracing::info!("control channel closed; killing the runtime");
                     process.kill();

@@ -256,7 +256,22 @@ fn capture(frozen: &mut ptrace::Frozen) -> Result<(SnapshotState, Vec<u8>), Chec
     };
 
     let maps = proc::read_maps(pid).map_err(proc_err(pid))?;
-    let (mappings, memory, data, vdso_hash) = capture_memory(pid, &mem, &maps)?;
+    // Pages a restore must copy in before the process runs even when the
+    // rest is served lazily: each thread's rseq area (the kernel writes it
+    // on every return to user space).
+    let mut eager_pages: Vec<u64> = threads
+        .iter()
+        .filter(|t| t.rseq.abi_pointer != 0)
+        .flat_map(|t| {
+            let first = t.rseq.abi_pointer & !(PAGE_SIZE - 1);
+            let last =
+                (t.rseq.abi_pointer + u64::from(t.rseq.abi_size).max(1) - 1) & !(PAGE_SIZE - 1);
+            (first..=last).step_by(PAGE_SIZE as usize)
+        })
+        .collect();
+    eager_pages.sort_unstable();
+    eager_pages.dedup();
+    let (mappings, memory, data, vdso_hash) = capture_memory(pid, &mem, &maps, &eager_pages)?;
 
     let stat = proc::read_stat(pid).map_err(proc_err(pid))?;
     let auxv_path = format!("/proc/{pid}/auxv");
@@ -336,14 +351,21 @@ type MemoryCapture = (Vec<Vma>, MemoryIndex, Vec<u8>, String);
 /// Records every mapping and copies the pages a restore cannot get from a
 /// file: private anonymous pages and the written (copied-on-write) pages
 /// of private file mappings.
+///
+/// The image holds the pages a lazy restore copies in up front (written
+/// pages of file mappings, and `eager_pages`) first, then the anonymous
+/// pages it serves on demand, each group in address order: a lazy restore
+/// then reads and verifies only the first chunks before the process runs.
 fn capture_memory(
     pid: Pid,
     mem: &ProcessMemory,
     maps: &[MapEntry],
+    eager_pages: &[u64],
 ) -> Result<MemoryCapture, CheckpointError> {
     let mut vmas = Vec::new();
-    let mut runs: Vec<PageRun> = Vec::new();
-    let mut data = Vec::new();
+    // [up-front group, on-demand group]: (data, runs with group-relative image pages).
+    let mut groups: [(Vec<u8>, Vec<PageRun>); 2] =
+        [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     let mut zero_pages = 0;
     let mut vdso_hash = String::new();
     for m in maps {
@@ -422,10 +444,17 @@ fn capture_memory(
                         PageKind::Zero => &[0u8; PAGE_SIZE as usize],
                         PageKind::Data => bytes.next().unwrap_or(&[0u8; PAGE_SIZE as usize]),
                     };
+                    let eager = is_file || eager_pages.binary_search(&addr).is_ok();
+                    let (data, runs) = &mut groups[usize::from(!eager)];
                     let image_page = (data.len() as u64) / PAGE_SIZE;
                     data.extend_from_slice(page);
                     match runs.last_mut() {
-                        Some(r) if r.addr + r.pages * PAGE_SIZE == addr => r.pages += 1,
+                        Some(r)
+                            if r.addr + r.pages * PAGE_SIZE == addr
+                                && r.image_page + r.pages == image_page =>
+                        {
+                            r.pages += 1
+                        }
                         _ => runs.push(PageRun {
                             addr,
                             pages: 1,
@@ -443,6 +472,14 @@ fn capture_memory(
             kind,
         });
     }
+    let [(mut data, mut runs), (lazy_data, lazy_runs)] = groups;
+    let eager_pages_in_image = data.len() as u64 / PAGE_SIZE;
+    data.extend_from_slice(&lazy_data);
+    runs.extend(lazy_runs.into_iter().map(|r| PageRun {
+        image_page: r.image_page + eager_pages_in_image,
+        ..r
+    }));
+    runs.sort_by_key(|r| r.addr);
     let data_pages = data.len() as u64 / PAGE_SIZE;
     let index = MemoryIndex {
         data_pages,

@@ -172,6 +172,8 @@ pub struct Snapshot {
     dir: PathBuf,
     state: SnapshotState,
     memory: File,
+    /// Every data page, read and verified ahead of a restore.
+    preloaded: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl Snapshot {
@@ -226,6 +228,7 @@ impl Snapshot {
             dir: dir.to_owned(),
             state,
             memory,
+            preloaded: std::sync::Mutex::new(None),
         })
     }
 
@@ -273,6 +276,29 @@ impl Snapshot {
             self.read_chunk(i)?;
         }
         Ok(())
+    }
+
+    /// Reads and verifies every data page now and keeps them, so that an
+    /// eager restore started later does not wait for the disk or the hashes
+    /// (a prepared standby sandbox does this before it is needed).
+    pub fn preload(&self) -> Result<(), ImageError> {
+        let pages = self.read_all_pages()?;
+        *self.preloaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(pages);
+        Ok(())
+    }
+
+    /// Every data page, verified: the preloaded copy if there is one
+    /// (handed over, not copied; the next call reads again), else read now.
+    pub fn take_pages(&self) -> Result<Vec<u8>, ImageError> {
+        let preloaded = self
+            .preloaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match preloaded {
+            Some(p) => Ok(p),
+            None => self.read_all_pages(),
+        }
     }
 
     /// Reads and verifies every data page (for eager restores).
@@ -342,8 +368,9 @@ pub fn read_state(path: &Path) -> Result<SnapshotState, ImageError> {
     Ok(state)
 }
 
-/// Checks that the page index is ordered, non-overlapping and covers the
-/// image exactly, and that there is one hash per chunk.
+/// Checks that the page index is in address order without overlaps, that
+/// its runs cover the image's pages exactly once, and that there is one
+/// hash per chunk.
 fn check_index(idx: &MemoryIndex, path: &Path) -> Result<(), ImageError> {
     let bad = |why: String| ImageError::Inconsistent {
         path: path.to_owned(),
@@ -352,15 +379,23 @@ fn check_index(idx: &MemoryIndex, path: &Path) -> Result<(), ImageError> {
     if idx.chunk_pages == 0 {
         return Err(bad("chunk size 0".into()));
     }
-    let mut next_page = 0u64;
     let mut last_end = 0u64;
     for r in &idx.runs {
-        if r.pages == 0 || r.image_page != next_page || r.addr < last_end || r.addr % PAGE_SIZE != 0
-        {
+        if r.pages == 0 || r.addr < last_end || r.addr % PAGE_SIZE != 0 {
             return Err(bad(format!("page run at {:#x} is out of order", r.addr)));
         }
-        next_page += r.pages;
         last_end = r.addr + r.pages * PAGE_SIZE;
+    }
+    let mut by_image: Vec<(u64, u64)> = idx.runs.iter().map(|r| (r.image_page, r.pages)).collect();
+    by_image.sort_unstable();
+    let mut next_page = 0u64;
+    for (first, pages) in by_image {
+        if first != next_page {
+            return Err(bad(format!(
+                "image pages {next_page}..{first} are not indexed, or indexed twice"
+            )));
+        }
+        next_page += pages;
     }
     if next_page != idx.data_pages {
         return Err(bad(format!(

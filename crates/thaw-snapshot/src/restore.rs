@@ -258,6 +258,10 @@ impl Drop for StubGuard {
 pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
     let mut timings = RestoreTimings::default();
+    let pages = match opts.memory {
+        MemoryMode::Eager => snap.take_pages()?,
+        MemoryMode::Lazy => Vec::new(),
+    };
     let st = snap.state();
     let p = &st.process;
     st.cpu.check_restore_on(&CpuFeatures::host()?)?;
@@ -358,10 +362,6 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
         }
     }
 
-    let pages = match opts.memory {
-        MemoryMode::Eager => snap.read_all_pages()?,
-        MemoryMode::Lazy => Vec::new(),
-    };
     timings.read_us = t0.elapsed().as_micros() as u64;
 
     let plan = StubPlan {

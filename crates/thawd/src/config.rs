@@ -22,6 +22,9 @@ pub struct DaemonConfig {
     /// Restore instances from snapshots lazily (memory served on first
     /// touch by a page server) instead of copying it all in first.
     pub lazy_restore: bool,
+    /// Standby instances (sandbox built, restore prepared) kept ready per
+    /// function that has a snapshot; 0 restores into a new sandbox each time.
+    pub standby_per_function: usize,
 }
 
 impl DaemonConfig {
@@ -36,6 +39,7 @@ impl DaemonConfig {
             pids_max: 128,
             tmp_size_bytes: 512 * 1024 * 1024,
             lazy_restore: false,
+            standby_per_function: 1,
         }
     }
 }

@@ -178,7 +178,7 @@ impl Instance {
         f: &FunctionRecord,
         ctx: &InstanceContext,
     ) -> Result<(Instance, PhaseTimings), StartError> {
-        Self::launch(f, ctx, None).await
+        Self::launch(f, ctx, None, false).await
     }
 
     /// Start a new instance of `f` whose runtime is restored from the
@@ -191,13 +191,47 @@ impl Instance {
         ctx: &InstanceContext,
         snapshot_dir: &Path,
     ) -> Result<(Instance, PhaseTimings), StartError> {
-        Self::launch(f, ctx, Some(snapshot_dir)).await
+        Self::launch(f, ctx, Some(snapshot_dir), false).await
+    }
+
+    /// Build a *standby* instance of `f`: its sandbox is built and the
+    /// restore from `snapshot_dir` prepared (snapshot opened and, for eager
+    /// restores, read and verified; Runtime API bound), but the runtime is
+    /// only restored by [`Instance::resume`]. Keeping one ready takes the
+    /// sandbox build off the path of the invocation that needs a new
+    /// instance.
+    pub async fn standby(
+        f: &FunctionRecord,
+        ctx: &InstanceContext,
+        snapshot_dir: &Path,
+    ) -> Result<(Instance, PhaseTimings), StartError> {
+        Self::launch(f, ctx, Some(snapshot_dir), true).await
+    }
+
+    /// Restore the runtime of a standby instance and wait until it asks for
+    /// an invocation. On failure the instance is destroyed.
+    pub async fn resume(&mut self, f: &FunctionRecord) -> Result<PhaseTimings, StartError> {
+        let t0 = Instant::now();
+        self.collecting.store(true, Ordering::Relaxed);
+        let r = match write_frame(&mut self.control, &ToSupervisor::Resume, &[]).await {
+            Ok(()) => self.await_start(t0, f, false).await,
+            Err(e) => Err(StartError::Platform(format!(
+                "cannot send Resume: {}",
+                error_chain(&e)
+            ))),
+        };
+        self.collecting.store(false, Ordering::Relaxed);
+        if r.is_err() {
+            self.destroy().await;
+        }
+        r
     }
 
     async fn launch(
         f: &FunctionRecord,
         ctx: &InstanceContext,
         snapshot_dir: Option<&Path>,
+        standby: bool,
     ) -> Result<(Instance, PhaseTimings), StartError> {
         let t0 = Instant::now();
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -222,6 +256,7 @@ impl Instance {
             spec.restore = Some(RestoreSpec {
                 snapshot_dir: SNAPSHOT_MOUNT.into(),
                 lazy: ctx.lazy_restore,
+                standby,
             });
         }
         let limits = Limits {
@@ -289,7 +324,7 @@ impl Instance {
             alive,
             reader,
         };
-        match inst.finish_start(t0, f, spec).await {
+        match inst.finish_start(t0, f, spec, standby).await {
             Ok(t) => {
                 inst.collecting.store(false, Ordering::Relaxed);
                 Ok((inst, t))
@@ -306,6 +341,7 @@ impl Instance {
         t0: Instant,
         f: &FunctionRecord,
         spec: thaw_runtime::control::StartSpec,
+        standby: bool,
     ) -> Result<PhaseTimings, StartError> {
         let pid = self
             .child
@@ -318,7 +354,17 @@ impl Instance {
         write_frame(&mut self.control, &ToSupervisor::Start(Box::new(spec)), &[])
             .await
             .map_err(|e| StartError::Platform(format!("cannot send Start: {}", error_chain(&e))))?;
+        self.await_start(t0, f, standby).await
+    }
 
+    /// Waits for the sandbox and the runtime: until `InitDone` (or, with
+    /// `standby`, until the sandbox reports `Standby`).
+    async fn await_start(
+        &mut self,
+        t0: Instant,
+        f: &FunctionRecord,
+        standby: bool,
+    ) -> Result<PhaseTimings, StartError> {
         let init_timeout = MIN_INIT_TIMEOUT.max(Duration::from_secs(u64::from(f.timeout_s)));
         let deadline = tokio::time::Instant::now() + init_timeout;
         let mut timings = PhaseTimings::default();
@@ -350,6 +396,10 @@ impl Instance {
                     timings.restore_ms = restore_ms;
                 }
                 Event::Frame(FromSupervisor::Waiting, _) => {}
+                Event::Frame(FromSupervisor::Standby { .. }, _) if standby => {
+                    timings.sandbox_ms = ms(t0.elapsed());
+                    return Ok(timings);
+                }
                 Event::Frame(
                     FromSupervisor::InitDone {
                         runtime_ms,

@@ -41,6 +41,11 @@ struct FunctionPool {
     record: FunctionRecord,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Instance>>,
+    /// Standby instances: sandbox built, restore prepared, runtime not yet
+    /// restored ([`Instance::standby`]).
+    standby: Mutex<Vec<Instance>>,
+    /// A task is building a standby instance.
+    filling: AtomicBool,
     retired: AtomicBool,
 }
 
@@ -55,6 +60,8 @@ pub struct Pools {
     /// Snapshot directories verified whole, with the file versions
     /// (inode, size, mtime) that were verified.
     verified: Mutex<HashMap<PathBuf, SnapshotVersion>>,
+    /// Standby instances kept per function with a snapshot.
+    standby_per_function: usize,
     shutting_down: AtomicBool,
 }
 
@@ -65,6 +72,7 @@ impl Pools {
         metrics: Arc<Metrics>,
         max_instances: usize,
         keep_alive: Duration,
+        standby_per_function: usize,
     ) -> Self {
         let logs = ctx.logs.clone();
         Pools {
@@ -75,6 +83,7 @@ impl Pools {
             keep_alive,
             functions: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
+            standby_per_function,
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -99,6 +108,8 @@ impl Pools {
             record: f.clone(),
             permits: Arc::new(Semaphore::new(self.max_instances)),
             idle: Mutex::new(Vec::new()),
+            standby: Mutex::new(Vec::new()),
+            filling: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         });
         map.insert(f.name.clone(), p.clone());
@@ -113,7 +124,11 @@ impl Pools {
     /// A new instance restored from `f`'s snapshot, if it has one and the
     /// restore works; a failed restore is logged and counted, and the caller
     /// starts the instance cold instead.
-    async fn restore(&self, f: &FunctionRecord) -> Option<(Instance, PhaseTimings)> {
+    async fn restore(
+        &self,
+        pool: &Arc<FunctionPool>,
+        f: &FunctionRecord,
+    ) -> Option<(Instance, PhaseTimings)> {
         let dir = self.snapshot_dir(f);
         if !dir.join(thaw_snapshot::image::STATE_FILE).is_file() {
             return None;
@@ -125,7 +140,26 @@ impl Pools {
             if let Err(e) = self.verified(&dir).await {
                 self.metrics.count_instance_start(&f.name, "restore_error");
                 tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %e, "snapshot failed verification; starting cold instead");
+                destroy_all(self.take_standby(&f.name, pool)).await;
                 return None;
+            }
+        }
+        // A standby sandbox of this revision, if one is ready: only the
+        // restore itself is left to do.
+        let standby = lock(&pool.standby).pop();
+        self.replenish(pool);
+        if let Some(mut inst) = standby {
+            self.metrics.add_instances(&f.name, "standby", -1);
+            match inst.resume(f).await {
+                Ok(t) => {
+                    self.metrics.count_instance_start(&f.name, "restored");
+                    tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "restored a standby instance");
+                    return Some((inst, t));
+                }
+                Err(e) => {
+                    self.metrics.count_instance_start(&f.name, "restore_error");
+                    tracing::warn!(function = %f.name, error = %start_error_text(&e), "standby restore failed; restoring a new instance");
+                }
             }
         }
         match Instance::restore(f, &self.ctx, &dir).await {
@@ -136,14 +170,49 @@ impl Pools {
             }
             Err(e) => {
                 self.metrics.count_instance_start(&f.name, "restore_error");
-                let why = match &e {
-                    StartError::Platform(m) => m.clone(),
-                    StartError::Init { error_type, .. } => error_type.clone(),
-                };
-                tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %why, "restore failed; starting cold instead");
+                tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %start_error_text(&e), "restore failed; starting cold instead");
                 None
             }
         }
+    }
+
+    /// Starts building a standby instance for `pool` in the background if
+    /// it has fewer than the configured number and none is being built.
+    fn replenish(&self, pool: &Arc<FunctionPool>) {
+        if self.standby_per_function == 0
+            || pool.retired.load(Ordering::SeqCst)
+            || self.shutting_down.load(Ordering::SeqCst)
+            || lock(&pool.standby).len() >= self.standby_per_function
+            || pool.filling.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let f = pool.record.clone();
+        let dir = self.snapshot_dir(&f);
+        let (pool, ctx, metrics) = (pool.clone(), self.ctx.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            if dir.join(thaw_snapshot::image::STATE_FILE).is_file() {
+                match Instance::standby(&f, &ctx, &dir).await {
+                    Ok((inst, t)) => {
+                        tracing::debug!(function = %f.name, instance = %inst.id, setup_ms = t.sandbox_ms, "standby instance ready");
+                        // Checked under the lock `retire` drains: a standby
+                        // never lands in a retired pool.
+                        let mut standby = lock(&pool.standby);
+                        if pool.retired.load(Ordering::SeqCst) {
+                            drop(standby);
+                            destroy_all(vec![inst]).await;
+                        } else {
+                            standby.push(inst);
+                            metrics.add_instances(&f.name, "standby", 1);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %f.name, error = %start_error_text(&e), "cannot prepare a standby instance");
+                    }
+                }
+            }
+            pool.filling.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Verifies the snapshot in `dir` unless this exact version of its files
@@ -191,6 +260,19 @@ impl Pools {
         })?;
         let result = self.checkpoint_after_test(&mut inst, f, payload).await;
         inst.destroy().await;
+        if result.is_ok() {
+            // Standbys prepared from an older snapshot would restore it:
+            // replace them, and have a sandbox ready for the first restore.
+            let pool = self.pool_for(f);
+            destroy_all(self.take_standby(&f.name, &pool)).await;
+            if self.ctx.lazy_restore {
+                // Verified now, not on the first restore's path.
+                if let Err(e) = self.verified(&self.snapshot_dir(f)).await {
+                    tracing::warn!(function = %f.name, error = %e, "a new snapshot failed verification");
+                }
+            }
+            self.replenish(&pool);
+        }
         let (test_invoke_ms, stats, size_bytes) = result.map_err(fail)?;
         Ok(SnapshotReport {
             function: f.name.clone(),
@@ -260,6 +342,13 @@ impl Pools {
 
     /// Deletes `f`'s snapshots (every revision). Returns whether there were any.
     pub fn delete_snapshots(&self, name: &str) -> std::io::Result<bool> {
+        let pool = lock(&self.functions).get(name).cloned();
+        if let Some(pool) = pool {
+            let standby = self.take_standby(name, &pool);
+            if !standby.is_empty() {
+                tokio::spawn(destroy_all(standby));
+            }
+        }
         let dir = self.ctx.snapshots.join(name);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(true),
@@ -333,7 +422,7 @@ impl Pools {
                 PhaseTimings::default(),
                 LogTail::default(),
             ),
-            None => match self.restore(f).await {
+            None => match self.restore(&pool, f).await {
                 Some((inst, t)) => (inst, StartKind::Restored, t, LogTail::default()),
                 None => match Instance::start(f, &self.ctx).await {
                     Ok((inst, t)) => {
@@ -515,12 +604,21 @@ impl Pools {
 
     fn retire_pool(&self, name: &str, pool: Arc<FunctionPool>) {
         pool.retired.store(true, Ordering::SeqCst);
-        let idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
+        let mut idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
+        idle.extend(self.take_standby(name, &pool));
         if !idle.is_empty() {
             self.metrics
                 .add_instances(name, "idle", -(idle.len() as i64));
             tokio::spawn(destroy_all(idle));
         }
+    }
+
+    /// Takes the standby instances of a retired pool.
+    fn take_standby(&self, name: &str, pool: &FunctionPool) -> Vec<Instance> {
+        let standby: Vec<Instance> = std::mem::take(&mut *lock(&pool.standby));
+        self.metrics
+            .add_instances(name, "standby", -(standby.len() as i64));
+        standby
     }
 
     /// Tear down every idle instance of `name` and make sure busy ones are not
@@ -532,7 +630,9 @@ impl Pools {
             let idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
             self.metrics
                 .add_instances(name, "idle", -(idle.len() as i64));
+            let standby = self.take_standby(name, &pool);
             destroy_all(idle).await;
+            destroy_all(standby).await;
         }
     }
 
@@ -581,6 +681,7 @@ impl Pools {
         for (_, pool) in pools {
             pool.retired.store(true, Ordering::SeqCst);
             all.extend(std::mem::take(&mut *lock(&pool.idle)));
+            all.extend(std::mem::take(&mut *lock(&pool.standby)));
         }
         destroy_all(all).await;
         // Busy instances are killed through their cgroups; their invocations then
@@ -630,6 +731,13 @@ fn tail(lines: &[String]) -> String {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn start_error_text(e: &StartError) -> String {
+    match e {
+        StartError::Platform(m) => m.clone(),
+        StartError::Init { error_type, .. } => error_type.clone(),
+    }
 }
 
 /// Versions (inode, size, mtime s, mtime ns) of a snapshot's state and

@@ -90,6 +90,7 @@ impl Platform {
             metrics.clone(),
             config.max_instances_per_function,
             config.keep_alive,
+            config.standby_per_function,
         );
         Ok(Platform {
             config,
