@@ -54,6 +54,15 @@ fn restore_and_serve(d: &Daemon, name: &str, dir: &str, runtime: &str, handler: 
         "clock works: {state}"
     );
     let restored_id = state["init_id"].clone();
+    if runtime.starts_with("python") {
+        for path in ["/.thaw/snapshot/state.thaw", "/.thaw/snapshot/memory.thaw"] {
+            let (_, v) = invoke(&c, name, json!({"action": "peek", "path": path}));
+            assert!(
+                v["error"].is_string(),
+                "a function read its snapshot {path}: {v}"
+            );
+        }
+    }
     if runtime.starts_with("nodejs") {
         assert_eq!(state["advanced"], true, "the pending timer keeps firing");
         assert_eq!(

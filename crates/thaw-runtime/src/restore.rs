@@ -172,6 +172,11 @@ impl PreparedRestore {
             },
         };
         let restored = restore(&self.snap, &opts).map_err(|e| error_chain(&e))?;
+        // The runtime must not see its snapshot (the files are root-only
+        // anyway); what is open stays usable for the page server.
+        if let Err(e) = nix::mount::umount2(self.snap.dir(), nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(error = %e, "cannot unmount the snapshot");
+        }
         tracing::debug!(timings = ?restored.timings, lazy = self.lazy, "runtime restored");
         let snap = self.snap;
         let lazy = restored.lazy.map(|memory| (snap, memory));

@@ -132,7 +132,7 @@ pub fn write(dir: &Path, state: &SnapshotState, data: &[u8]) -> Result<(), Image
     let mem_path = dir.join(MEMORY_FILE);
     let tmp = dir.join(format!("{MEMORY_FILE}.tmp"));
     {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut f = create_private(&tmp)?;
         let mut header = vec![0u8; PAGE];
         header[..8].copy_from_slice(MEMORY_MAGIC);
         header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -151,7 +151,7 @@ pub fn write(dir: &Path, state: &SnapshotState, data: &[u8]) -> Result<(), Image
     let state_path = dir.join(STATE_FILE);
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
     {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut f = create_private(&tmp)?;
         let mut header = Vec::with_capacity(STATE_HEADER);
         header.extend_from_slice(STATE_MAGIC);
         header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -164,6 +164,19 @@ pub fn write(dir: &Path, state: &SnapshotState, data: &[u8]) -> Result<(), Image
     }
     std::fs::rename(&tmp, &state_path).map_err(io_err(&state_path))?;
     Ok(())
+}
+
+/// Creates (or truncates) `path` readable by its owner only: a snapshot
+/// holds a process's whole memory.
+fn create_private(path: &Path) -> Result<File, ImageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))
 }
 
 /// An opened, header-checked snapshot.

@@ -40,6 +40,13 @@ def handler(event, context):
     if action == "count":
         COUNT += 1
         return {"count": COUNT}
+    if action == "peek":
+        # A function must not read its own snapshot.
+        try:
+            with open(event["path"], "rb") as f:
+                return {"read": len(f.read(16))}
+        except OSError as e:
+            return {"error": type(e).__name__}
     if action == "sleep":
         time.sleep(event["seconds"])
         return {"slept": True}
