@@ -547,7 +547,14 @@ impl<'t> Remote<'t> {
     fn prepare(t: &'t mut Tracee, snap: &Snapshot) -> Result<Self, RestoreError> {
         let pid = t.tid();
         let st = snap.state();
-        let insn = t.syscall_insn_before_rip()?;
+        // The vDSO's `syscall` instruction: the stub may be stopped in
+        // `pause()` (right after one) or, caught between reporting ready and
+        // pausing, in user code; the vDSO's is there either way.
+        let insn = crate::remote::find_vdso_syscall(pid)
+            .map_err(|e| RestoreError::Unsupported(format!("finding a syscall instruction: {e}")))?
+            .ok_or_else(|| {
+                RestoreError::Unsupported("no syscall instruction in the stub's vDSO".into())
+            })?;
         let call =
             |t: &mut Tracee, nr: i64, args: [u64; 6], what: &str| -> Result<u64, RestoreError> {
                 let ret = t.remote_syscall_at(insn, nr, args)?;
