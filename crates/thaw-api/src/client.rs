@@ -338,6 +338,15 @@ impl Client {
         decode(resp, &url)
     }
 
+    /// Destroys the function's idle instances (thaw extension), so that the
+    /// next invocation gets a new one (restored if the function has a
+    /// snapshot, else cold). The code revision and standby sandboxes stay.
+    pub fn retire_instances(&self, name: &str) -> Result<(), ClientError> {
+        let url = self.url(&["thaw", "v1", "functions", name, "retire"]);
+        self.send(self.http.post(url.clone()), &url)?;
+        Ok(())
+    }
+
     /// Deletes the function's snapshot (thaw extension): new instances
     /// start cold again.
     pub fn delete_snapshot(&self, name: &str) -> Result<(), ClientError> {

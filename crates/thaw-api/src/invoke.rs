@@ -184,7 +184,8 @@ impl fmt::Display for StartKind {
 }
 
 /// The phases of one invocation, milliseconds, as carried by `Server-Timing`:
-/// `sandbox;dur=X, runtime;dur=X, init;dur=X, invoke;dur=X`.
+/// `sandbox;dur=X, runtime;dur=X, init;dur=X, invoke;dur=X` and, for an
+/// instance restored from a snapshot, `restore;dur=X` (part of `sandbox`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ServerTiming {
     /// Creating the sandbox.
@@ -195,6 +196,8 @@ pub struct ServerTiming {
     pub init_ms: f64,
     /// The invocation itself.
     pub invoke_ms: f64,
+    /// Restoring the runtime from a snapshot (part of `sandbox_ms`).
+    pub restore_ms: f64,
 }
 
 impl ServerTiming {
@@ -214,6 +217,7 @@ impl ServerTiming {
                 "runtime" => &mut t.runtime_ms,
                 "init" => &mut t.init_ms,
                 "invoke" => &mut t.invoke_ms,
+                "restore" => &mut t.restore_ms,
                 _ => continue,
             };
             *slot = dur;
@@ -234,7 +238,11 @@ impl fmt::Display for ServerTiming {
             f,
             "sandbox;dur={:.3}, runtime;dur={:.3}, init;dur={:.3}, invoke;dur={:.3}",
             self.sandbox_ms, self.runtime_ms, self.init_ms, self.invoke_ms
-        )
+        )?;
+        if self.restore_ms > 0.0 {
+            write!(f, ", restore;dur={:.3}", self.restore_ms)?;
+        }
+        Ok(())
     }
 }
 
@@ -296,6 +304,7 @@ mod tests {
             runtime_ms: 20.25,
             init_ms: 3.0,
             invoke_ms: 0.125,
+            restore_ms: 0.0,
         };
         let h = t.to_string();
         assert_eq!(
@@ -303,6 +312,15 @@ mod tests {
             "sandbox;dur=1.500, runtime;dur=20.250, init;dur=3.000, invoke;dur=0.125"
         );
         assert_eq!(ServerTiming::parse(&h), Some(t));
+        let restored = ServerTiming {
+            sandbox_ms: 8.0,
+            restore_ms: 6.5,
+            invoke_ms: 1.0,
+            ..Default::default()
+        };
+        let h = restored.to_string();
+        assert!(h.ends_with(", restore;dur=6.500"), "{h}");
+        assert_eq!(ServerTiming::parse(&h), Some(restored));
         assert_eq!(ServerTiming::parse("db;desc=x"), None);
     }
 }

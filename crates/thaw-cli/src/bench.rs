@@ -31,11 +31,85 @@ pub struct ColdOptions {
     pub quick: bool,
 }
 
-struct BenchFunction {
-    name: &'static str,
-    runtime: &'static str,
-    handler: &'static str,
-    zip: Vec<u8>,
+/// A function the benchmarks deploy.
+pub(crate) struct BenchFunction {
+    pub name: &'static str,
+    pub runtime: &'static str,
+    pub handler: &'static str,
+    pub zip: Vec<u8>,
+}
+
+/// The benchmark functions: the hello worlds and, unless `quick`, one
+/// function per runtime with a sizeable real dependency (installed once
+/// into `cache`; skipped with a loud line if that fails).
+pub(crate) fn bench_functions(quick: bool, cache: &Path) -> anyhow::Result<Vec<BenchFunction>> {
+    let mut functions = vec![
+        BenchFunction {
+            name: "python-hello",
+            runtime: "python3.11",
+            handler: "app.handler",
+            zip: zip_files(&[("app.py", HELLO_PY.as_bytes(), 0o644)])?,
+        },
+        BenchFunction {
+            name: "node-hello",
+            runtime: "nodejs20.x",
+            handler: "index.handler",
+            zip: zip_files(&[("index.js", HELLO_NODE.as_bytes(), 0o644)])?,
+        },
+    ];
+    if !quick {
+        match prepare_py_boto3(cache) {
+            Ok(zip) => functions.push(BenchFunction {
+                name: "python-boto3",
+                runtime: "python3.11",
+                handler: "app.handler",
+                zip,
+            }),
+            Err(e) => eprintln!("SKIP python-boto3: {e:#}"),
+        }
+        match prepare_node_s3(cache) {
+            Ok(zip) => functions.push(BenchFunction {
+                name: "node-s3",
+                runtime: "nodejs20.x",
+                handler: "index.handler",
+                zip,
+            }),
+            Err(e) => eprintln!("SKIP node-s3: {e:#}"),
+        }
+    }
+    Ok(functions)
+}
+
+/// Deploys `f` with the benchmarks' settings (512 MB, 30 s).
+pub(crate) fn deploy(client: &Client, f: &BenchFunction) -> anyhow::Result<()> {
+    client.create_function(&CreateFunctionRequest {
+        function_name: f.name.into(),
+        runtime: Some(f.runtime.into()),
+        handler: Some(f.handler.into()),
+        role: Some("arn:aws:iam::000000000000:role/bench".into()),
+        code: FunctionCode {
+            zip_file: Some(f.zip.clone()),
+            ..Default::default()
+        },
+        memory_size: Some(512),
+        timeout: Some(30),
+        ..Default::default()
+    })?;
+    Ok(())
+}
+
+/// Forces a cold start: a configuration change retires every instance.
+pub(crate) fn force_cold(client: &Client, name: &str, run: usize) -> anyhow::Result<()> {
+    client.update_function_configuration(
+        name,
+        &UpdateFunctionConfigurationRequest {
+            environment: Some(Environment {
+                variables: Some([("BENCH_RUN".to_string(), run.to_string())].into()),
+            }),
+            ..Default::default()
+        },
+    )?;
+    Ok(())
 }
 
 /// Build the zip of a function directory that has dependencies installed.
@@ -107,40 +181,7 @@ pub fn median_p90(v: &[f64]) -> (f64, f64) {
 
 /// Run the cold-start benchmark and print its table.
 pub fn cold(opts: ColdOptions) -> anyhow::Result<()> {
-    let mut functions = vec![
-        BenchFunction {
-            name: "python-hello",
-            runtime: "python3.11",
-            handler: "app.handler",
-            zip: zip_files(&[("app.py", HELLO_PY.as_bytes(), 0o644)])?,
-        },
-        BenchFunction {
-            name: "node-hello",
-            runtime: "nodejs20.x",
-            handler: "index.handler",
-            zip: zip_files(&[("index.js", HELLO_NODE.as_bytes(), 0o644)])?,
-        },
-    ];
-    if !opts.quick {
-        match prepare_py_boto3(&opts.cache_dir) {
-            Ok(zip) => functions.push(BenchFunction {
-                name: "python-boto3",
-                runtime: "python3.11",
-                handler: "app.handler",
-                zip,
-            }),
-            Err(e) => eprintln!("SKIP python-boto3: {e:#}"),
-        }
-        match prepare_node_s3(&opts.cache_dir) {
-            Ok(zip) => functions.push(BenchFunction {
-                name: "node-s3",
-                runtime: "nodejs20.x",
-                handler: "index.handler",
-                zip,
-            }),
-            Err(e) => eprintln!("SKIP node-s3: {e:#}"),
-        }
-    }
+    let functions = bench_functions(opts.quick, &opts.cache_dir)?;
 
     let tmp = tempfile::Builder::new().prefix("thaw-bench-").tempdir()?;
     let daemon = LocalDaemon::start(tmp.path().to_path_buf(), |_| {})?;
@@ -154,34 +195,14 @@ pub fn cold(opts: ColdOptions) -> anyhow::Result<()> {
         "function", "measure", "median ms", "p90 ms"
     );
     for f in &functions {
-        client.create_function(&CreateFunctionRequest {
-            function_name: f.name.into(),
-            runtime: Some(f.runtime.into()),
-            handler: Some(f.handler.into()),
-            role: Some("arn:aws:iam::000000000000:role/bench".into()),
-            code: FunctionCode {
-                zip_file: Some(f.zip.clone()),
-                ..Default::default()
-            },
-            memory_size: Some(512),
-            timeout: Some(30),
-            ..Default::default()
-        })?;
+        deploy(&client, f)?;
         let mut phases: Vec<ServerTiming> = Vec::new();
         let mut first = Vec::new();
         let mut warm = Vec::new();
         let mut warm_invoke = Vec::new();
         for run in 0..opts.runs {
             // A configuration change retires every instance: the next call is cold.
-            client.update_function_configuration(
-                f.name,
-                &UpdateFunctionConfigurationRequest {
-                    environment: Some(Environment {
-                        variables: Some([("BENCH_RUN".to_string(), run.to_string())].into()),
-                    }),
-                    ..Default::default()
-                },
-            )?;
+            force_cold(&client, f.name, run)?;
             let t0 = Instant::now();
             let r = client.invoke(f.name, b"{}", &InvokeOptions::default())?;
             let ms = t0.elapsed().as_secs_f64() * 1000.0;

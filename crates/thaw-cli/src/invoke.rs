@@ -128,6 +128,7 @@ mod tests {
                 runtime_ms: 2.0,
                 init_ms: 3.0,
                 invoke_ms: 4.0,
+                restore_ms: 0.0,
             }),
             request_id: Some("r".into()),
             function_error: Some("Unhandled".into()),

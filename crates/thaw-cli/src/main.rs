@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod bench;
+mod bench_restore;
 mod demo;
 mod functions;
 mod invoke;
@@ -92,6 +93,20 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// Restore from snapshot vs. cold start: restore-to-first-response
+    /// (eager and lazy, from a standby sandbox and into a new one),
+    /// checkpoint time, snapshot size, and the cold start, side by side.
+    Restore {
+        /// Measured runs per function and mode.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Where dependency trees (boto3, @aws-sdk/client-s3) are installed once.
+        #[arg(long, default_value = "target/bench-cache")]
+        cache_dir: std::path::PathBuf,
+        /// Only the hello-world functions (no package installs).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -140,6 +155,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => bench::cold(bench::ColdOptions {
             runs,
             warm_runs,
+            cache_dir,
+            quick,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Restore {
+            runs,
+            cache_dir,
+            quick,
+        }) => bench_restore::run(bench_restore::RestoreOptions {
+            runs,
             cache_dir,
             quick,
         })

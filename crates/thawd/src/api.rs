@@ -100,6 +100,10 @@ pub trait ApiBackend: Clone + Send + Sync + 'static {
             )))
         }
     }
+    /// Destroy the function's idle instances (standby sandboxes stay).
+    fn drop_idle(&self, name: &str) -> impl Future<Output = ()> + Send {
+        self.retire(name)
+    }
     /// Forget the function's snapshots (all revisions). Returns whether it had any.
     fn delete_snapshots(&self, name: &str) -> std::io::Result<bool> {
         let _ = name;
@@ -122,6 +126,10 @@ impl ApiBackend for Arc<Platform> {
 
     fn delete_snapshots(&self, name: &str) -> std::io::Result<bool> {
         self.pools.delete_snapshots(name)
+    }
+
+    fn drop_idle(&self, name: &str) -> impl Future<Output = ()> + Send {
+        self.pools.drop_idle(name)
     }
 
     fn invoke(
@@ -184,6 +192,10 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
         .route(
             "/thaw/v1/functions/{name}/snapshot",
             post(create_snapshot::<B>).delete(delete_snapshot::<B>),
+        )
+        .route(
+            "/thaw/v1/functions/{name}/retire",
+            post(retire_instances::<B>),
         )
         .route("/metrics", get(metrics::<B>))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -759,6 +771,7 @@ fn invoke_response(out: InvokeOutcome) -> Response {
         runtime_ms: out.timings.runtime_ms,
         init_ms: out.timings.init_ms,
         invoke_ms: out.timings.invoke_ms,
+        restore_ms: out.timings.restore_ms,
     };
     let mut resp = (StatusCode::OK, out.payload).into_response();
     resp.headers_mut()
@@ -816,6 +829,21 @@ async fn create_snapshot<B: ApiBackend>(
                 ))
             })?;
     Ok(Json(report))
+}
+
+/// `POST /thaw/v1/functions/{name}/retire`: destroy the function's idle
+/// instances (busy ones and standby sandboxes stay), so that the next
+/// invocation gets a new instance: for benchmarks and operators.
+async fn retire_instances<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+) -> Result<StatusCode, ApiError> {
+    let name = target.latest(None)?;
+    lookup(&b, &name)?;
+    b.drop_idle(name.as_str())
+        .instrument(span("RetireInstances", &name))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `DELETE /thaw/v1/functions/{name}/snapshot`.

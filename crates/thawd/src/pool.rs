@@ -613,6 +613,18 @@ impl Pools {
         }
     }
 
+    /// Destroys the idle instances of `name`; the pool, its busy instances
+    /// and its standby sandboxes stay.
+    pub async fn drop_idle(&self, name: &str) {
+        let pool = lock(&self.functions).get(name).cloned();
+        if let Some(pool) = pool {
+            let idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
+            self.metrics
+                .add_instances(name, "idle", -(idle.len() as i64));
+            destroy_all(idle).await;
+        }
+    }
+
     /// Takes the standby instances of a retired pool.
     fn take_standby(&self, name: &str, pool: &FunctionPool) -> Vec<Instance> {
         let standby: Vec<Instance> = std::mem::take(&mut *lock(&pool.standby));
