@@ -26,6 +26,7 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::ptrace::Options;
+use nix::sys::uio::{process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
 use thiserror::Error;
 use tracing::debug;
@@ -404,16 +405,22 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
     let mut lazy = None;
     match opts.memory {
         MemoryMode::Eager => {
-            for run in &st.memory.runs {
-                let from = (run.image_page * PAGE_SIZE) as usize;
-                let len = (run.pages * PAGE_SIZE) as usize;
-                r.write(run.addr, &pages[from..from + len])?;
-            }
+            let runs: Vec<(u64, &[u8])> = st
+                .memory
+                .runs
+                .iter()
+                .map(|run| {
+                    let from = (run.image_page * PAGE_SIZE) as usize;
+                    let len = (run.pages * PAGE_SIZE) as usize;
+                    (run.addr, &pages[from..from + len])
+                })
+                .collect();
+            r.write_eager(snap, &runs)?;
         }
         MemoryMode::Lazy => {
             let ranges = lazy_ranges(snap);
             r.write_unregistered_pages(snap, &ranges)?;
-            lazy = Some((r.create_uffd()?, ranges));
+            lazy = Some((r.create_uffd(true)?, ranges));
         }
     }
     timings.memory_us = t_mem.elapsed().as_micros() as u64;
@@ -652,6 +659,124 @@ impl<'t> Remote<'t> {
             })
     }
 
+    /// Eager memory: installs the saved pages of anonymous mappings with
+    /// `UFFDIO_COPY` (one ioctl per run; it allocates and fills each page
+    /// without a page fault or a zeroing pass, about 1.5x faster than
+    /// writing into freshly mapped memory on this kind of machine), through
+    /// a userfaultfd that is closed again before the process runs, and
+    /// writes the rest (written pages of private file mappings) directly.
+    /// Where userfaultfd is unavailable every page is written directly.
+    fn write_eager(&mut self, snap: &Snapshot, runs: &[(u64, &[u8])]) -> Result<(), RestoreError> {
+        let ranges = lazy_ranges(snap);
+        let uffd = match self.create_uffd(false) {
+            Ok(fd) => fd,
+            Err(e) => {
+                debug!(error = %e, "no userfaultfd for an eager restore; writing pages directly");
+                return self.write_runs(runs);
+            }
+        };
+        for &(start, end) in &ranges {
+            uffd::register(uffd.as_fd(), start, end - start).map_err(|source| {
+                RestoreError::Call {
+                    what: format!("registering {start:#x}-{end:#x} for eager memory"),
+                    source,
+                }
+            })?;
+        }
+        let mut direct = Vec::new();
+        for &(addr, bytes) in runs {
+            // A run lies within one mapping (the checkpoint captures
+            // mapping by mapping).
+            if !in_ranges(&ranges, addr) {
+                direct.push((addr, bytes));
+                continue;
+            }
+            let mut done = 0;
+            let mut stalls = 0;
+            while done < bytes.len() {
+                let at = addr + done as u64;
+                match uffd::copy(uffd.as_fd(), at, &bytes[done..]) {
+                    Ok(n) if n > 0 => done += n,
+                    // EAGAIN means the layout is changing; the stub is
+                    // stopped, so this can only be transient.
+                    Ok(_) | Err(Errno::EAGAIN) if stalls < 100 => stalls += 1,
+                    Ok(_) => {
+                        return Err(RestoreError::Call {
+                            what: format!("UFFDIO_COPY at {at:#x} makes no progress"),
+                            source: Errno::EAGAIN,
+                        })
+                    }
+                    Err(source) => {
+                        return Err(RestoreError::Call {
+                            what: format!("UFFDIO_COPY of {} bytes at {at:#x}", bytes.len() - done),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        // Closing the userfaultfd unregisters every range: from here on the
+        // memory is ordinary anonymous memory.
+        drop(uffd);
+        self.write_runs(&direct)
+    }
+
+    /// Writes each `(address, bytes)` run into the stub with as few
+    /// `process_vm_writev` calls as the iovec limit allows (it pins and
+    /// copies whole batches; a `/proc/<pid>/mem` write goes through a
+    /// one-page bounce buffer and is several times slower). A run the call
+    /// cannot write, such as a written page of a read-only private file
+    /// mapping (RELRO), is finished through `/proc/<pid>/mem`, which
+    /// writes with `FOLL_FORCE`.
+    fn write_runs(&self, runs: &[(u64, &[u8])]) -> Result<(), RestoreError> {
+        const MAX_IOVECS: usize = 1024;
+        let mut idx = 0;
+        let mut done = 0; // bytes of runs[idx] already written
+        while idx < runs.len() {
+            let end = (idx + MAX_IOVECS).min(runs.len());
+            let local: Vec<std::io::IoSlice<'_>> = runs[idx..end]
+                .iter()
+                .enumerate()
+                .map(|(i, (_, b))| std::io::IoSlice::new(if i == 0 { &b[done..] } else { b }))
+                .collect();
+            let remote: Vec<RemoteIoVec> = runs[idx..end]
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, b))| {
+                    let skip = if i == 0 { done } else { 0 };
+                    RemoteIoVec {
+                        base: (addr + skip as u64) as usize,
+                        len: b.len() - skip,
+                    }
+                })
+                .collect();
+            let batch: usize = remote.iter().map(|r| r.len).sum();
+            // An error (EFAULT on the first iovec; EPERM or ENOSYS where the
+            // call is unavailable) counts as nothing written: the
+            // /proc/<pid>/mem path below then reports the real cause.
+            let mut left = process_vm_writev(self.pid, &local, &remote).unwrap_or(0);
+            let short = left < batch;
+            while left > 0 {
+                let remaining = runs[idx].1.len() - done;
+                if left >= remaining {
+                    left -= remaining;
+                    idx += 1;
+                    done = 0;
+                } else {
+                    done += left;
+                    left = 0;
+                }
+            }
+            if short {
+                let (addr, bytes) = runs[idx];
+                self.write(addr + done as u64, &bytes[done..])?;
+                idx += 1;
+                done = 0;
+            }
+        }
+        Ok(())
+    }
+
     /// For a lazy restore: copies in the saved pages that will not be
     /// served on demand: those outside `ranges` (written pages of private
     /// file mappings) and those the kernel writes during the restore itself
@@ -701,9 +826,10 @@ impl<'t> Remote<'t> {
 
     /// Creates a userfaultfd inside the stub (while it is still root, so it
     /// may handle faults in kernel mode too), takes it over with
-    /// `pidfd_getfd`, closes the stub's copy, and enables the events that
-    /// keep anonymous-memory semantics (fork, mremap, madvise, munmap).
-    fn create_uffd(&mut self) -> Result<OwnedFd, RestoreError> {
+    /// `pidfd_getfd`, and closes the stub's copy. With `events`, enables
+    /// the events that keep anonymous-memory semantics while pages are
+    /// served lazily (fork, mremap, madvise, munmap).
+    fn create_uffd(&mut self, events: bool) -> Result<OwnedFd, RestoreError> {
         let mut b = Batch::default();
         b.call(
             libc::SYS_userfaultfd,
@@ -732,14 +858,15 @@ impl<'t> Remote<'t> {
             "closing the stub's userfaultfd",
         );
         self.run(&b)?;
-        uffd::api(
-            fd.as_fd(),
+        let features = if events {
             uffd::FEATURE_EVENT_FORK
                 | uffd::FEATURE_EVENT_REMAP
                 | uffd::FEATURE_EVENT_REMOVE
-                | uffd::FEATURE_EVENT_UNMAP,
-        )
-        .map_err(call("UFFDIO_API"))?;
+                | uffd::FEATURE_EVENT_UNMAP
+        } else {
+            0
+        };
+        uffd::api(fd.as_fd(), features).map_err(call("UFFDIO_API"))?;
         Ok(fd)
     }
 

@@ -207,7 +207,13 @@ impl Pools {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(function = %f.name, error = %start_error_text(&e), "cannot prepare a standby instance");
+                        if pool.retired.load(Ordering::SeqCst) {
+                            // Its snapshot went away with the revision it
+                            // belonged to (an update, a delete, shutdown).
+                            tracing::debug!(function = %f.name, error = %start_error_text(&e), "standby abandoned: its pool was retired");
+                        } else {
+                            tracing::warn!(function = %f.name, error = %start_error_text(&e), "cannot prepare a standby instance");
+                        }
                     }
                 }
             }
