@@ -185,7 +185,10 @@ impl fmt::Display for StartKind {
 
 /// The phases of one invocation, milliseconds, as carried by `Server-Timing`:
 /// `sandbox;dur=X, runtime;dur=X, init;dur=X, invoke;dur=X` and, for an
-/// instance restored from a snapshot, `restore;dur=X` (part of `sandbox`).
+/// instance restored from a snapshot, `restore;dur=X` (part of `sandbox`),
+/// `memory;dur=X` (part of `restore`) and `hooks;dur=X` (the runtime's
+/// after-restore work: fresh environment and random state, after-restore
+/// hooks; part of `sandbox`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ServerTiming {
     /// Creating the sandbox.
@@ -198,6 +201,10 @@ pub struct ServerTiming {
     pub invoke_ms: f64,
     /// Restoring the runtime from a snapshot (part of `sandbox_ms`).
     pub restore_ms: f64,
+    /// Bringing its memory back (part of `restore_ms`).
+    pub memory_ms: f64,
+    /// The runtime's after-restore work (part of `sandbox_ms`).
+    pub hooks_ms: f64,
 }
 
 impl ServerTiming {
@@ -218,6 +225,8 @@ impl ServerTiming {
                 "init" => &mut t.init_ms,
                 "invoke" => &mut t.invoke_ms,
                 "restore" => &mut t.restore_ms,
+                "memory" => &mut t.memory_ms,
+                "hooks" => &mut t.hooks_ms,
                 _ => continue,
             };
             *slot = dur;
@@ -240,7 +249,11 @@ impl fmt::Display for ServerTiming {
             self.sandbox_ms, self.runtime_ms, self.init_ms, self.invoke_ms
         )?;
         if self.restore_ms > 0.0 {
-            write!(f, ", restore;dur={:.3}", self.restore_ms)?;
+            write!(
+                f,
+                ", restore;dur={:.3}, memory;dur={:.3}, hooks;dur={:.3}",
+                self.restore_ms, self.memory_ms, self.hooks_ms
+            )?;
         }
         Ok(())
     }
@@ -304,7 +317,7 @@ mod tests {
             runtime_ms: 20.25,
             init_ms: 3.0,
             invoke_ms: 0.125,
-            restore_ms: 0.0,
+            ..Default::default()
         };
         let h = t.to_string();
         assert_eq!(
@@ -315,11 +328,16 @@ mod tests {
         let restored = ServerTiming {
             sandbox_ms: 8.0,
             restore_ms: 6.5,
+            memory_ms: 3.25,
+            hooks_ms: 0.5,
             invoke_ms: 1.0,
             ..Default::default()
         };
         let h = restored.to_string();
-        assert!(h.ends_with(", restore;dur=6.500"), "{h}");
+        assert!(
+            h.ends_with(", restore;dur=6.500, memory;dur=3.250, hooks;dur=0.500"),
+            "{h}"
+        );
         assert_eq!(ServerTiming::parse(&h), Some(restored));
         assert_eq!(ServerTiming::parse("db;desc=x"), None);
     }
@@ -352,4 +370,17 @@ pub struct SnapshotReport {
     pub zero_pages: u64,
     /// Size of the snapshot on disk, bytes.
     pub size_bytes: u64,
+    /// The runtime was snapshotted in the SnapStart handshake
+    /// (`restore/next`, after its before-snapshot hooks) rather than idle
+    /// in `/invocation/next`.
+    #[serde(default)]
+    pub handshake: bool,
+    /// The test invocation ran before the snapshot (so what it loads and
+    /// compiles is in it); otherwise it ran only on the validation restore.
+    #[serde(default)]
+    pub warmed_up: bool,
+    /// The validation: an instance restored from the new snapshot served the
+    /// test invocation; its first response, milliseconds.
+    #[serde(default)]
+    pub validation_ms: f64,
 }

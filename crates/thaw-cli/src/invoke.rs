@@ -97,6 +97,10 @@ fn summary(r: &InvokeResult) -> String {
     let mut s = String::new();
     let start = r.start.map(|k| k.as_str()).unwrap_or("unknown");
     match &r.server_timing {
+        Some(t) if t.restore_ms > 0.0 => s.push_str(&format!(
+            "start: {start}  sandbox {:.1} ms (restore {:.1} ms, of which memory {:.1} ms; after-restore hooks {:.1} ms), invoke {:.1} ms\n",
+            t.sandbox_ms, t.restore_ms, t.memory_ms, t.hooks_ms, t.invoke_ms
+        )),
         Some(t) => s.push_str(&format!(
             "start: {start}  sandbox {:.1} ms, runtime {:.1} ms, init {:.1} ms, invoke {:.1} ms\n",
             t.sandbox_ms, t.runtime_ms, t.init_ms, t.invoke_ms
@@ -128,7 +132,7 @@ mod tests {
                 runtime_ms: 2.0,
                 init_ms: 3.0,
                 invoke_ms: 4.0,
-                restore_ms: 0.0,
+                ..Default::default()
             }),
             request_id: Some("r".into()),
             function_error: Some("Unhandled".into()),

@@ -41,6 +41,11 @@ pub(crate) enum ApiEvent {
     FirstNext { function_init_ms: Option<f64> },
     /// The runtime called `/next` (every time): it is waiting, idle.
     Waiting,
+    /// Snapshot run: the runtime is blocked in `restore/next`.
+    SnapshotPoint,
+    /// Restored: the runtime's after-restore work took `hooks_ms`; it now
+    /// asks for its first invocation.
+    AfterRestoreDone { hooks_ms: f64 },
     /// A result for the daemon (`Response`, `Error` or `InitError`). The HTTP
     /// request is answered once `forwarded` fires.
     Report {
@@ -65,6 +70,30 @@ enum Phase {
     InitFailed,
     /// Serving invocations.
     Ready,
+    /// Snapshot run: blocked in `restore/next` until the instance is
+    /// checkpointed (and then killed).
+    SnapshotWait,
+    /// Restored from a handshake snapshot: the (synthetic) `restore/next`
+    /// has not been answered yet.
+    Restoring,
+    /// `restore/next` answered: after-restore hooks are running.
+    AfterRestore,
+    /// The runtime reported `/restore/error`.
+    RestoreFailed,
+}
+
+/// Which instance the Runtime API serves.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum ApiMode {
+    /// An ordinary (cold) instance.
+    #[default]
+    Normal,
+    /// An instance started to be snapshotted: `restore/next` is its
+    /// snapshot point.
+    SnapshotRun,
+    /// An instance restored from a snapshot taken in `restore/next`; its
+    /// answer carries `body` ([`crate::control::AfterRestore`] as JSON).
+    Restored { body: Bytes },
 }
 
 #[derive(Debug)]
@@ -72,6 +101,8 @@ struct ApiState {
     phase: Phase,
     /// The request id handed out by `/next` and not yet answered.
     in_flight: Option<String>,
+    /// When `restore/next` was answered.
+    restored_at: Option<std::time::Instant>,
 }
 
 /// Shared state of the Runtime API handlers.
@@ -79,20 +110,28 @@ pub(crate) struct RuntimeApi {
     state: Mutex<ApiState>,
     deliveries: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
     events: mpsc::UnboundedSender<ApiEvent>,
+    mode: ApiMode,
 }
 
 impl RuntimeApi {
     pub(crate) fn new(
         events: mpsc::UnboundedSender<ApiEvent>,
         deliveries: mpsc::UnboundedReceiver<Delivery>,
+        mode: ApiMode,
     ) -> Arc<RuntimeApi> {
+        let phase = match mode {
+            ApiMode::Restored { .. } => Phase::Restoring,
+            _ => Phase::Init,
+        };
         Arc::new(RuntimeApi {
             state: Mutex::new(ApiState {
-                phase: Phase::Init,
+                phase,
                 in_flight: None,
+                restored_at: None,
             }),
             deliveries: tokio::sync::Mutex::new(deliveries),
             events,
+            mode,
         })
     }
 
@@ -141,6 +180,8 @@ pub(crate) fn router(api: Arc<RuntimeApi>) -> Router {
         )
         .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
         .route("/2018-06-01/runtime/init/error", post(init_error))
+        .route("/2018-06-01/runtime/restore/next", get(restore_next))
+        .route("/2018-06-01/runtime/restore/error", post(restore_error))
         .fallback(not_found)
         // Bodies are read with our own limit (Lambda's, not axum's 2 MB default).
         .layer(DefaultBodyLimit::disable())
@@ -192,23 +233,41 @@ async fn not_found() -> Response {
 
 /// `GET /2018-06-01/runtime/invocation/next`: wait for the daemon's next invocation.
 async fn next(State(api): State<Arc<RuntimeApi>>, headers: HeaderMap) -> Response {
+    enum First {
+        No,
+        Init,
+        AfterRestore(f64),
+    }
     let first = {
         let mut st = api.state();
-        if st.phase == Phase::Init {
-            st.phase = Phase::Ready;
-            true
-        } else {
-            false
+        match st.phase {
+            Phase::Init => {
+                st.phase = Phase::Ready;
+                First::Init
+            }
+            Phase::AfterRestore => {
+                st.phase = Phase::Ready;
+                let hooks_ms = st
+                    .restored_at
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+                First::AfterRestore(hooks_ms)
+            }
+            Phase::Restoring | Phase::SnapshotWait | Phase::RestoreFailed => {
+                return invalid_state("invocation/next", st.phase);
+            }
+            Phase::InitFailed | Phase::Ready => First::No,
         }
     };
-    if first {
-        let function_init_ms = headers
-            .get(FUNCTION_INIT_MS_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0);
-        // A closed channel means the supervisor is going away; the recv below says so.
-        let _ = api.events.send(ApiEvent::FirstNext { function_init_ms });
+    // A closed channel means the supervisor is going away; the recv below says so.
+    match first {
+        First::Init => {
+            let function_init_ms = init_ms_header(&headers);
+            let _ = api.events.send(ApiEvent::FirstNext { function_init_ms });
+        }
+        First::AfterRestore(hooks_ms) => {
+            let _ = api.events.send(ApiEvent::AfterRestoreDone { hooks_ms });
+        }
+        First::No => {}
     }
     let _ = api.events.send(ApiEvent::Waiting);
     // recv() is cancel-safe: if the runtime hangs up while waiting, the next
@@ -238,6 +297,113 @@ async fn next(State(api): State<Arc<RuntimeApi>>, headers: HeaderMap) -> Respons
                 "Invalid invocation",
             )
         }
+    }
+}
+
+fn init_ms_header(headers: &HeaderMap) -> Option<f64> {
+    headers
+        .get(FUNCTION_INIT_MS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+fn invalid_state(what: &str, phase: Phase) -> Response {
+    lambda_error(
+        StatusCode::FORBIDDEN,
+        "InvalidStateTransition",
+        &format!("{what} is not allowed now ({phase:?})"),
+    )
+}
+
+/// `GET /2018-06-01/runtime/restore/next`: the SnapStart handshake.
+///
+/// In a snapshot run this is the snapshot point: the runtime has finished
+/// init (and, with thaw's bootstraps, a test invocation) and run its
+/// before-snapshot hooks; the call blocks while the instance is
+/// checkpointed, and that instance is then destroyed. A runtime restored
+/// from the snapshot is blocked in the same call: its answer (`200`, with
+/// the instance's [`crate::control::AfterRestore`] as the body) tells it it
+/// has been restored.
+async fn restore_next(State(api): State<Arc<RuntimeApi>>, headers: HeaderMap) -> Response {
+    match &api.mode {
+        ApiMode::SnapshotRun => {
+            let init_done = {
+                let mut st = api.state();
+                let init = match st.phase {
+                    Phase::Init => true,
+                    Phase::Ready if st.in_flight.is_none() => false,
+                    phase => return invalid_state("restore/next", phase),
+                };
+                st.phase = Phase::SnapshotWait;
+                init
+            };
+            if init_done {
+                let function_init_ms = init_ms_header(&headers);
+                let _ = api.events.send(ApiEvent::FirstNext { function_init_ms });
+            }
+            let _ = api.events.send(ApiEvent::SnapshotPoint);
+            // The checkpoint is taken while this waits; the instance it was
+            // taken from never runs again.
+            std::future::pending::<()>().await;
+            unreachable!("pending() never completes")
+        }
+        ApiMode::Restored { body } => {
+            {
+                let mut st = api.state();
+                if st.phase != Phase::Restoring {
+                    return invalid_state("restore/next", st.phase);
+                }
+                st.phase = Phase::AfterRestore;
+                st.restored_at = Some(std::time::Instant::now());
+            }
+            (
+                StatusCode::OK,
+                [(CONTENT_TYPE, "application/json")],
+                body.clone(),
+            )
+                .into_response()
+        }
+        ApiMode::Normal => lambda_error(
+            StatusCode::FORBIDDEN,
+            "InvalidStateTransition",
+            "restore/next is only available when AWS_LAMBDA_INITIALIZATION_TYPE is snap-start",
+        ),
+    }
+}
+
+/// `POST /2018-06-01/runtime/restore/error`: an after-restore hook failed
+/// (`Runtime.AfterRestoreError`); the restore fails.
+async fn restore_error(
+    State(api): State<Arc<RuntimeApi>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match read_limited(body, MAX_RESPONSE_BYTES).await {
+        Ok(LimitedBody::Within(b)) => b,
+        Ok(LimitedBody::Over(_)) => {
+            return lambda_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                &format!("Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."),
+            )
+        }
+        Err(e) => return bad_body(&e),
+    };
+    {
+        let mut st = api.state();
+        if st.phase != Phase::AfterRestore {
+            return invalid_state("restore/error", st.phase);
+        }
+        st.phase = Phase::RestoreFailed;
+    }
+    let error_type = error_type_of(&headers, &body);
+    match api
+        .report(FromSupervisor::RestoreError { error_type }, body)
+        .await
+    {
+        Ok(()) => accepted(),
+        Err(resp) => resp,
     }
 }
 
@@ -437,7 +603,13 @@ async fn init_error(
     };
     {
         let mut st = api.state();
-        if st.phase != Phase::Init {
+        // A snapshot run may also fail after its test invocation, while its
+        // before-snapshot hooks run (`Runtime.BeforeSnapshotError`).
+        let allowed = st.phase == Phase::Init
+            || (matches!(api.mode, ApiMode::SnapshotRun)
+                && st.phase == Phase::Ready
+                && st.in_flight.is_none());
+        if !allowed {
             return lambda_error(
                 StatusCode::FORBIDDEN,
                 "InvalidStateTransition",
@@ -474,7 +646,7 @@ mod tests {
             let (etx, erx) = mpsc::unbounded_channel();
             let (dtx, drx) = mpsc::unbounded_channel();
             Harness {
-                api: RuntimeApi::new(etx, drx),
+                api: RuntimeApi::new(etx, drx, ApiMode::Normal),
                 events: erx,
                 deliver: dtx,
             }

@@ -20,31 +20,66 @@ use std::path::Path;
 /// The Python bootstrap, installed as `python/bootstrap.py`.
 pub const PYTHON_BOOTSTRAP: &str = include_str!("../bootstraps/python/bootstrap.py");
 
+/// thaw's `snapshot_restore_py` (the API of AWS's package of that name),
+/// installed next to the Python bootstrap.
+pub const PYTHON_HOOKS: &str = include_str!("../bootstraps/python/snapshot_restore_py.py");
+
 /// The Node.js bootstrap, installed as `node/bootstrap.js`.
 pub const NODE_BOOTSTRAP: &str = include_str!("../bootstraps/node/bootstrap.js");
+
+/// The Node.js hooks module (`require('@thaw/snapshot-restore')`, found
+/// through `NODE_PATH`).
+pub const NODE_HOOKS: &str =
+    include_str!("../bootstraps/node/modules/@thaw/snapshot-restore/index.js");
+
+/// The Node-API addon the Node.js bootstrap loads after a restore to reseed
+/// OpenSSL (built from `bootstraps/node/thaw_reseed.c` by `build.rs`).
+pub const NODE_RESEED_ADDON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/thaw_reseed.node"));
+
+/// Where the Node.js bootstrap's modules are inside the sandbox (for
+/// `NODE_PATH`).
+pub const NODE_MODULES_DIR: &str = "/var/runtime/node/modules";
 
 /// Request header our bootstraps send on their first `/invocation/next`: the
 /// time (float milliseconds) they spent loading the user's handler.
 pub const FUNCTION_INIT_MS_HEADER: &str = "X-Thaw-Function-Init-Ms";
 
-/// Write the bootstraps to `dir/python/bootstrap.py` and `dir/node/bootstrap.js`,
-/// readable by every uid (functions run as unprivileged users). Each file is
-/// replaced atomically, so a runtime starting meanwhile never reads half a file.
+/// Write the bootstraps to `dir/python/bootstrap.py` and `dir/node/bootstrap.js`
+/// (with the hooks modules and the Node.js reseed addon next to them),
+/// readable by every uid (functions run as unprivileged users). Each changed
+/// file is replaced atomically, so a runtime starting meanwhile never reads
+/// half a file; an unchanged one is left alone.
 pub fn install_bootstraps(dir: &Path) -> io::Result<()> {
-    let files = [
-        ("python", "bootstrap.py", PYTHON_BOOTSTRAP),
-        ("node", "bootstrap.js", NODE_BOOTSTRAP),
+    let files: [(&str, &str, &[u8]); 5] = [
+        ("python", "bootstrap.py", PYTHON_BOOTSTRAP.as_bytes()),
+        ("python", "snapshot_restore_py.py", PYTHON_HOOKS.as_bytes()),
+        ("node", "bootstrap.js", NODE_BOOTSTRAP.as_bytes()),
+        ("node", "thaw_reseed.node", NODE_RESEED_ADDON),
+        (
+            "node/modules/@thaw/snapshot-restore",
+            "index.js",
+            NODE_HOOKS.as_bytes(),
+        ),
     ];
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
     for (sub, name, contents) in files {
         let sub_dir = dir.join(sub);
         fs::create_dir_all(&sub_dir)?;
-        fs::set_permissions(&sub_dir, fs::Permissions::from_mode(0o755))?;
+        let mut d = sub_dir.as_path();
+        while d != dir {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+            d = d.parent().unwrap_or(dir);
+        }
+        // Unchanged files stay as they are: snapshots map some of them
+        // (the reseed addon) and are restored only onto the same file.
+        if fs::read(sub_dir.join(name)).is_ok_and(|old| old == contents) {
+            continue;
+        }
         let tmp = sub_dir.join(format!(".{name}.tmp-{}", std::process::id()));
         {
             let mut f = fs::File::create(&tmp)?;
-            f.write_all(contents.as_bytes())?;
+            f.write_all(contents)?;
             f.set_permissions(fs::Permissions::from_mode(0o644))?;
             f.sync_all()?;
         }
@@ -76,6 +111,6 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        assert_eq!(leftovers.len(), 2, "{leftovers:?}");
     }
 }

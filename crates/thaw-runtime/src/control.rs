@@ -39,6 +39,55 @@ pub struct RuntimeSpec {
     pub cwd: String,
     /// TCP port of the Runtime API on the sandbox's loopback.
     pub api_port: u16,
+    /// This instance is started to be snapshotted: the Runtime API accepts
+    /// `GET /runtime/restore/next` (the SnapStart handshake) as the
+    /// snapshot point and reports it as [`FromSupervisor::SnapshotPoint`].
+    #[serde(default)]
+    pub snapshot_run: bool,
+}
+
+/// Where a snapshotted runtime was waiting, which is also the request it
+/// gets an answer to once it is restored.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResumePoint {
+    /// In `GET /runtime/restore/next` (the SnapStart handshake): once
+    /// restored it gets `200` with [`AfterRestore`] as the body, runs its
+    /// after-restore hooks and asks for its first invocation.
+    RestoreNext,
+    /// Idle in `GET /runtime/invocation/next` (a runtime that does not
+    /// speak the handshake): once restored it gets its first invocation.
+    #[default]
+    InvocationNext,
+}
+
+/// What a restored runtime learns before its first invocation: the body of
+/// its `GET /runtime/restore/next` answer (a thaw extension; clients that do
+/// not know it ignore the body, as Lambda's is empty).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AfterRestore {
+    /// This instance's id (also in `environment` as `THAW_INSTANCE_ID`).
+    pub instance_id: String,
+    /// Variables to set before any user code runs: per-instance values and
+    /// the secrets that were withheld from the snapshot run.
+    pub environment: Vec<(String, String)>,
+    /// Reseed the runtime's random generators (Python `random`, Node.js
+    /// `Math.random` and its crypto caches). Off only to prove that it
+    /// matters.
+    pub reseed: bool,
+}
+
+impl std::fmt::Debug for AfterRestore {
+    // Never print values: they include secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.environment.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("AfterRestore")
+            .field("instance_id", &self.instance_id)
+            .field("environment", &names)
+            .field("reseed", &self.reseed)
+            .finish()
+    }
 }
 
 /// The first frame the daemon sends: what to build and what to run.
@@ -65,6 +114,13 @@ pub struct RestoreSpec {
     /// `Standby`, and restore only when `Resume` arrives.
     #[serde(default)]
     pub standby: bool,
+    /// Where the runtime was waiting when it was snapshotted.
+    #[serde(default)]
+    pub resume: ResumePoint,
+    /// Delivered to the runtime after the restore (with
+    /// [`ResumePoint::RestoreNext`]).
+    #[serde(default)]
+    pub after_restore: AfterRestore,
 }
 
 /// One invocation handed to the runtime. The body of the frame is the event payload.
@@ -114,6 +170,10 @@ pub enum FromSupervisor {
         /// Milliseconds of that spent restoring the runtime (0 when started).
         #[serde(default)]
         restore_ms: f64,
+        /// Of `restore_ms`: bringing the runtime's memory back (all of it
+        /// when eager; what the restorer itself touches when lazy).
+        #[serde(default)]
+        memory_ms: f64,
     },
     /// The runtime made its first `GET /invocation/next`: init is complete.
     /// `runtime_ms` is the time from spawning the runtime until its bootstrap
@@ -129,6 +189,19 @@ pub enum FromSupervisor {
     /// The runtime called `/invocation/next` and waits for an invocation:
     /// it is idle (a checkpoint may be taken now).
     Waiting,
+    /// In a snapshot run: the runtime called `GET /runtime/restore/next`
+    /// (its before-snapshot hooks have run) and is blocked there. A
+    /// checkpoint may be taken now.
+    SnapshotPoint,
+    /// A restored runtime finished its after-restore work (environment,
+    /// reseeding, hooks) and asked for its first invocation.
+    AfterRestoreDone {
+        /// From answering `restore/next` to the first `/invocation/next`.
+        hooks_ms: f64,
+    },
+    /// A restored runtime reported `/runtime/restore/error` (an
+    /// after-restore hook failed). Body: the error JSON.
+    RestoreError { error_type: String },
     /// The runtime reported `/runtime/init/error`. Body: the error JSON.
     InitError { error_type: String },
     /// `/runtime/invocation/{id}/response`. Body: the response payload.

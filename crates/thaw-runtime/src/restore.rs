@@ -3,9 +3,10 @@
 //! Owns: the connections a restored runtime gets in place of the ones it
 //! had (they belonged to the supervisor of the instance the snapshot was
 //! taken from): fresh stdout/stderr pipes to this supervisor, and a fresh
-//! TCP connection to this supervisor's Runtime API carrying the
-//! `GET /invocation/next` the runtime was waiting on when it was
-//! checkpointed. The runtime never notices: it was blocked reading the
+//! TCP connection to this supervisor's Runtime API carrying the request
+//! the runtime was waiting on when it was checkpointed
+//! (`GET /restore/next`, the SnapStart handshake, or an idle
+//! `GET /invocation/next`). The runtime never notices: it was blocked reading the
 //! answer to that request, and the answer comes on the new connection.
 //!
 //! Must not: run after the sandbox dropped its privileges ([`restore_runtime`]
@@ -24,10 +25,10 @@ use thaw_snapshot::lazy::LazyMemory;
 use thaw_snapshot::restore::{restore, MemoryMode, RestoreOptions};
 use thaw_snapshot::state::FdKind;
 
-use crate::control::{RestoreSpec, RuntimeSpec};
+use crate::control::{AfterRestore, RestoreSpec, ResumePoint, RuntimeSpec};
 use crate::error_chain;
 
-/// Header marking the `/next` request the restorer sends for the runtime.
+/// Header marking the request the restorer sends for the runtime.
 pub const RESTORED_HEADER: &str = "X-Thaw-Restored";
 
 /// A restored runtime and what the supervisor needs to serve it.
@@ -43,9 +44,15 @@ pub struct Adopted {
     pub stderr: OwnedFd,
     /// Milliseconds the restore took.
     pub restore_ms: f64,
+    /// Of those, milliseconds spent on memory.
+    pub memory_ms: f64,
     /// For a lazy restore: the snapshot and the runtime's userfaultfd, to
     /// be served by [`serve_lazy_memory`] for as long as the runtime lives.
     pub lazy: Option<(Snapshot, LazyMemory)>,
+    /// Which request the runtime is waiting on an answer to.
+    pub resume: ResumePoint,
+    /// What it learns in that answer (with [`ResumePoint::RestoreNext`]).
+    pub after_restore: AfterRestore,
 }
 
 /// Serves a lazily restored runtime's memory on a thread of its own, until
@@ -86,6 +93,8 @@ pub struct PreparedRestore {
     err: (OwnedFd, OwnedFd),
     api_fd: i32,
     conn: TcpStream,
+    resume: ResumePoint,
+    after_restore: AfterRestore,
 }
 
 impl std::fmt::Debug for PreparedRestore {
@@ -124,9 +133,13 @@ pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRest
                 let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
                     .map_err(|e| format!("Cannot connect to the Runtime API: {e}"))?;
                 // The request the runtime was waiting on an answer to.
+                let path = match r.resume {
+                    ResumePoint::RestoreNext => "restore/next",
+                    ResumePoint::InvocationNext => "invocation/next",
+                };
                 write!(
                     conn,
-                    "GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{RESTORED_HEADER}: 1\r\n\r\n"
+                    "GET /2018-06-01/runtime/{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{RESTORED_HEADER}: 1\r\n\r\n"
                 )
                 .map_err(|e| format!("Cannot write to the Runtime API: {e}"))?;
                 api_conn = Some((fd, conn));
@@ -149,6 +162,8 @@ pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRest
         err: (err_r, err_w),
         api_fd,
         conn,
+        resume: r.resume,
+        after_restore: r.after_restore.clone(),
     })
 }
 
@@ -186,7 +201,10 @@ impl PreparedRestore {
             stdout: self.out.0,
             stderr: self.err.0,
             restore_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            memory_ms: restored.timings.memory_us as f64 / 1000.0,
             lazy,
+            resume: self.resume,
+            after_restore: self.after_restore,
         })
     }
 }

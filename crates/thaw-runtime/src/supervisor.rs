@@ -21,9 +21,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiEvent, Delivery, RuntimeApi};
+use crate::api::{self, ApiEvent, ApiMode, Delivery, RuntimeApi};
 use crate::control::{
-    read_frame, write_frame, ControlError, FromSupervisor, LogStream, RuntimeSpec, ToSupervisor,
+    read_frame, write_frame, ControlError, FromSupervisor, LogStream, ResumePoint, RuntimeSpec,
+    ToSupervisor,
 };
 use crate::error_chain;
 use crate::process::{RuntimeOutput, RuntimeProcess};
@@ -200,6 +201,18 @@ async fn supervise(
         source,
     };
     let restore_ms = adopted.as_ref().map_or(0.0, |a| a.restore_ms);
+    let memory_ms = adopted.as_ref().map_or(0.0, |a| a.memory_ms);
+    let mode = match &adopted {
+        Some(a) if a.resume == ResumePoint::RestoreNext => {
+            let body = serde_json::to_vec(&a.after_restore).unwrap_or_default();
+            ApiMode::Restored {
+                body: Bytes::from(body),
+            }
+        }
+        Some(_) => ApiMode::Normal,
+        None if spec.snapshot_run => ApiMode::SnapshotRun,
+        None => ApiMode::Normal,
+    };
     let (listener, spawned) = match adopted {
         Some(a) => {
             a.listener.set_nonblocking(true).map_err(bind_err)?;
@@ -226,6 +239,7 @@ async fn supervise(
     let ready = FromSupervisor::SandboxReady {
         setup_ms,
         restore_ms,
+        memory_ms,
     };
 
     let (mut process, mut output) = match spawned {
@@ -253,7 +267,7 @@ async fn supervise(
     let (deliver, deliveries) = mpsc::unbounded_channel();
     let _server = AbortOnDrop(tokio::spawn(api::serve(
         listener,
-        RuntimeApi::new(events_tx, deliveries),
+        RuntimeApi::new(events_tx, deliveries, mode),
     )));
     let (control_tx, mut control) = mpsc::channel(1);
     let _reader = AbortOnDrop(tokio::spawn(read_control(rd, control_tx)));
@@ -279,6 +293,15 @@ async fn supervise(
                 }
                 ApiEvent::Waiting => {
                     send(wr, &FromSupervisor::Waiting, &[]).await?;
+                }
+                ApiEvent::SnapshotPoint => {
+                    // Output written by the before-snapshot hooks is logged
+                    // before the checkpoint freezes the runtime.
+                    send_output(wr, output.drain(), &tag).await?;
+                    send(wr, &FromSupervisor::SnapshotPoint, &[]).await?;
+                }
+                ApiEvent::AfterRestoreDone { hooks_ms } => {
+                    send(wr, &FromSupervisor::AfterRestoreDone { hooks_ms }, &[]).await?;
                 }
                 ApiEvent::Report { message, body, forwarded } => {
                     send_output(wr, output.drain(), &tag).await?;

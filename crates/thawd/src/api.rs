@@ -772,6 +772,8 @@ fn invoke_response(out: InvokeOutcome) -> Response {
         init_ms: out.timings.init_ms,
         invoke_ms: out.timings.invoke_ms,
         restore_ms: out.timings.restore_ms,
+        memory_ms: out.timings.memory_ms,
+        hooks_ms: out.timings.hooks_ms,
     };
     let mut resp = (StatusCode::OK, out.payload).into_response();
     resp.headers_mut()

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thaw_runtime::control::{
-    read_frame, write_frame, FromSupervisor, Invocation, LogStream, RestoreSpec, ToSupervisor,
+    read_frame, write_frame, AfterRestore, FromSupervisor, Invocation, LogStream, RestoreSpec,
+    ResumePoint, ToSupervisor,
 };
 use thaw_sandbox::{BindMount, Cgroup, CgroupParent, Limits};
 use thaw_snapshot::checkpoint::CheckpointStats;
@@ -53,6 +54,35 @@ pub enum CheckpointFailure {
     /// The engine refused or failed.
     #[error("{0}")]
     Engine(String),
+    /// The runtime reported an error instead of reaching the snapshot
+    /// point (a before-snapshot hook failed: `Runtime.BeforeSnapshotError`).
+    #[error("{error_type}: {message}")]
+    Runtime {
+        /// The reported error type.
+        error_type: String,
+        /// The reported message.
+        message: String,
+    },
+}
+
+/// Where a snapshot run's runtime is, as far as the snapshot is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotRunState {
+    /// Waiting in `/invocation/next` (for the test invocation, or idle in a
+    /// runtime that does not speak the handshake).
+    Waiting,
+    /// Blocked in `/restore/next`: the snapshot point.
+    AtSnapshotPoint,
+}
+
+/// Name of the function variable that switches reseeding after a restore
+/// off (`0`); only useful to show what reseeding prevents.
+pub const RESEED_VARIABLE: &str = "THAW_RESEED";
+
+/// Sets `name` in a runtime environment, replacing an existing value.
+fn set_env(env: &mut Vec<(String, String)>, name: &str, value: &str) {
+    env.retain(|(k, _)| k != name);
+    env.push((name.to_string(), value.to_string()));
 }
 
 /// The only child of `pid` (`None` if it has none or several).
@@ -181,6 +211,19 @@ impl Instance {
         Self::launch(f, ctx, None, false).await
     }
 
+    /// Start a new instance of `f` to be snapshotted: its runtime runs with
+    /// `AWS_LAMBDA_INITIALIZATION_TYPE=snap-start` (and, for thaw's
+    /// bootstraps, `THAW_SNAPSHOT_TEST_INVOKE=1`: one test invocation before
+    /// the handshake), and the Runtime API takes `GET /runtime/restore/next`
+    /// as the snapshot point. `env` replaces the function's environment
+    /// (the caller leaves out what must not be in a snapshot).
+    pub async fn start_for_snapshot(
+        f: &FunctionRecord,
+        ctx: &InstanceContext,
+    ) -> Result<(Instance, PhaseTimings), StartError> {
+        Self::launch(f, ctx, None, true).await
+    }
+
     /// Start a new instance of `f` whose runtime is restored from the
     /// snapshot in `snapshot_dir` (taken with [`Instance::checkpoint`] from
     /// an instance of the same function revision) instead of starting and
@@ -191,7 +234,7 @@ impl Instance {
         ctx: &InstanceContext,
         snapshot_dir: &Path,
     ) -> Result<(Instance, PhaseTimings), StartError> {
-        Self::launch(f, ctx, Some(snapshot_dir), false).await
+        Self::launch_restore(f, ctx, snapshot_dir, false).await
     }
 
     /// Build a *standby* instance of `f`: its sandbox is built and the
@@ -205,7 +248,7 @@ impl Instance {
         ctx: &InstanceContext,
         snapshot_dir: &Path,
     ) -> Result<(Instance, PhaseTimings), StartError> {
-        Self::launch(f, ctx, Some(snapshot_dir), true).await
+        Self::launch_restore(f, ctx, snapshot_dir, true).await
     }
 
     /// Restore the runtime of a standby instance and wait until it asks for
@@ -227,12 +270,24 @@ impl Instance {
         r
     }
 
+    async fn launch_restore(
+        f: &FunctionRecord,
+        ctx: &InstanceContext,
+        snapshot_dir: &Path,
+        standby: bool,
+    ) -> Result<(Instance, PhaseTimings), StartError> {
+        let meta = crate::snapshots::SnapshotMeta::read(snapshot_dir)
+            .map_err(|e| StartError::Platform(e.to_string()))?;
+        Self::launch(f, ctx, Some((snapshot_dir, meta.resume, standby)), false).await
+    }
+
     async fn launch(
         f: &FunctionRecord,
         ctx: &InstanceContext,
-        snapshot_dir: Option<&Path>,
-        standby: bool,
+        restore: Option<(&Path, ResumePoint, bool)>,
+        snapshot_run: bool,
     ) -> Result<(Instance, PhaseTimings), StartError> {
+        let standby = restore.is_some_and(|r| r.2);
         let t0 = Instant::now();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut spec = start_spec(
@@ -247,16 +302,41 @@ impl Instance {
             },
         )
         .map_err(|e| StartError::Platform(e.to_string()))?;
-        if let Some(dir) = snapshot_dir {
+        if snapshot_run {
+            spec.runtime.snapshot_run = true;
+            set_env(
+                &mut spec.runtime.env,
+                "AWS_LAMBDA_INITIALIZATION_TYPE",
+                "snap-start",
+            );
+            set_env(&mut spec.runtime.env, "THAW_SNAPSHOT_TEST_INVOKE", "1");
+        }
+        if let Some((dir, resume, standby)) = restore {
             spec.sandbox.binds.push(BindMount {
                 source: dir.to_path_buf(),
                 target: SNAPSHOT_MOUNT.into(),
                 required: true,
             });
+            // What the restored runtime must see instead of what the
+            // snapshotted one saw.
+            let per_instance = ["THAW_INSTANCE_ID", "AWS_LAMBDA_LOG_STREAM_NAME"];
+            let environment = spec
+                .runtime
+                .env
+                .iter()
+                .filter(|(k, _)| per_instance.contains(&k.as_str()))
+                .cloned()
+                .collect();
             spec.restore = Some(RestoreSpec {
                 snapshot_dir: SNAPSHOT_MOUNT.into(),
                 lazy: ctx.lazy_restore,
                 standby,
+                resume,
+                after_restore: AfterRestore {
+                    instance_id: id.clone(),
+                    environment,
+                    reseed: f.environment.get(RESEED_VARIABLE).map(String::as_str) != Some("0"),
+                },
             });
         }
         let limits = Limits {
@@ -391,9 +471,39 @@ impl Instance {
             };
             match ev {
                 Event::Log(_, line) => init_log.push(line),
-                Event::Frame(FromSupervisor::SandboxReady { restore_ms, .. }, _) => {
+                Event::Frame(
+                    FromSupervisor::SandboxReady {
+                        restore_ms,
+                        memory_ms,
+                        ..
+                    },
+                    _,
+                ) => {
                     timings.sandbox_ms = ms(t0.elapsed());
                     timings.restore_ms = restore_ms;
+                    timings.memory_ms = memory_ms;
+                }
+                Event::Frame(FromSupervisor::AfterRestoreDone { hooks_ms }, _) => {
+                    // A handshake restore: ready once the runtime's
+                    // after-restore work is done.
+                    timings.sandbox_ms = ms(t0.elapsed());
+                    timings.hooks_ms = hooks_ms;
+                    return Ok(timings);
+                }
+                Event::Frame(FromSupervisor::RestoreError { error_type }, body) => {
+                    let payload = if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+                        Bytes::from(body)
+                    } else {
+                        error_doc(&error_type, &String::from_utf8_lossy(&body))
+                    };
+                    self.drain_logs(&mut init_log, Duration::from_millis(50))
+                        .await;
+                    return Err(StartError::Init {
+                        error_type,
+                        payload,
+                        log: init_log,
+                        timings,
+                    });
                 }
                 Event::Frame(FromSupervisor::Waiting, _) => {}
                 Event::Frame(FromSupervisor::Standby { .. }, _) if standby => {
@@ -573,16 +683,32 @@ impl Instance {
         (result, lines, invoke_ms)
     }
 
-    /// Checkpoints this instance's runtime into the snapshot directory `dir`
-    /// once it is idle (waiting in `/invocation/next`; normally right after
-    /// an invocation). The instance keeps running and serving.
-    pub async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointStats, CheckpointFailure> {
+    /// Waits for the next thing a snapshot run's runtime does that matters
+    /// to the snapshot: ask for an invocation, reach the snapshot point
+    /// (`restore/next`), or fail (`/init/error` from a before-snapshot hook:
+    /// [`CheckpointFailure::Runtime`]).
+    pub async fn snapshot_run_state(&mut self) -> Result<SnapshotRunState, CheckpointFailure> {
         let deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => return Err(CheckpointFailure::NotIdle),
                 Ok(None) | Ok(Some(Event::Closed(_))) => return Err(CheckpointFailure::Gone),
-                Ok(Some(Event::Frame(FromSupervisor::Waiting, _))) => break,
+                Ok(Some(Event::Frame(FromSupervisor::Waiting, _))) => {
+                    return Ok(SnapshotRunState::Waiting)
+                }
+                Ok(Some(Event::Frame(FromSupervisor::SnapshotPoint, _))) => {
+                    return Ok(SnapshotRunState::AtSnapshotPoint)
+                }
+                Ok(Some(Event::Frame(FromSupervisor::InitError { error_type }, body))) => {
+                    let message = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("errorMessage")?.as_str().map(str::to_string))
+                        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                    return Err(CheckpointFailure::Runtime {
+                        error_type,
+                        message,
+                    });
+                }
                 Ok(Some(Event::Frame(
                     FromSupervisor::Exited { .. } | FromSupervisor::Fatal { .. },
                     _,
@@ -590,6 +716,11 @@ impl Instance {
                 Ok(Some(_)) => {}
             }
         }
+    }
+
+    /// Checkpoints the runtime of an instance that [`Self::snapshot_run_state`]
+    /// found waiting or at its snapshot point into `dir`.
+    pub async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointStats, CheckpointFailure> {
         let init = self.child.id().ok_or(CheckpointFailure::Gone)?;
         let pid1 = only_child(init).ok_or(CheckpointFailure::Gone)?;
         let runtime = only_child(pid1).ok_or(CheckpointFailure::Gone)?;

@@ -14,6 +14,12 @@ pub struct PhaseTimings {
     /// Restoring the runtime from a snapshot (part of `sandbox_ms`; 0 for a
     /// cold start).
     pub restore_ms: f64,
+    /// Of `restore_ms`: bringing the runtime's memory back.
+    pub memory_ms: f64,
+    /// The restored runtime's after-restore work (environment, reseeding,
+    /// hooks), until it asked for its first invocation (part of
+    /// `sandbox_ms`).
+    pub hooks_ms: f64,
     /// Starting the language runtime, until the bootstrap begins loading the function.
     pub runtime_ms: f64,
     /// Function init: loading the handler module and its dependencies.

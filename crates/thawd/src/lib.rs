@@ -18,6 +18,7 @@ pub mod pool;
 pub mod registry;
 pub mod runtimes;
 pub mod server;
+pub mod snapshots;
 
 pub use config::DaemonConfig;
 pub use server::{serve, serve_with, Platform};

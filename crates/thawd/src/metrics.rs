@@ -83,7 +83,12 @@ impl Metrics {
             }
         }
         if start == StartKind::Restored {
-            for (phase, ms) in [("sandbox", t.sandbox_ms), ("restore", t.restore_ms)] {
+            for (phase, ms) in [
+                ("sandbox", t.sandbox_ms),
+                ("restore", t.restore_ms),
+                ("memory", t.memory_ms),
+                ("hooks", t.hooks_ms),
+            ] {
                 self.phase
                     .with_label_values(&[function, s, phase])
                     .observe(ms / 1000.0);
@@ -140,7 +145,7 @@ mod tests {
             runtime_ms: 20.0,
             init_ms: 30.0,
             invoke_ms: 1.0,
-            restore_ms: 0.0,
+            ..Default::default()
         };
         m.observe_invocation("f", StartKind::Cold, &t, "success");
         let text = m.render();

@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use thaw_runtime::control::Invocation;
+use thaw_runtime::control::{Invocation, ResumePoint};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::instance::{
-    error_chain, error_doc, Instance, InstanceContext, LogTail, RunResult, StartError,
+    error_chain, error_doc, CheckpointFailure, Instance, InstanceContext, LogTail, RunResult,
+    SnapshotRunState, StartError,
 };
 use crate::invoke::{InvokeError, InvokeInput, InvokeOutcome, PhaseTimings, StartKind};
 use crate::logs::{now_ms, LogRecord, LogStore};
@@ -29,6 +30,8 @@ use bytes::Bytes;
 use std::path::PathBuf;
 use thaw_api::SnapshotReport;
 use thaw_snapshot::checkpoint::CheckpointStats;
+
+use crate::snapshots::SnapshotMeta;
 
 /// How long an invocation waits for a free instance slot before it is throttled.
 const QUEUE_WAIT: Duration = Duration::from_secs(10);
@@ -258,28 +261,43 @@ impl Pools {
         payload: Bytes,
     ) -> Result<SnapshotReport, InvokeError> {
         let fail = |m: String| InvokeError::Sandbox(anyhow::anyhow!(m));
-        let (mut inst, t) = Instance::start(f, &self.ctx).await.map_err(|e| match e {
-            StartError::Platform(m) => fail(m),
-            StartError::Init { error_type, .. } => {
-                fail(format!("function init failed: {error_type}"))
-            }
-        })?;
-        let result = self.checkpoint_after_test(&mut inst, f, payload).await;
+        let (mut inst, t) =
+            Instance::start_for_snapshot(f, &self.ctx)
+                .await
+                .map_err(|e| match e {
+                    StartError::Platform(m) => fail(m),
+                    StartError::Init {
+                        error_type,
+                        payload,
+                        ..
+                    } => fail(format!(
+                        "function init failed: {error_type}: {}",
+                        String::from_utf8_lossy(&payload)
+                    )),
+                })?;
+        let result = self.checkpoint_after_test(&mut inst, f, &payload).await;
         inst.destroy().await;
-        if result.is_ok() {
-            // Standbys prepared from an older snapshot would restore it:
-            // replace them, and have a sandbox ready for the first restore.
-            let pool = self.pool_for(f);
-            destroy_all(self.take_standby(&f.name, &pool)).await;
-            if self.ctx.lazy_restore {
-                // Verified now, not on the first restore's path.
-                if let Err(e) = self.verified(&self.snapshot_dir(f)).await {
-                    tracing::warn!(function = %f.name, error = %e, "a new snapshot failed verification");
-                }
+        let (test_invoke_ms, stats, size_bytes, meta) = result.map_err(fail)?;
+        // Never publish a snapshot that does not restore: restore one
+        // instance from it and give it the test invocation.
+        let validation_ms = match self.validate_snapshot(f, &payload).await {
+            Ok(ms) => ms,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(self.snapshot_dir(f));
+                return Err(fail(format!("the new snapshot does not restore: {e}")));
             }
-            self.replenish(&pool);
+        };
+        // Standbys prepared from an older snapshot would restore it:
+        // replace them, and have a sandbox ready for the first restore.
+        let pool = self.pool_for(f);
+        destroy_all(self.take_standby(&f.name, &pool)).await;
+        if self.ctx.lazy_restore {
+            // Verified now, not on the first restore's path.
+            if let Err(e) = self.verified(&self.snapshot_dir(f)).await {
+                tracing::warn!(function = %f.name, error = %e, "a new snapshot failed verification");
+            }
         }
-        let (test_invoke_ms, stats, size_bytes) = result.map_err(fail)?;
+        self.replenish(&pool);
         Ok(SnapshotReport {
             function: f.name.clone(),
             revision_id: f.revision_id.clone(),
@@ -292,19 +310,16 @@ impl Pools {
             data_pages: stats.data_pages,
             zero_pages: stats.zero_pages,
             size_bytes,
+            handshake: meta.resume == ResumePoint::RestoreNext,
+            warmed_up: meta.warmed_up,
+            validation_ms,
         })
     }
 
-    async fn checkpoint_after_test(
-        &self,
-        inst: &mut Instance,
-        f: &FunctionRecord,
-        payload: Bytes,
-    ) -> Result<(f64, CheckpointStats, u64), String> {
-        let request_id = uuid::Uuid::new_v4().to_string();
+    fn test_invocation(f: &FunctionRecord) -> (Invocation, Duration) {
         let timeout = Duration::from_secs(u64::from(f.timeout_s));
         let inv = Invocation {
-            request_id,
+            request_id: uuid::Uuid::new_v4().to_string(),
             deadline_ms: now_ms() + timeout.as_millis() as u64,
             invoked_function_arn: format!(
                 "arn:aws:lambda:{REGION}:000000000000:function:{}",
@@ -314,25 +329,69 @@ impl Pools {
             client_context: None,
             cognito_identity: None,
         };
-        let (result, _, invoke_ms) = inst.run(inv, &payload, timeout, f).await;
+        (inv, timeout)
+    }
+
+    /// Runs the test invocation on `inst`; its duration, or why it failed.
+    async fn run_test_invocation(
+        inst: &mut Instance,
+        f: &FunctionRecord,
+        payload: &[u8],
+    ) -> Result<f64, String> {
+        let (inv, timeout) = Self::test_invocation(f);
+        let (result, _, invoke_ms) = inst.run(inv, payload, timeout, f).await;
         match result {
-            RunResult::Response(_) => {}
-            RunResult::FunctionError { payload, .. } => {
-                return Err(format!(
-                    "the test invocation failed: {}",
-                    String::from_utf8_lossy(&payload)
-                ))
-            }
-            RunResult::Timeout => return Err("the test invocation timed out".into()),
+            RunResult::Response(_) => Ok(invoke_ms),
+            RunResult::FunctionError { payload, .. } => Err(format!(
+                "the test invocation failed: {}",
+                String::from_utf8_lossy(&payload)
+            )),
+            RunResult::Timeout => Err("the test invocation timed out".into()),
             RunResult::Crashed { error_type, .. } => {
-                return Err(format!("the test invocation crashed: {error_type}"))
+                Err(format!("the test invocation crashed: {error_type}"))
             }
-            RunResult::Broken(why) => return Err(format!("the instance broke: {why}")),
+            RunResult::Broken(why) => Err(format!("the instance broke: {why}")),
         }
+    }
+
+    /// The snapshot run after init: the test invocation when the runtime
+    /// asks for one first, then the snapshot point (`restore/next`, or an
+    /// idle `/invocation/next` for runtimes without the handshake), the
+    /// checkpoint, and the metadata.
+    async fn checkpoint_after_test(
+        &self,
+        inst: &mut Instance,
+        f: &FunctionRecord,
+        payload: &[u8],
+    ) -> Result<(f64, CheckpointStats, u64, SnapshotMeta), String> {
+        let state = |e: CheckpointFailure| match e {
+            CheckpointFailure::Runtime { .. } => {
+                format!("the runtime failed before the snapshot: {e}")
+            }
+            other => other.to_string(),
+        };
+        let first = inst.snapshot_run_state().await.map_err(state)?;
+        let (warmed_up, invoke_ms, point) = match first {
+            SnapshotRunState::AtSnapshotPoint => (false, 0.0, first),
+            SnapshotRunState::Waiting => {
+                let ms = Self::run_test_invocation(inst, f, payload).await?;
+                (true, ms, inst.snapshot_run_state().await.map_err(state)?)
+            }
+        };
+        let resume = match point {
+            SnapshotRunState::AtSnapshotPoint => ResumePoint::RestoreNext,
+            SnapshotRunState::Waiting => ResumePoint::InvocationNext,
+        };
         let dir = self.snapshot_dir(f);
         let parent = dir.parent().unwrap_or(&self.ctx.snapshots).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let meta = SnapshotMeta {
+            resume,
+            warmed_up,
+            revision_id: f.revision_id.clone(),
+            created: chrono::Utc::now().to_rfc3339(),
+        };
         let stats = match inst.checkpoint(&tmp).await {
             Ok(s) => s,
             Err(e) => {
@@ -340,10 +399,26 @@ impl Pools {
                 return Err(format!("checkpoint failed: {e}"));
             }
         };
+        if let Err(e) = meta.write(&tmp) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.to_string());
+        }
         let size = dir_size(&tmp);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok((invoke_ms, stats, size))
+        Ok((invoke_ms, stats, size, meta))
+    }
+
+    /// Restores one instance from `f`'s new snapshot and gives it the test
+    /// invocation; the milliseconds to its response, or why it failed.
+    async fn validate_snapshot(&self, f: &FunctionRecord, payload: &[u8]) -> Result<f64, String> {
+        let t0 = std::time::Instant::now();
+        let (mut inst, _) = Instance::restore(f, &self.ctx, &self.snapshot_dir(f))
+            .await
+            .map_err(|e| start_error_text(&e))?;
+        let r = Self::run_test_invocation(&mut inst, f, payload).await;
+        inst.destroy().await;
+        r.map(|_| t0.elapsed().as_secs_f64() * 1000.0)
     }
 
     /// Deletes `f`'s snapshots (every revision). Returns whether there were any.

@@ -227,10 +227,22 @@ pub fn start_spec(
             format!("{today}/[$LATEST]{short}"),
         ),
         ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into()),
+        // thaw's own: unique per instance (restored ones get theirs after
+        // the restore).
+        ("THAW_INSTANCE_ID", instance_id.to_string()),
     ];
     // Reserved variables win over user-supplied ones, as in Lambda.
     env.retain(|(k, _)| !reserved.iter().any(|(r, _)| r == k));
     env.extend(reserved.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if f.runtime == "nodejs20.x" {
+        // Where `require('@thaw/snapshot-restore')` is found (reserved, as
+        // NODE_PATH is in Lambda).
+        env.retain(|(k, _)| k != "NODE_PATH");
+        env.push((
+            "NODE_PATH".into(),
+            thaw_runtime::bootstraps::NODE_MODULES_DIR.into(),
+        ));
+    }
 
     let hostname = format!("thaw-{short}");
     let files = vec![
@@ -271,6 +283,7 @@ pub fn start_spec(
             env,
             cwd: "/var/task".into(),
             api_port: RUNTIME_API_PORT,
+            snapshot_run: false,
         },
         restore: None,
     })

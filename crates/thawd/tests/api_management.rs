@@ -88,7 +88,7 @@ fn echo(_: &FunctionRecord, input: &InvokeInput) -> Result<InvokeOutcome, Invoke
             runtime_ms: 20.0,
             init_ms: 3.25,
             invoke_ms: 0.5,
-            restore_ms: 0.0,
+            ..Default::default()
         },
         log_tail: input.tail_logs.then(|| "START\nhello\nEND\n".to_string()),
     })

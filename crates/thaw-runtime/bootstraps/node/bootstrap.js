@@ -8,6 +8,18 @@
 // how long that took in the X-Thaw-Function-Init-Ms header of the first /next,
 // then serves invocations forever. Init failures go to /runtime/init/error and
 // end the process.
+//
+// With AWS_LAMBDA_INITIALIZATION_TYPE=snap-start it speaks the SnapStart
+// handshake: after init (and, when THAW_SNAPSHOT_TEST_INVOKE=1, one test
+// invocation) it runs the before-snapshot hooks registered with
+// `@thaw/snapshot-restore` (reverse order), then calls
+// GET /runtime/restore/next, which returns in each instance restored from the
+// snapshot. It then applies what the answer carries (per-instance and secret
+// environment variables; fresh random state: Math.random, OpenSSL's generator
+// and Node's crypto caches), runs the after-restore hooks (registration order)
+// and serves invocations. Hook failures go to /runtime/init/error
+// (Runtime.BeforeSnapshotError) or /runtime/restore/error
+// (Runtime.AfterRestoreError) and end the process.
 
 const fs = require('node:fs');
 const http = require('node:http');
@@ -381,8 +393,182 @@ async function reportInitError(err) {
   }
 }
 
+// ---------------------------------------------------------------- snapshots
+
+const HOOK_TIMEOUT_MS = 10000;
+const hooksModule = path.join(__dirname, 'modules', '@thaw', 'snapshot-restore');
+
+async function runHook(fn, args, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${what} hook ${fn.name || '(anonymous)'} ran longer than ${HOOK_TIMEOUT_MS / 1000} s`)),
+      HOOK_TIMEOUT_MS,
+    );
+  });
+  try {
+    await Promise.race([Promise.resolve().then(() => fn(...args)), timeout]);
+  } finally {
+    // No timer may be left pending when the instance is snapshotted.
+    clearTimeout(timer);
+  }
+}
+
+// Math.random backed by the kernel's generator, read in blocks: V8's own
+// state (and the entropy it was seeded from) is part of the snapshot, so
+// every instance restored from it would draw the same numbers.
+function freshMathRandom() {
+  const buf = Buffer.alloc(4096);
+  let off = buf.length;
+  let fd = -1;
+  Math.random = function random() {
+    if (off === buf.length) {
+      if (fd < 0) fd = fs.openSync('/dev/urandom', 'r');
+      fs.readSync(fd, buf, 0, buf.length, null);
+      off = 0;
+    }
+    // 53 random bits, as a double in [0, 1).
+    const hi = buf.readUInt32LE(off) >>> 5;
+    const lo = buf.readUInt32LE(off + 4) >>> 6;
+    off += 8;
+    return (hi * 67108864 + lo) / 9007199254740992;
+  };
+}
+
+// Node caches random bytes for randomUUID (128 UUIDs) and randomInt (1024
+// values). A snapshot run notes which of them the function used, so that a
+// restore pays for flushing only those (a few microseconds per value here).
+const usedCryptoCaches = { uuid: false, int: false };
+
+let reseedAddon = null;
+
+function loadReseedAddon() {
+  const addon = { exports: {} };
+  process.dlopen(addon, path.join(__dirname, 'thaw_reseed.node'));
+  return addon.exports;
+}
+
+function trackCryptoCaches() {
+  // Loaded before the snapshot, so a restore does not pay for it.
+  try {
+    reseedAddon = loadReseedAddon();
+  } catch (err) {
+    process.stderr.write(`thaw bootstrap: cannot load the reseed addon: ${err.message}\n`);
+  }
+  const crypto = require('node:crypto');
+  const { randomUUID, randomInt } = crypto;
+  crypto.randomUUID = function randomUUID_(options) {
+    usedCryptoCaches.uuid = true;
+    return randomUUID(options);
+  };
+  crypto.randomInt = function randomInt_(...args) {
+    usedCryptoCaches.int = true;
+    return randomInt(...args);
+  };
+  const web = globalThis.crypto;
+  if (web && typeof web.randomUUID === 'function') {
+    const webUUID = web.randomUUID;
+    web.randomUUID = function randomUUID_() {
+      usedCryptoCaches.uuid = true;
+      return webUUID.call(web);
+    };
+  }
+}
+
+// Fresh random state for everything in the process that had its own.
+function reseed() {
+  freshMathRandom();
+  const crypto = require('node:crypto');
+  // OpenSSL's DRBGs reseed on fork, not on restore: reseed them from the
+  // kernel with prediction resistance (a small addon; Node exports OpenSSL).
+  try {
+    if (!reseedAddon) reseedAddon = loadReseedAddon();
+    if (!reseedAddon.reseed()) throw new Error('EVP_RAND_reseed failed');
+  } catch (err) {
+    process.stderr.write(`thaw bootstrap: cannot reseed OpenSSL: ${err.message}\n`);
+  }
+  // Drawing one full batch from a cache makes it refill from the reseeded
+  // generator, whatever position it was left at.
+  if (usedCryptoCaches.uuid) for (let i = 0; i < 128; i++) crypto.randomUUID();
+  if (usedCryptoCaches.int) for (let i = 0; i < 1024; i++) crypto.randomInt(2);
+}
+
+function applyRestore(body) {
+  const doc = body.length ? JSON.parse(body.toString('utf8')) : {};
+  for (const [name, value] of doc.environment || []) process.env[name] = value;
+  if (doc.reseed !== false) reseed();
+}
+
+async function snapshotHandshake(nextHeaders) {
+  const hooks = require(hooksModule);
+  try {
+    const before = hooks.getBeforeSnapshot();
+    // Reverse order of registration.
+    while (before.length) {
+      const [fn, args] = before.pop();
+      await runHook(fn, args, 'before-snapshot');
+    }
+  } catch (err) {
+    const doc = errorDoc(err);
+    doc.errorType = 'Runtime.BeforeSnapshotError';
+    doc.errorMessage = `${err && err.name ? err.name : 'Error'}: ${err && err.message}`;
+    console.error('Before-snapshot hook failed', JSON.stringify(doc));
+    try {
+      await postError('/init/error', doc);
+    } catch (e) {
+      process.stderr.write(`thaw bootstrap: cannot report the hook error: ${e.message}\n`);
+    }
+    process.exit(64);
+  }
+  await flushOutput();
+  let res;
+  try {
+    res = await request('GET', '/restore/next', undefined, nextHeaders);
+  } catch (err) {
+    die(`the Runtime API is gone: ${err.message}`);
+  }
+  if (res.status !== 200) die(`/restore/next returned ${res.status}: ${res.body.toString().slice(0, 200)}`);
+  try {
+    applyRestore(res.body);
+    for (const [fn, args] of hooks.getAfterRestore().slice()) {
+      await runHook(fn, args, 'after-restore');
+    }
+  } catch (err) {
+    const doc = errorDoc(err);
+    doc.errorType = 'Runtime.AfterRestoreError';
+    doc.errorMessage = `${err && err.name ? err.name : 'Error'}: ${err && err.message}`;
+    console.error('After-restore hook failed', JSON.stringify(doc));
+    try {
+      await postError('/restore/error', doc);
+    } catch (e) {
+      process.stderr.write(`thaw bootstrap: cannot report the hook error: ${e.message}\n`);
+    }
+    process.exit(65);
+  }
+}
+
+async function next(nextHeaders) {
+  let res;
+  try {
+    res = await request('GET', '/invocation/next', undefined, nextHeaders);
+  } catch (err) {
+    die(`the Runtime API is gone: ${err.message}`);
+  }
+  if (res.status !== 200) die(`/invocation/next returned ${res.status}: ${res.body.toString().slice(0, 200)}`);
+  return res;
+}
+
+async function serveOne(handler, res) {
+  try {
+    await invoke(handler, res);
+  } catch (err) {
+    die(`cannot report the result: ${err.message}`);
+  }
+}
+
 async function main() {
   const taskRoot = process.env.LAMBDA_TASK_ROOT || '/var/task';
+  if (process.env.AWS_LAMBDA_INITIALIZATION_TYPE === 'snap-start') trackCryptoCaches();
   const started = performance.now();
   let handler;
   try {
@@ -396,20 +582,21 @@ async function main() {
   const initMs = performance.now() - started;
 
   let nextHeaders = { [INIT_MS_HEADER]: initMs.toFixed(3) };
-  for (;;) {
-    let res;
-    try {
-      res = await request('GET', '/invocation/next', undefined, nextHeaders);
-    } catch (err) {
-      die(`the Runtime API is gone: ${err.message}`);
+  if (process.env.AWS_LAMBDA_INITIALIZATION_TYPE === 'snap-start') {
+    if (process.env.THAW_SNAPSHOT_TEST_INVOKE === '1') {
+      // Warm up what the first invocation loads or compiles (V8 compiles
+      // lazily), so the snapshot holds it too.
+      const res = await next(nextHeaders);
+      nextHeaders = {};
+      await serveOne(handler, res);
     }
+    await snapshotHandshake(nextHeaders);
     nextHeaders = {};
-    if (res.status !== 200) die(`/invocation/next returned ${res.status}: ${res.body.toString().slice(0, 200)}`);
-    try {
-      await invoke(handler, res);
-    } catch (err) {
-      die(`cannot report the result: ${err.message}`);
-    }
+  }
+  for (;;) {
+    const res = await next(nextHeaders);
+    nextHeaders = {};
+    await serveOne(handler, res);
   }
 }
 

@@ -6,6 +6,17 @@ and the AWS_LAMBDA_* description of the function; loads `module.function`
 (dots or slashes for packages), reports how long that took in the
 X-Thaw-Function-Init-Ms header of the first /next, then serves invocations
 forever. Init failures go to /runtime/init/error and end the process.
+
+With AWS_LAMBDA_INITIALIZATION_TYPE=snap-start it speaks the SnapStart
+handshake: after init (and, when THAW_SNAPSHOT_TEST_INVOKE=1, one test
+invocation) it runs the before-snapshot hooks registered with
+`snapshot_restore_py` (reverse order), then calls GET /runtime/restore/next,
+which returns in each instance restored from the snapshot. It then applies
+what the answer carries (per-instance and secret environment variables; a
+reseed of `random`), runs the after-restore hooks (registration order) and
+serves invocations. Hook failures go to /runtime/init/error
+(Runtime.BeforeSnapshotError) or /runtime/restore/error
+(Runtime.AfterRestoreError) and end the process.
 """
 
 import decimal
@@ -367,6 +378,105 @@ def _invoke(client, handler, headers, payload):
         print(f"thaw bootstrap: the response was refused ({status}): {data[:300]!r}", file=sys.stderr)
 
 
+HOOK_TIMEOUT_S = 10
+
+
+class HookTimeout(Exception):
+    """A runtime hook ran longer than HOOK_TIMEOUT_S."""
+
+
+def _run_hook(func, args, kwargs, what):
+    """Calls one hook with a time limit (SIGALRM; never left armed, so no
+    timer is pending when the instance is snapshotted)."""
+    import signal
+
+    def on_alarm(signum, frame):
+        raise HookTimeout(f"{what} hook {getattr(func, '__qualname__', func)!s} ran longer than {HOOK_TIMEOUT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, HOOK_TIMEOUT_S)
+    try:
+        func(*args, **kwargs)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _apply_restore(body):
+    """Applies the restore/next answer: environment first (hooks may read it),
+    then a reseed of the `random` module's generator, whose state every
+    instance restored from one snapshot would otherwise share."""
+    doc = json.loads(body) if body else {}
+    for name, value in doc.get("environment") or []:
+        os.environ[name] = value
+    if doc.get("reseed", True) and "random" in sys.modules:
+        sys.modules["random"].seed()
+
+
+def _hook_error_doc(error_type, e):
+    return _error_doc(error_type, f"{type(e).__name__}: {e}", "", _user_frames(e.__traceback__))
+
+
+def _snapshot_handshake(client, next_headers):
+    """Before-snapshot hooks, GET /restore/next (returns after a restore),
+    the restore's environment and reseed, after-restore hooks."""
+    try:
+        import snapshot_restore_py
+
+        hooks = snapshot_restore_py.get_before_snapshot()
+        # Reverse order of registration, as in AWS's runtime client.
+        while hooks:
+            func, args, kwargs = hooks.pop()
+            _run_hook(func, args, kwargs, "before-snapshot")
+    except Exception as e:  # noqa: BLE001 - every hook failure fails the snapshot
+        doc = _hook_error_doc("Runtime.BeforeSnapshotError", e)
+        _report_init_error(client, doc["errorType"], doc["errorMessage"], doc["stackTrace"])
+    _flush_output()
+    try:
+        status, _, body = client.request("GET", "/restore/next", headers=next_headers)
+    except OSError as e:
+        print(f"thaw bootstrap: the Runtime API is gone: {e}", file=sys.stderr)
+        sys.exit(1)
+    if status != 200:
+        print(f"thaw bootstrap: /restore/next returned {status}: {body[:200]!r}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        _apply_restore(body)
+        import snapshot_restore_py
+
+        for func, args, kwargs in list(snapshot_restore_py.get_after_restore()):
+            _run_hook(func, args, kwargs, "after-restore")
+    except Exception as e:  # noqa: BLE001 - every hook failure fails the restore
+        doc = _hook_error_doc("Runtime.AfterRestoreError", e)
+        _log_error(doc["errorType"], doc["errorMessage"], doc["stackTrace"])
+        try:
+            _post_error(client, "/restore/error", doc)
+        except OSError as pe:
+            print(f"thaw bootstrap: cannot report the restore error: {pe}", file=sys.stderr)
+        _flush_output()
+        sys.exit(65)
+
+
+def _next(client, headers):
+    try:
+        status, hdrs, payload = client.request("GET", "/invocation/next", headers=headers)
+    except OSError as e:
+        print(f"thaw bootstrap: the Runtime API is gone: {e}", file=sys.stderr)
+        sys.exit(1)
+    if status != 200:
+        print(f"thaw bootstrap: /invocation/next returned {status}: {payload[:200]!r}", file=sys.stderr)
+        sys.exit(1)
+    return hdrs, payload
+
+
+def _serve_one(client, handler, headers, payload):
+    try:
+        _invoke(client, handler, headers, payload)
+    except OSError as e:
+        print(f"thaw bootstrap: cannot report the result: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main():
     _line_buffered_output()
     address = os.environ.get("AWS_LAMBDA_RUNTIME_API")
@@ -387,21 +497,19 @@ def main():
     init_ms = (time.perf_counter() - started) * 1000.0
 
     next_headers = {INIT_MS_HEADER: f"{init_ms:.3f}"}
-    while True:
-        try:
-            status, headers, payload = client.request("GET", "/invocation/next", headers=next_headers)
-        except OSError as e:
-            print(f"thaw bootstrap: the Runtime API is gone: {e}", file=sys.stderr)
-            sys.exit(1)
+    if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+        if os.environ.get("THAW_SNAPSHOT_TEST_INVOKE") == "1":
+            # Warm up what the first invocation loads or compiles, so the
+            # snapshot holds it too.
+            headers, payload = _next(client, next_headers)
+            next_headers = {}
+            _serve_one(client, handler, headers, payload)
+        _snapshot_handshake(client, next_headers)
         next_headers = {}
-        if status != 200:
-            print(f"thaw bootstrap: /invocation/next returned {status}: {payload[:200]!r}", file=sys.stderr)
-            sys.exit(1)
-        try:
-            _invoke(client, handler, headers, payload)
-        except OSError as e:
-            print(f"thaw bootstrap: cannot report the result: {e}", file=sys.stderr)
-            sys.exit(1)
+    while True:
+        headers, payload = _next(client, next_headers)
+        next_headers = {}
+        _serve_one(client, handler, headers, payload)
 
 
 if __name__ == "__main__":

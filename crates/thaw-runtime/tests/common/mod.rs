@@ -103,6 +103,7 @@ impl Function {
                 .collect(),
             cwd: task_root,
             api_port: 0,
+            snapshot_run: false,
         }
     }
 
@@ -224,7 +225,8 @@ impl Daemon {
             m,
             FromSupervisor::SandboxReady {
                 setup_ms: 1.5,
-                restore_ms: 0.0
+                restore_ms: 0.0,
+                memory_ms: 0.0
             }
         );
         match self.recv().await {
@@ -251,7 +253,8 @@ impl Daemon {
             m,
             FromSupervisor::SandboxReady {
                 setup_ms: 1.5,
-                restore_ms: 0.0
+                restore_ms: 0.0,
+                memory_ms: 0.0
             }
         );
         let (error_type, body) = match self.recv().await {
