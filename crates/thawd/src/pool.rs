@@ -829,7 +829,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn start_error_text(e: &StartError) -> String {
     match e {
         StartError::Platform(m) => m.clone(),
-        StartError::Init { error_type, .. } => error_type.clone(),
+        StartError::Init {
+            error_type,
+            payload,
+            ..
+        } => {
+            let message = serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v.get("errorMessage")?.as_str().map(str::to_string));
+            match message {
+                Some(m) if !m.is_empty() => format!("{error_type}: {m}"),
+                _ => error_type.clone(),
+            }
+        }
     }
 }
 

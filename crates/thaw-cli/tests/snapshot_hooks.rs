@@ -1,0 +1,252 @@
+//! The SnapStart handshake end to end: runtime hooks run in the documented
+//! order (before-snapshot in reverse registration order, after-restore in
+//! order) in thaw's Python and Node.js bootstraps and in the unmodified
+//! `awslambdaric` + `snapshot-restore-py` from PyPI; failing hooks fail the
+//! snapshot with Lambda's error types and leave cold starts working; every
+//! restored instance gets its own identity and random state (and, with
+//! reseeding switched off, demonstrably would not).
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+
+use common::{can_run, deploy_zip, functions_dir, invoke, skip, Daemon};
+use serde_json::{json, Value};
+use thaw_api::{Client, CreateFunctionRequest, Environment, FunctionCode, StartKind};
+
+fn deploy_env(
+    c: &Client,
+    name: &str,
+    dir: &str,
+    runtime: &str,
+    handler: &str,
+    env: &[(&str, &str)],
+) {
+    let zip = thaw_api::package::zip_directory(&functions_dir().join(dir)).unwrap();
+    let variables: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    c.create_function(&CreateFunctionRequest {
+        function_name: name.into(),
+        runtime: Some(runtime.into()),
+        handler: Some(handler.into()),
+        role: Some("arn:aws:iam::000000000000:role/test".into()),
+        code: FunctionCode {
+            zip_file: Some(zip),
+            ..Default::default()
+        },
+        memory_size: Some(256),
+        timeout: Some(10),
+        environment: Some(Environment {
+            variables: Some(variables),
+        }),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("deploy {name}: {e}"));
+}
+
+/// Invokes `name` on a new instance (its idle ones are retired first); the
+/// instance must have been restored.
+fn invoke_restored(c: &Client, name: &str) -> Value {
+    c.retire_instances(name).unwrap();
+    let (r, v) = invoke(c, name, json!({}));
+    assert!(r.function_error.is_none(), "{v}");
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    v
+}
+
+fn distinct(values: &[Value], key: &str) -> usize {
+    values
+        .iter()
+        .map(|v| v[key].to_string())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// Hooks order, the restore's environment, Server-Timing, and 50 restores
+/// that all differ; then the same function with reseeding off repeats its
+/// random numbers (`dup_keys`), which shows the first check can fail.
+fn hooks_and_identity(runtime: &str, dir: &str, handler: &str, dup_keys: &[&str]) {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    deploy_env(&c, "h", dir, runtime, handler, &[]);
+    let report = c.create_snapshot("h", b"{}").unwrap();
+    assert!(report.handshake, "{report:?}");
+    assert!(report.warmed_up, "{report:?}");
+    assert!(report.validation_ms > 0.0, "{report:?}");
+
+    c.retire_instances("h").unwrap();
+    let (r, v) = invoke(&c, "h", json!({}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    let t = r.server_timing.expect("Server-Timing");
+    assert!(
+        t.restore_ms > 0.0 && t.memory_ms > 0.0 && t.hooks_ms > 0.0,
+        "{t:?}"
+    );
+    let id = v["instance_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        v["ran"],
+        json!(["before-2:x", "before-1", format!("after-1:{}", &id[..8]), "after-2:y"]),
+        "before-snapshot hooks in reverse order, after-restore hooks in order, after the new environment"
+    );
+    assert_eq!(v["init_type"], "snap-start");
+    assert!(
+        v["log_stream"].as_str().unwrap().ends_with(&id[..12]),
+        "the log stream is the restored instance's: {v}"
+    );
+
+    let runs: Vec<Value> = (0..50).map(|_| invoke_restored(&c, "h")).collect();
+    for key in ["random", "uuid", "hostname", "instance_id", "log_stream"] {
+        assert_eq!(
+            distinct(&runs, key),
+            50,
+            "{key} repeats across restored instances"
+        );
+    }
+    if runtime.starts_with("nodejs") {
+        assert_eq!(distinct(&runs, "bytes"), 50, "crypto.randomBytes repeats");
+    }
+
+    deploy_env(&c, "same", dir, runtime, handler, &[("THAW_RESEED", "0")]);
+    c.create_snapshot("same", b"{}").unwrap();
+    let runs: Vec<Value> = (0..5).map(|_| invoke_restored(&c, "same")).collect();
+    assert_eq!(distinct(&runs, "instance_id"), 5);
+    for key in dup_keys {
+        assert!(
+            distinct(&runs, key) < 5,
+            "without reseeding, restored instances share {key}: the check above can fail"
+        );
+    }
+}
+
+#[test]
+fn python_hooks_identity_and_reseeding() {
+    if !can_run("python_hooks_identity_and_reseeding") {
+        return;
+    }
+    hooks_and_identity("python3.11", "py-hooks", "app.handler", &["random"]);
+}
+
+#[test]
+fn node_hooks_identity_and_reseeding() {
+    if !can_run("node_hooks_identity_and_reseeding") {
+        return;
+    }
+    hooks_and_identity(
+        "nodejs20.x",
+        "node-hooks",
+        "index.handler",
+        &["random", "uuid", "bytes"],
+    );
+}
+
+fn failing_hooks(runtime: &str, dir: &str, handler: &str) {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    for (name, var, error_type, message) in [
+        (
+            "fb",
+            "FAIL_BEFORE",
+            "Runtime.BeforeSnapshotError",
+            "before-snapshot hook refused",
+        ),
+        (
+            "fa",
+            "FAIL_AFTER",
+            "Runtime.AfterRestoreError",
+            "after-restore hook refused",
+        ),
+    ] {
+        deploy_env(&c, name, dir, runtime, handler, &[(var, "1")]);
+        let e = c.create_snapshot(name, b"{}").unwrap_err().to_string();
+        assert!(e.contains(error_type) && e.contains(message), "{name}: {e}");
+        // No snapshot was kept: instances start cold and work.
+        let (r, v) = invoke(&c, name, json!({}));
+        assert_eq!(r.start, Some(StartKind::Cold), "{v}");
+        assert!(r.function_error.is_none(), "{v}");
+        assert_eq!(v["init_type"], "on-demand");
+        assert_eq!(v["ran"], json!([]), "no hooks run in a cold start");
+    }
+}
+
+#[test]
+fn python_failing_hooks_fail_the_snapshot() {
+    if !can_run("python_failing_hooks_fail_the_snapshot") {
+        return;
+    }
+    failing_hooks("python3.11", "py-hooks", "app.handler");
+}
+
+#[test]
+fn node_failing_hooks_fail_the_snapshot() {
+    if !can_run("node_failing_hooks_fail_the_snapshot") {
+        return;
+    }
+    failing_hooks("nodejs20.x", "node-hooks", "index.handler");
+}
+
+#[test]
+fn unmodified_awslambdaric_and_snapshot_restore_py() {
+    if !can_run("unmodified_awslambdaric_and_snapshot_restore_py") {
+        return;
+    }
+    let code = tempfile::tempdir().unwrap();
+    let src = functions_dir().join("ric-hooks");
+    for f in ["app.py", "bootstrap"] {
+        std::fs::copy(src.join(f), code.path().join(f)).unwrap();
+    }
+    let pip = std::process::Command::new("python3.11")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(code.path())
+        .args(["awslambdaric==4.2.2", "snapshot-restore-py==1.0.0"])
+        .status();
+    if !matches!(pip, Ok(s) if s.success()) {
+        skip(
+            "unmodified_awslambdaric_and_snapshot_restore_py",
+            "`pip install awslambdaric snapshot-restore-py` failed on this machine",
+        );
+        return;
+    }
+    let zip = thaw_api::package::zip_directory(code.path()).unwrap();
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    deploy_zip(&c, "ric", zip, "provided.al2023", "app.handler", 256, 10);
+    let report = c.create_snapshot("ric", b"{}").unwrap();
+    assert!(
+        report.handshake,
+        "awslambdaric calls restore/next: {report:?}"
+    );
+    assert!(
+        !report.warmed_up,
+        "it does so before any invocation: {report:?}"
+    );
+    let runs: Vec<Value> = (0..3).map(|_| invoke_restored(&c, "ric")).collect();
+    for v in &runs {
+        assert_eq!(
+            v["ran"],
+            json!(["before-2", "before-1", "after-1", "after-2"]),
+            "{v}"
+        );
+        assert_eq!(v["init_type"], "snap-start");
+        assert!(
+            v["hooks_module"]
+                .as_str()
+                .unwrap()
+                .starts_with("/var/task/"),
+            "the PyPI package, not thaw's: {v}"
+        );
+    }
+    assert_eq!(
+        distinct(&runs, "random"),
+        3,
+        "the function's own hook reseeds"
+    );
+}
