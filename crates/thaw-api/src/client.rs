@@ -347,6 +347,29 @@ impl Client {
         Ok(())
     }
 
+    /// Where the function's snapshot stands (thaw extension).
+    pub fn snapshot_status(&self, name: &str) -> Result<crate::SnapshotStatus, ClientError> {
+        let url = self.url(&["thaw", "v1", "functions", name, "snapshot"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// Every function's snapshot status (thaw extension).
+    pub fn list_snapshots(&self) -> Result<Vec<crate::SnapshotStatus>, ClientError> {
+        let url = self.url(&["thaw", "v1", "snapshots"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// Queues a snapshot build of the function's current revision with the
+    /// test event from its code (thaw extension); returns at once.
+    pub fn queue_snapshot(&self, name: &str) -> Result<crate::SnapshotStatus, ClientError> {
+        let mut url = self.url(&["thaw", "v1", "functions", name, "snapshot"]);
+        url.query_pairs_mut().append_pair("wait", "false");
+        let resp = self.send(self.http.post(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
     /// Deletes the function's snapshot (thaw extension): new instances
     /// start cold again.
     pub fn delete_snapshot(&self, name: &str) -> Result<(), ClientError> {

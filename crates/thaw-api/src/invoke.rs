@@ -384,3 +384,44 @@ pub struct SnapshotReport {
     #[serde(default)]
     pub validation_ms: f64,
 }
+
+/// Where a function's snapshot stands (`GET /thaw/v1/functions/{name}/snapshot`,
+/// `GET /thaw/v1/snapshots`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotState {
+    /// A build is waiting for its turn.
+    Queued,
+    /// A build is running (see `phase`).
+    Building,
+    /// New instances of this revision are restored from the snapshot.
+    Ready,
+    /// The last build failed (see `error`); instances start cold.
+    Failed,
+    /// No snapshot and none being built; instances start cold.
+    None,
+}
+
+/// A function's snapshot: its state, the running build's phase, the last
+/// failure, and the report of the snapshot in use.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStatus {
+    /// The function.
+    pub function: String,
+    /// The code revision this status is about.
+    pub revision_id: String,
+    /// Where it stands.
+    pub state: SnapshotState,
+    /// While building: what the build is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// After a failure: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When ready: what the build measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<SnapshotReport>,
+    /// When this status last changed (RFC 3339).
+    pub updated: String,
+}

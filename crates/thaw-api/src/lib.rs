@@ -29,7 +29,9 @@ pub mod types;
 pub use client::{Client, ClientError, InvokeOptions, InvokeResult};
 pub use error::{ErrorBody, ErrorCode, ErrorType, LambdaError, ERROR_TYPE_HEADER};
 pub use function::{function_arn, FunctionName, FunctionRef, FunctionSettings, Runtime};
-pub use invoke::{InvocationType, ServerTiming, SnapshotReport, StartKind};
+pub use invoke::{
+    InvocationType, ServerTiming, SnapshotReport, SnapshotState, SnapshotStatus, StartKind,
+};
 pub use logs::LogRecord;
 pub use types::{
     CodeInfo, CreateFunctionRequest, Environment, EphemeralStorage, FunctionCode,

@@ -40,6 +40,9 @@ pub struct DeployArgs {
     /// Free text.
     #[arg(long)]
     pub description: Option<String>,
+    /// Do not wait for the snapshot the daemon builds of the new code.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -126,6 +129,17 @@ pub fn deploy(endpoint: &str, args: DeployArgs) -> anyhow::Result<()> {
         cfg
     };
     println!("  code sha256 {}", cfg.code_sha256);
+    // With the snapshot pipeline on, the daemon now builds a snapshot of
+    // this revision; until it is ready, instances start cold.
+    if !args.no_wait {
+        if let Ok(s) = c.snapshot_status(&args.name) {
+            use thaw_api::SnapshotState as S;
+            if matches!(s.state, S::Queued | S::Building) {
+                let last = crate::snapshot_cmd::follow_build(&c, &args.name, &s.revision_id)?;
+                crate::snapshot_cmd::print_outcome(&last);
+            }
+        }
+    }
     Ok(())
 }
 

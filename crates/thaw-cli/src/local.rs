@@ -31,6 +31,8 @@ impl LocalDaemon {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let mut config = DaemonConfig::new(addr, data_dir, init_binary()?);
+        // The demo and the benchmarks decide when snapshots are taken.
+        config.auto_snapshot = false;
         tune(&mut config);
         let (tx, rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("thawd".into()).spawn(

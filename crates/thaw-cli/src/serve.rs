@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// with a snapshot [default: 1; 0 builds the sandbox at each restore].
     #[arg(long)]
     pub standby: Option<usize>,
+    /// Build a snapshot of every function on deploy, update and start-up
+    /// (the snapshot pipeline); `false`: only on `thaw snapshot create`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_snapshot: bool,
     /// Most instances of one function running at once [default: 8].
     #[arg(long)]
     pub max_instances: Option<usize>,
@@ -47,6 +51,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.keep_alive = Duration::from_secs(secs);
     }
     config.lazy_restore = args.lazy_restore;
+    config.auto_snapshot = args.auto_snapshot;
     if let Some(n) = args.standby {
         config.standby_per_function = n;
     }

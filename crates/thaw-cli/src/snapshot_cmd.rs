@@ -1,5 +1,7 @@
-//! `thaw snapshot create NAME` / `delete NAME`: ask the daemon to snapshot a
-//! function after a test invocation, or to forget its snapshot; and
+//! `thaw snapshot create NAME` / `rebuild NAME` / `delete NAME` / `list`:
+//! ask the daemon to snapshot a function after a test invocation (waiting
+//! for the report, or queueing a build and showing its progress), to forget
+//! its snapshot, or to say where every function's snapshot stands; and
 //! `thaw snapshot inspect DIR`: open a snapshot directory, verify it, and
 //! print what it holds.
 //!
@@ -32,6 +34,18 @@ pub enum SnapshotCommand {
         #[arg(long, default_value = "{}")]
         payload: String,
     },
+    /// Build a function's snapshot again in the background (test event
+    /// from its code's `thaw-test-event.json`, else `{}`) and show the
+    /// build's progress.
+    Rebuild {
+        /// The function.
+        name: String,
+        /// Queue the build and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Where every function's snapshot stands.
+    List,
     /// Forget a function's snapshot: new instances start cold again.
     Delete {
         /// The function.
@@ -82,6 +96,45 @@ pub fn run(endpoint: &str, cmd: SnapshotCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        SnapshotCommand::Rebuild { name, no_wait } => {
+            let client = thaw_api::Client::new(endpoint)?;
+            let status = client
+                .queue_snapshot(&name)
+                .with_context(|| format!("cannot rebuild the snapshot of {name}"))?;
+            if no_wait {
+                println!("snapshot build of {name} queued");
+                return Ok(());
+            }
+            let last = follow_build(&client, &name, &status.revision_id)?;
+            print_outcome(&last);
+            match last.state {
+                thaw_api::SnapshotState::Ready => Ok(()),
+                _ => anyhow::bail!("the snapshot of {name} was not built"),
+            }
+        }
+        SnapshotCommand::List => {
+            let client = thaw_api::Client::new(endpoint)?;
+            let all = client.list_snapshots().context("cannot list snapshots")?;
+            println!(
+                "{:<24} {:<9} {:>9} {:>9}  detail",
+                "FUNCTION", "STATE", "SIZE", "CKPT"
+            );
+            for s in all {
+                let (size, ckpt) = match &s.report {
+                    Some(r) => (mib(r.size_bytes), format!("{:.0} ms", r.checkpoint_ms)),
+                    None => ("-".into(), "-".into()),
+                };
+                let detail = s.phase.clone().or(s.error.clone()).unwrap_or_default();
+                println!(
+                    "{:<24} {:<9} {:>9} {:>9}  {detail}",
+                    s.function,
+                    state_text(s.state),
+                    size,
+                    ckpt
+                );
+            }
+            Ok(())
+        }
         SnapshotCommand::Delete { name } => {
             let client = thaw_api::Client::new(endpoint)?;
             client
@@ -91,6 +144,71 @@ pub fn run(endpoint: &str, cmd: SnapshotCommand) -> anyhow::Result<()> {
             Ok(())
         }
         SnapshotCommand::Inspect(args) => inspect(&args),
+    }
+}
+
+fn state_text(s: thaw_api::SnapshotState) -> &'static str {
+    use thaw_api::SnapshotState as S;
+    match s {
+        S::Queued => "queued",
+        S::Building => "building",
+        S::Ready => "ready",
+        S::Failed => "failed",
+        S::None => "none",
+    }
+}
+
+/// Polls the status of `name`'s snapshot build of `revision` and shows its
+/// phase on a spinner until it is ready or failed (or stops being about
+/// that revision); returns the last status.
+pub fn follow_build(
+    client: &thaw_api::Client,
+    name: &str,
+    revision: &str,
+) -> anyhow::Result<thaw_api::SnapshotStatus> {
+    use thaw_api::SnapshotState as S;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} snapshot of {prefix}: {msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(name.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    loop {
+        let s = client
+            .snapshot_status(name)
+            .with_context(|| format!("cannot read the snapshot status of {name}"))?;
+        let done = s.revision_id != revision || matches!(s.state, S::Ready | S::Failed | S::None);
+        if done || std::time::Instant::now() > deadline {
+            bar.finish_and_clear();
+            return Ok(s);
+        }
+        bar.set_message(match &s.phase {
+            Some(p) => p.clone(),
+            None => state_text(s.state).to_string(),
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// One line on how a build ended.
+pub fn print_outcome(s: &thaw_api::SnapshotStatus) {
+    match (&s.state, &s.report, &s.error) {
+        (thaw_api::SnapshotState::Ready, Some(r), _) => println!(
+            "snapshot of {} ready: {:.1} MiB, checkpoint {:.0} ms, validated by a restore in {:.0} ms{}",
+            s.function,
+            r.size_bytes as f64 / f64::from(1 << 20),
+            r.checkpoint_ms,
+            r.validation_ms,
+            if r.handshake { " (SnapStart handshake)" } else { "" }
+        ),
+        (thaw_api::SnapshotState::Failed, _, Some(e)) => {
+            println!("snapshot of {} failed: {e}; instances start cold", s.function)
+        }
+        (state, _, _) => println!("snapshot of {}: {}", s.function, state_text(*state)),
     }
 }
 

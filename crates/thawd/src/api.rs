@@ -109,6 +109,31 @@ pub trait ApiBackend: Clone + Send + Sync + 'static {
         let _ = name;
         Ok(false)
     }
+    /// The function was created or changed: build a snapshot of its new
+    /// revision if the pipeline is on.
+    fn function_changed(&self, function: &FunctionRecord) {
+        let _ = function;
+    }
+    /// Queue a snapshot build of the function (pipeline on or off).
+    fn queue_snapshot(&self, function: &FunctionRecord) -> Result<(), LambdaError> {
+        let _ = function;
+        Err(LambdaError::new(
+            ErrorCode::Service,
+            "snapshots are not supported by this backend",
+        ))
+    }
+    /// Where the function's snapshot stands.
+    fn snapshot_status(&self, function: &FunctionRecord) -> thaw_api::SnapshotStatus {
+        thaw_api::SnapshotStatus {
+            function: function.name.clone(),
+            revision_id: function.revision_id.clone(),
+            state: thaw_api::SnapshotState::None,
+            phase: None,
+            error: None,
+            report: None,
+            updated: String::new(),
+        }
+    }
 }
 
 impl ApiBackend for Arc<Platform> {
@@ -126,6 +151,21 @@ impl ApiBackend for Arc<Platform> {
 
     fn delete_snapshots(&self, name: &str) -> std::io::Result<bool> {
         self.pools.delete_snapshots(name)
+    }
+
+    fn function_changed(&self, function: &FunctionRecord) {
+        self.schedule_snapshot(function);
+    }
+
+    fn queue_snapshot(&self, function: &FunctionRecord) -> Result<(), LambdaError> {
+        self.queue_snapshot_build(function);
+        Ok(())
+    }
+
+    fn snapshot_status(&self, function: &FunctionRecord) -> thaw_api::SnapshotStatus {
+        self.pools
+            .builds
+            .status(function, self.pools.has_snapshot(function))
     }
 
     fn drop_idle(&self, name: &str) -> impl Future<Output = ()> + Send {
@@ -191,8 +231,11 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
         .route("/thaw/v1/functions/{name}/code", get(function_code::<B>))
         .route(
             "/thaw/v1/functions/{name}/snapshot",
-            post(create_snapshot::<B>).delete(delete_snapshot::<B>),
+            post(create_snapshot::<B>)
+                .get(snapshot_status::<B>)
+                .delete(delete_snapshot::<B>),
         )
+        .route("/thaw/v1/snapshots", get(list_snapshots::<B>))
         .route(
             "/thaw/v1/functions/{name}/retire",
             post(retire_instances::<B>),
@@ -449,6 +492,7 @@ async fn create_function<B: ApiBackend>(
     let record = with_registry(&b, move |r| r.create(new.into()))
         .instrument(span)
         .await?;
+    b.function_changed(&record);
     Ok((StatusCode::CREATED, Json(configuration(&record)?)).into_response())
 }
 
@@ -554,6 +598,7 @@ async fn update_function_code<B: ApiBackend>(
     .instrument(span.clone())
     .await?;
     b.retire(name.as_str()).instrument(span).await;
+    b.function_changed(&record);
     Ok(Json(configuration(&record)?))
 }
 
@@ -576,6 +621,7 @@ async fn update_function_configuration<B: ApiBackend>(
     .instrument(span.clone())
     .await?;
     b.retire(name.as_str()).instrument(span).await;
+    b.function_changed(&record);
     Ok(Json(configuration(&record)?))
 }
 
@@ -798,17 +844,48 @@ fn invoke_response(out: InvokeOutcome) -> Response {
 // ---------------------------------------------------------------------------
 // thaw's own endpoints
 
+/// `GET /thaw/v1/functions/{name}/snapshot`: where the function's snapshot
+/// stands (queued, building and in which phase, ready, failed and why).
+async fn snapshot_status<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+) -> Result<Json<thaw_api::SnapshotStatus>, ApiError> {
+    let name = target.latest(None)?;
+    let f = lookup(&b, &name)?;
+    Ok(Json(b.snapshot_status(&f)))
+}
+
+/// `GET /thaw/v1/snapshots`: every function's snapshot status.
+async fn list_snapshots<B: ApiBackend>(State(b): State<B>) -> Json<Vec<thaw_api::SnapshotStatus>> {
+    let mut all: Vec<_> = b
+        .registry()
+        .list()
+        .iter()
+        .map(|f| b.snapshot_status(f))
+        .collect();
+    all.sort_by(|a, z| a.function.cmp(&z.function));
+    Json(all)
+}
+
 /// `POST /thaw/v1/functions/{name}/snapshot`: snapshot the function after a
-/// test invocation with the request body as its event.
+/// test invocation with the request body as its event (default: the code's
+/// `thaw-test-event.json`, else `{}`). With `?wait=false`, queue the build
+/// and answer `202` with the status at once.
 async fn create_snapshot<B: ApiBackend>(
     State(b): State<B>,
     FunctionPath(target): FunctionPath,
+    query: QueryMap,
     body: Bytes,
-) -> Result<Json<thaw_api::SnapshotReport>, ApiError> {
+) -> Result<Response, ApiError> {
     let name = target.latest(None)?;
     let f = lookup(&b, &name)?;
+    if query.get("wait") == Some("false") {
+        b.queue_snapshot(&f)?;
+        return Ok((StatusCode::ACCEPTED, Json(b.snapshot_status(&f))).into_response());
+    }
     let payload = if body.is_empty() {
-        Bytes::from_static(b"{}")
+        crate::pipeline::test_event(&f)
+            .map_err(|e| ApiError(LambdaError::new(ErrorCode::InvalidParameterValue, e)))?
     } else {
         body
     };
@@ -830,7 +907,7 @@ async fn create_snapshot<B: ApiBackend>(
                     format!("Cannot snapshot the function: {}", error_chain(&e)),
                 ))
             })?;
-    Ok(Json(report))
+    Ok(Json(report).into_response())
 }
 
 /// `POST /thaw/v1/functions/{name}/retire`: destroy the function's idle

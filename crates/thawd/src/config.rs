@@ -25,6 +25,9 @@ pub struct DaemonConfig {
     /// Standby instances (sandbox built, restore prepared) kept ready per
     /// function that has a snapshot; 0 restores into a new sandbox each time.
     pub standby_per_function: usize,
+    /// Build a snapshot of every function on deploy, update and daemon
+    /// start (the snapshot pipeline); off: only `thaw snapshot create`.
+    pub auto_snapshot: bool,
 }
 
 impl DaemonConfig {
@@ -40,6 +43,7 @@ impl DaemonConfig {
             tmp_size_bytes: 512 * 1024 * 1024,
             lazy_restore: false,
             standby_per_function: 1,
+            auto_snapshot: true,
         }
     }
 }

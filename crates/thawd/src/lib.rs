@@ -14,6 +14,7 @@ pub mod instance;
 pub mod invoke;
 pub mod logs;
 pub mod metrics;
+pub mod pipeline;
 pub mod pool;
 pub mod registry;
 pub mod runtimes;

@@ -20,6 +20,7 @@ pub struct Metrics {
     invocations: IntCounterVec,
     instance_starts: IntCounterVec,
     instances: IntGaugeVec,
+    snapshot_builds: IntCounterVec,
 }
 
 impl Metrics {
@@ -52,6 +53,14 @@ impl Metrics {
         registry.register(Box::new(phase.clone()))?;
         registry.register(Box::new(invocations.clone()))?;
         registry.register(Box::new(instance_starts.clone()))?;
+        let snapshot_builds = IntCounterVec::new(
+            Opts::new(
+                "thaw_snapshot_builds_total",
+                "Snapshot builds by function and outcome (ready, failed)",
+            ),
+            &["function", "outcome"],
+        )?;
+        registry.register(Box::new(snapshot_builds.clone()))?;
         registry.register(Box::new(instances.clone()))?;
         Ok(Metrics {
             registry,
@@ -59,6 +68,7 @@ impl Metrics {
             invocations,
             instance_starts,
             instances,
+            snapshot_builds,
         })
     }
 
@@ -113,6 +123,13 @@ impl Metrics {
     pub fn count_instance_start(&self, function: &str, result: &str) {
         self.instance_starts
             .with_label_values(&[function, result])
+            .inc();
+    }
+
+    /// Count one snapshot build.
+    pub fn count_snapshot_build(&self, function: &str, outcome: &str) {
+        self.snapshot_builds
+            .with_label_values(&[function, outcome])
             .inc();
     }
 

@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use thaw_api::SnapshotReport;
 use thaw_snapshot::checkpoint::CheckpointStats;
 
+use crate::pipeline::{phase, SnapshotBuilds};
 use crate::snapshots::SnapshotMeta;
 
 /// How long an invocation waits for a free instance slot before it is throttled.
@@ -66,6 +67,8 @@ pub struct Pools {
     /// Standby instances kept per function with a snapshot.
     standby_per_function: usize,
     shutting_down: AtomicBool,
+    /// Where each function's snapshot stands; one build at a time.
+    pub builds: SnapshotBuilds,
 }
 
 impl Pools {
@@ -88,6 +91,7 @@ impl Pools {
             verified: Mutex::new(HashMap::new()),
             standby_per_function,
             shutting_down: AtomicBool::new(false),
+            builds: SnapshotBuilds::default(),
         }
     }
 
@@ -122,6 +126,33 @@ impl Pools {
     /// The snapshot directory of `f`'s current revision.
     pub fn snapshot_dir(&self, f: &FunctionRecord) -> PathBuf {
         self.ctx.snapshots.join(&f.name).join(&f.revision_id)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Whether `f`'s current revision has a snapshot on disk.
+    pub fn has_snapshot(&self, f: &FunctionRecord) -> bool {
+        self.snapshot_dir(f)
+            .join(crate::snapshots::META_FILE)
+            .is_file()
+    }
+
+    /// Removes the snapshots of `name` that are not of revision `keep`
+    /// (none of them is ever restored again).
+    pub fn remove_other_snapshots(&self, name: &str, keep: &str) {
+        let Ok(rd) = std::fs::read_dir(self.ctx.snapshots.join(name)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if e.file_name() != keep {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!(function = name, path = %e.path().display(), error = %err, "cannot remove an old snapshot");
+                }
+            }
+        }
     }
 
     /// A new instance restored from `f`'s snapshot, if it has one and the
@@ -260,7 +291,27 @@ impl Pools {
         f: &FunctionRecord,
         payload: Bytes,
     ) -> Result<SnapshotReport, InvokeError> {
+        let r = self.build_snapshot(f, payload).await;
+        match &r {
+            Ok(report) => {
+                self.metrics.count_snapshot_build(&f.name, "ready");
+                self.builds.ready(f, report.clone());
+            }
+            Err(e) => {
+                self.metrics.count_snapshot_build(&f.name, "failed");
+                self.builds.failed(f, &error_chain(e));
+            }
+        }
+        r
+    }
+
+    async fn build_snapshot(
+        &self,
+        f: &FunctionRecord,
+        payload: Bytes,
+    ) -> Result<SnapshotReport, InvokeError> {
         let fail = |m: String| InvokeError::Sandbox(anyhow::anyhow!(m));
+        self.builds.building(f, phase::INIT);
         let (mut inst, t) =
             Instance::start_for_snapshot(f, &self.ctx)
                 .await
@@ -280,6 +331,7 @@ impl Pools {
         let (test_invoke_ms, stats, size_bytes, meta) = result.map_err(fail)?;
         // Never publish a snapshot that does not restore: restore one
         // instance from it and give it the test invocation.
+        self.builds.building(f, phase::VALIDATION);
         let validation_ms = match self.validate_snapshot(f, &payload).await {
             Ok(ms) => ms,
             Err(e) => {
@@ -374,10 +426,13 @@ impl Pools {
         let (warmed_up, invoke_ms, point) = match first {
             SnapshotRunState::AtSnapshotPoint => (false, 0.0, first),
             SnapshotRunState::Waiting => {
+                self.builds.building(f, phase::TEST_INVOCATION);
                 let ms = Self::run_test_invocation(inst, f, payload).await?;
+                self.builds.building(f, phase::HOOKS);
                 (true, ms, inst.snapshot_run_state().await.map_err(state)?)
             }
         };
+        self.builds.building(f, phase::CHECKPOINT);
         let resume = match point {
             SnapshotRunState::AtSnapshotPoint => ResumePoint::RestoreNext,
             SnapshotRunState::Waiting => ResumePoint::InvocationNext,
@@ -430,6 +485,7 @@ impl Pools {
                 tokio::spawn(destroy_all(standby));
             }
         }
+        self.builds.forget(name);
         let dir = self.ctx.snapshots.join(name);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(true),

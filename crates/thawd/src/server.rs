@@ -10,13 +10,14 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 use thaw_sandbox::CgroupParent;
 use tokio::signal::unix::{signal, SignalKind};
+use tracing::Instrument;
 
 use crate::config::DaemonConfig;
 use crate::instance::InstanceContext;
 use crate::logs::LogStore;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
-use crate::registry::Registry;
+use crate::registry::{FunctionRecord, Registry};
 use crate::runtimes::HostRuntimes;
 
 /// Everything the HTTP API needs, shared behind an `Arc`.
@@ -102,6 +103,82 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// Queues a snapshot build of `f`'s current revision (when the pipeline
+    /// is on). Builds run one at a time in the background; one for a
+    /// revision that is no longer current when its turn comes is skipped,
+    /// and a snapshot that finishes after its revision was replaced is
+    /// removed again, so an update never serves a stale snapshot.
+    pub fn schedule_snapshot(self: &Arc<Self>, f: &FunctionRecord) {
+        if self.config.auto_snapshot {
+            self.queue_snapshot_build(f);
+        }
+    }
+
+    /// Queues a snapshot build of `f` whether or not the pipeline is on
+    /// (`thaw snapshot rebuild`).
+    pub fn queue_snapshot_build(self: &Arc<Self>, f: &FunctionRecord) {
+        self.pools.builds.queued(f);
+        let p = self.clone();
+        let f = f.clone();
+        let span = tracing::info_span!("snapshot", function = %f.name, revision = %f.revision_id);
+        tokio::spawn(
+            async move {
+                let Some(_slot) = p.pools.builds.slot().await else {
+                    return;
+                };
+                let current = |p: &Platform| {
+                    p.registry
+                        .get(&f.name)
+                        .is_some_and(|c| c.revision_id == f.revision_id)
+                };
+                if !current(&p) || p.pools.is_shutting_down() {
+                    return;
+                }
+                let payload = match crate::pipeline::test_event(&f) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "snapshot build failed; instances start cold");
+                        p.pools.builds.failed(&f, &e);
+                        p.metrics.count_snapshot_build(&f.name, "failed");
+                        return;
+                    }
+                };
+                let t0 = std::time::Instant::now();
+                match p.pools.create_snapshot(&f, payload).await {
+                    Ok(_) if !current(&p) => {
+                        tracing::info!("revision replaced during the build; snapshot discarded");
+                        let _ = std::fs::remove_dir_all(p.pools.snapshot_dir(&f));
+                    }
+                    Ok(r) => {
+                        p.pools.remove_other_snapshots(&f.name, &f.revision_id);
+                        tracing::info!(
+                            build_ms = t0.elapsed().as_millis() as u64,
+                            checkpoint_ms = r.checkpoint_ms,
+                            size_bytes = r.size_bytes,
+                            "snapshot ready: new instances are restored"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::instance::error_chain(&e), "snapshot build failed; instances start cold");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Queues builds for every function whose current revision has no
+    /// snapshot (after a daemon start).
+    pub fn schedule_missing_snapshots(self: &Arc<Self>) {
+        for f in self.registry.list() {
+            if !self.pools.has_snapshot(&f) {
+                self.schedule_snapshot(&f);
+            }
+        }
+    }
+}
+
 /// cgroup parent of one daemon: `thaw/<hash of its data dir>`, so that several
 /// daemons (e.g. parallel tests) never clean up each other's instances.
 pub fn cgroup_parent_name(data_dir: &Path) -> String {
@@ -138,6 +215,7 @@ pub async fn serve_with(
     let platform = Arc::new(Platform::open(config)?);
     tracing::info!(addr = %listener.local_addr()?, data_dir = %platform.config.data_dir.display(), "thaw daemon listening");
 
+    platform.schedule_missing_snapshots();
     let reaper = {
         let p = platform.clone();
         let every = (keep_alive / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));

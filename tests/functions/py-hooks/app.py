@@ -67,4 +67,6 @@ def handler(event, context):
         "init_monotonic": INIT_MONOTONIC,
         "monotonic": time.monotonic(),
         "secret": os.environ.get("CANARY_TOKEN"),
+        "version": os.environ.get("VERSION"),
+        "event": event,
     }

@@ -117,9 +117,17 @@ impl Daemon {
         } else {
             Command::new(env!("CARGO_BIN_EXE_thaw"))
         };
+        // Tests of cold starts must get cold starts: the snapshot pipeline
+        // is off unless a test asks for it (`--auto-snapshot true`).
+        let pipeline: &[&str] = if extra.contains(&"--auto-snapshot") {
+            &[]
+        } else {
+            &["--auto-snapshot", "false"]
+        };
         let child = cmd
             .args(["serve", "--listen", &listen, "--data-dir"])
             .arg(data_dir)
+            .args(pipeline)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -1,0 +1,155 @@
+//! The snapshot pipeline: deploying (or updating) a function builds its
+//! snapshot in the background, new instances are then restored from it, an
+//! update never serves the old one, a failed build is reported (status,
+//! metrics) and instances start cold, and a snapshot survives a daemon
+//! restart.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{can_run, functions_dir, invoke, Daemon};
+use serde_json::json;
+use thaw_api::{
+    Client, CreateFunctionRequest, Environment, FunctionCode, SnapshotState, SnapshotStatus,
+    StartKind, UpdateFunctionConfigurationRequest,
+};
+
+fn env(vars: &[(&str, &str)]) -> Option<Environment> {
+    Some(Environment {
+        variables: Some(
+            vars.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+    })
+}
+
+fn create(c: &Client, name: &str, vars: &[(&str, &str)]) {
+    let zip = thaw_api::package::zip_directory(&functions_dir().join("py-hooks")).unwrap();
+    c.create_function(&CreateFunctionRequest {
+        function_name: name.into(),
+        runtime: Some("python3.11".into()),
+        handler: Some("app.handler".into()),
+        role: Some("arn:aws:iam::000000000000:role/test".into()),
+        code: FunctionCode {
+            zip_file: Some(zip),
+            ..Default::default()
+        },
+        memory_size: Some(256),
+        timeout: Some(10),
+        environment: env(vars),
+        ..Default::default()
+    })
+    .unwrap();
+}
+
+/// Waits until the snapshot of `name` is ready or failed.
+fn settled(c: &Client, name: &str) -> SnapshotStatus {
+    let t0 = Instant::now();
+    loop {
+        let s = c.snapshot_status(name).unwrap();
+        if matches!(s.state, SnapshotState::Ready | SnapshotState::Failed) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "build never ended: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn deploy_builds_update_rebuilds_and_restart_keeps() {
+    if !can_run("deploy_builds_update_rebuilds_and_restart_keeps") {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(data.path(), &["--auto-snapshot", "true"]);
+    let c = d.client();
+    create(&c, "p", &[("VERSION", "1")]);
+    let s = settled(&c, "p");
+    assert_eq!(s.state, SnapshotState::Ready, "{s:?}");
+    let report = s.report.expect("a ready snapshot has its report");
+    assert!(report.handshake && report.warmed_up && report.validation_ms > 0.0);
+    let (r, v) = invoke(&c, "p", json!({}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    assert_eq!(v["version"], "1");
+    let listed = c.list_snapshots().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, SnapshotState::Ready);
+
+    // An update: whatever serves the next calls runs the new configuration,
+    // and the new revision gets its own snapshot.
+    let old_revision = s.revision_id;
+    c.update_function_configuration(
+        "p",
+        &UpdateFunctionConfigurationRequest {
+            environment: env(&[("VERSION", "2")]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for _ in 0..5 {
+        let (_, v) = invoke(&c, "p", json!({}));
+        assert_eq!(v["version"], "2", "an update served a stale instance: {v}");
+    }
+    let s = settled(&c, "p");
+    assert_eq!(s.state, SnapshotState::Ready, "{s:?}");
+    assert_ne!(s.revision_id, old_revision);
+    c.retire_instances("p").unwrap();
+    let (r, v) = invoke(&c, "p", json!({}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    assert_eq!(v["version"], "2");
+    let revisions: Vec<_> = std::fs::read_dir(data.path().join("snapshots/p"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        revisions,
+        vec![s.revision_id.clone()],
+        "old snapshots are removed"
+    );
+
+    // A new daemon on the same data: the snapshot is still used, not rebuilt.
+    assert!(d.stop());
+    let d = Daemon::start_in(data.path(), &["--auto-snapshot", "true"]);
+    let c = d.client();
+    let after = c.snapshot_status("p").unwrap();
+    assert_eq!(after.state, SnapshotState::Ready, "{after:?}");
+    let (r, v) = invoke(&c, "p", json!({}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    assert_eq!(v["version"], "2");
+}
+
+#[test]
+fn failed_build_is_reported_and_instances_start_cold() {
+    if !can_run("failed_build_is_reported_and_instances_start_cold") {
+        return;
+    }
+    let d = Daemon::start(&["--auto-snapshot", "true"]);
+    let c = d.client();
+    create(&c, "bad", &[("FAIL_BEFORE", "1")]);
+    let s = settled(&c, "bad");
+    assert_eq!(s.state, SnapshotState::Failed, "{s:?}");
+    let error = s.error.unwrap();
+    assert!(
+        error.contains("Runtime.BeforeSnapshotError")
+            && error.contains("before-snapshot hook refused"),
+        "{error}"
+    );
+    let (r, v) = invoke(&c, "bad", json!({"k": 1}));
+    assert_eq!(r.start, Some(StartKind::Cold), "{v}");
+    assert!(r.function_error.is_none(), "{v}");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", d.endpoint))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"thaw_snapshot_builds_total{function="bad",outcome="failed"} 1"#),
+        "{metrics}"
+    );
+}
