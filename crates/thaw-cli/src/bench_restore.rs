@@ -128,6 +128,7 @@ pub fn run(opts: RestoreOptions) -> anyhow::Result<()> {
                 );
             }
             let (mut first, mut restore, mut sandbox, mut warm) = (vec![], vec![], vec![], vec![]);
+            let (mut memory, mut hooks) = (vec![], vec![]);
             let mut fell_back = 0;
             for _ in 0..opts.runs {
                 client.retire_instances(f.name)?;
@@ -141,6 +142,8 @@ pub fn run(opts: RestoreOptions) -> anyhow::Result<()> {
                 }
                 first.push(ms);
                 restore.push(t.restore_ms);
+                memory.push(t.memory_ms);
+                hooks.push(t.hooks_ms);
                 sandbox.push(t.sandbox_ms);
                 warm.push(timed(&client, f.name)?.0);
             }
@@ -165,6 +168,8 @@ pub fn run(opts: RestoreOptions) -> anyhow::Result<()> {
             );
             row(f.name, "  of which sandbox (server)", &sandbox);
             row(f.name, "  of which restore (server)", &restore);
+            row(f.name, "    of which memory (server)", &memory);
+            row(f.name, "  of which after-restore (server)", &hooks);
             row(f.name, "  warm response after it", &warm);
             let (m, _) = median_p90(&first);
             println!(

@@ -40,6 +40,11 @@ pub struct DeployArgs {
     /// Free text.
     #[arg(long)]
     pub description: Option<String>,
+    /// A secret environment variable (repeatable): like --env, and listed
+    /// in THAW_SECRETS, so it is never in a snapshot and reaches restored
+    /// instances only after their restore.
+    #[arg(long = "secret-env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub secret_env: Vec<(String, String)>,
     /// Do not wait for the snapshot the daemon builds of the new code.
     #[arg(long)]
     pub no_wait: bool,
@@ -74,8 +79,14 @@ fn code_zip(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 pub fn deploy(endpoint: &str, args: DeployArgs) -> anyhow::Result<()> {
     let c = client(endpoint)?;
     let zip = code_zip(&args.code)?;
-    let environment = (!args.env.is_empty()).then(|| Environment {
-        variables: Some(args.env.iter().cloned().collect()),
+    let mut vars: std::collections::BTreeMap<String, String> = args.env.iter().cloned().collect();
+    if !args.secret_env.is_empty() {
+        let names: Vec<&str> = args.secret_env.iter().map(|(k, _)| k.as_str()).collect();
+        vars.insert("THAW_SECRETS".into(), names.join(","));
+        vars.extend(args.secret_env.iter().cloned());
+    }
+    let environment = (!vars.is_empty()).then(|| Environment {
+        variables: Some(vars),
     });
     let exists = match c.get_function_configuration(&args.name) {
         Ok(_) => true,

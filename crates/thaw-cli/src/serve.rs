@@ -32,6 +32,17 @@ pub struct ServeArgs {
     /// (the snapshot pipeline); `false`: only on `thaw snapshot create`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_snapshot: bool,
+    /// A regular expression: environment variables whose names match it
+    /// are secrets (repeatable; added to the defaults, which match names
+    /// with SECRET, PASSWORD, TOKEN, API_KEY, ACCESS_KEY, PRIVATE_KEY,
+    /// CREDENTIAL or AUTH, and values that look like AWS access key ids,
+    /// PEM private keys or JWTs). Secrets are never in a snapshot.
+    #[arg(long = "secret-name-pattern", value_name = "REGEX")]
+    pub secret_name_patterns: Vec<String>,
+    /// Only variables listed in THAW_SECRETS or matching
+    /// --secret-name-pattern are secrets.
+    #[arg(long)]
+    pub no_default_secret_patterns: bool,
     /// Most instances of one function running at once [default: 8].
     #[arg(long)]
     pub max_instances: Option<usize>,
@@ -52,6 +63,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.lazy_restore = args.lazy_restore;
     config.auto_snapshot = args.auto_snapshot;
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (mut names, values) = if args.no_default_secret_patterns {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            owned(thawd::secrets::DEFAULT_NAME_PATTERNS),
+            owned(thawd::secrets::DEFAULT_VALUE_PATTERNS),
+        )
+    };
+    names.extend(args.secret_name_patterns.iter().cloned());
+    config.secret_policy =
+        thawd::secrets::SecretPolicy::new(&names, &values).context("--secret-name-pattern")?;
     if let Some(n) = args.standby {
         config.standby_per_function = n;
     }

@@ -250,3 +250,94 @@ fn unmodified_awslambdaric_and_snapshot_restore_py() {
         "the function's own hook reseeds"
     );
 }
+
+/// Every file under `dir` (recursively) that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            hits.extend(files_containing(&p, needle));
+        } else if ft.is_file() {
+            if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn secrets_are_delivered_after_restore_and_stored_nowhere() {
+    if !can_run("secrets_are_delivered_after_restore_and_stored_nowhere") {
+        return;
+    }
+    let canary = format!("canary-{}", uuid_like());
+    let other = format!("other-{}", uuid_like());
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    // One caught by the default name pattern (TOKEN), one listed explicitly.
+    deploy_env(
+        &c,
+        "s",
+        "py-hooks",
+        "python3.11",
+        "app.handler",
+        &[
+            ("CANARY_TOKEN", &canary),
+            ("OTHER_CANARY", &other),
+            ("THAW_SECRETS", "OTHER_CANARY"),
+        ],
+    );
+    let (r, v) = invoke(&c, "s", json!({}));
+    assert_eq!(r.start, Some(StartKind::Cold));
+    assert_eq!(
+        v["secret"],
+        canary.as_str(),
+        "a cold start sees its secrets"
+    );
+    assert_eq!(v["other_secret"], other.as_str());
+    assert_eq!(
+        v["thaw_secrets"],
+        Value::Null,
+        "THAW_SECRETS is thaw's, not the function's"
+    );
+
+    c.create_snapshot("s", b"{}").unwrap();
+    for _ in 0..3 {
+        let v = invoke_restored(&c, "s");
+        assert_eq!(
+            v["secret"],
+            canary.as_str(),
+            "delivered after the restore: {v}"
+        );
+        assert_eq!(v["other_secret"], other.as_str());
+        assert_eq!(
+            v["secrets_at_init"],
+            json!([null, null]),
+            "the snapshot run never had them"
+        );
+    }
+    for needle in [&canary, &other] {
+        let hits = files_containing(&d.data_dir, needle.as_bytes());
+        assert!(hits.is_empty(), "{needle} stored in {hits:?}");
+    }
+    // And the data dir does hold the (sealed) variables and the snapshot.
+    assert!(!files_containing(&d.data_dir, b"CANARY_TOKEN").is_empty());
+    assert!(!files_containing(&d.data_dir, b"THAWMEM").is_empty());
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", n, std::process::id())
+}

@@ -286,7 +286,10 @@ impl From<RegistryError> for ApiError {
             | RegistryError::CodeTooLarge { .. }
             | RegistryError::TooManyEntries { .. }
             | RegistryError::UnsafeEntry { .. } => LambdaError::invalid_parameter(e.to_string()),
-            RegistryError::NoFreeUid | RegistryError::Io { .. } | RegistryError::Corrupt { .. } => {
+            RegistryError::NoFreeUid
+            | RegistryError::Io { .. }
+            | RegistryError::Corrupt { .. }
+            | RegistryError::Secrets { .. } => {
                 // Handled here: the caller gets a 500, a human must look.
                 tracing::error!(error = %error_chain(&e), "function registry failed");
                 LambdaError::new(ErrorCode::Service, e.to_string())

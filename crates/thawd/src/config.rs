@@ -28,6 +28,8 @@ pub struct DaemonConfig {
     /// Build a snapshot of every function on deploy, update and daemon
     /// start (the snapshot pipeline); off: only `thaw snapshot create`.
     pub auto_snapshot: bool,
+    /// Which environment variables are secrets.
+    pub secret_policy: crate::secrets::SecretPolicy,
 }
 
 impl DaemonConfig {
@@ -44,6 +46,7 @@ impl DaemonConfig {
             lazy_restore: false,
             standby_per_function: 1,
             auto_snapshot: true,
+            secret_policy: crate::secrets::SecretPolicy::default(),
         }
     }
 }

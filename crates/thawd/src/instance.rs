@@ -108,6 +108,9 @@ pub struct InstanceContext {
     pub snapshots: PathBuf,
     /// Restore memory lazily (see [`crate::DaemonConfig::lazy_restore`]).
     pub lazy_restore: bool,
+    /// Which environment variables are secrets (withheld from snapshot
+    /// runs, delivered to restored instances after the restore).
+    pub secrets: crate::secrets::SecretPolicy,
 }
 
 /// Why an instance could not be started.
@@ -302,7 +305,14 @@ impl Instance {
             },
         )
         .map_err(|e| StartError::Platform(e.to_string()))?;
+        let (_, secret) = ctx.secrets.split(&f.environment);
+        spec.runtime
+            .env
+            .retain(|(k, _)| k != crate::secrets::SECRETS_VARIABLE);
         if snapshot_run {
+            // Whatever the snapshotted process holds ends up in every copy
+            // of the snapshot: no secrets there.
+            spec.runtime.env.retain(|(k, _)| !secret.contains_key(k));
             spec.runtime.snapshot_run = true;
             set_env(
                 &mut spec.runtime.env,
@@ -326,6 +336,7 @@ impl Instance {
                 .iter()
                 .filter(|(k, _)| per_instance.contains(&k.as_str()))
                 .cloned()
+                .chain(secret.into_iter())
                 .collect();
             spec.restore = Some(RestoreSpec {
                 snapshot_dir: SNAPSHOT_MOUNT.into(),

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod registry;
 pub mod runtimes;
+pub mod secrets;
 pub mod server;
 pub mod snapshots;
 

@@ -311,6 +311,16 @@ impl Pools {
         payload: Bytes,
     ) -> Result<SnapshotReport, InvokeError> {
         let fail = |m: String| InvokeError::Sandbox(anyhow::anyhow!(m));
+        let (_, secret) = self.ctx.secrets.split(&f.environment);
+        if f.runtime.starts_with("provided") && !secret.is_empty() {
+            // Only thaw's bootstraps take the withheld secrets from the
+            // restore; a custom runtime would run without them.
+            let names: Vec<&str> = secret.keys().map(String::as_str).collect();
+            return Err(fail(format!(
+                "a custom runtime cannot receive secret variables after a restore ({}); instances of this function start cold",
+                names.join(", ")
+            )));
+        }
         self.builds.building(f, phase::INIT);
         let (mut inst, t) =
             Instance::start_for_snapshot(f, &self.ctx)

@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use thaw_api::{CodeInfo, FunctionName, FunctionSettings, LambdaError, NewFunction, Runtime};
 
 use crate::instance::error_chain;
+use crate::secrets::{EnvCipher, KeySource};
 
 /// First uid (and gid) handed to functions; function `n` gets `UID_BASE + n`.
 pub const UID_BASE: u32 = 61000;
@@ -184,6 +185,14 @@ pub enum RegistryError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Sealed environment values or their key (fails the daemon's start
+    /// rather than serving functions without their variables).
+    #[error("Function {function}: environment cannot be opened")]
+    Secrets {
+        function: String,
+        #[source]
+        source: crate::secrets::SecretError,
+    },
 }
 
 impl RegistryError {
@@ -191,7 +200,10 @@ impl RegistryError {
     pub fn is_client_error(&self) -> bool {
         !matches!(
             self,
-            RegistryError::Io { .. } | RegistryError::Corrupt { .. } | RegistryError::NoFreeUid
+            RegistryError::Io { .. }
+                | RegistryError::Corrupt { .. }
+                | RegistryError::NoFreeUid
+                | RegistryError::Secrets { .. }
         )
     }
 }
@@ -224,6 +236,8 @@ pub struct Registry {
     functions_dir: PathBuf,
     state: Mutex<State>,
     grace: Duration,
+    /// Seals environment values in `function.json`.
+    cipher: EnvCipher,
 }
 
 impl Registry {
@@ -231,6 +245,20 @@ impl Registry {
     /// what a previous daemon left behind (staging and deleted directories,
     /// code directories of old revisions, temporary files).
     pub fn open(data_dir: &Path) -> Result<Registry, RegistryError> {
+        let keys = crate::secrets::KeyFile(crate::secrets::default_key_file(data_dir));
+        Registry::open_with_keys(data_dir, &keys)
+    }
+
+    /// [`Registry::open`] with environment values sealed under the key from
+    /// `keys`.
+    pub fn open_with_keys(
+        data_dir: &Path,
+        keys: &dyn KeySource,
+    ) -> Result<Registry, RegistryError> {
+        let cipher = EnvCipher::new(keys).map_err(|source| RegistryError::Secrets {
+            function: "(all)".into(),
+            source,
+        })?;
         let dir = data_dir.join("functions");
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let functions_dir = fs::canonicalize(&dir).map_err(io_err("resolve", &dir))?;
@@ -247,10 +275,11 @@ impl Registry {
             if file_name.starts_with('.') || !path.is_dir() {
                 continue;
             }
-            match load_function(&path, &file_name) {
+            match load_function(&path, &file_name, &cipher) {
                 Ok(record) => {
                     functions.insert(record.name.clone(), record);
                 }
+                Err(e @ RegistryError::Secrets { .. }) => return Err(e),
                 Err(e) => {
                     let aside = functions_dir.join(format!(
                         ".corrupt-{file_name}-{}",
@@ -274,6 +303,7 @@ impl Registry {
                 retired: Vec::new(),
             }),
             grace: RETIRE_GRACE,
+            cipher,
         })
     }
 
@@ -342,7 +372,7 @@ impl Registry {
             uid,
         };
         record.apply_settings(req.settings);
-        write_record(staging.path(), &record)?;
+        write_record(staging.path(), &record, &self.cipher)?;
         fs::rename(staging.path(), &final_dir).map_err(io_err("rename", staging.path()))?;
         staging.disarm();
         sync_dir(&self.functions_dir);
@@ -404,7 +434,7 @@ impl Registry {
             remove_dir_logged(&record.code_dir);
             return Err(io_err("rename", &staged_zip)(e));
         }
-        if let Err(e) = write_record(&dir, &record) {
+        if let Err(e) = write_record(&dir, &record, &self.cipher) {
             remove_dir_logged(&record.code_dir);
             return Err(e);
         }
@@ -444,7 +474,7 @@ impl Registry {
         record.apply_settings(settings);
         record.last_modified = now_lambda();
         record.revision_id = new_revision();
-        write_record(&self.function_dir(name), &record)?;
+        write_record(&self.function_dir(name), &record, &self.cipher)?;
         state.functions.insert(name.to_string(), record.clone());
         drop(state);
         tracing::info!(function = %name, revision = %record.revision_id, "function configuration updated");
@@ -579,9 +609,18 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RegistryError> {
     result
 }
 
-fn write_record(dir: &Path, record: &FunctionRecord) -> Result<(), RegistryError> {
+/// Writes `function.json` with every environment value sealed.
+fn write_record(
+    dir: &Path,
+    record: &FunctionRecord,
+    cipher: &EnvCipher,
+) -> Result<(), RegistryError> {
     let path = dir.join("function.json");
-    let json = serde_json::to_vec_pretty(record).map_err(|e| RegistryError::Corrupt {
+    let mut stored = record.clone();
+    for (k, v) in stored.environment.iter_mut() {
+        *v = cipher.seal(&record.name, k, v);
+    }
+    let json = serde_json::to_vec_pretty(&stored).map_err(|e| RegistryError::Corrupt {
         path: path.clone(),
         source: Box::new(e),
     })?;
@@ -590,7 +629,11 @@ fn write_record(dir: &Path, record: &FunctionRecord) -> Result<(), RegistryError
 
 /// Load one function directory, repair what can be repaired (a moved data
 /// directory, a missing code directory) and remove leftovers.
-fn load_function(dir: &Path, dir_name: &str) -> Result<FunctionRecord, RegistryError> {
+fn load_function(
+    dir: &Path,
+    dir_name: &str,
+    cipher: &EnvCipher,
+) -> Result<FunctionRecord, RegistryError> {
     let corrupt = |why: String| RegistryError::Corrupt {
         path: dir.to_path_buf(),
         source: why.into(),
@@ -608,6 +651,22 @@ fn load_function(dir: &Path, dir_name: &str) -> Result<FunctionRecord, RegistryE
             record.name
         )));
     }
+    let mut had_plaintext = false;
+    let name = record.name.clone();
+    for (k, v) in record.environment.iter_mut() {
+        let opened = cipher
+            .open(&name, k, v)
+            .map_err(|source| RegistryError::Secrets {
+                function: name.clone(),
+                source,
+            })?;
+        had_plaintext |= opened == *v;
+        *v = opened;
+    }
+    if had_plaintext {
+        // Written before values were sealed: seal them now.
+        write_record(dir, &record, cipher)?;
+    }
     record
         .function_name()
         .and_then(|_| record.settings())
@@ -622,7 +681,7 @@ fn load_function(dir: &Path, dir_name: &str) -> Result<FunctionRecord, RegistryE
     if record.code_dir != expected {
         // The data directory was moved: keep the record pointing into it.
         record.code_dir = expected;
-        write_record(dir, &record)?;
+        write_record(dir, &record, cipher)?;
     }
     if !record.code_dir.is_dir() {
         let zip_path = dir.join("code.zip");

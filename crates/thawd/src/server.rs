@@ -85,6 +85,7 @@ impl Platform {
             logs: logs.clone(),
             snapshots: data_dir.join("snapshots"),
             lazy_restore: config.lazy_restore,
+            secrets: config.secret_policy.clone(),
         };
         let pools = Pools::new(
             ctx,

@@ -14,6 +14,8 @@ from snapshot_restore_py import register_after_restore, register_before_snapshot
 
 RAN = []
 INIT_MONOTONIC = time.monotonic()
+# What init saw of the secrets (a snapshot run must see none).
+SECRETS_AT_INIT = [os.environ.get("CANARY_TOKEN"), os.environ.get("OTHER_CANARY")]
 
 
 @register_before_snapshot
@@ -67,6 +69,9 @@ def handler(event, context):
         "init_monotonic": INIT_MONOTONIC,
         "monotonic": time.monotonic(),
         "secret": os.environ.get("CANARY_TOKEN"),
+        "other_secret": os.environ.get("OTHER_CANARY"),
+        "secrets_at_init": SECRETS_AT_INIT,
+        "thaw_secrets": os.environ.get("THAW_SECRETS"),
         "version": os.environ.get("VERSION"),
         "event": event,
     }
