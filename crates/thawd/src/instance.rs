@@ -336,7 +336,7 @@ impl Instance {
                 .iter()
                 .filter(|(k, _)| per_instance.contains(&k.as_str()))
                 .cloned()
-                .chain(secret.into_iter())
+                .chain(secret)
                 .collect();
             spec.restore = Some(RestoreSpec {
                 snapshot_dir: SNAPSHOT_MOUNT.into(),
