@@ -85,7 +85,7 @@ pub fn deploy(endpoint: &str, args: DeployArgs) -> anyhow::Result<()> {
         vars.insert("THAW_SECRETS".into(), names.join(","));
         vars.extend(args.secret_env.iter().cloned());
     }
-    let environment = (!vars.is_empty()).then(|| Environment {
+    let environment = (!vars.is_empty()).then_some(Environment {
         variables: Some(vars),
     });
     let exists = match c.get_function_configuration(&args.name) {
