@@ -97,7 +97,25 @@ fn hooks_and_identity(runtime: &str, dir: &str, handler: &str, dup_keys: &[&str]
     );
 
     let runs: Vec<Value> = (0..50).map(|_| invoke_restored(&c, "h")).collect();
-    for key in ["random", "uuid", "hostname", "instance_id", "log_stream"] {
+    for v in &runs {
+        let boot = v["boot_id"].as_str().unwrap();
+        assert!(boot.len() == 36 && !boot.starts_with("error"), "{v}");
+        assert_eq!(v["machine_id"].as_str().unwrap().len(), 32, "{v}");
+    }
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(
+        runs.iter().all(|v| v["boot_id"] != host_boot.trim()),
+        "the host's boot id leaked"
+    );
+    for key in [
+        "random",
+        "uuid",
+        "hostname",
+        "instance_id",
+        "log_stream",
+        "boot_id",
+        "machine_id",
+    ] {
         assert_eq!(
             distinct(&runs, key),
             50,

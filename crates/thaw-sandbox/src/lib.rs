@@ -251,6 +251,7 @@ mod tests {
             tmp_size_bytes: 1 << 20,
             shm_size_bytes: 1 << 20,
             files: vec![],
+            boot_id: None,
         }
     }
 

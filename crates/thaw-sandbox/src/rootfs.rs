@@ -98,7 +98,7 @@ pub(crate) fn build_and_enter(spec: &SandboxSpec) -> Result<(), SandboxError> {
         })?;
     }
     build_dev(&root, spec.shm_size_bytes)?;
-    build_proc(&root)?;
+    build_proc(&root, spec.boot_id.as_deref())?;
     let tmp = root.join("tmp");
     mkdir(&tmp, 0o1777).map_err(step("create /tmp"))?;
     tmpfs(
@@ -356,7 +356,7 @@ fn build_dev(root: &Path, shm_size: u64) -> Result<(), SandboxError> {
     .map_err(step("mount /dev/shm tmpfs"))
 }
 
-fn build_proc(root: &Path) -> Result<(), SandboxError> {
+fn build_proc(root: &Path, boot_id: Option<&str>) -> Result<(), SandboxError> {
     let proc = root.join("proc");
     mkdir(&proc, 0o555).map_err(step("create /proc"))?;
     // We are PID 1 of the new pid namespace, so this procfs shows its pids.
@@ -412,6 +412,21 @@ fn build_proc(root: &Path) -> Result<(), SandboxError> {
                 step: format!("make /proc/{name} read-only"),
                 source,
             })?;
+    }
+    if let Some(id) = boot_id {
+        // The instance's own boot id, from a file in the root tmpfs bound
+        // (read-only) over the kernel's; after the /proc/sys bind above, so
+        // that it lands on top of it.
+        let named = |source| SandboxError::Step {
+            step: "set the boot id".into(),
+            source,
+        };
+        let file = root.join(".thaw/boot_id");
+        write_file(root, &file, format!("{id}\n").as_bytes(), 0o444).map_err(named)?;
+        let target = proc.join("sys/kernel/random/boot_id");
+        bind(&file, &target)
+            .and_then(|()| remount_read_only(&target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC))
+            .map_err(named)?;
     }
     Ok(())
 }

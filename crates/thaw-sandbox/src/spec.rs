@@ -30,6 +30,11 @@ pub struct SandboxSpec {
     /// Extra small files written into the (otherwise read-only) root before it is
     /// sealed, e.g. `/etc/passwd`, `/etc/hosts`. Paths are absolute inside the sandbox.
     pub files: Vec<SandboxFile>,
+    /// What `/proc/sys/kernel/random/boot_id` reads inside the sandbox (a
+    /// UUID of this instance's own, so instances, restored ones included,
+    /// never share the host's); `None` leaves the kernel's.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 /// A read-only bind mount of a host path at a path inside the sandbox.
@@ -63,6 +68,9 @@ pub struct Limits {
 /// Why a [`SandboxSpec`] cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
+    /// The boot id is not a UUID.
+    #[error("boot id {0:?} is not a UUID")]
+    BootId(String),
     #[error("Hostname {0:?} is not a valid host name")]
     Hostname(String),
     #[error("The sandbox must not run as root (uid {uid}, gid {gid})")]
@@ -92,6 +100,12 @@ impl SandboxSpec {
     /// Check everything that can be checked without touching the kernel.
     /// [`crate::enter`] calls this before it changes anything.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(id) = &self.boot_id {
+            let ok = id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+            if !ok {
+                return Err(SpecError::BootId(id.clone()));
+            }
+        }
         if !valid_hostname(&self.hostname) {
             return Err(SpecError::Hostname(self.hostname.clone()));
         }
@@ -184,6 +198,7 @@ mod tests {
                 contents: "x".into(),
                 mode: 0o644,
             }],
+            boot_id: None,
         }
     }
 

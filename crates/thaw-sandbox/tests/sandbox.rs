@@ -111,6 +111,7 @@ impl Fixture {
                 contents: format!("sbx:x:{UID}:{GID}::/tmp:/bin/sh\n"),
                 mode: 0o644,
             }],
+            boot_id: None,
         };
         let spec_path = dir.path().join("spec.json");
         fs::write(&spec_path, serde_json::to_string(&spec).unwrap()).unwrap();

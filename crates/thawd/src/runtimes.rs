@@ -260,6 +260,11 @@ pub fn start_spec(
             format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost\n"),
         ),
         file("/etc/hostname", format!("{hostname}\n")),
+        // This instance's own machine id (systemd's format).
+        file(
+            "/etc/machine-id",
+            format!("{}\n", uuid::Uuid::new_v4().simple()),
+        ),
         file("/etc/resolv.conf", String::new()),
         file(
             "/etc/nsswitch.conf",
@@ -277,6 +282,7 @@ pub fn start_spec(
             tmp_size_bytes: tmp_size_bytes(f, ctx.tmp_size_bytes),
             shm_size_bytes: 64 * 1024 * 1024,
             files,
+            boot_id: Some(uuid::Uuid::new_v4().to_string()),
         },
         runtime: RuntimeSpec {
             argv,
