@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// --secret-name-pattern are secrets.
     #[arg(long)]
     pub no_default_secret_patterns: bool,
+    /// Test hook: snapshot runs see their monotonic and boot-time clocks
+    /// this many seconds ahead of the host's (a snapshot from a host that
+    /// had been up longer).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub test_snapshot_clock_offset_secs: u64,
     /// Most instances of one function running at once [default: 8].
     #[arg(long)]
     pub max_instances: Option<usize>,
@@ -63,6 +68,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.lazy_restore = args.lazy_restore;
     config.auto_snapshot = args.auto_snapshot;
+    config.snapshot_clock_offset = Duration::from_secs(args.test_snapshot_clock_offset_secs);
     let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (mut names, values) = if args.no_default_secret_patterns {
         (Vec::new(), Vec::new())

@@ -153,3 +153,64 @@ fn failed_build_is_reported_and_instances_start_cold() {
         "{metrics}"
     );
 }
+
+/// Monotonic and boot-time clocks read by the function before the snapshot
+/// and after a restore never go backwards, also when the snapshot comes from
+/// a host whose clocks were far ahead (here: a daemon whose snapshot runs
+/// see them 30 days ahead, standing for a longer-running host or a reboot
+/// since) and is restored by a fresh daemon.
+#[test]
+fn clocks_never_go_backwards_across_a_restore() {
+    if !can_run("clocks_never_go_backwards_across_a_restore") {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let thirty_days = (30 * 24 * 3600).to_string();
+    let mut d = Daemon::start_in(
+        data.path(),
+        &["--test-snapshot-clock-offset-secs", &thirty_days],
+    );
+    let c = d.client();
+    create(&c, "clk", &[]);
+    c.create_snapshot("clk", b"{}").unwrap();
+    let check = |v: &serde_json::Value| {
+        for (before, after) in [
+            ("init_monotonic", "monotonic"),
+            ("init_boottime", "boottime"),
+        ] {
+            let (b, a) = (v[before].as_f64().unwrap(), v[after].as_f64().unwrap());
+            assert!(
+                a >= b,
+                "{after} went backwards across the restore: {b} -> {a} ({v})"
+            );
+        }
+        assert!(
+            v["init_monotonic"].as_f64().unwrap() > 29.0 * 24.0 * 3600.0,
+            "the snapshot run's clock was ahead: {v}"
+        );
+    };
+    let (r, v) = invoke(&c, "clk", json!({}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    check(&v);
+    assert!(d.stop());
+    // A fresh daemon without the offset: its host clock is 30 days behind
+    // what the snapshotted process saw.
+    let d = Daemon::start_in(data.path(), &[]);
+    let c = d.client();
+    let (r, v) = invoke(&c, "clk", json!({}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    check(&v);
+    // Cold instances keep the host's clocks.
+    c.delete_snapshot("clk").unwrap();
+    c.retire_instances("clk").unwrap();
+    let (r, v) = invoke(&c, "clk", json!({}));
+    assert_eq!(r.start, Some(StartKind::Cold), "{v}");
+    let host_uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(v["boottime"].as_f64().unwrap() < host_uptime + 60.0, "{v}");
+}

@@ -44,6 +44,12 @@ pub struct RuntimeSpec {
     /// snapshot point and reports it as [`FromSupervisor::SnapshotPoint`].
     #[serde(default)]
     pub snapshot_run: bool,
+    /// How far ahead of the host's the runtime's CLOCK_MONOTONIC and
+    /// CLOCK_BOOTTIME run (its time namespace's offsets), nanoseconds. 0 in
+    /// normal operation; tests use it to stand for a snapshot taken on a
+    /// host that had been up longer.
+    #[serde(default)]
+    pub clock_offset_ns: i64,
 }
 
 /// Where a snapshotted runtime was waiting, which is also the request it

@@ -137,7 +137,12 @@ fn run() -> Result<ExitReason, ()> {
     let mut started = SystemTime::now();
     let mut adopted = None;
     let entered = match &spec.restore {
-        None => thaw_sandbox::enter(&spec.sandbox),
+        None => thaw_sandbox::enter_with(&spec.sandbox, || {
+            // Every runtime in a time namespace of its own: restored ones
+            // need one, and the same layout everywhere keeps them alike.
+            let offset = spec.runtime.clock_offset_ns;
+            crate::restore::enter_time_namespace(offset, offset)
+        }),
         Some(r) if r.standby => thaw_sandbox::enter_with(&spec.sandbox, || {
             let prepared = crate::restore::prepare_restore(&spec.runtime, r)?;
             let setup_ms = ms_since(started);

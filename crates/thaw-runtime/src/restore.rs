@@ -106,9 +106,70 @@ impl std::fmt::Debug for PreparedRestore {
     }
 }
 
+/// Moves the children this process creates from now on (the runtime, or
+/// the restore's stub) into a new time namespace whose CLOCK_MONOTONIC and
+/// CLOCK_BOOTTIME run `monotonic_ns` / `boottime_ns` ahead of the host's
+/// (negative values are clamped to 0). Must run as root, before any child
+/// exists. Without time namespaces in the kernel it logs and does nothing.
+pub fn enter_time_namespace(monotonic_ns: i64, boottime_ns: i64) -> Result<(), String> {
+    // SAFETY: unshare takes no pointers; it only changes which namespace
+    // this process's future children join.
+    if unsafe { libc::unshare(libc::CLONE_NEWTIME) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            tracing::warn!("no time namespaces in this kernel: clocks are the host's");
+            return Ok(());
+        }
+        return Err(format!("Cannot create a time namespace: {e}"));
+    }
+    let (m, b) = (monotonic_ns.max(0), boottime_ns.max(0));
+    if m == 0 && b == 0 {
+        return Ok(());
+    }
+    let line =
+        |name: &str, ns: i64| format!("{name} {} {}\n", ns / 1_000_000_000, ns % 1_000_000_000);
+    std::fs::write(
+        "/proc/self/timens_offsets",
+        line("monotonic", m) + &line("boottime", b),
+    )
+    .map_err(|e| format!("Cannot set the time namespace's offsets: {e}"))
+}
+
+/// Offsets that keep a restored process's clocks from going backwards:
+/// zero when the host's clocks are already past what the snapshotted
+/// process saw (the same boot), else the difference, plus a millisecond.
+fn restore_clock_offsets(snap: &Snapshot) -> (i64, i64) {
+    let seen = snap.state().clocks;
+    let now = |id| -> i64 {
+        nix::time::clock_gettime(id)
+            .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
+            .unwrap_or(0)
+    };
+    let ahead = |seen: i64, now: i64| {
+        if seen > now {
+            seen - now + 1_000_000
+        } else {
+            0
+        }
+    };
+    (
+        ahead(seen.monotonic_ns, now(nix::time::ClockId::CLOCK_MONOTONIC)),
+        ahead(seen.boottime_ns, now(nix::time::ClockId::CLOCK_BOOTTIME)),
+    )
+}
+
 /// Prepares a restore (see [`PreparedRestore`]).
 pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRestore, String> {
     let snap = Snapshot::open(Path::new(&r.snapshot_dir)).map_err(|e| error_chain(&e))?;
+    let (monotonic, boottime) = restore_clock_offsets(&snap);
+    if monotonic > 0 || boottime > 0 {
+        tracing::info!(
+            monotonic_ns = monotonic,
+            boottime_ns = boottime,
+            "the snapshot's clocks are ahead of this host's: offsetting them"
+        );
+    }
+    enter_time_namespace(monotonic, boottime)?;
     if !r.lazy {
         snap.preload().map_err(|e| error_chain(&e))?;
     }

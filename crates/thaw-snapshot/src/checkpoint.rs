@@ -324,8 +324,38 @@ fn capture(frozen: &mut ptrace::Frozen) -> Result<(SnapshotState, Vec<u8>), Chec
         vdso_hash,
         process,
         memory,
+        clocks: process_clocks(pid.as_raw())?,
     };
     Ok((state, data))
+}
+
+/// The clocks of `pid` as it sees them: ours plus the offsets of its time
+/// namespace.
+fn process_clocks(pid: i32) -> Result<crate::state::Clocks, CheckpointError> {
+    let path = format!("/proc/{pid}/timens_offsets");
+    // Without time namespaces (CONFIG_TIME_NS off) the file is missing and
+    // every process sees the host's clocks.
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let offset = |name: &str| -> i64 {
+        text.lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next()? == name).then_some(())?;
+                let secs: i64 = it.next()?.parse().ok()?;
+                let nanos: i64 = it.next()?.parse().ok()?;
+                Some(secs * 1_000_000_000 + nanos)
+            })
+            .unwrap_or(0)
+    };
+    let now = |id| -> i64 {
+        nix::time::clock_gettime(id)
+            .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
+            .unwrap_or(0)
+    };
+    Ok(crate::state::Clocks {
+        monotonic_ns: now(nix::time::ClockId::CLOCK_MONOTONIC) + offset("monotonic"),
+        boottime_ns: now(nix::time::ClockId::CLOCK_BOOTTIME) + offset("boottime"),
+    })
 }
 
 /// Refuses a thread stopped inside its rseq critical section.

@@ -43,6 +43,20 @@ pub struct SnapshotState {
     pub process: ProcessImage,
     /// Where each saved page is in the memory image.
     pub memory: MemoryIndex,
+    /// The process's clocks at the checkpoint, as it saw them (in its time
+    /// namespace): a restore must not let them go backwards.
+    #[serde(default)]
+    pub clocks: Clocks,
+}
+
+/// CLOCK_MONOTONIC and CLOCK_BOOTTIME as a process saw them, nanoseconds
+/// (0: not recorded, as in snapshots from before clocks were recorded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clocks {
+    /// CLOCK_MONOTONIC.
+    pub monotonic_ns: i64,
+    /// CLOCK_BOOTTIME.
+    pub boottime_ns: i64,
 }
 
 /// One checkpointed process.

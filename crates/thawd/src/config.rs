@@ -30,6 +30,10 @@ pub struct DaemonConfig {
     pub auto_snapshot: bool,
     /// Which environment variables are secrets.
     pub secret_policy: crate::secrets::SecretPolicy,
+    /// Test hook: snapshot runs see their clocks this far ahead of the
+    /// host's, as if the snapshot had been taken on a host that had been up
+    /// longer (or before a reboot). Zero in normal operation.
+    pub snapshot_clock_offset: Duration,
 }
 
 impl DaemonConfig {
@@ -47,6 +51,7 @@ impl DaemonConfig {
             standby_per_function: 1,
             auto_snapshot: true,
             secret_policy: crate::secrets::SecretPolicy::default(),
+            snapshot_clock_offset: Duration::ZERO,
         }
     }
 }

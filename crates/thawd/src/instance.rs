@@ -111,6 +111,8 @@ pub struct InstanceContext {
     /// Which environment variables are secrets (withheld from snapshot
     /// runs, delivered to restored instances after the restore).
     pub secrets: crate::secrets::SecretPolicy,
+    /// See [`crate::DaemonConfig::snapshot_clock_offset`].
+    pub snapshot_clock_offset: Duration,
 }
 
 /// Why an instance could not be started.
@@ -314,6 +316,8 @@ impl Instance {
             // of the snapshot: no secrets there.
             spec.runtime.env.retain(|(k, _)| !secret.contains_key(k));
             spec.runtime.snapshot_run = true;
+            spec.runtime.clock_offset_ns =
+                i64::try_from(ctx.snapshot_clock_offset.as_nanos()).unwrap_or(i64::MAX / 2);
             set_env(
                 &mut spec.runtime.env,
                 "AWS_LAMBDA_INITIALIZATION_TYPE",

@@ -290,6 +290,7 @@ pub fn start_spec(
             cwd: "/var/task".into(),
             api_port: RUNTIME_API_PORT,
             snapshot_run: false,
+            clock_offset_ns: 0,
         },
         restore: None,
     })

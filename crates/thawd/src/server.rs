@@ -86,6 +86,7 @@ impl Platform {
             snapshots: data_dir.join("snapshots"),
             lazy_restore: config.lazy_restore,
             secrets: config.secret_policy.clone(),
+            snapshot_clock_offset: config.snapshot_clock_offset,
         };
         let pools = Pools::new(
             ctx,

@@ -14,6 +14,7 @@ from snapshot_restore_py import register_after_restore, register_before_snapshot
 
 RAN = []
 INIT_MONOTONIC = time.monotonic()
+INIT_BOOTTIME = time.clock_gettime(time.CLOCK_BOOTTIME)
 # What init saw of the secrets (a snapshot run must see none).
 SECRETS_AT_INIT = [os.environ.get("CANARY_TOKEN"), os.environ.get("OTHER_CANARY")]
 
@@ -68,6 +69,8 @@ def handler(event, context):
         "log_stream": context.log_stream_name,
         "init_monotonic": INIT_MONOTONIC,
         "monotonic": time.monotonic(),
+        "init_boottime": INIT_BOOTTIME,
+        "boottime": time.clock_gettime(time.CLOCK_BOOTTIME),
         "secret": os.environ.get("CANARY_TOKEN"),
         "other_secret": os.environ.get("OTHER_CANARY"),
         "secrets_at_init": SECRETS_AT_INIT,

@@ -104,6 +104,7 @@ impl Function {
             cwd: task_root,
             api_port: 0,
             snapshot_run: false,
+            clock_offset_ns: 0,
         }
     }
 
