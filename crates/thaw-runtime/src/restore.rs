@@ -193,6 +193,10 @@ pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRest
             (fd, false) if link.starts_with("socket:") && api_conn.is_none() => {
                 let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
                     .map_err(|e| format!("Cannot connect to the Runtime API: {e}"))?;
+                // Socket options are not part of the snapshot; runtime
+                // clients (ours, libcurl, Node's agent) all disable Nagle.
+                conn.set_nodelay(true)
+                    .map_err(|e| format!("Cannot set TCP_NODELAY: {e}"))?;
                 // The request the runtime was waiting on an answer to.
                 let path = match r.resume {
                     ResumePoint::RestoreNext => "restore/next",
