@@ -831,6 +831,139 @@ mod tests {
         assert_eq!(body.len(), MAX_RESPONSE_BYTES);
     }
 
+    fn harness(mode: ApiMode) -> Harness {
+        let (etx, erx) = mpsc::unbounded_channel();
+        let (dtx, drx) = mpsc::unbounded_channel();
+        Harness {
+            api: RuntimeApi::new(etx, drx, mode),
+            events: erx,
+            deliver: dtx,
+        }
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    const RESTORE_NEXT: &str = "/2018-06-01/runtime/restore/next";
+    const RESTORE_ERROR: &str = "/2018-06-01/runtime/restore/error";
+
+    #[tokio::test]
+    async fn restore_next_is_the_snapshot_point_of_a_snapshot_run() {
+        let mut h = harness(ApiMode::SnapshotRun);
+        // Right after init (awslambdaric): init is done, then the point.
+        let api = h.api.clone();
+        let blocked = tokio::spawn(async move {
+            router(api)
+                .oneshot(
+                    Request::get(RESTORE_NEXT)
+                        .header(FUNCTION_INIT_MS_HEADER, "7")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+        });
+        match h.events.recv().await {
+            Some(ApiEvent::FirstNext { function_init_ms }) => assert_eq!(function_init_ms, Some(7.0)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(h.events.recv().await, Some(ApiEvent::SnapshotPoint)));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!blocked.is_finished(), "restore/next blocks in a snapshot run");
+        // Nothing else is allowed meanwhile.
+        let (status, _, _) = h.call(get_next(None)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        blocked.abort();
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_run_may_report_a_hook_failure_after_its_test_invocation() {
+        let h = harness(ApiMode::SnapshotRun);
+        h.deliver.send(invocation("t")).unwrap();
+        let api = h.api.clone();
+        let reports = h.forward_reports();
+        router(api.clone()).oneshot(get_next(None)).await.unwrap();
+        let r = router(api.clone())
+            .oneshot(post("/2018-06-01/runtime/invocation/t/response", "1"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let r = router(api.clone())
+            .oneshot(
+                Request::post("/2018-06-01/runtime/init/error")
+                    .header(ERROR_TYPE_HEADER, "Runtime.BeforeSnapshotError")
+                    .body(Body::from("{}"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        drop(api);
+        let seen = reports.await.unwrap();
+        assert!(matches!(&seen[1].0, FromSupervisor::InitError { error_type } if error_type == "Runtime.BeforeSnapshotError"));
+    }
+
+    #[tokio::test]
+    async fn a_restored_runtime_gets_its_identity_then_runs_hooks() {
+        let body = Bytes::from_static(br#"{"instanceId":"i"}"#);
+        let mut h = harness(ApiMode::Restored { body: body.clone() });
+        // Not before restore/next, and restore/error only after it.
+        let (status, _, _) = h.call(get_next(None)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _, _) = h.call(post(RESTORE_ERROR, "{}")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, headers, got) = h.call(get(RESTORE_NEXT)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[CONTENT_TYPE], "application/json");
+        assert_eq!(got, body);
+        // Answered once only.
+        let (status, _, _) = h.call(get(RESTORE_NEXT)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // The first /next ends the after-restore phase.
+        h.deliver.send(invocation("r1")).unwrap();
+        let (status, _, _) = h.call(get_next(None)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(matches!(h.events.try_recv(), Ok(ApiEvent::AfterRestoreDone { hooks_ms }) if hooks_ms >= 0.0));
+        assert!(matches!(h.events.try_recv(), Ok(ApiEvent::Waiting)));
+    }
+
+    #[tokio::test]
+    async fn a_failing_after_restore_hook_is_reported() {
+        let h = harness(ApiMode::Restored { body: Bytes::new() });
+        let api = h.api.clone();
+        let reports = h.forward_reports();
+        router(api.clone()).oneshot(get(RESTORE_NEXT)).await.unwrap();
+        let r = router(api.clone())
+            .oneshot(
+                Request::post(RESTORE_ERROR)
+                    .header(ERROR_TYPE_HEADER, "Runtime.AfterRestoreError")
+                    .body(Body::from(r#"{"errorMessage":"no"}"#))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        // And no invocation after that.
+        let r = router(api.clone()).oneshot(get_next(None)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        drop(api);
+        let seen = reports.await.unwrap();
+        assert_eq!(
+            seen[0].0,
+            FromSupervisor::RestoreError {
+                error_type: "Runtime.AfterRestoreError".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn restore_next_is_refused_outside_snap_start() {
+        let h = harness(ApiMode::Normal);
+        let (status, _, body) = h.call(get(RESTORE_NEXT)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(String::from_utf8_lossy(&body).contains("snap-start"));
+    }
+
     #[tokio::test]
     async fn error_type_comes_from_header_then_body_then_default() {
         let mut h = HeaderMap::new();
