@@ -864,12 +864,20 @@ mod tests {
                 .await
         });
         match h.events.recv().await {
-            Some(ApiEvent::FirstNext { function_init_ms }) => assert_eq!(function_init_ms, Some(7.0)),
+            Some(ApiEvent::FirstNext { function_init_ms }) => {
+                assert_eq!(function_init_ms, Some(7.0))
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(h.events.recv().await, Some(ApiEvent::SnapshotPoint)));
+        assert!(matches!(
+            h.events.recv().await,
+            Some(ApiEvent::SnapshotPoint)
+        ));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!blocked.is_finished(), "restore/next blocks in a snapshot run");
+        assert!(
+            !blocked.is_finished(),
+            "restore/next blocks in a snapshot run"
+        );
         // Nothing else is allowed meanwhile.
         let (status, _, _) = h.call(get_next(None)).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
@@ -900,7 +908,9 @@ mod tests {
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         drop(api);
         let seen = reports.await.unwrap();
-        assert!(matches!(&seen[1].0, FromSupervisor::InitError { error_type } if error_type == "Runtime.BeforeSnapshotError"));
+        assert!(
+            matches!(&seen[1].0, FromSupervisor::InitError { error_type } if error_type == "Runtime.BeforeSnapshotError")
+        );
     }
 
     #[tokio::test]
@@ -923,7 +933,9 @@ mod tests {
         h.deliver.send(invocation("r1")).unwrap();
         let (status, _, _) = h.call(get_next(None)).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(matches!(h.events.try_recv(), Ok(ApiEvent::AfterRestoreDone { hooks_ms }) if hooks_ms >= 0.0));
+        assert!(
+            matches!(h.events.try_recv(), Ok(ApiEvent::AfterRestoreDone { hooks_ms }) if hooks_ms >= 0.0)
+        );
         assert!(matches!(h.events.try_recv(), Ok(ApiEvent::Waiting)));
     }
 
@@ -932,7 +944,10 @@ mod tests {
         let h = harness(ApiMode::Restored { body: Bytes::new() });
         let api = h.api.clone();
         let reports = h.forward_reports();
-        router(api.clone()).oneshot(get(RESTORE_NEXT)).await.unwrap();
+        router(api.clone())
+            .oneshot(get(RESTORE_NEXT))
+            .await
+            .unwrap();
         let r = router(api.clone())
             .oneshot(
                 Request::post(RESTORE_ERROR)
