@@ -197,6 +197,28 @@ fn python_failing_hooks_fail_the_snapshot() {
 }
 
 #[test]
+fn a_hook_has_ten_seconds() {
+    if !can_run("a_hook_has_ten_seconds") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    deploy_env(
+        &c,
+        "slow",
+        "py-hooks",
+        "python3.11",
+        "app.handler",
+        &[("SLOW_AFTER", "1")],
+    );
+    let e = c.create_snapshot("slow", b"{}").unwrap_err().to_string();
+    assert!(
+        e.contains("Runtime.AfterRestoreError") && e.contains("longer than 10 s"),
+        "{e}"
+    );
+}
+
+#[test]
 fn node_failing_hooks_fail_the_snapshot() {
     if !can_run("node_failing_hooks_fail_the_snapshot") {
         return;

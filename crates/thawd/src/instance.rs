@@ -35,6 +35,12 @@ use crate::runtimes::{start_spec, HostRuntimes, SpecContext};
 /// Init (loading the runtime and the function) may take at least this long,
 /// whatever the function's own timeout (Lambda allows 10 s).
 const MIN_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a restore may take, after-restore hooks included: the hooks'
+/// own 10 s limit (Lambda SnapStart's, enforced by our bootstraps, which
+/// then report which hook overran) plus 2 s for the restore itself. It
+/// also bounds runtime clients that do not time their hooks. A restore
+/// that takes longer fails with `Runtime.RestoreTimeout`.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// Where a snapshot is mounted (read-only) in a sandbox restoring from it.
 pub const SNAPSHOT_MOUNT: &str = "/.thaw/snapshot";
@@ -262,7 +268,7 @@ impl Instance {
         let t0 = Instant::now();
         self.collecting.store(true, Ordering::Relaxed);
         let r = match write_frame(&mut self.control, &ToSupervisor::Resume, &[]).await {
-            Ok(()) => self.await_start(t0, f, false).await,
+            Ok(()) => self.await_start(t0, f, false, true).await,
             Err(e) => Err(StartError::Platform(format!(
                 "cannot send Resume: {}",
                 error_chain(&e)
@@ -446,21 +452,30 @@ impl Instance {
             cg.add_pid(pid)
                 .map_err(|e| StartError::Platform(error_chain(&e)))?;
         }
+        let restoring = spec.restore.is_some() && !standby;
         write_frame(&mut self.control, &ToSupervisor::Start(Box::new(spec)), &[])
             .await
             .map_err(|e| StartError::Platform(format!("cannot send Start: {}", error_chain(&e))))?;
-        self.await_start(t0, f, standby).await
+        self.await_start(t0, f, standby, restoring).await
     }
 
-    /// Waits for the sandbox and the runtime: until `InitDone` (or, with
-    /// `standby`, until the sandbox reports `Standby`).
+    /// Waits for the sandbox and the runtime: until `InitDone` or
+    /// `AfterRestoreDone` (or, with `standby`, until the sandbox reports
+    /// `Standby`). A restore (`restoring`), after-restore hooks included,
+    /// has [`RESTORE_TIMEOUT`], as in Lambda; an init has the function's
+    /// timeout, at least [`MIN_INIT_TIMEOUT`].
     async fn await_start(
         &mut self,
         t0: Instant,
         f: &FunctionRecord,
         standby: bool,
+        restoring: bool,
     ) -> Result<PhaseTimings, StartError> {
-        let init_timeout = MIN_INIT_TIMEOUT.max(Duration::from_secs(u64::from(f.timeout_s)));
+        let init_timeout = if restoring {
+            RESTORE_TIMEOUT
+        } else {
+            MIN_INIT_TIMEOUT.max(Duration::from_secs(u64::from(f.timeout_s)))
+        };
         let deadline = tokio::time::Instant::now() + init_timeout;
         let mut timings = PhaseTimings::default();
         let mut init_log = LogTail::default();
@@ -468,18 +483,26 @@ impl Instance {
         loop {
             let ev = match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => {
+                    let (error_type, what) = if restoring {
+                        (
+                            "Runtime.RestoreTimeout",
+                            "The restore and after-restore hooks",
+                        )
+                    } else {
+                        ("Runtime.InitTimeout", "Init")
+                    };
                     return Err(StartError::Init {
-                        error_type: "Runtime.InitTimeout".into(),
+                        error_type: error_type.into(),
                         payload: error_doc(
-                            "Runtime.InitTimeout",
+                            error_type,
                             &format!(
-                                "Init did not complete within {} seconds",
+                                "{what} did not complete within {} seconds",
                                 init_timeout.as_secs()
                             ),
                         ),
                         log: init_log,
                         timings,
-                    })
+                    });
                 }
                 Ok(None) => return Err(StartError::Platform("control channel lost".into())),
                 Ok(Some(ev)) => ev,

@@ -43,6 +43,8 @@ def after_two(tag):
     RAN.append(f"after-2:{tag}")
     if os.environ.get("FAIL_AFTER") == "1":
         raise ValueError("after-restore hook refused")
+    if os.environ.get("SLOW_AFTER") == "1":
+        time.sleep(30)
 
 
 register_after_restore(after_two, tag="y")
