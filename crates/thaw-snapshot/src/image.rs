@@ -179,14 +179,46 @@ fn create_private(path: &Path) -> Result<File, ImageError> {
         .map_err(io_err(path))
 }
 
+/// A slower read path, standing in for a remote tier in benchmarks: each
+/// read of the snapshot's files first waits `latency_us` plus the time
+/// `bytes_per_sec` takes for its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadThrottle {
+    /// Fixed cost of every read, microseconds.
+    pub latency_us: u64,
+    /// Bandwidth; 0 means unlimited.
+    pub bytes_per_sec: u64,
+}
+
+impl ReadThrottle {
+    /// Waits as long as reading `bytes` takes on this path.
+    pub fn wait(&self, bytes: u64) {
+        let transfer_us = bytes
+            .saturating_mul(1_000_000)
+            .checked_div(self.bytes_per_sec)
+            .unwrap_or(0);
+        let us = self.latency_us.saturating_add(transfer_us);
+        if us > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(us));
+        }
+    }
+}
+
 /// An opened, header-checked snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
     dir: PathBuf,
     state: SnapshotState,
+    /// BLAKE3 of the state body: names this snapshot (a working set
+    /// recorded on another one carries another id).
+    id: [u8; 32],
     memory: File,
     /// Every data page, read and verified ahead of a restore.
     preloaded: std::sync::Mutex<Option<Vec<u8>>>,
+    throttle: Option<ReadThrottle>,
+    /// Bytes read from the snapshot's files so far.
+    bytes_read: std::sync::atomic::AtomicU64,
 }
 
 impl Snapshot {
@@ -194,7 +226,7 @@ impl Snapshot {
     /// and that the memory image has exactly the pages the state indexes.
     /// Page contents are verified per chunk as they are read.
     pub fn open(dir: &Path) -> Result<Self, ImageError> {
-        let state = read_state(&dir.join(STATE_FILE))?;
+        let (state, id) = read_state_and_id(&dir.join(STATE_FILE))?;
         let mem_path = dir.join(MEMORY_FILE);
         let mut memory = File::open(&mem_path).map_err(io_err(&mem_path))?;
         let mut header = vec![0u8; PAGE];
@@ -240,9 +272,41 @@ impl Snapshot {
         Ok(Self {
             dir: dir.to_owned(),
             state,
+            id,
             memory,
             preloaded: std::sync::Mutex::new(None),
+            throttle: None,
+            bytes_read: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Makes every later read of this snapshot's files go through
+    /// `throttle` (benchmarks: a stand-in for a remote tier).
+    pub fn set_throttle(&mut self, throttle: Option<ReadThrottle>) {
+        self.throttle = throttle;
+    }
+
+    /// This snapshot's id: the BLAKE3 of its state.
+    pub fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+
+    /// Bytes read from the snapshot's files (memory image and working
+    /// set) since it was opened.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reads `buf.len()` bytes of `file` at `offset`, through the throttle,
+    /// counting them.
+    pub(crate) fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if let Some(t) = &self.throttle {
+            t.wait(buf.len() as u64);
+        }
+        file.read_exact_at(buf, offset)?;
+        self.bytes_read
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// The snapshot directory.
@@ -262,8 +326,7 @@ impl Snapshot {
         let first = i as u64 * u64::from(idx.chunk_pages);
         let pages = (idx.data_pages - first).min(u64::from(idx.chunk_pages));
         let mut buf = vec![0u8; (pages * PAGE_SIZE) as usize];
-        self.memory
-            .read_exact_at(&mut buf, (first + 1) * PAGE_SIZE)
+        self.read_at(&self.memory, &mut buf, (first + 1) * PAGE_SIZE)
             .map_err(io_err(&path))?;
         let want = idx
             .chunk_hashes
@@ -326,6 +389,11 @@ impl Snapshot {
 
 /// Reads and verifies a state file.
 pub fn read_state(path: &Path) -> Result<SnapshotState, ImageError> {
+    read_state_and_id(path).map(|(s, _)| s)
+}
+
+/// Reads and verifies a state file; also returns the BLAKE3 of its body.
+fn read_state_and_id(path: &Path) -> Result<(SnapshotState, [u8; 32]), ImageError> {
     let mut f = File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
     let mut header = [0u8; STATE_HEADER];
@@ -361,7 +429,8 @@ pub fn read_state(path: &Path) -> Result<SnapshotState, ImageError> {
     }
     let mut body = vec![0u8; body_len as usize];
     f.read_exact(&mut body).map_err(io_err(path))?;
-    if blake3::hash(&body).as_bytes() != &header[24..56] {
+    let id = *blake3::hash(&body).as_bytes();
+    if id != header[24..56] {
         return Err(ImageError::Checksum {
             path: path.to_owned(),
             what: "state".into(),
@@ -378,7 +447,7 @@ pub fn read_state(path: &Path) -> Result<SnapshotState, ImageError> {
             why: "header and body disagree on the format version".into(),
         });
     }
-    Ok(state)
+    Ok((state, id))
 }
 
 /// Checks that the page index is in address order without overlaps, that

@@ -12,13 +12,16 @@
 //! stops with an error instead, and the faulting process stays blocked
 //! until its supervisor kills it (fail closed).
 //!
-//! This is the base working-set prefetch (issue 4) builds on: it records
-//! nothing yet and copies at most [`MAX_BATCH_PAGES`] neighbouring pages
-//! per fault.
+//! Each fault copies the faulting page and up to `fault_around - 1` of its
+//! neighbours (same image run, chunk and registered range). While its
+//! [`Probe`] is recording, the server notes the address of every page it
+//! serves the original process, in fault order: that list becomes the
+//! snapshot's working set ([`crate::workingset`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -31,7 +34,12 @@ use crate::PAGE_SIZE;
 
 /// Most pages copied for one fault (the faulting page and its neighbours
 /// in the same image run, chunk and registered range).
-pub const MAX_BATCH_PAGES: u64 = 16;
+pub const MAX_BATCH_PAGES: u64 = 256;
+/// Pages copied per fault unless told otherwise (measured: `thaw bench
+/// working-set`, docs/benchmarks.md).
+pub const DEFAULT_FAULT_AROUND: u64 = 16;
+/// Most page addresses one recording keeps.
+const MAX_RECORDED: usize = 1 << 22;
 
 /// Why the page server stopped serving.
 #[derive(Debug, Error)]
@@ -63,6 +71,91 @@ pub struct LazyStats {
     pub chunks_verified: u64,
     /// Fork, remap, remove and unmap events.
     pub events: u64,
+    /// Bytes read from the snapshot's files by the server.
+    pub bytes_read: u64,
+}
+
+/// A running page server's numbers and its recording, shared with the
+/// code that watches the instance (the sandbox's supervisor).
+#[derive(Debug, Default)]
+pub struct Probe {
+    faults: AtomicU64,
+    pages_copied: AtomicU64,
+    zero_faults: AtomicU64,
+    chunks_verified: AtomicU64,
+    events: AtomicU64,
+    bytes_read: AtomicU64,
+    recording: AtomicBool,
+    recorded: Mutex<Vec<u64>>,
+}
+
+impl Probe {
+    /// A probe; with `record`, the server records the pages it serves
+    /// until [`Probe::take_recording`].
+    pub fn new(record: bool) -> Self {
+        Probe {
+            recording: AtomicBool::new(record),
+            ..Probe::default()
+        }
+    }
+
+    /// The server's numbers so far.
+    pub fn stats(&self) -> LazyStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LazyStats {
+            faults: get(&self.faults),
+            pages_copied: get(&self.pages_copied),
+            zero_faults: get(&self.zero_faults),
+            chunks_verified: get(&self.chunks_verified),
+            events: get(&self.events),
+            bytes_read: get(&self.bytes_read),
+        }
+    }
+
+    /// Stops recording and returns the page addresses served so far, in
+    /// fault order (empty if it was not recording).
+    pub fn take_recording(&self) -> Vec<u64> {
+        self.recording.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *self.recorded.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn publish(&self, s: &LazyStats) {
+        let set = |a: &AtomicU64, v| a.store(v, Ordering::Relaxed);
+        set(&self.faults, s.faults);
+        set(&self.pages_copied, s.pages_copied);
+        set(&self.zero_faults, s.zero_faults);
+        set(&self.chunks_verified, s.chunks_verified);
+        set(&self.events, s.events);
+        set(&self.bytes_read, s.bytes_read);
+    }
+
+    fn record(&self, page: u64) {
+        if self.recording.load(Ordering::Relaxed) {
+            let mut r = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+            if r.len() < MAX_RECORDED {
+                r.push(page);
+            }
+        }
+    }
+}
+
+/// How a page server serves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Pages copied per fault (1 to [`MAX_BATCH_PAGES`]); recording with 1
+    /// gives the exact working set.
+    pub fault_around: u64,
+    /// Where the server publishes its numbers and records.
+    pub probe: Option<Arc<Probe>>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            fault_around: DEFAULT_FAULT_AROUND,
+            probe: None,
+        }
+    }
 }
 
 /// A lazily restored process's memory, as [`crate::restore::restore`]
@@ -79,6 +172,8 @@ pub struct LazyMemory {
 #[derive(Debug)]
 struct Client {
     fd: OwnedFd,
+    /// The restored process itself (not a child it forked).
+    root: bool,
     /// Ranges (current addresses) whose snapshot contents are gone
     /// (dropped with `madvise`): they read as zeros.
     removed: Vec<(u64, u64)>,
@@ -145,14 +240,28 @@ pub fn serve(
     memory: LazyMemory,
     process: BorrowedFd<'_>,
 ) -> Result<LazyStats, LazyError> {
+    serve_with(snap, memory, process, &ServeOptions::default())
+}
+
+/// [`serve`], with options.
+pub fn serve_with(
+    snap: &Snapshot,
+    memory: LazyMemory,
+    process: BorrowedFd<'_>,
+    opts: &ServeOptions,
+) -> Result<LazyStats, LazyError> {
     let mut server = Server {
         snap,
         chunks: HashMap::new(),
         ranges: memory.ranges,
         stats: LazyStats::default(),
+        fault_around: opts.fault_around.clamp(1, MAX_BATCH_PAGES),
+        probe: opts.probe.clone(),
+        read_before: snap.bytes_read(),
     };
     let mut clients = vec![Client {
         fd: memory.uffd,
+        root: true,
         removed: Vec::new(),
         remaps: Vec::new(),
         deferred: Vec::new(),
@@ -259,6 +368,7 @@ fn serve_clients(
         }
         clients.extend(forked);
     }
+    server.publish();
     debug!(stats = ?server.stats, "page server done");
     Ok(())
 }
@@ -274,9 +384,20 @@ struct Server<'s> {
     chunks: HashMap<usize, Arc<Vec<u8>>>,
     ranges: Vec<(u64, u64)>,
     stats: LazyStats,
+    fault_around: u64,
+    probe: Option<Arc<Probe>>,
+    /// The snapshot's bytes read before the server started.
+    read_before: u64,
 }
 
 impl Server<'_> {
+    fn publish(&mut self) {
+        self.stats.bytes_read = self.snap.bytes_read().saturating_sub(self.read_before);
+        if let Some(p) = &self.probe {
+            p.publish(&self.stats);
+        }
+    }
+
     fn chunk(&mut self, i: usize) -> Result<Arc<Vec<u8>>, LazyError> {
         if let Some(c) = self.chunks.get(&i) {
             return Ok(c.clone());
@@ -297,6 +418,7 @@ impl Server<'_> {
                 let child = crate::sys::adopt_fd(fd);
                 Ok(Outcome::Forked(Client {
                     fd: child,
+                    root: false,
                     removed: c.removed.clone(),
                     remaps: c.remaps.clone(),
                     deferred: Vec::new(),
@@ -352,13 +474,22 @@ impl Server<'_> {
         let fd = c.fd.as_fd();
         let orig = c.original(page);
         let idx = &self.snap.state().memory;
-        let run = if c.is_removed(page) {
+        let removed = c.is_removed(page);
+        if c.root && !removed {
+            if let Some(p) = &self.probe {
+                p.record(orig);
+            }
+        }
+        let run = if removed {
             None
         } else {
             idx.run_at(orig).copied()
         };
         let Some(run) = run else {
             self.stats.zero_faults += 1;
+            // Published before the answer wakes the process, so whoever
+            // hears from the process next sees this fault counted.
+            self.publish();
             return match uffd::zeropage(fd, page, PAGE_SIZE) {
                 Err(Errno::EAGAIN) => {
                     c.deferred.push(page);
@@ -381,7 +512,8 @@ impl Server<'_> {
                 .find(|(s, e)| (*s..*e).contains(&page))
                 .map_or(page + PAGE_SIZE, |r| r.1);
             let range_left = (range_end - page) / PAGE_SIZE;
-            pages = MAX_BATCH_PAGES
+            pages = self
+                .fault_around
                 .min(run_left)
                 .min(chunk_left)
                 .min(range_left)
@@ -390,16 +522,22 @@ impl Server<'_> {
         let chunk = self.chunk(chunk_no)?;
         let from = (in_chunk * PAGE_SIZE) as usize;
         let bytes = &chunk[from..from + (pages * PAGE_SIZE) as usize];
+        self.stats.pages_copied += pages;
+        self.publish();
         match uffd::copy(fd, page, bytes) {
             Ok(n) => {
-                self.stats.pages_copied += n as u64 / PAGE_SIZE;
+                self.stats.pages_copied -= pages - n as u64 / PAGE_SIZE;
                 Ok(Outcome::Served)
             }
             Err(Errno::EAGAIN) => {
+                self.stats.pages_copied -= pages;
                 c.deferred.push(page);
                 Ok(Outcome::Served)
             }
-            other => answer(fd, page, other.map(drop), "UFFDIO_COPY"),
+            other => {
+                self.stats.pages_copied -= pages;
+                answer(fd, page, other.map(drop), "UFFDIO_COPY")
+            }
         }
     }
 }

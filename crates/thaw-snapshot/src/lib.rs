@@ -37,6 +37,7 @@ pub mod spawn;
 pub mod state;
 pub mod sys;
 pub mod uffd;
+pub mod workingset;
 
 /// Size of a base page on x86_64, the unit of every memory operation here.
 pub const PAGE_SIZE: u64 = 4096;

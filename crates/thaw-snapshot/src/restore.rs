@@ -40,6 +40,7 @@ use crate::ptrace::{PtraceError, Tracee, Xstate};
 use crate::spawn::{self, Create, EpollAdd, FdSource, Install, OpenFile, SpawnError, StubPlan};
 use crate::state::{Credentials, FdKind, FileIdentity, ThreadImage, Vma, VmaKind};
 use crate::uffd;
+use crate::workingset::WorkingSet;
 use crate::PAGE_SIZE;
 
 /// The executor (x86-64). With `r12` pointing at a table of 64-byte
@@ -187,6 +188,10 @@ pub struct RestoreOptions<'a> {
     pub cgroup_procs: Vec<PathBuf>,
     /// How memory comes back.
     pub memory: MemoryMode,
+    /// In [`MemoryMode::Lazy`]: pages installed in one batch before the
+    /// process resumes (a verified working set of this snapshot); the rest
+    /// is served on demand.
+    pub working_set: Option<&'a WorkingSet>,
 }
 
 /// How a restore brings memory back.
@@ -211,8 +216,12 @@ pub struct RestoreTimings {
     pub spawn_us: u64,
     /// Replacing the address space.
     pub layout_us: u64,
-    /// Copying pages in.
+    /// Copying pages in (eager), or the pages a lazy restore needs first.
     pub memory_us: u64,
+    /// Installing the working set (lazy, with a working set).
+    pub prefetch_us: u64,
+    /// Pages the working set installed.
+    pub prefetched_pages: u64,
     /// Kernel state and registers.
     pub state_us: u64,
     /// All of it.
@@ -441,6 +450,11 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
                     }
                 })?;
             }
+            if let Some(ws) = opts.working_set {
+                let t_ws = Instant::now();
+                timings.prefetched_pages = install_working_set(uffd.as_fd(), ws)?;
+                timings.prefetch_us = t_ws.elapsed().as_micros() as u64;
+            }
             Some(LazyMemory { uffd, ranges })
         }
     };
@@ -462,8 +476,57 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
     })
 }
 
+/// Installs the pages of `ws` through the registered userfaultfd `uffd`,
+/// one call per run; pages already present (rseq areas, copied in before)
+/// are skipped. Returns the pages installed.
+fn install_working_set(uffd: BorrowedFd<'_>, ws: &WorkingSet) -> Result<u64, RestoreError> {
+    let mut installed = 0;
+    for run in ws.runs() {
+        let len = run.pages * PAGE_SIZE;
+        let call = |what: String| move |source| RestoreError::Call { what, source };
+        if run.data.is_none() {
+            match uffd::zeropage(uffd, run.addr, len) {
+                Ok(()) => installed += run.pages,
+                // Some page of the run exists: fill the others one by one.
+                Err(Errno::EEXIST) => {
+                    for p in 0..run.pages {
+                        match uffd::zeropage(uffd, run.addr + p * PAGE_SIZE, PAGE_SIZE) {
+                            Ok(()) => installed += 1,
+                            Err(Errno::EEXIST) => {}
+                            Err(e) => {
+                                return Err(call(format!("UFFDIO_ZEROPAGE at {:#x}", run.addr))(e))
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(call(format!("UFFDIO_ZEROPAGE at {:#x}", run.addr))(e)),
+            }
+            continue;
+        }
+        let bytes = ws.bytes(run);
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let at = run.addr + done as u64;
+            match uffd::copy(uffd, at, &bytes[done..]) {
+                Ok(n) if n > 0 => {
+                    done += n;
+                    installed += n as u64 / PAGE_SIZE;
+                }
+                // The page at `at` is already there: skip it.
+                Ok(_) | Err(Errno::EEXIST) => done += PAGE_SIZE as usize,
+                Err(e) => {
+                    return Err(call(format!("UFFDIO_COPY of the working set at {at:#x}"))(
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+    Ok(installed)
+}
+
 /// The anonymous mappings served lazily: those holding saved pages.
-fn lazy_ranges(snap: &Snapshot) -> Vec<(u64, u64)> {
+pub fn lazy_ranges(snap: &Snapshot) -> Vec<(u64, u64)> {
     let st = snap.state();
     let mut out: Vec<(u64, u64)> = st
         .process

@@ -631,6 +631,7 @@ fn restore_on_pipes(snap: &Snapshot, ns: BorrowedFd<'_>) -> Result<Pid, RestoreE
         fds: owned.iter().map(|(n, fd)| (*n, fd.as_fd())).collect(),
         cgroup_procs: Vec::new(),
         memory: MemoryMode::Eager,
+        working_set: None,
     };
     restore(snap, &opts).map(|r| r.pid)
 }

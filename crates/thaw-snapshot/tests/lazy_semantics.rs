@@ -198,6 +198,7 @@ fn lazy_restore_fails_closed_on_a_corrupt_chunk() {
         },
         cgroup_procs: Vec::new(),
         memory: thaw_snapshot::restore::MemoryMode::Lazy,
+        working_set: None,
     };
     let restored = thaw_snapshot::restore::restore(&snap, &opts).unwrap_or_else(|e| {
         panic!(

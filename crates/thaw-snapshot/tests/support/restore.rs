@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use thaw_snapshot::image::Snapshot;
-use thaw_snapshot::lazy::LazyStats;
+use thaw_snapshot::lazy::{LazyStats, ServeOptions};
 use thaw_snapshot::restore::{restore, MemoryMode, RestoreOptions};
 use thaw_snapshot::state::FdKind;
+use thaw_snapshot::workingset::WorkingSet;
 
 /// The first child of `pid`, waiting for it to appear.
 pub fn first_child(pid: u32) -> Pid {
@@ -120,6 +121,18 @@ impl Drop for Restored {
 pub const MODES: [MemoryMode; 2] = [MemoryMode::Eager, MemoryMode::Lazy];
 
 pub fn restore_with_pipes(snap: &Snapshot, ns: &PidNs, memory: MemoryMode) -> Restored {
+    restore_with(snap, ns, memory, None, ServeOptions::default())
+}
+
+/// [`restore_with_pipes`] with a working set to install and page server
+/// options (lazy).
+pub fn restore_with(
+    snap: &Snapshot,
+    ns: &PidNs,
+    memory: MemoryMode,
+    working_set: Option<&WorkingSet>,
+    serve: ServeOptions,
+) -> Restored {
     let (in_r, in_w) = nix::unistd::pipe().expect("pipe");
     let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
     let err: OwnedFd = std::io::stderr()
@@ -142,18 +155,22 @@ pub fn restore_with_pipes(snap: &Snapshot, ns: &PidNs, memory: MemoryMode) -> Re
         fds,
         cgroup_procs: Vec::new(),
         memory,
+        working_set,
     };
     let restored = restore(snap, &opts).unwrap_or_else(|e| panic!("restore: {}", error_chain(&e)));
     eprintln!(
-        "restored pid {} ({memory:?}) in {:?}",
-        restored.pid, restored.timings
+        "restored pid {} ({memory:?}, working set: {}) in {:?}",
+        restored.pid,
+        working_set.is_some(),
+        restored.timings
     );
     let server = restored.lazy.map(|lazy| {
         let dir = snap.dir().to_path_buf();
         let pidfd = thaw_snapshot::sys::pidfd_open(restored.pid.as_raw()).expect("pidfd");
         std::thread::spawn(move || {
             let snap = Snapshot::open(&dir).map_err(|e| error_chain(&e))?;
-            thaw_snapshot::lazy::serve(&snap, lazy, pidfd.as_fd()).map_err(|e| error_chain(&e))
+            thaw_snapshot::lazy::serve_with(&snap, lazy, pidfd.as_fd(), &serve)
+                .map_err(|e| error_chain(&e))
         })
     });
     Restored {

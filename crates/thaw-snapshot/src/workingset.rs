@@ -1,0 +1,379 @@
+//! Working sets: the pages a restored instance touches, recorded once and
+//! installed in one batch before later restores resume (REAP, ASPLOS'21).
+//!
+//! Owns: the working-set file (`workingset.thaw`, beside the snapshot it
+//! belongs to), writing it from a recorded list of page addresses, and
+//! reading it back, refusing one that is truncated, corrupted or recorded
+//! on another snapshot before a single page of it is used.
+//!
+//! The file is one header page and a body:
+//!
+//! ```text
+//! header (4096 bytes): magic "THAWWSET", u32 version, u32 0,
+//!   [32] snapshot id (BLAKE3 of the snapshot's state), u64 runs,
+//!   u64 recorded pages, u64 data pages, [32] BLAKE3 of the body, zeros
+//! body: runs        16 bytes each: u64 address, u32 pages, u32 flags (1: zero)
+//!       recorded    8 bytes each: the page addresses in first-fault order
+//!       padding     to a page boundary
+//!       data        the pages of the non-zero runs, in run order
+//! ```
+//!
+//! Runs are in address order, so installing a run is one `UFFDIO_COPY`
+//! (or `UFFDIO_ZEROPAGE` for pages that were never saved: the process
+//! would have read zeros there). The fault order is kept for re-recording
+//! (a drifted working set is the old order plus the new misses) and for
+//! the store, which lays working-set pages out in their own chunks.
+//!
+//! Must not: hand out pages of a file whose checksum or snapshot id does
+//! not match; trust a run outside the snapshot's lazily served memory.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::image::{ImageError, Snapshot};
+use crate::PAGE_SIZE;
+
+/// File name of a snapshot's working set, in the snapshot directory.
+pub const WORKING_SET_FILE: &str = "workingset.thaw";
+/// Format version of the working-set file.
+pub const WS_VERSION: u32 = 1;
+
+const MAGIC: &[u8; 8] = b"THAWWSET";
+const HEADER: usize = PAGE_SIZE as usize;
+const RUN_BYTES: usize = 16;
+const FLAG_ZERO: u32 = 1;
+/// Largest working set a reader accepts (a bigger count is corruption).
+const MAX_PAGES: u64 = 16 << 20;
+
+/// Why a working set cannot be written or used.
+#[derive(Debug, Error)]
+pub enum WsError {
+    /// The file could not be read or written (including: it does not exist).
+    #[error("Cannot access {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The snapshot's pages could not be read while writing the working set.
+    #[error("Reading the snapshot for its working set")]
+    Snapshot(#[from] ImageError),
+    /// Not a working-set file, or of another format version.
+    #[error("{path} is not a working-set file of version {WS_VERSION}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Recorded on another snapshot.
+    #[error("{path} was recorded on another snapshot (stale)")]
+    Stale {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Contents do not match the checksum, or the file is truncated.
+    #[error("{path}: {why} (corrupted or tampered)")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl WsError {
+    /// Whether the file simply does not exist (nothing recorded yet).
+    pub fn is_missing(&self) -> bool {
+        matches!(self, WsError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// A run of working-set pages at consecutive addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsRun {
+    /// Address of the first page.
+    pub addr: u64,
+    /// Number of pages.
+    pub pages: u64,
+    /// Offset of the run's bytes in the data; `None` for zero pages.
+    pub data: Option<usize>,
+}
+
+/// What a written working set holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WsSummary {
+    /// Distinct pages.
+    pub pages: u64,
+    /// Of those, pages with data (the rest are zero pages).
+    pub data_pages: u64,
+    /// Runs (one install call each).
+    pub runs: u64,
+    /// Size of the file.
+    pub file_bytes: u64,
+}
+
+/// A verified working set, ready to install.
+#[derive(Debug)]
+pub struct WorkingSet {
+    runs: Vec<WsRun>,
+    order: Vec<u64>,
+    data: Vec<u8>,
+    summary: WsSummary,
+}
+
+impl WorkingSet {
+    /// Reads the working set at `path` with one read (through the
+    /// snapshot's throttle, counted in its bytes read) and verifies it
+    /// against `snap`: format, snapshot id, checksum, and every run inside
+    /// the memory a lazy restore of `snap` serves.
+    pub fn open(path: &Path, snap: &Snapshot) -> Result<Self, WsError> {
+        let io = |source| WsError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let corrupt = |why: String| WsError::Corrupt {
+            path: path.to_owned(),
+            why,
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < HEADER as u64 {
+            return Err(corrupt(format!("{len} bytes: shorter than its header")));
+        }
+        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| corrupt("too large".into()))?];
+        snap.read_at(&file, &mut buf, 0).map_err(io)?;
+        if &buf[..8] != MAGIC || le_u32(&buf[8..12]) != WS_VERSION {
+            return Err(WsError::Format {
+                path: path.to_owned(),
+            });
+        }
+        if &buf[16..48] != snap.id() {
+            return Err(WsError::Stale {
+                path: path.to_owned(),
+            });
+        }
+        let (nruns, nrecorded, ndata) = (
+            le_u64(&buf[48..56]),
+            le_u64(&buf[56..64]),
+            le_u64(&buf[64..72]),
+        );
+        if nruns > MAX_PAGES || nrecorded > MAX_PAGES || ndata > MAX_PAGES {
+            return Err(corrupt("impossible counts in the header".into()));
+        }
+        let data_at = data_offset(nruns, nrecorded);
+        let expected = data_at as u64 + ndata * PAGE_SIZE;
+        if len != expected {
+            return Err(corrupt(format!("{len} bytes, expected {expected}")));
+        }
+        if blake3::hash(&buf[HEADER..]).as_bytes() != &buf[72..104] {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let ranges = crate::restore::lazy_ranges(snap);
+        let mut runs = Vec::with_capacity(nruns as usize);
+        let mut offset = 0usize;
+        let mut last_end = 0u64;
+        let mut pages = 0u64;
+        for i in 0..nruns as usize {
+            let r = &buf[HEADER + i * RUN_BYTES..HEADER + (i + 1) * RUN_BYTES];
+            let (addr, n, flags) = (
+                le_u64(&r[..8]),
+                u64::from(le_u32(&r[8..12])),
+                le_u32(&r[12..16]),
+            );
+            let end = addr.checked_add(n * PAGE_SIZE).unwrap_or(0);
+            if n == 0 || addr % PAGE_SIZE != 0 || addr < last_end || end <= addr {
+                return Err(corrupt(format!("run {i} at {addr:#x} is out of order")));
+            }
+            if !ranges.iter().any(|&(s, e)| s <= addr && end <= e) {
+                return Err(corrupt(format!(
+                    "run {i} at {addr:#x} is outside the snapshot's lazily served memory"
+                )));
+            }
+            last_end = end;
+            pages += n;
+            let data = if flags & FLAG_ZERO != 0 {
+                None
+            } else {
+                let at = offset;
+                offset += (n * PAGE_SIZE) as usize;
+                Some(at)
+            };
+            runs.push(WsRun {
+                addr,
+                pages: n,
+                data,
+            });
+        }
+        if offset as u64 != ndata * PAGE_SIZE {
+            return Err(corrupt("runs and data disagree".into()));
+        }
+        let order_at = HEADER + nruns as usize * RUN_BYTES;
+        let order = (0..nrecorded as usize)
+            .map(|i| le_u64(&buf[order_at + i * 8..order_at + i * 8 + 8]))
+            .collect();
+        let data = buf.split_off(data_at);
+        Ok(WorkingSet {
+            runs,
+            order,
+            data,
+            summary: WsSummary {
+                pages,
+                data_pages: ndata,
+                runs: nruns,
+                file_bytes: len,
+            },
+        })
+    }
+
+    /// The runs, in address order.
+    pub fn runs(&self) -> &[WsRun] {
+        &self.runs
+    }
+
+    /// The bytes of `run` (empty for zero runs).
+    pub fn bytes(&self, run: &WsRun) -> &[u8] {
+        match run.data {
+            Some(at) => &self.data[at..at + (run.pages * PAGE_SIZE) as usize],
+            None => &[],
+        }
+    }
+
+    /// The recorded page addresses, in first-fault order.
+    pub fn order(&self) -> &[u64] {
+        &self.order
+    }
+
+    /// What it holds.
+    pub fn summary(&self) -> WsSummary {
+        self.summary
+    }
+}
+
+fn data_offset(runs: u64, recorded: u64) -> usize {
+    let body = runs as usize * RUN_BYTES + recorded as usize * 8;
+    HEADER + body.div_ceil(PAGE_SIZE as usize) * PAGE_SIZE as usize
+}
+
+/// Writes the working set of `snap` recorded as `recorded` (page
+/// addresses in fault order; repeats, unaligned addresses and pages a lazy
+/// restore does not serve are dropped) to `path`, atomically (a temporary
+/// file renamed over it), readable by its owner only. Page contents come
+/// from the snapshot's verified chunks; pages the snapshot did not save
+/// become zero runs.
+pub fn write(snap: &Snapshot, recorded: &[u64], path: &Path) -> Result<WsSummary, WsError> {
+    let ranges = crate::restore::lazy_ranges(snap);
+    let mut seen = std::collections::HashSet::new();
+    let order: Vec<u64> = recorded
+        .iter()
+        .map(|a| a & !(PAGE_SIZE - 1))
+        .filter(|a| ranges.iter().any(|&(s, e)| (s..e).contains(a)))
+        .filter(|a| seen.insert(*a))
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    let idx = &snap.state().memory;
+    // (addr, pages, is data)
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    for &a in &sorted {
+        let is_data = idx.run_at(a).is_some();
+        // A run stays within one registered range (one install call each).
+        let same_range = |start: u64| ranges.iter().any(|&(s, e)| s <= start && a < e);
+        match runs.last_mut() {
+            Some((start, n, d))
+                if *start + *n * PAGE_SIZE == a
+                    && *d == is_data
+                    && same_range(*start)
+                    && *n < u64::from(u32::MAX) =>
+            {
+                *n += 1
+            }
+            _ => runs.push((a, 1, is_data)),
+        }
+    }
+    let data_pages: u64 = runs.iter().filter(|r| r.2).map(|r| r.1).sum();
+    let data_at = data_offset(runs.len() as u64, order.len() as u64);
+    let mut body = Vec::with_capacity(data_at - HEADER + (data_pages * PAGE_SIZE) as usize);
+    for &(addr, n, is_data) in &runs {
+        body.extend_from_slice(&addr.to_le_bytes());
+        body.extend_from_slice(&(n as u32).to_le_bytes());
+        body.extend_from_slice(&(if is_data { 0 } else { FLAG_ZERO }).to_le_bytes());
+    }
+    for a in &order {
+        body.extend_from_slice(&a.to_le_bytes());
+    }
+    body.resize(data_at - HEADER, 0);
+    let chunk_pages = u64::from(idx.chunk_pages);
+    let mut chunks: HashMap<u64, Vec<u8>> = HashMap::new();
+    for &(addr, n, is_data) in &runs {
+        if !is_data {
+            continue;
+        }
+        for p in 0..n {
+            let a = addr + p * PAGE_SIZE;
+            let run = idx.run_at(a).ok_or_else(|| WsError::Corrupt {
+                path: path.to_owned(),
+                why: format!("page {a:#x} vanished from the index"),
+            })?;
+            let image_page = run.image_page + (a - run.addr) / PAGE_SIZE;
+            let chunk_no = image_page / chunk_pages;
+            let chunk = match chunks.entry(chunk_no) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(snap.read_chunk(chunk_no as usize)?)
+                }
+            };
+            let off = ((image_page % chunk_pages) * PAGE_SIZE) as usize;
+            body.extend_from_slice(&chunk[off..off + PAGE_SIZE as usize]);
+        }
+    }
+    let mut header = vec![0u8; HEADER];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&WS_VERSION.to_le_bytes());
+    header[16..48].copy_from_slice(snap.id());
+    header[48..56].copy_from_slice(&(runs.len() as u64).to_le_bytes());
+    header[56..64].copy_from_slice(&(order.len() as u64).to_le_bytes());
+    header[64..72].copy_from_slice(&data_pages.to_le_bytes());
+    header[72..104].copy_from_slice(blake3::hash(&body).as_bytes());
+
+    let io = |source| WsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("thaw.tmp");
+    let written = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&header)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(WsSummary {
+        pages: order.len() as u64,
+        data_pages,
+        runs: runs.len() as u64,
+        file_bytes: (HEADER + body.len()) as u64,
+    })
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]))
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]))
+}
