@@ -115,6 +115,9 @@ pub struct InvokeResult {
     pub start: Option<StartKind>,
     /// The phases of the call (`Server-Timing`).
     pub server_timing: Option<ServerTiming>,
+    /// How a restored instance's memory came back (`X-Thaw-Memory`, on
+    /// its first invocation).
+    pub memory: Option<crate::invoke::MemoryInfo>,
     /// The request id.
     pub request_id: Option<String>,
 }
@@ -295,6 +298,8 @@ impl Client {
             log_result,
             start: header(THAW_START_HEADER).and_then(|s| StartKind::parse(&s)),
             server_timing: header(SERVER_TIMING_HEADER).and_then(|s| ServerTiming::parse(&s)),
+            memory: header(crate::invoke::THAW_MEMORY_HEADER)
+                .and_then(|s| crate::invoke::MemoryInfo::parse(&s)),
             request_id: header(REQUEST_ID_HEADER),
         };
         result.payload = resp

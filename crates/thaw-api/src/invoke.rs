@@ -29,6 +29,72 @@ pub const REQUEST_ID_HEADER: &str = "X-Amzn-RequestId";
 pub const THAW_START_HEADER: &str = "X-Thaw-Start";
 /// Response header: the phases of the invocation.
 pub const SERVER_TIMING_HEADER: &str = "Server-Timing";
+/// Response header (thaw), on the first invocation of a restored instance:
+/// how its memory came back ([`MemoryInfo`]).
+pub const THAW_MEMORY_HEADER: &str = "X-Thaw-Memory";
+
+/// How a restored instance's memory came back, until its first invocation
+/// ended (`X-Thaw-Memory: mode=working-set; working-set=used;
+/// prefetched=412; prefetch-ms=0.9; faults=3; fault-pages=48;
+/// bytes-read=1712128; recorded=0`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryInfo {
+    /// `eager`, `lazy` or `working-set` (lazy, working set installed).
+    pub mode: String,
+    /// What became of the working set: `none`, `used`, `missing`, `invalid`.
+    pub working_set: String,
+    /// Pages the working set installed before the resume.
+    pub prefetched_pages: u64,
+    /// Reading, checking and installing the working set, ms.
+    pub prefetch_ms: f64,
+    /// Page faults served.
+    pub faults: u64,
+    /// Pages those faults copied.
+    pub fault_pages: u64,
+    /// Bytes read from the snapshot's files.
+    pub bytes_read: u64,
+    /// Whether this restore recorded the working set.
+    pub recorded: bool,
+}
+
+impl std::fmt::Display for MemoryInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mode={}; working-set={}; prefetched={}; prefetch-ms={:.3}; faults={}; fault-pages={}; bytes-read={}; recorded={}",
+            self.mode,
+            self.working_set,
+            self.prefetched_pages,
+            self.prefetch_ms,
+            self.faults,
+            self.fault_pages,
+            self.bytes_read,
+            u8::from(self.recorded)
+        )
+    }
+}
+
+impl MemoryInfo {
+    /// Parses an `X-Thaw-Memory` header; unknown keys are ignored.
+    pub fn parse(header: &str) -> Option<MemoryInfo> {
+        let mut m = MemoryInfo::default();
+        for part in header.split(';') {
+            let (k, v) = part.trim().split_once('=')?;
+            match k {
+                "mode" => m.mode = v.to_string(),
+                "working-set" => m.working_set = v.to_string(),
+                "prefetched" => m.prefetched_pages = v.parse().ok()?,
+                "prefetch-ms" => m.prefetch_ms = v.parse().ok()?,
+                "faults" => m.faults = v.parse().ok()?,
+                "fault-pages" => m.fault_pages = v.parse().ok()?,
+                "bytes-read" => m.bytes_read = v.parse().ok()?,
+                "recorded" => m.recorded = v == "1",
+                _ => {}
+            }
+        }
+        (!m.mode.is_empty()).then_some(m)
+    }
+}
 
 /// Largest payload of a synchronous invocation, bytes.
 pub const MAX_SYNC_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
@@ -262,6 +328,23 @@ impl fmt::Display for ServerTiming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_info_round_trips() {
+        let m = MemoryInfo {
+            mode: "working-set".into(),
+            working_set: "used".into(),
+            prefetched_pages: 412,
+            prefetch_ms: 0.875,
+            faults: 3,
+            fault_pages: 48,
+            bytes_read: 1_712_128,
+            recorded: false,
+        };
+        assert_eq!(MemoryInfo::parse(&m.to_string()), Some(m));
+        assert_eq!(MemoryInfo::parse("garbage"), None);
+        assert_eq!(MemoryInfo::parse("mode=lazy; faults=x"), None);
+    }
 
     #[test]
     fn payload_rules() {

@@ -108,7 +108,11 @@ pub fn run(opts: RestoreOptions) -> anyhow::Result<()> {
         for mode in &MODES {
             let tmp = tempfile::Builder::new().prefix("thaw-bench-").tempdir()?;
             let daemon = LocalDaemon::start(tmp.path().to_path_buf(), |c| {
-                c.lazy_restore = mode.lazy;
+                c.memory_mode = if mode.lazy {
+                    thawd::config::MemoryMode::Lazy
+                } else {
+                    thawd::config::MemoryMode::Eager
+                };
                 c.standby_per_function = mode.standby;
             })?;
             let client = Client::new(&daemon.endpoint)?;

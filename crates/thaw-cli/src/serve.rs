@@ -20,10 +20,19 @@ pub struct ServeArgs {
     /// How long an idle instance is kept warm, seconds.
     #[arg(long)]
     pub keep_alive_secs: Option<u64>,
-    /// Restore instances from snapshots lazily: memory is served on first
-    /// touch instead of copied in before the runtime resumes.
-    #[arg(long)]
+    /// How restores bring a snapshot's memory back: `eager` (copied in
+    /// before the runtime resumes), `lazy` (served on first touch) or
+    /// `working-set` (lazy, with the pages the first restore touched
+    /// installed in one batch first). A function may choose its own with
+    /// the THAW_MEMORY_MODE variable.
+    #[arg(long, default_value = "eager")]
+    pub memory_mode: thawd::config::MemoryMode,
+    /// Same as --memory-mode lazy.
+    #[arg(long, hide = true)]
     pub lazy_restore: bool,
+    /// Pages a lazy restore's page server copies per fault [default: 16].
+    #[arg(long)]
+    pub fault_around: Option<u32>,
     /// Standby sandboxes (built, restore prepared) kept ready per function
     /// with a snapshot [default: 1; 0 builds the sandbox at each restore].
     #[arg(long)]
@@ -48,6 +57,10 @@ pub struct ServeArgs {
     /// had been up longer).
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_snapshot_clock_offset_secs: u64,
+    /// Test hook: every read of a snapshot's files first waits this many
+    /// milliseconds (a slow tier).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub test_snapshot_read_latency_ms: u64,
     /// Most instances of one function running at once [default: 8].
     #[arg(long)]
     pub max_instances: Option<usize>,
@@ -66,7 +79,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(secs) = args.keep_alive_secs {
         config.keep_alive = Duration::from_secs(secs);
     }
-    config.lazy_restore = args.lazy_restore;
+    config.memory_mode = if args.lazy_restore {
+        thawd::config::MemoryMode::Lazy
+    } else {
+        args.memory_mode
+    };
+    if args.test_snapshot_read_latency_ms > 0 {
+        config.snapshot_read_throttle = Some(thaw_snapshot::image::ReadThrottle {
+            latency_us: args.test_snapshot_read_latency_ms * 1000,
+            bytes_per_sec: 0,
+        });
+    }
+    if let Some(n) = args.fault_around {
+        config.fault_around = n;
+    }
     config.auto_snapshot = args.auto_snapshot;
     config.snapshot_clock_offset = Duration::from_secs(args.test_snapshot_clock_offset_secs);
     let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

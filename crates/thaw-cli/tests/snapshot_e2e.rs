@@ -97,7 +97,7 @@ fn restore_and_serve(d: &Daemon, name: &str, dir: &str, runtime: &str, handler: 
 
 /// Daemon flags of each memory mode.
 const EAGER: &[&str] = &[];
-const LAZY: &[&str] = &["--lazy-restore"];
+const LAZY: &[&str] = &["--memory-mode", "lazy"];
 
 #[test]
 fn python_function_restores_from_snapshot() {

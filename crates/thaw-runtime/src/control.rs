@@ -127,6 +127,52 @@ pub struct RestoreSpec {
     /// [`ResumePoint::RestoreNext`]).
     #[serde(default)]
     pub after_restore: AfterRestore,
+    /// Lazy: install the snapshot's working set (`workingset.thaw` in the
+    /// snapshot directory) before the runtime resumes, if it has a valid
+    /// one; a missing or invalid one is reported and the restore goes on
+    /// without it.
+    #[serde(default)]
+    pub working_set: bool,
+    /// Lazy: record the working set: serve one page per fault (so the
+    /// recording is exact) until the first invocation completes.
+    #[serde(default)]
+    pub record: bool,
+    /// Lazy: pages copied per fault (0: the engine's default).
+    #[serde(default)]
+    pub fault_around: u32,
+    /// Read the snapshot through a slower path (benchmarks).
+    #[serde(default)]
+    pub throttle: Option<thaw_snapshot::image::ReadThrottle>,
+}
+
+/// How a restored runtime's memory came back, as of its first invocation's
+/// end: sent just before that invocation's result. The frame's body holds
+/// the page addresses the page server served the runtime from the resume
+/// until then, in fault order (u64 little-endian each): the working set of
+/// a recording restore, the misses of a prefetching one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryReport {
+    /// Served lazily (else copied in eagerly).
+    pub lazy: bool,
+    /// What became of the working set: `none` (not asked for), `used`,
+    /// `missing` or `invalid`.
+    pub working_set: String,
+    /// Why an invalid working set was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_set_error: Option<String>,
+    /// Pages the working set installed before the resume.
+    pub prefetched_pages: u64,
+    /// Microseconds installing them took (reading included).
+    pub prefetch_us: u64,
+    /// Page faults served so far.
+    pub faults: u64,
+    /// Pages copied by those faults.
+    pub fault_pages: u64,
+    /// Bytes read from the snapshot's files, restore and faults together.
+    pub bytes_read: u64,
+    /// Whether this was a recording restore.
+    pub recorded: bool,
 }
 
 /// One invocation handed to the runtime. The body of the frame is the event payload.
@@ -230,6 +276,8 @@ pub enum FromSupervisor {
     },
     /// Setup or supervision failed; the message says which step and why.
     Fatal { message: String },
+    /// How the restored runtime's memory came back (see [`MemoryReport`]).
+    Memory(MemoryReport),
 }
 
 /// Errors of the control channel.

@@ -179,8 +179,8 @@ fn run() -> Result<ExitReason, ()> {
     // Only now may threads exist. A lazily restored runtime is blocked on
     // its first page fault until its page server runs.
     if let Some(a) = adopted.as_mut() {
-        if let Some((snap, memory)) = a.lazy.take() {
-            if let Err(e) = crate::restore::serve_lazy_memory(a.pid, snap, memory) {
+        if let Some((snap, memory, opts)) = a.lazy.take() {
+            if let Err(e) = crate::restore::serve_lazy_memory(a.pid, snap, memory, opts) {
                 fatal(&mut control, &StartupError::PageServer(e));
                 return Err(());
             }

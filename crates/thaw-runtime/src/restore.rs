@@ -17,15 +17,17 @@ use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use nix::unistd::Pid;
 use thaw_snapshot::image::Snapshot;
-use thaw_snapshot::lazy::LazyMemory;
+use thaw_snapshot::lazy::{LazyMemory, Probe, ServeOptions, DEFAULT_FAULT_AROUND};
 use thaw_snapshot::restore::{restore, MemoryMode, RestoreOptions};
 use thaw_snapshot::state::FdKind;
+use thaw_snapshot::workingset::{WorkingSet, WORKING_SET_FILE};
 
-use crate::control::{AfterRestore, RestoreSpec, ResumePoint, RuntimeSpec};
+use crate::control::{AfterRestore, MemoryReport, RestoreSpec, ResumePoint, RuntimeSpec};
 use crate::error_chain;
 
 /// Header marking the request the restorer sends for the runtime.
@@ -46,9 +48,15 @@ pub struct Adopted {
     pub restore_ms: f64,
     /// Of those, milliseconds spent on memory.
     pub memory_ms: f64,
-    /// For a lazy restore: the snapshot and the runtime's userfaultfd, to
-    /// be served by [`serve_lazy_memory`] for as long as the runtime lives.
-    pub lazy: Option<(Snapshot, LazyMemory)>,
+    /// For a lazy restore: the snapshot, the runtime's userfaultfd and how
+    /// to serve it, for [`serve_lazy_memory`] (for as long as the runtime
+    /// lives).
+    pub lazy: Option<(Snapshot, LazyMemory, ServeOptions)>,
+    /// How memory came back so far (completed with the page server's
+    /// numbers when the first invocation ends).
+    pub memory_report: MemoryReport,
+    /// The page server's live numbers and recording (lazy).
+    pub probe: Option<Arc<Probe>>,
     /// Which request the runtime is waiting on an answer to.
     pub resume: ResumePoint,
     /// What it learns in that answer (with [`ResumePoint::RestoreNext`]).
@@ -59,11 +67,16 @@ pub struct Adopted {
 /// the runtime exits. If serving fails the page server kills the runtime
 /// (it cannot run on without its memory) and the supervisor reports the
 /// exit as usual.
-pub fn serve_lazy_memory(pid: Pid, snap: Snapshot, memory: LazyMemory) -> std::io::Result<()> {
+pub fn serve_lazy_memory(
+    pid: Pid,
+    snap: Snapshot,
+    memory: LazyMemory,
+    opts: ServeOptions,
+) -> std::io::Result<()> {
     let pidfd = thaw_snapshot::sys::pidfd_open(pid.as_raw()).map_err(std::io::Error::from)?;
     std::thread::Builder::new()
         .name("page-server".into())
-        .spawn(move || match thaw_snapshot::lazy::serve(&snap, memory, pidfd.as_fd()) {
+        .spawn(move || match thaw_snapshot::lazy::serve_with(&snap, memory, pidfd.as_fd(), &opts) {
             Ok(stats) => tracing::debug!(?stats, "page server done"),
             Err(e) => tracing::error!(error = %error_chain(&e), "page server failed; the runtime was killed"),
         })?;
@@ -88,6 +101,11 @@ pub fn restore_runtime(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<Adopted, Str
 pub struct PreparedRestore {
     snap: Snapshot,
     lazy: bool,
+    record: bool,
+    fault_around: u32,
+    /// The verified working set to install, and what became of it.
+    working_set: Option<WorkingSet>,
+    memory_report: MemoryReport,
     listener: TcpListener,
     out: (OwnedFd, OwnedFd),
     err: (OwnedFd, OwnedFd),
@@ -160,7 +178,8 @@ fn restore_clock_offsets(snap: &Snapshot) -> (i64, i64) {
 
 /// Prepares a restore (see [`PreparedRestore`]).
 pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRestore, String> {
-    let snap = Snapshot::open(Path::new(&r.snapshot_dir)).map_err(|e| error_chain(&e))?;
+    let mut snap = Snapshot::open(Path::new(&r.snapshot_dir)).map_err(|e| error_chain(&e))?;
+    snap.set_throttle(r.throttle);
     let (monotonic, boottime) = restore_clock_offsets(&snap);
     if monotonic > 0 || boottime > 0 {
         tracing::info!(
@@ -173,6 +192,36 @@ pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRest
     if !r.lazy {
         snap.preload().map_err(|e| error_chain(&e))?;
     }
+    let mut memory_report = MemoryReport {
+        lazy: r.lazy,
+        working_set: "none".into(),
+        recorded: r.lazy && r.record,
+        ..MemoryReport::default()
+    };
+    let t_ws = Instant::now();
+    let working_set = if r.lazy && r.working_set && !r.record {
+        let path = snap.dir().join(WORKING_SET_FILE);
+        match WorkingSet::open(&path, &snap) {
+            Ok(ws) => {
+                memory_report.working_set = "used".into();
+                Some(ws)
+            }
+            Err(e) if e.is_missing() => {
+                memory_report.working_set = "missing".into();
+                None
+            }
+            Err(e) => {
+                let why = error_chain(&e);
+                tracing::warn!(error = %why, "ignoring the snapshot's working set; restoring lazily without it");
+                memory_report.working_set = "invalid".into();
+                memory_report.working_set_error = Some(why);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    memory_report.prefetch_us = t_ws.elapsed().as_micros() as u64;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, rt.api_port)).map_err(|e| {
         format!(
             "Cannot bind the Runtime API on 127.0.0.1:{}: {e}",
@@ -222,6 +271,10 @@ pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRest
     Ok(PreparedRestore {
         snap,
         lazy: r.lazy,
+        record: r.record,
+        fault_around: r.fault_around,
+        working_set,
+        memory_report,
         listener,
         out: (out_r, out_w),
         err: (err_r, err_w),
@@ -234,7 +287,7 @@ pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRest
 
 impl PreparedRestore {
     /// Restores the runtime.
-    pub fn restore(self) -> Result<Adopted, String> {
+    pub fn restore(mut self) -> Result<Adopted, String> {
         let t0 = Instant::now();
         let opts = RestoreOptions {
             pid_ns: None,
@@ -250,6 +303,7 @@ impl PreparedRestore {
             } else {
                 MemoryMode::Eager
             },
+            working_set: self.working_set.as_ref(),
         };
         let restored = restore(&self.snap, &opts).map_err(|e| error_chain(&e))?;
         // The runtime must not see its snapshot (the files are root-only
@@ -258,8 +312,33 @@ impl PreparedRestore {
             tracing::warn!(error = %e, "cannot unmount the snapshot");
         }
         tracing::debug!(timings = ?restored.timings, lazy = self.lazy, "runtime restored");
+        let report = &mut self.memory_report;
+        report.prefetched_pages = restored.timings.prefetched_pages;
+        report.prefetch_us += restored.timings.prefetch_us;
+        report.bytes_read = self.snap.bytes_read();
         let snap = self.snap;
-        let lazy = restored.lazy.map(|memory| (snap, memory));
+        let (lazy, probe) = match restored.lazy {
+            Some(memory) => {
+                // Every lazy restore records until its first invocation
+                // ends: a recording restore's list is the working set, a
+                // prefetching one's the misses.
+                let probe = Arc::new(Probe::new(true));
+                let fault_around = if self.record {
+                    1
+                } else if self.fault_around > 0 {
+                    u64::from(self.fault_around)
+                } else {
+                    DEFAULT_FAULT_AROUND
+                };
+                let opts = ServeOptions {
+                    fault_around,
+                    probe: Some(probe.clone()),
+                    ..ServeOptions::default()
+                };
+                (Some((snap, memory, opts)), Some(probe))
+            }
+            None => (None, None),
+        };
         Ok(Adopted {
             pid: restored.pid,
             listener: self.listener,
@@ -268,6 +347,8 @@ impl PreparedRestore {
             restore_ms: t0.elapsed().as_secs_f64() * 1000.0,
             memory_ms: restored.timings.memory_us as f64 / 1000.0,
             lazy,
+            memory_report: self.memory_report,
+            probe,
             resume: self.resume,
             after_restore: self.after_restore,
         })

@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiEvent, ApiMode, Delivery, RuntimeApi};
 use crate::control::{
-    read_frame, write_frame, ControlError, FromSupervisor, LogStream, ResumePoint, RuntimeSpec,
-    ToSupervisor,
+    read_frame, write_frame, ControlError, FromSupervisor, LogStream, MemoryReport, ResumePoint,
+    RuntimeSpec, ToSupervisor,
 };
 use crate::error_chain;
 use crate::process::{RuntimeOutput, RuntimeProcess};
@@ -200,6 +200,10 @@ async fn supervise(
         port: spec.api_port,
         source,
     };
+    // Reported once, just before the first invocation's result.
+    let mut memory = adopted
+        .as_ref()
+        .map(|a| (a.memory_report.clone(), a.probe.clone()));
     let restore_ms = adopted.as_ref().map_or(0.0, |a| a.restore_ms);
     let memory_ms = adopted.as_ref().map_or(0.0, |a| a.memory_ms);
     let mode = match &adopted {
@@ -305,6 +309,12 @@ async fn supervise(
                 }
                 ApiEvent::Report { message, body, forwarded } => {
                     send_output(wr, output.drain(), &tag).await?;
+                    if matches!(message, FromSupervisor::Response { .. } | FromSupervisor::Error { .. }) {
+                        if let Some((report, probe)) = memory.take() {
+                            let (report, pages) = memory_report(report, probe.as_deref());
+                            send(wr, &FromSupervisor::Memory(report), &pages).await?;
+                        }
+                    }
                     send(wr, &message, &body).await?;
                     if matches!(message, FromSupervisor::Response { .. } | FromSupervisor::Error { .. }) {
                         tag = None;
@@ -364,6 +374,24 @@ async fn supervise(
             }
         }
     }
+}
+
+/// Completes a restore's memory report with its page server's numbers and
+/// recording (which stops here); the recording is the frame body.
+fn memory_report(
+    mut report: MemoryReport,
+    probe: Option<&thaw_snapshot::lazy::Probe>,
+) -> (MemoryReport, Vec<u8>) {
+    let Some(probe) = probe else {
+        return (report, Vec::new());
+    };
+    let pages = probe.take_recording();
+    let stats = probe.stats();
+    report.faults = stats.faults;
+    report.fault_pages = stats.pages_copied;
+    report.bytes_read += stats.bytes_read;
+    let body = pages.iter().flat_map(|p| p.to_le_bytes()).collect();
+    (report, body)
 }
 
 /// The runtime exited: forward its last output, then `Exited`.

@@ -147,6 +147,10 @@ pub struct ServeOptions {
     pub fault_around: u64,
     /// Where the server publishes its numbers and records.
     pub probe: Option<Arc<Probe>>,
+    /// Test hook: the server panics when it meets this many faults (to
+    /// show that a dying server takes its process with it).
+    #[doc(hidden)]
+    pub panic_after_faults: Option<u64>,
 }
 
 impl Default for ServeOptions {
@@ -154,6 +158,7 @@ impl Default for ServeOptions {
         ServeOptions {
             fault_around: DEFAULT_FAULT_AROUND,
             probe: None,
+            panic_after_faults: None,
         }
     }
 }
@@ -257,6 +262,7 @@ pub fn serve_with(
         stats: LazyStats::default(),
         fault_around: opts.fault_around.clamp(1, MAX_BATCH_PAGES),
         probe: opts.probe.clone(),
+        panic_after_faults: opts.panic_after_faults,
         read_before: snap.bytes_read(),
     };
     let mut clients = vec![Client {
@@ -266,14 +272,15 @@ pub fn serve_with(
         remaps: Vec::new(),
         deferred: Vec::new(),
     }];
+    // Dropped before `clients` (declared after it), also when the server
+    // panics: the process dies before its userfaultfds close, which would
+    // let its waiting threads go on with zero pages.
+    let mut kill = KillUnlessDisarmed(Some(process));
     let r = serve_clients(&mut server, &mut clients, process);
-    if r.is_err() {
-        // Before the userfaultfds close: closing them would let the waiting
-        // threads go on with zero pages.
-        if let Err(e) = crate::sys::pidfd_kill(process) {
-            tracing::error!(error = %e, "cannot kill a process whose page server failed");
-        }
+    if r.is_ok() {
+        kill.0 = None;
     }
+    drop(kill);
     drop(clients);
     r.map(|()| server.stats)
 }
@@ -373,6 +380,20 @@ fn serve_clients(
     Ok(())
 }
 
+/// Kills the served process when dropped armed (the server failed or
+/// panicked).
+struct KillUnlessDisarmed<'a>(Option<BorrowedFd<'a>>);
+
+impl Drop for KillUnlessDisarmed<'_> {
+    fn drop(&mut self) {
+        if let Some(process) = self.0.take() {
+            if let Err(e) = crate::sys::pidfd_kill(process) {
+                tracing::error!(error = %e, "cannot kill a process whose page server failed");
+            }
+        }
+    }
+}
+
 enum Outcome {
     Served,
     Forked(Client),
@@ -386,6 +407,7 @@ struct Server<'s> {
     stats: LazyStats,
     fault_around: u64,
     probe: Option<Arc<Probe>>,
+    panic_after_faults: Option<u64>,
     /// The snapshot's bytes read before the server started.
     read_before: u64,
 }
@@ -471,15 +493,26 @@ impl Server<'_> {
 
     fn fault(&mut self, c: &mut Client, page: u64) -> Result<Outcome, LazyError> {
         self.stats.faults += 1;
+        if self.panic_after_faults == Some(self.stats.faults) {
+            panic!(
+                "page server test hook: panicking at fault {}",
+                self.stats.faults
+            );
+        }
         let fd = c.fd.as_fd();
         let orig = c.original(page);
         let idx = &self.snap.state().memory;
         let removed = c.is_removed(page);
-        if c.root && !removed {
-            if let Some(p) = &self.probe {
-                p.record(orig);
+        // Recorded: the pages served to the process itself from the
+        // snapshot (all of a batch, so a working set extended with the
+        // misses of a prefetching restore keeps whole runs).
+        let record = |server: &Self, pages: u64| {
+            if let (true, false, Some(p)) = (c.root, removed, &server.probe) {
+                for i in 0..pages {
+                    p.record(orig + i * PAGE_SIZE);
+                }
             }
-        }
+        };
         let run = if removed {
             None
         } else {
@@ -487,6 +520,7 @@ impl Server<'_> {
         };
         let Some(run) = run else {
             self.stats.zero_faults += 1;
+            record(self, 1);
             // Published before the answer wakes the process, so whoever
             // hears from the process next sees this fault counted.
             self.publish();
@@ -523,6 +557,7 @@ impl Server<'_> {
         let from = (in_chunk * PAGE_SIZE) as usize;
         let bytes = &chunk[from..from + (pages * PAGE_SIZE) as usize];
         self.stats.pages_copied += pages;
+        record(self, pages);
         self.publish();
         match uffd::copy(fd, page, bytes) {
             Ok(n) => {

@@ -71,6 +71,7 @@ fn serve_opts(probe: &Arc<Probe>, fault_around: u64) -> ServeOptions {
     ServeOptions {
         fault_around,
         probe: Some(probe.clone()),
+        panic_after_faults: None,
     }
 }
 
@@ -244,4 +245,41 @@ fn the_page_server_survives_a_process_dying_mid_fault() {
     );
     assert!(stats.faults >= 1, "{stats:?}");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
+/// A page server that dies (here: panics) while its process waits for a
+/// page takes the process with it: the process is killed, it never goes on
+/// with zero pages where its memory was.
+#[test]
+fn a_dying_page_server_kills_its_process() {
+    if !nix::unistd::geteuid().is_root() {
+        skip!("needs root (ptrace of other processes, pid namespaces)");
+    }
+    let Some(py) = python() else {
+        skip!("no python3");
+    };
+    let (_orig, dir) = snapshot_server(&py);
+    let snap = Snapshot::open(dir.path()).expect("open snapshot");
+    let ns = PidNs::new();
+    let opts = ServeOptions {
+        panic_after_faults: Some(20),
+        ..ServeOptions::default()
+    };
+    let mut r = restore_with(&snap, &ns, MemoryMode::Lazy, None, opts);
+    use std::io::{BufRead, Write};
+    writeln!(r.stdin, "sum 0 4096").expect("write");
+    r.stdin.flush().expect("flush");
+    let mut out = String::new();
+    let _ = r.stdout.read_line(&mut out);
+    assert_eq!(out, "", "no answer from a process whose memory server died");
+    let status = nix::sys::wait::waitpid(r.pid, None).expect("wait");
+    assert!(
+        matches!(
+            status,
+            nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)
+        ),
+        "{status:?}"
+    );
+    let server = r.server.take().expect("a page server");
+    assert!(server.join().is_err(), "the server thread panicked");
 }

@@ -835,6 +835,30 @@ fn invoke_response(out: InvokeOutcome) -> Response {
     set_header(&mut resp, REQUEST_ID_HEADER, &out.request_id);
     set_header(&mut resp, THAW_START_HEADER, out.start.as_str());
     set_header(&mut resp, SERVER_TIMING_HEADER, &timing.to_string());
+    if let Some(m) = &out.memory {
+        let info = thaw_api::invoke::MemoryInfo {
+            mode: if !m.lazy {
+                "eager"
+            } else if m.working_set == "used" {
+                "working-set"
+            } else {
+                "lazy"
+            }
+            .into(),
+            working_set: m.working_set.clone(),
+            prefetched_pages: m.prefetched_pages,
+            prefetch_ms: m.prefetch_us as f64 / 1000.0,
+            faults: m.faults,
+            fault_pages: m.fault_pages,
+            bytes_read: m.bytes_read,
+            recorded: m.recorded,
+        };
+        set_header(
+            &mut resp,
+            thaw_api::invoke::THAW_MEMORY_HEADER,
+            &info.to_string(),
+        );
+    }
     if let Some(fe) = &out.function_error {
         set_header(&mut resp, FUNCTION_ERROR_HEADER, fe);
     }

@@ -19,9 +19,15 @@ pub struct DaemonConfig {
     pub pids_max: u64,
     /// Size of each instance's private /tmp, bytes.
     pub tmp_size_bytes: u64,
-    /// Restore instances from snapshots lazily (memory served on first
-    /// touch by a page server) instead of copying it all in first.
-    pub lazy_restore: bool,
+    /// How restores bring a snapshot's memory back (a function may choose
+    /// its own with the `THAW_MEMORY_MODE` variable).
+    pub memory_mode: MemoryMode,
+    /// Pages a lazy restore's page server copies per fault (0: the
+    /// engine's default).
+    pub fault_around: u32,
+    /// Benchmarks: read snapshots through a slower path, standing in for a
+    /// remote tier.
+    pub snapshot_read_throttle: Option<thaw_snapshot::image::ReadThrottle>,
     /// Standby instances (sandbox built, restore prepared) kept ready per
     /// function that has a snapshot; 0 restores into a new sandbox each time.
     pub standby_per_function: usize,
@@ -47,11 +53,56 @@ impl DaemonConfig {
             max_instances_per_function: 8,
             pids_max: 128,
             tmp_size_bytes: 512 * 1024 * 1024,
-            lazy_restore: false,
+            memory_mode: MemoryMode::default(),
+            fault_around: 0,
+            snapshot_read_throttle: None,
             standby_per_function: 1,
             auto_snapshot: true,
             secret_policy: crate::secrets::SecretPolicy::default(),
             snapshot_clock_offset: Duration::ZERO,
         }
+    }
+}
+
+/// How a restore brings a snapshot's memory back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryMode {
+    /// Every page is read and copied in before the runtime resumes.
+    #[default]
+    Eager,
+    /// Pages are served on first touch by a page server.
+    Lazy,
+    /// Lazy, but the snapshot's working set (recorded on its first
+    /// restore) is installed in one batch before the runtime resumes.
+    WorkingSet,
+}
+
+impl MemoryMode {
+    /// Every mode, in the order the benchmarks show them.
+    pub const ALL: [MemoryMode; 3] = [MemoryMode::Eager, MemoryMode::Lazy, MemoryMode::WorkingSet];
+
+    /// The mode's name (`eager`, `lazy`, `working-set`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryMode::Eager => "eager",
+            MemoryMode::Lazy => "lazy",
+            MemoryMode::WorkingSet => "working-set",
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for MemoryMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MemoryMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown memory mode {s:?} (eager, lazy or working-set)"))
     }
 }

@@ -16,17 +16,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thaw_runtime::control::{
-    read_frame, write_frame, AfterRestore, FromSupervisor, Invocation, LogStream, RestoreSpec,
-    ResumePoint, ToSupervisor,
+    read_frame, write_frame, AfterRestore, FromSupervisor, Invocation, LogStream, MemoryReport,
+    RestoreSpec, ResumePoint, ToSupervisor,
 };
 use thaw_sandbox::{BindMount, Cgroup, CgroupParent, Limits};
 use thaw_snapshot::checkpoint::CheckpointStats;
+use thaw_snapshot::workingset::WORKING_SET_FILE;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::config::MemoryMode;
 use crate::invoke::PhaseTimings;
 use crate::logs::{LogRecord, LogStore};
 use crate::registry::FunctionRecord;
@@ -85,6 +87,24 @@ pub enum SnapshotRunState {
 /// off (`0`); only useful to show what reseeding prevents.
 pub const RESEED_VARIABLE: &str = "THAW_RESEED";
 
+/// Name of the function variable that chooses how its restores bring
+/// memory back: `eager`, `lazy` or `working-set` (default: the daemon's
+/// `--memory-mode`).
+pub const MEMORY_MODE_VARIABLE: &str = "THAW_MEMORY_MODE";
+
+impl InstanceContext {
+    /// How restores of `f` bring memory back.
+    pub fn memory_mode(&self, f: &FunctionRecord) -> MemoryMode {
+        match f.environment.get(MEMORY_MODE_VARIABLE) {
+            None => self.memory_mode,
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                tracing::warn!(function = %f.name, error = %e, "ignoring {MEMORY_MODE_VARIABLE}");
+                self.memory_mode
+            }),
+        }
+    }
+}
+
 /// Sets `name` in a runtime environment, replacing an existing value.
 fn set_env(env: &mut Vec<(String, String)>, name: &str, value: &str) {
     env.retain(|(k, _)| k != name);
@@ -112,8 +132,13 @@ pub struct InstanceContext {
     pub logs: Arc<LogStore>,
     /// Where function snapshots live: `<snapshots>/<name>/<revision>/`.
     pub snapshots: PathBuf,
-    /// Restore memory lazily (see [`crate::DaemonConfig::lazy_restore`]).
-    pub lazy_restore: bool,
+    /// How restores bring memory back unless a function says otherwise
+    /// (see [`crate::DaemonConfig::memory_mode`]).
+    pub memory_mode: MemoryMode,
+    /// See [`crate::DaemonConfig::fault_around`].
+    pub fault_around: u32,
+    /// See [`crate::DaemonConfig::snapshot_read_throttle`].
+    pub snapshot_read_throttle: Option<thaw_snapshot::image::ReadThrottle>,
     /// Which environment variables are secrets (withheld from snapshot
     /// runs, delivered to restored instances after the restore).
     pub secrets: crate::secrets::SecretPolicy,
@@ -210,6 +235,12 @@ pub struct Instance {
     /// channel closed: the instance can never serve again.
     alive: Arc<AtomicBool>,
     reader: JoinHandle<()>,
+    /// How a restored instance's memory came back, and the pages its page
+    /// server served until its first invocation ended (set by that
+    /// invocation; see [`Instance::take_memory_report`]).
+    memory: Option<(MemoryReport, Vec<u64>)>,
+    /// The snapshot a restored instance came from.
+    snapshot_dir: Option<PathBuf>,
 }
 
 impl Instance {
@@ -348,9 +379,17 @@ impl Instance {
                 .cloned()
                 .chain(secret)
                 .collect();
+            let mode = ctx.memory_mode(f);
+            let has_working_set = dir.join(WORKING_SET_FILE).exists();
             spec.restore = Some(RestoreSpec {
                 snapshot_dir: SNAPSHOT_MOUNT.into(),
-                lazy: ctx.lazy_restore,
+                lazy: mode != MemoryMode::Eager,
+                working_set: mode == MemoryMode::WorkingSet,
+                // The first restore of a snapshot (the pipeline's
+                // validation) records its working set.
+                record: mode == MemoryMode::WorkingSet && !has_working_set,
+                fault_around: ctx.fault_around,
+                throttle: ctx.snapshot_read_throttle,
                 standby,
                 resume,
                 after_restore: AfterRestore {
@@ -424,6 +463,8 @@ impl Instance {
             collecting,
             alive,
             reader,
+            memory: None,
+            snapshot_dir: restore.map(|(dir, _, _)| dir.to_path_buf()),
         };
         match inst.finish_start(t0, f, spec, standby).await {
             Ok(t) => {
@@ -710,6 +751,13 @@ impl Instance {
                 Event::Frame(FromSupervisor::Fatal { message }, _) => {
                     break RunResult::Broken(format!("supervisor failed: {message}"));
                 }
+                Event::Frame(FromSupervisor::Memory(report), body) => {
+                    let pages = body
+                        .chunks_exact(8)
+                        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                        .collect();
+                    self.memory = Some((report, pages));
+                }
                 Event::Frame(other, _) => {
                     tracing::debug!(instance = %self.id, ?other, "ignoring stale control message");
                 }
@@ -719,6 +767,18 @@ impl Instance {
         self.collecting.store(false, Ordering::Relaxed);
         self.last_used = Instant::now();
         (result, lines, invoke_ms)
+    }
+
+    /// How this restored instance's memory came back and the pages served
+    /// until its first invocation ended, once that invocation has run
+    /// (`None` before, afterwards, and for instances started cold).
+    pub fn take_memory_report(&mut self) -> Option<(MemoryReport, Vec<u64>)> {
+        self.memory.take()
+    }
+
+    /// The snapshot directory a restored instance came from.
+    pub fn snapshot_dir(&self) -> Option<&Path> {
+        self.snapshot_dir.as_deref()
     }
 
     /// Waits for the next thing a snapshot run's runtime does that matters

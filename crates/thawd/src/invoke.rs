@@ -53,6 +53,9 @@ pub struct InvokeOutcome {
     pub timings: PhaseTimings,
     /// The last 4 KiB of the invocation's log, when `tail_logs` was requested.
     pub log_tail: Option<String>,
+    /// For the first invocation of a restored instance: how its memory
+    /// came back (`X-Thaw-Memory`).
+    pub memory: Option<thaw_runtime::control::MemoryReport>,
 }
 
 /// Failures to run an invocation at all (not function errors).

@@ -21,6 +21,8 @@ pub struct Metrics {
     instance_starts: IntCounterVec,
     instances: IntGaugeVec,
     snapshot_builds: IntCounterVec,
+    restore_memory: IntCounterVec,
+    working_sets: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,6 +64,22 @@ impl Metrics {
         )?;
         registry.register(Box::new(snapshot_builds.clone()))?;
         registry.register(Box::new(instances.clone()))?;
+        let restore_memory = IntCounterVec::new(
+            Opts::new(
+                "thaw_restore_memory_total",
+                "Restored instances' memory until their first invocation ended: pages prefetched from working sets, page faults served, pages those faults copied, bytes read from snapshots",
+            ),
+            &["function", "mode", "what"],
+        )?;
+        registry.register(Box::new(restore_memory.clone()))?;
+        let working_sets = IntCounterVec::new(
+            Opts::new(
+                "thaw_working_sets_total",
+                "Working sets by event: used, missing, invalid (refused and removed), recorded, rerecorded (drifted), write_failed",
+            ),
+            &["function", "event"],
+        )?;
+        registry.register(Box::new(working_sets.clone()))?;
         Ok(Metrics {
             registry,
             phase,
@@ -69,7 +87,41 @@ impl Metrics {
             instance_starts,
             instances,
             snapshot_builds,
+            restore_memory,
+            working_sets,
         })
+    }
+
+    /// Record how a restored instance's memory came back.
+    pub fn observe_restore_memory(
+        &self,
+        function: &str,
+        report: &thaw_runtime::control::MemoryReport,
+    ) {
+        let mode = if !report.lazy {
+            "eager"
+        } else if report.working_set == "used" {
+            "working-set"
+        } else {
+            "lazy"
+        };
+        for (what, n) in [
+            ("prefetched_pages", report.prefetched_pages),
+            ("faults", report.faults),
+            ("fault_pages", report.fault_pages),
+            ("bytes_read", report.bytes_read),
+        ] {
+            self.restore_memory
+                .with_label_values(&[function, mode, what])
+                .inc_by(n);
+        }
+    }
+
+    /// Count one working-set event.
+    pub fn count_working_set(&self, function: &str, event: &str) {
+        self.working_sets
+            .with_label_values(&[function, event])
+            .inc();
     }
 
     /// Record the phases of one invocation.

@@ -17,6 +17,7 @@ use thaw_runtime::control::{Invocation, ResumePoint};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::config::MemoryMode;
 use crate::instance::{
     error_chain, error_doc, CheckpointFailure, Instance, InstanceContext, LogTail, RunResult,
     SnapshotRunState, StartError,
@@ -30,6 +31,22 @@ use bytes::Bytes;
 use std::path::PathBuf;
 use thaw_api::SnapshotReport;
 use thaw_snapshot::checkpoint::CheckpointStats;
+use thaw_snapshot::workingset::{WorkingSet, WORKING_SET_FILE};
+
+/// A working set has drifted when the first invocation of an instance
+/// that prefetched it faulted more than this share of its pages...
+const DRIFT_SHARE: f64 = 0.1;
+/// ...and at least this many times.
+const DRIFT_MIN_FAULTS: u64 = 16;
+
+/// What becomes of a working set after a restore's first invocation.
+#[derive(Debug, Clone, Copy)]
+enum WsJob {
+    /// The restore recorded it: write it.
+    Record,
+    /// It drifted: append the misses.
+    Extend,
+}
 
 use crate::pipeline::{phase, SnapshotBuilds};
 use crate::snapshots::SnapshotMeta;
@@ -167,7 +184,7 @@ impl Pools {
         if !dir.join(thaw_snapshot::image::STATE_FILE).is_file() {
             return None;
         }
-        if self.ctx.lazy_restore {
+        if self.ctx.memory_mode(f) != MemoryMode::Eager {
             // A lazy restore verifies pages only as it serves them, so a
             // damaged snapshot would fail an invocation instead of the
             // restore: check the whole snapshot once per version of its files.
@@ -353,7 +370,7 @@ impl Pools {
         // replace them, and have a sandbox ready for the first restore.
         let pool = self.pool_for(f);
         destroy_all(self.take_standby(&f.name, &pool)).await;
-        if self.ctx.lazy_restore {
+        if self.ctx.memory_mode(f) != MemoryMode::Eager {
             // Verified now, not on the first restore's path.
             if let Err(e) = self.verified(&self.snapshot_dir(f)).await {
                 tracing::warn!(function = %f.name, error = %e, "a new snapshot failed verification");
@@ -482,6 +499,16 @@ impl Pools {
             .await
             .map_err(|e| start_error_text(&e))?;
         let r = Self::run_test_invocation(&mut inst, f, payload).await;
+        // This first restore of the snapshot records its working set.
+        if r.is_ok() {
+            if let Some((report, pages)) = inst.take_memory_report() {
+                if let Some(job) =
+                    self.after_first_invocation(f, &self.snapshot_dir(f), &report, pages)
+                {
+                    let _ = job.await;
+                }
+            }
+        }
         inst.destroy().await;
         r.map(|_| t0.elapsed().as_secs_f64() * 1000.0)
     }
@@ -606,6 +633,7 @@ impl Pools {
                             start: StartKind::Cold,
                             timings,
                             log_tail: input.tail_logs.then(|| tail(&all)),
+                            memory: None,
                         });
                     }
                     Err(StartError::Platform(msg)) => {
@@ -637,6 +665,22 @@ impl Pools {
         };
         let (result, out_lines, invoke_ms) = inst.run(inv, &input.payload, timeout, f).await;
         timings.invoke_ms = invoke_ms;
+        let memory = match (inst.take_memory_report(), inst.snapshot_dir()) {
+            (Some((report, pages)), Some(dir)) => {
+                let dir = dir.to_path_buf();
+                if matches!(
+                    result,
+                    RunResult::Response(_) | RunResult::FunctionError { .. }
+                ) {
+                    // Written in the background, off this response's path.
+                    drop(self.after_first_invocation(f, &dir, &report, pages));
+                } else {
+                    self.metrics.observe_restore_memory(&f.name, &report);
+                }
+                Some(report)
+            }
+            _ => None,
+        };
         for line in out_lines.into_lines() {
             lines.push(line);
         }
@@ -746,7 +790,89 @@ impl Pools {
             start,
             timings,
             log_tail: input.tail_logs.then(|| tail(&all)),
+            memory,
         })
+    }
+
+    /// After the first invocation of an instance restored from `dir`:
+    /// counts how its memory came back and keeps the snapshot's working set
+    /// (lazy + working set) current: a recording restore's pages become
+    /// the working set; a refused working set is removed (the next restore
+    /// records a new one); one that drifted (the invocation faulted in more
+    /// than [`DRIFT_SHARE`] of it, at least [`DRIFT_MIN_FAULTS`] times) gets
+    /// the pages it missed appended. Writing runs on a task of its own,
+    /// returned (`None` when there is nothing to write).
+    fn after_first_invocation(
+        &self,
+        f: &FunctionRecord,
+        dir: &std::path::Path,
+        report: &thaw_runtime::control::MemoryReport,
+        pages: Vec<u64>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.metrics.observe_restore_memory(&f.name, report);
+        if !report.lazy || self.ctx.memory_mode(f) != MemoryMode::WorkingSet {
+            return None;
+        }
+        let path = dir.join(WORKING_SET_FILE);
+        let job = if report.recorded {
+            WsJob::Record
+        } else {
+            match report.working_set.as_str() {
+                "used" => {
+                    self.metrics.count_working_set(&f.name, "used");
+                    let drifted = report.faults >= DRIFT_MIN_FAULTS
+                        && report.faults as f64 > DRIFT_SHARE * report.prefetched_pages as f64;
+                    if !drifted {
+                        return None;
+                    }
+                    WsJob::Extend
+                }
+                "invalid" => {
+                    self.metrics.count_working_set(&f.name, "invalid");
+                    tracing::warn!(function = %f.name, error = report.working_set_error.as_deref().unwrap_or(""), "removing a refused working set; the next restore records a new one");
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(function = %f.name, error = %e, "cannot remove the refused working set");
+                    }
+                    return None;
+                }
+                other => {
+                    self.metrics.count_working_set(&f.name, other);
+                    return None;
+                }
+            }
+        };
+        let d = dir.to_path_buf();
+        let (metrics, name, faults) = (self.metrics.clone(), f.name.clone(), report.faults);
+        Some(tokio::spawn(async move {
+            let written = tokio::task::spawn_blocking(move || -> Result<_, String> {
+                let snap = thaw_snapshot::image::Snapshot::open(&d).map_err(|e| error_chain(&e))?;
+                let order = match job {
+                    WsJob::Record => pages,
+                    WsJob::Extend => {
+                        let old = WorkingSet::open(&path, &snap).map_err(|e| error_chain(&e))?;
+                        old.order().iter().copied().chain(pages).collect()
+                    }
+                };
+                thaw_snapshot::workingset::write(&snap, &order, &path).map_err(|e| error_chain(&e))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            let event = match job {
+                WsJob::Record => "recorded",
+                WsJob::Extend => "rerecorded",
+            };
+            match written {
+                Ok(summary) => {
+                    metrics.count_working_set(&name, event);
+                    tracing::info!(function = %name, event, pages = summary.pages, bytes = summary.file_bytes, faults, "working set written");
+                }
+                Err(e) => {
+                    metrics.count_working_set(&name, "write_failed");
+                    tracing::warn!(function = %name, error = %e, "cannot write the working set");
+                }
+            }
+        }))
     }
 
     fn retire_pool(&self, name: &str, pool: Arc<FunctionPool>) {

@@ -84,7 +84,9 @@ impl Platform {
             cgroups,
             logs: logs.clone(),
             snapshots: data_dir.join("snapshots"),
-            lazy_restore: config.lazy_restore,
+            memory_mode: config.memory_mode,
+            fault_around: config.fault_around,
+            snapshot_read_throttle: config.snapshot_read_throttle,
             secrets: config.secret_policy.clone(),
             snapshot_clock_offset: config.snapshot_clock_offset,
         };

@@ -91,6 +91,7 @@ fn echo(_: &FunctionRecord, input: &InvokeInput) -> Result<InvokeOutcome, Invoke
             ..Default::default()
         },
         log_tail: input.tail_logs.then(|| "START\nhello\nEND\n".to_string()),
+        memory: None,
     })
 }
 
@@ -885,6 +886,7 @@ async fn invoke_errors_and_function_errors() {
                     ..PhaseTimings::default()
                 },
                 log_tail: None,
+                memory: None,
             })
             .inspect(|_| assert_eq!(f.name, "f")),
         },
