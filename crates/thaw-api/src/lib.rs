@@ -30,7 +30,8 @@ pub use client::{Client, ClientError, InvokeOptions, InvokeResult};
 pub use error::{ErrorBody, ErrorCode, ErrorType, LambdaError, ERROR_TYPE_HEADER};
 pub use function::{function_arn, FunctionName, FunctionRef, FunctionSettings, Runtime};
 pub use invoke::{
-    InvocationType, ServerTiming, SnapshotReport, SnapshotState, SnapshotStatus, StartKind,
+    InvocationType, MemoryInfo, ServerTiming, SnapshotReport, SnapshotState, SnapshotStatus,
+    StartKind,
 };
 pub use logs::LogRecord;
 pub use types::{

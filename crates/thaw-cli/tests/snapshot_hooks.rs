@@ -8,43 +8,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
-use common::{can_run, deploy_zip, functions_dir, invoke, skip, Daemon};
+use common::{can_run, deploy_env, deploy_zip, functions_dir, invoke, skip, Daemon};
 use serde_json::{json, Value};
-use thaw_api::{Client, CreateFunctionRequest, Environment, FunctionCode, StartKind};
-
-fn deploy_env(
-    c: &Client,
-    name: &str,
-    dir: &str,
-    runtime: &str,
-    handler: &str,
-    env: &[(&str, &str)],
-) {
-    let zip = thaw_api::package::zip_directory(&functions_dir().join(dir)).unwrap();
-    let variables: BTreeMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    c.create_function(&CreateFunctionRequest {
-        function_name: name.into(),
-        runtime: Some(runtime.into()),
-        handler: Some(handler.into()),
-        role: Some("arn:aws:iam::000000000000:role/test".into()),
-        code: FunctionCode {
-            zip_file: Some(zip),
-            ..Default::default()
-        },
-        memory_size: Some(256),
-        timeout: Some(10),
-        environment: Some(Environment {
-            variables: Some(variables),
-        }),
-        ..Default::default()
-    })
-    .unwrap_or_else(|e| panic!("deploy {name}: {e}"));
-}
+use thaw_api::{Client, StartKind};
 
 /// Invokes `name` on a new instance (its idle ones are retired first); the
 /// instance must have been restored.

@@ -796,7 +796,9 @@ fn log_invoke_error(e: &InvokeError, what: &str) {
         InvokeError::TooManyRequests(_) => tracing::warn!(error = %e, "{what}"),
         InvokeError::ShuttingDown => tracing::info!(error = %e, "{what}"),
         // Handled here: the caller gets a 500, a human must look.
-        InvokeError::Sandbox(_) => tracing::error!(error = %error_chain(e), "{what}"),
+        InvokeError::Sandbox(_) | InvokeError::InstanceLost(_) => {
+            tracing::error!(error = %error_chain(e), "{what}")
+        }
     }
 }
 
@@ -810,7 +812,9 @@ fn invoke_error(e: InvokeError) -> ApiError {
         InvokeError::ShuttingDown => {
             LambdaError::new(ErrorCode::Service, e.to_string()).with_status(503)
         }
-        InvokeError::Sandbox(_) => LambdaError::new(ErrorCode::Service, e.to_string()),
+        InvokeError::Sandbox(_) | InvokeError::InstanceLost(_) => {
+            LambdaError::new(ErrorCode::Service, e.to_string())
+        }
     })
 }
 

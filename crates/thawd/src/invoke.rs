@@ -67,4 +67,8 @@ pub enum InvokeError {
     ShuttingDown,
     #[error("Could not start an instance")]
     Sandbox(#[source] anyhow::Error),
+    /// The instance died or its sandbox broke while running the invocation
+    /// (not the function's own error: a killed supervisor or page server).
+    #[error("The instance running the invocation was lost: {0}")]
+    InstanceLost(String),
 }

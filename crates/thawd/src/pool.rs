@@ -726,7 +726,7 @@ impl Pools {
                 self.metrics.add_instances(&f.name, "busy", -1);
                 inst.destroy().await;
                 self.metrics.count_rejected(&f.name, "platform_error");
-                return Err(InvokeError::Sandbox(anyhow::anyhow!(why)));
+                return Err(InvokeError::InstanceLost(why));
             }
         };
         self.metrics

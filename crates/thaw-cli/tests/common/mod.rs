@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use thaw_api::{Client, CreateFunctionRequest, FunctionCode, InvokeOptions, InvokeResult};
+use std::collections::BTreeMap;
+
+use thaw_api::{
+    Client, CreateFunctionRequest, Environment, FunctionCode, InvokeOptions, InvokeResult,
+};
 
 /// Directory of the test functions.
 pub fn functions_dir() -> PathBuf {
@@ -235,6 +239,39 @@ pub fn deploy_zip(
         },
         memory_size: Some(memory),
         timeout: Some(timeout),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("deploy {name}: {e}"));
+}
+
+/// Deploy `dir` as `name` with 256 MB, a 10 s timeout and `env`.
+pub fn deploy_env(
+    c: &Client,
+    name: &str,
+    dir: &str,
+    runtime: &str,
+    handler: &str,
+    env: &[(&str, &str)],
+) {
+    let zip = thaw_api::package::zip_directory(&functions_dir().join(dir)).unwrap();
+    let variables: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    c.create_function(&CreateFunctionRequest {
+        function_name: name.into(),
+        runtime: Some(runtime.into()),
+        handler: Some(handler.into()),
+        role: Some("arn:aws:iam::000000000000:role/test".into()),
+        code: FunctionCode {
+            zip_file: Some(zip),
+            ..Default::default()
+        },
+        memory_size: Some(256),
+        timeout: Some(10),
+        environment: Some(Environment {
+            variables: Some(variables),
+        }),
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("deploy {name}: {e}"));
