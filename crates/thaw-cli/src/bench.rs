@@ -20,6 +20,10 @@ const HELLO_PY: &str = include_str!("../../../examples/functions/hello-python/ap
 const HELLO_NODE: &str = include_str!("../../../examples/functions/hello-node/index.js");
 const PY_BOTO3: &str = include_str!("bench_functions/py_boto3.py");
 const NODE_S3: &str = include_str!("bench_functions/node_s3.js");
+const PY_JSON: &str = include_str!("bench_functions/py_json.py");
+const PY_PYAES: &str = include_str!("bench_functions/py_pyaes.py");
+const PY_CHAMELEON: &str = include_str!("bench_functions/py_chameleon.py");
+const PY_PILLOW: &str = include_str!("bench_functions/py_pillow.py");
 
 /// Options of `thaw bench cold`.
 pub struct ColdOptions {
@@ -118,10 +122,26 @@ fn zip_tree(dir: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn prepare_py_boto3(cache: &Path) -> anyhow::Result<Vec<u8>> {
-    let dir = cache.join("py-boto3");
-    if !dir.join("boto3").is_dir() {
+    prepare_pip(cache, "py-boto3", &["boto3"], "boto3", PY_BOTO3)
+}
+
+/// Installs `packages` with pip into `cache/dir` once (when `marker` is
+/// not there yet), writes `app` as `app.py` beside them, and zips it all.
+fn prepare_pip(
+    cache: &Path,
+    dir: &str,
+    packages: &[&str],
+    marker: &str,
+    app: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let dir = cache.join(dir);
+    if !dir.join(marker).exists() {
         std::fs::create_dir_all(&dir)?;
-        eprintln!("installing boto3 into {} (once)", dir.display());
+        eprintln!(
+            "installing {} into {} (once)",
+            packages.join(" "),
+            dir.display()
+        );
         let st = Command::new("python3.11")
             .args([
                 "-m",
@@ -132,15 +152,64 @@ fn prepare_py_boto3(cache: &Path) -> anyhow::Result<Vec<u8>> {
                 "--target",
             ])
             .arg(&dir)
-            .arg("boto3")
+            .args(packages)
             .status()
             .context("cannot run pip")?;
         if !st.success() {
-            bail!("pip install boto3 failed");
+            bail!("pip install {} failed", packages.join(" "));
         }
     }
-    std::fs::write(dir.join("app.py"), PY_BOTO3)?;
+    std::fs::write(dir.join("app.py"), app)?;
     zip_tree(&dir)
+}
+
+/// The working-set benchmark's functions: the hello worlds, JSON
+/// serialization, a pure-Python AES loop, an HTML template render and an
+/// image library (pip packages installed once into `cache`; a function
+/// whose install fails is skipped with a loud line).
+pub(crate) fn working_set_functions(cache: &Path) -> anyhow::Result<Vec<BenchFunction>> {
+    let mut functions = bench_functions(true, cache)?;
+    functions.push(BenchFunction {
+        name: "python-json",
+        runtime: "python3.11",
+        handler: "app.handler",
+        zip: zip_files(&[("app.py", PY_JSON.as_bytes(), 0o644)])?,
+    });
+    let pip: [(&'static str, &str, &[&str], &str, &str); 3] = [
+        (
+            "python-pyaes",
+            "py-pyaes",
+            &["pyaes==1.6.1"],
+            "pyaes",
+            PY_PYAES,
+        ),
+        (
+            "python-chameleon",
+            "py-chameleon",
+            &["chameleon==4.5.4"],
+            "chameleon",
+            PY_CHAMELEON,
+        ),
+        (
+            "python-pillow",
+            "py-pillow",
+            &["pillow==11.0.0"],
+            "PIL",
+            PY_PILLOW,
+        ),
+    ];
+    for (name, dir, packages, marker, app) in pip {
+        match prepare_pip(cache, dir, packages, marker, app) {
+            Ok(zip) => functions.push(BenchFunction {
+                name,
+                runtime: "python3.11",
+                handler: "app.handler",
+                zip,
+            }),
+            Err(e) => eprintln!("SKIP {name}: {e:#}"),
+        }
+    }
+    Ok(functions)
 }
 
 fn prepare_node_s3(cache: &Path) -> anyhow::Result<Vec<u8>> {

@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_restore;
+mod bench_working_set;
 mod demo;
 mod functions;
 mod invoke;
@@ -107,6 +108,31 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// Working-set prefetch: eager, lazy and lazy + working set on the
+    /// same snapshot with the page cache dropped before each restore (and
+    /// with pages in memory for reference): first response, pages faulted,
+    /// bytes read, working-set size.
+    WorkingSet {
+        /// Measured restores per function and mode.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Where pip packages (pyaes, chameleon, pillow) are installed once.
+        #[arg(long, default_value = "target/bench-cache")]
+        cache_dir: std::path::PathBuf,
+        /// Only the hello-world functions (no package installs).
+        #[arg(long)]
+        quick: bool,
+        /// Also read snapshots through a throttled path standing in for a
+        /// remote tier: this many microseconds per read...
+        #[arg(long)]
+        slow_tier_latency_us: Option<u64>,
+        /// ...and this bandwidth, MB/s.
+        #[arg(long, default_value_t = 100)]
+        slow_tier_mbps: u64,
+        /// Pages the page server copies per fault [default: 16].
+        #[arg(long, default_value_t = 0)]
+        fault_around: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -167,6 +193,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runs,
             cache_dir,
             quick,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::WorkingSet {
+            runs,
+            cache_dir,
+            quick,
+            slow_tier_latency_us,
+            slow_tier_mbps,
+            fault_around,
+        }) => bench_working_set::run(bench_working_set::WorkingSetOptions {
+            runs,
+            cache_dir,
+            quick,
+            slow_tier: slow_tier_latency_us.map(|latency_us| thaw_snapshot::image::ReadThrottle {
+                latency_us,
+                bytes_per_sec: slow_tier_mbps * 1_000_000,
+            }),
+            fault_around,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Snapshot(cmd) => snapshot_cmd::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),

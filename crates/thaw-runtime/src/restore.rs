@@ -222,6 +222,7 @@ pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRest
         None
     };
     memory_report.prefetch_us = t_ws.elapsed().as_micros() as u64;
+    tracing::debug!(open_us = memory_report.prefetch_us, "working set opened");
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, rt.api_port)).map_err(|e| {
         format!(
             "Cannot bind the Runtime API on 127.0.0.1:{}: {e}",

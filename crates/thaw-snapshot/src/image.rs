@@ -205,6 +205,36 @@ impl ReadThrottle {
     }
 }
 
+/// A file's bytes, read into memory or mapped.
+#[derive(Debug)]
+pub enum FileBytes {
+    /// Read into memory.
+    Read(Vec<u8>),
+    /// Mapped read-only.
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Read(v) => v,
+            FileBytes::Mapped(m) => m,
+        }
+    }
+}
+
+/// Maps `len` bytes of `file` read-only and populated.
+#[allow(unsafe_code)]
+fn map_populated(file: &File, len: usize) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is read-only and private; thaw never modifies a
+    // snapshot's files in place (they are written to a temporary file and
+    // renamed over the old one, which leaves an existing mapping on the old
+    // inode intact), and they are readable by root only, so nothing else
+    // changes or truncates them under the mapping.
+    unsafe { memmap2::MmapOptions::new().len(len).populate().map(file) }
+}
+
 /// An opened, header-checked snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -295,6 +325,29 @@ impl Snapshot {
     /// set) since it was opened.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The whole of `file` (`len` bytes), counted in the bytes read: mapped
+    /// with `MAP_POPULATE` (one pass over the page cache, or one sequential
+    /// read when the file is not cached, and no copy into fresh memory,
+    /// which costs about 0.7 ms per MiB in page faults on these machines),
+    /// or, through a throttle, read.
+    pub(crate) fn map_whole(&self, file: &File, len: u64) -> std::io::Result<FileBytes> {
+        let n = usize::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let bytes = if let Some(t) = &self.throttle {
+            t.wait(len);
+            let mut buf = Vec::with_capacity(n);
+            (&*file).take(len).read_to_end(&mut buf)?;
+            if buf.len() != n {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            FileBytes::Read(buf)
+        } else {
+            FileBytes::Mapped(map_populated(file, n)?)
+        };
+        self.bytes_read
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        Ok(bytes)
     }
 
     /// Reads `buf.len()` bytes of `file` at `offset`, through the throttle,

@@ -428,7 +428,7 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
         }
         MemoryMode::Lazy => {
             let ranges = lazy_ranges(snap);
-            r.write_unregistered_pages(snap, &ranges)?;
+            r.write_unregistered_pages(snap, &ranges, opts.working_set)?;
             lazy = Some((r.create_uffd(true)?, ranges));
         }
     }
@@ -481,7 +481,7 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
 /// are skipped. Returns the pages installed.
 fn install_working_set(uffd: BorrowedFd<'_>, ws: &WorkingSet) -> Result<u64, RestoreError> {
     let mut installed = 0;
-    for run in ws.runs() {
+    for run in ws.runs().iter().filter(|r| !r.direct) {
         let len = run.pages * PAGE_SIZE;
         let call = |what: String| move |source| RestoreError::Call { what, source };
         if run.data.is_none() {
@@ -523,6 +523,39 @@ fn install_working_set(uffd: BorrowedFd<'_>, ws: &WorkingSet) -> Result<u64, Res
         }
     }
     Ok(installed)
+}
+
+/// The saved pages a lazy restore copies in before the process resumes
+/// instead of serving them on demand: those outside the lazily served
+/// `ranges` (written pages of private file mappings) and those the kernel
+/// writes during the restore itself (each thread's rseq area, updated on
+/// every return to user space). In address order.
+pub fn pages_before_resume(snap: &Snapshot, ranges: &[(u64, u64)]) -> Vec<u64> {
+    let st = snap.state();
+    let mut rseq: Vec<u64> = st
+        .process
+        .threads
+        .iter()
+        .filter(|t| t.rseq.abi_pointer != 0)
+        .flat_map(|t| {
+            let first = t.rseq.abi_pointer & !(PAGE_SIZE - 1);
+            let last =
+                (t.rseq.abi_pointer + u64::from(t.rseq.abi_size).max(1) - 1) & !(PAGE_SIZE - 1);
+            (first..=last).step_by(PAGE_SIZE as usize)
+        })
+        .collect();
+    rseq.sort_unstable();
+    rseq.dedup();
+    let mut out = Vec::new();
+    for run in &st.memory.runs {
+        for i in 0..run.pages {
+            let addr = run.addr + i * PAGE_SIZE;
+            if !in_ranges(ranges, addr) || rseq.binary_search(&addr).is_ok() {
+                out.push(addr);
+            }
+        }
+    }
+    out
 }
 
 /// The anonymous mappings served lazily: those holding saved pages.
@@ -841,50 +874,41 @@ impl<'t> Remote<'t> {
     }
 
     /// For a lazy restore: copies in the saved pages that will not be
-    /// served on demand: those outside `ranges` (written pages of private
-    /// file mappings) and those the kernel writes during the restore itself
-    /// (each thread's rseq area, updated on every return to user space).
+    /// served on demand ([`pages_before_resume`]), taking them from the
+    /// working set where it has them (one file, already read) and from the
+    /// image's chunks otherwise, and writing them in batches.
     fn write_unregistered_pages(
         &self,
         snap: &Snapshot,
         ranges: &[(u64, u64)],
+        ws: Option<&WorkingSet>,
     ) -> Result<(), RestoreError> {
         let st = snap.state();
-        let mut eager_pages: Vec<u64> = st
-            .process
-            .threads
-            .iter()
-            .filter(|t| t.rseq.abi_pointer != 0)
-            .flat_map(|t| {
-                let first = t.rseq.abi_pointer & !(PAGE_SIZE - 1);
-                let last =
-                    (t.rseq.abi_pointer + u64::from(t.rseq.abi_size).max(1) - 1) & !(PAGE_SIZE - 1);
-                (first..=last).step_by(PAGE_SIZE as usize)
-            })
-            .collect();
-        eager_pages.sort_unstable();
-        eager_pages.dedup();
         let chunk_pages = u64::from(st.memory.chunk_pages);
         let mut chunks: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
-        for run in &st.memory.runs {
-            for i in 0..run.pages {
-                let addr = run.addr + i * PAGE_SIZE;
-                if in_ranges(ranges, addr) && eager_pages.binary_search(&addr).is_err() {
-                    continue;
-                }
-                let image_page = run.image_page + i;
-                let chunk_no = image_page / chunk_pages;
-                let chunk = match chunks.entry(chunk_no) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(snap.read_chunk(chunk_no as usize)?)
-                    }
-                };
-                let off = ((image_page % chunk_pages) * PAGE_SIZE) as usize;
-                self.write(addr, &chunk[off..off + PAGE_SIZE as usize])?;
+        let mut from_chunks: Vec<(u64, u64, usize)> = Vec::new(); // (addr, chunk, offset)
+        let mut runs: Vec<(u64, &[u8])> = Vec::new();
+        for addr in pages_before_resume(snap, ranges) {
+            if let Some(bytes) = ws.and_then(|w| w.direct_page(addr)) {
+                runs.push((addr, bytes));
+                continue;
             }
+            let Some(run) = st.memory.run_at(addr) else {
+                continue;
+            };
+            let image_page = run.image_page + (addr - run.addr) / PAGE_SIZE;
+            let chunk_no = image_page / chunk_pages;
+            if let std::collections::hash_map::Entry::Vacant(e) = chunks.entry(chunk_no) {
+                e.insert(snap.read_chunk(chunk_no as usize)?);
+            }
+            let off = ((image_page % chunk_pages) * PAGE_SIZE) as usize;
+            from_chunks.push((addr, chunk_no, off));
         }
-        Ok(())
+        for &(addr, chunk_no, off) in &from_chunks {
+            let chunk = &chunks[&chunk_no];
+            runs.push((addr, &chunk[off..off + PAGE_SIZE as usize]));
+        }
+        self.write_runs(&runs)
     }
 
     /// Creates a userfaultfd inside the stub (while it is still root, so it

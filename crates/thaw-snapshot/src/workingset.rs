@@ -12,7 +12,9 @@
 //! header (4096 bytes): magic "THAWWSET", u32 version, u32 0,
 //!   [32] snapshot id (BLAKE3 of the snapshot's state), u64 runs,
 //!   u64 recorded pages, u64 data pages, [32] BLAKE3 of the body, zeros
-//! body: runs        16 bytes each: u64 address, u32 pages, u32 flags (1: zero)
+//! body: runs        16 bytes each: u64 address, u32 pages, u32 flags
+//!                   (1: zero pages; 2: copied in before the resume, not
+//!                   installed through the userfaultfd)
 //!       recorded    8 bytes each: the page addresses in first-fault order
 //!       padding     to a page boundary
 //!       data        the pages of the non-zero runs, in run order
@@ -20,7 +22,11 @@
 //!
 //! Runs are in address order, so installing a run is one `UFFDIO_COPY`
 //! (or `UFFDIO_ZEROPAGE` for pages that were never saved: the process
-//! would have read zeros there). The fault order is kept for re-recording
+//! would have read zeros there). The file also carries the pages every lazy
+//! restore copies in before the resume anyway (written pages of file
+//! mappings, rseq areas: [`crate::restore::pages_before_resume`]), so that
+//! a restore with a working set reads this one file and, until a miss,
+//! nothing of the memory image. The fault order is kept for re-recording
 //! (a drifted working set is the old order plus the new misses) and for
 //! the store, which lays working-set pages out in their own chunks.
 //!
@@ -34,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::image::{ImageError, Snapshot};
+use crate::image::{FileBytes, ImageError, Snapshot};
 use crate::PAGE_SIZE;
 
 /// File name of a snapshot's working set, in the snapshot directory.
@@ -46,6 +52,7 @@ const MAGIC: &[u8; 8] = b"THAWWSET";
 const HEADER: usize = PAGE_SIZE as usize;
 const RUN_BYTES: usize = 16;
 const FLAG_ZERO: u32 = 1;
+const FLAG_DIRECT: u32 = 2;
 /// Largest working set a reader accepts (a bigger count is corruption).
 const MAX_PAGES: u64 = 16 << 20;
 
@@ -102,13 +109,18 @@ pub struct WsRun {
     pub pages: u64,
     /// Offset of the run's bytes in the data; `None` for zero pages.
     pub data: Option<usize>,
+    /// Copied in before the resume (outside the lazily served memory, or
+    /// an rseq area), not installed through the userfaultfd.
+    pub direct: bool,
 }
 
 /// What a written working set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WsSummary {
-    /// Distinct pages.
+    /// Distinct pages of the lazily served memory (the working set proper).
     pub pages: u64,
+    /// Pages copied in before every lazy restore's resume, carried along.
+    pub direct_pages: u64,
     /// Of those, pages with data (the rest are zero pages).
     pub data_pages: u64,
     /// Runs (one install call each).
@@ -122,7 +134,10 @@ pub struct WsSummary {
 pub struct WorkingSet {
     runs: Vec<WsRun>,
     order: Vec<u64>,
-    data: Vec<u8>,
+    /// The whole file, as read (or mapped).
+    data: FileBytes,
+    /// Where the page data starts in it.
+    data_at: usize,
     summary: WsSummary,
 }
 
@@ -145,8 +160,7 @@ impl WorkingSet {
         if len < HEADER as u64 {
             return Err(corrupt(format!("{len} bytes: shorter than its header")));
         }
-        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| corrupt("too large".into()))?];
-        snap.read_at(&file, &mut buf, 0).map_err(io)?;
+        let buf = snap.map_whole(&file, len).map_err(io)?;
         if &buf[..8] != MAGIC || le_u32(&buf[8..12]) != WS_VERSION {
             return Err(WsError::Format {
                 path: path.to_owned(),
@@ -174,10 +188,11 @@ impl WorkingSet {
             return Err(corrupt("checksum mismatch".into()));
         }
         let ranges = crate::restore::lazy_ranges(snap);
+        let before_resume = crate::restore::pages_before_resume(snap, &ranges);
         let mut runs = Vec::with_capacity(nruns as usize);
         let mut offset = 0usize;
         let mut last_end = 0u64;
-        let mut pages = 0u64;
+        let (mut pages, mut direct_pages) = (0u64, 0u64);
         for i in 0..nruns as usize {
             let r = &buf[HEADER + i * RUN_BYTES..HEADER + (i + 1) * RUN_BYTES];
             let (addr, n, flags) = (
@@ -189,13 +204,24 @@ impl WorkingSet {
             if n == 0 || addr % PAGE_SIZE != 0 || addr < last_end || end <= addr {
                 return Err(corrupt(format!("run {i} at {addr:#x} is out of order")));
             }
-            if !ranges.iter().any(|&(s, e)| s <= addr && end <= e) {
+            let direct = flags & FLAG_DIRECT != 0;
+            if direct {
+                let all_listed =
+                    (0..n).all(|p| before_resume.binary_search(&(addr + p * PAGE_SIZE)).is_ok());
+                if !all_listed || flags & FLAG_ZERO != 0 {
+                    return Err(corrupt(format!(
+                        "run {i} at {addr:#x} is not among the pages copied before the resume"
+                    )));
+                }
+                direct_pages += n;
+            } else if !ranges.iter().any(|&(s, e)| s <= addr && end <= e) {
                 return Err(corrupt(format!(
                     "run {i} at {addr:#x} is outside the snapshot's lazily served memory"
                 )));
+            } else {
+                pages += n;
             }
             last_end = end;
-            pages += n;
             let data = if flags & FLAG_ZERO != 0 {
                 None
             } else {
@@ -207,6 +233,7 @@ impl WorkingSet {
                 addr,
                 pages: n,
                 data,
+                direct,
             });
         }
         if offset as u64 != ndata * PAGE_SIZE {
@@ -216,13 +243,14 @@ impl WorkingSet {
         let order = (0..nrecorded as usize)
             .map(|i| le_u64(&buf[order_at + i * 8..order_at + i * 8 + 8]))
             .collect();
-        let data = buf.split_off(data_at);
         Ok(WorkingSet {
             runs,
             order,
-            data,
+            data: buf,
+            data_at,
             summary: WsSummary {
                 pages,
+                direct_pages,
                 data_pages: ndata,
                 runs: nruns,
                 file_bytes: len,
@@ -238,9 +266,27 @@ impl WorkingSet {
     /// The bytes of `run` (empty for zero runs).
     pub fn bytes(&self, run: &WsRun) -> &[u8] {
         match run.data {
-            Some(at) => &self.data[at..at + (run.pages * PAGE_SIZE) as usize],
+            Some(at) => {
+                let at = self.data_at + at;
+                &self.data[at..at + (run.pages * PAGE_SIZE) as usize]
+            }
             None => &[],
         }
+    }
+
+    /// The bytes of page `addr` if it is one of the pages copied in
+    /// before the resume that this working set carries.
+    pub fn direct_page(&self, addr: u64) -> Option<&[u8]> {
+        let i = self
+            .runs
+            .partition_point(|r| r.addr <= addr)
+            .checked_sub(1)?;
+        let r = &self.runs[i];
+        if !r.direct || addr >= r.addr + r.pages * PAGE_SIZE {
+            return None;
+        }
+        let at = self.data_at + r.data? + (addr - r.addr) as usize;
+        Some(&self.data[at..at + PAGE_SIZE as usize])
     }
 
     /// The recorded page addresses, in first-fault order.
@@ -267,41 +313,61 @@ fn data_offset(runs: u64, recorded: u64) -> usize {
 /// become zero runs.
 pub fn write(snap: &Snapshot, recorded: &[u64], path: &Path) -> Result<WsSummary, WsError> {
     let ranges = crate::restore::lazy_ranges(snap);
-    let mut seen = std::collections::HashSet::new();
+    let before_resume = crate::restore::pages_before_resume(snap, &ranges);
+    let mut seen: std::collections::HashSet<u64> = before_resume.iter().copied().collect();
     let order: Vec<u64> = recorded
         .iter()
         .map(|a| a & !(PAGE_SIZE - 1))
         .filter(|a| ranges.iter().any(|&(s, e)| (s..e).contains(a)))
         .filter(|a| seen.insert(*a))
         .collect();
-    let mut sorted = order.clone();
-    sorted.sort_unstable();
     let idx = &snap.state().memory;
-    // (addr, pages, is data)
-    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
-    for &a in &sorted {
-        let is_data = idx.run_at(a).is_some();
-        // A run stays within one registered range (one install call each).
-        let same_range = |start: u64| ranges.iter().any(|&(s, e)| s <= start && a < e);
+    // (address, flags) of every page, in address order.
+    let mut all: Vec<(u64, u32)> = order
+        .iter()
+        .map(|&a| {
+            (
+                a,
+                if idx.run_at(a).is_some() {
+                    0
+                } else {
+                    FLAG_ZERO
+                },
+            )
+        })
+        .chain(before_resume.iter().map(|&a| (a, FLAG_DIRECT)))
+        .collect();
+    all.sort_unstable();
+    // (addr, pages, flags)
+    let mut runs: Vec<(u64, u64, u32)> = Vec::new();
+    for &(a, flags) in &all {
+        // A lazy run stays within one registered range (one install call).
+        let same_range = |start: u64| {
+            flags & FLAG_DIRECT != 0 || ranges.iter().any(|&(s, e)| s <= start && a < e)
+        };
         match runs.last_mut() {
-            Some((start, n, d))
+            Some((start, n, f))
                 if *start + *n * PAGE_SIZE == a
-                    && *d == is_data
+                    && *f == flags
                     && same_range(*start)
                     && *n < u64::from(u32::MAX) =>
             {
                 *n += 1
             }
-            _ => runs.push((a, 1, is_data)),
+            _ => runs.push((a, 1, flags)),
         }
     }
-    let data_pages: u64 = runs.iter().filter(|r| r.2).map(|r| r.1).sum();
+    let data_pages: u64 = runs
+        .iter()
+        .filter(|r| r.2 & FLAG_ZERO == 0)
+        .map(|r| r.1)
+        .sum();
     let data_at = data_offset(runs.len() as u64, order.len() as u64);
     let mut body = Vec::with_capacity(data_at - HEADER + (data_pages * PAGE_SIZE) as usize);
-    for &(addr, n, is_data) in &runs {
+    for &(addr, n, flags) in &runs {
         body.extend_from_slice(&addr.to_le_bytes());
         body.extend_from_slice(&(n as u32).to_le_bytes());
-        body.extend_from_slice(&(if is_data { 0 } else { FLAG_ZERO }).to_le_bytes());
+        body.extend_from_slice(&flags.to_le_bytes());
     }
     for a in &order {
         body.extend_from_slice(&a.to_le_bytes());
@@ -309,8 +375,8 @@ pub fn write(snap: &Snapshot, recorded: &[u64], path: &Path) -> Result<WsSummary
     body.resize(data_at - HEADER, 0);
     let chunk_pages = u64::from(idx.chunk_pages);
     let mut chunks: HashMap<u64, Vec<u8>> = HashMap::new();
-    for &(addr, n, is_data) in &runs {
-        if !is_data {
+    for &(addr, n, flags) in &runs {
+        if flags & FLAG_ZERO != 0 {
             continue;
         }
         for p in 0..n {
@@ -364,6 +430,7 @@ pub fn write(snap: &Snapshot, recorded: &[u64], path: &Path) -> Result<WsSummary
     }
     Ok(WsSummary {
         pages: order.len() as u64,
+        direct_pages: before_resume.len() as u64,
         data_pages,
         runs: runs.len() as u64,
         file_bytes: (HEADER + body.len()) as u64,
