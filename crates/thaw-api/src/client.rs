@@ -383,6 +383,14 @@ impl Client {
         Ok(())
     }
 
+    /// Forgets the working set of the function's snapshot: the next
+    /// restore records it again.
+    pub fn rerecord_working_set(&self, name: &str) -> Result<(), ClientError> {
+        let url = self.url(&["thaw", "v1", "functions", name, "snapshot", "working-set"]);
+        self.send(self.http.delete(url.clone()), &url)?;
+        Ok(())
+    }
+
     /// The function's code zip, as uploaded.
     pub fn function_code(&self, name: &str) -> Result<Vec<u8>, ClientError> {
         let url = self.url(&["thaw", "v1", "functions", name, "code"]);

@@ -1,8 +1,9 @@
 //! `thaw bench restore`: restore-to-first-response against cold starts, in
 //! one run. For each benchmark function: the cold first response (as `thaw
 //! bench cold` measures it), one snapshot (checkpoint time, size), and the
-//! first response of instances restored from it, eager and lazy, from a
-//! standby sandbox (the default) and into a new sandbox (`--standby 0`),
+//! first response of instances restored from it, eager, lazy and lazy +
+//! working set, from a standby sandbox (the default) and into a new sandbox
+//! (`--standby 0`),
 //! with the warm response after each restore. Medians and p90 over the runs;
 //! the page cache is hot (the snapshot was just written and read).
 
@@ -14,6 +15,7 @@ use thaw_api::{Client, InvokeOptions, ServerTiming, StartKind};
 
 use crate::bench::{bench_functions, deploy, force_cold, median_p90};
 use crate::local::LocalDaemon;
+use thawd::config::MemoryMode;
 
 /// Options of `thaw bench restore`.
 pub struct RestoreOptions {
@@ -28,29 +30,39 @@ pub struct RestoreOptions {
 /// One way of restoring.
 struct Mode {
     label: &'static str,
-    lazy: bool,
+    memory: MemoryMode,
     standby: usize,
 }
 
-const MODES: [Mode; 4] = [
+const MODES: [Mode; 6] = [
     Mode {
         label: "eager, standby",
-        lazy: false,
+        memory: MemoryMode::Eager,
         standby: 1,
     },
     Mode {
         label: "lazy, standby",
-        lazy: true,
+        memory: MemoryMode::Lazy,
+        standby: 1,
+    },
+    Mode {
+        label: "lazy+ws, standby",
+        memory: MemoryMode::WorkingSet,
         standby: 1,
     },
     Mode {
         label: "eager, new sandbox",
-        lazy: false,
+        memory: MemoryMode::Eager,
         standby: 0,
     },
     Mode {
         label: "lazy, new sandbox",
-        lazy: true,
+        memory: MemoryMode::Lazy,
+        standby: 0,
+    },
+    Mode {
+        label: "lazy+ws, new sandbox",
+        memory: MemoryMode::WorkingSet,
         standby: 0,
     },
 ];
@@ -108,11 +120,7 @@ pub fn run(opts: RestoreOptions) -> anyhow::Result<()> {
         for mode in &MODES {
             let tmp = tempfile::Builder::new().prefix("thaw-bench-").tempdir()?;
             let daemon = LocalDaemon::start(tmp.path().to_path_buf(), |c| {
-                c.memory_mode = if mode.lazy {
-                    thawd::config::MemoryMode::Lazy
-                } else {
-                    thawd::config::MemoryMode::Eager
-                };
+                c.memory_mode = mode.memory;
                 c.standby_per_function = mode.standby;
             })?;
             let client = Client::new(&daemon.endpoint)?;

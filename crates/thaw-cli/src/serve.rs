@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// `working-set` (lazy, with the pages the first restore touched
     /// installed in one batch first). A function may choose its own with
     /// the THAW_MEMORY_MODE variable.
-    #[arg(long, default_value = "eager")]
+    #[arg(long, default_value = "working-set")]
     pub memory_mode: thawd::config::MemoryMode,
     /// Same as --memory-mode lazy.
     #[arg(long, hide = true)]

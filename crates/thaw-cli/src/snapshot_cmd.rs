@@ -51,6 +51,12 @@ pub enum SnapshotCommand {
         /// The function.
         name: String,
     },
+    /// Record the working set of a function's snapshot again: its next
+    /// restore serves every page on demand and records what it touches.
+    Record {
+        /// The function.
+        name: String,
+    },
     /// Check a snapshot's headers and state checksum and print a summary.
     Inspect(InspectArgs),
 }
@@ -141,6 +147,14 @@ pub fn run(endpoint: &str, cmd: SnapshotCommand) -> anyhow::Result<()> {
                 .delete_snapshot(&name)
                 .with_context(|| format!("cannot delete the snapshot of {name}"))?;
             println!("deleted the snapshot of {name}");
+            Ok(())
+        }
+        SnapshotCommand::Record { name } => {
+            let client = thaw_api::Client::new(endpoint)?;
+            client
+                .rerecord_working_set(&name)
+                .with_context(|| format!("cannot re-record the working set of {name}"))?;
+            println!("the next restore of {name} records its working set");
             Ok(())
         }
         SnapshotCommand::Inspect(args) => inspect(&args),

@@ -95,9 +95,44 @@ fn restore_and_serve(d: &Daemon, name: &str, dir: &str, runtime: &str, handler: 
     assert_eq!(v["snap"], "taken");
 }
 
-/// Daemon flags of each memory mode.
-const EAGER: &[&str] = &[];
+/// Daemon flags of each memory mode (working-set is the default).
+const EAGER: &[&str] = &["--memory-mode", "eager"];
 const LAZY: &[&str] = &["--memory-mode", "lazy"];
+const WORKING_SET: &[&str] = &[];
+
+#[test]
+fn python_function_restores_from_snapshot_with_working_set() {
+    if !common::can_run("python_function_restores_from_snapshot_with_working_set") {
+        return;
+    }
+    let d = Daemon::start(WORKING_SET);
+    restore_and_serve(&d, "pysnap", "py-snap", "python3.11", "app.handler");
+}
+
+#[test]
+fn node_function_restores_from_snapshot_with_working_set() {
+    if !common::can_run("node_function_restores_from_snapshot_with_working_set") {
+        return;
+    }
+    let d = Daemon::start(WORKING_SET);
+    restore_and_serve(&d, "nodesnap", "node-snap", "nodejs20.x", "index.handler");
+}
+
+#[test]
+fn twenty_concurrent_restores_with_a_working_set_are_independent() {
+    if !common::can_run("twenty_concurrent_restores_with_a_working_set_are_independent") {
+        return;
+    }
+    twenty_concurrent(WORKING_SET);
+}
+
+#[test]
+fn damaged_snapshot_is_refused_with_a_working_set_too() {
+    if !common::can_run("damaged_snapshot_is_refused_with_a_working_set_too") {
+        return;
+    }
+    damaged(WORKING_SET);
+}
 
 #[test]
 fn python_function_restores_from_snapshot() {
@@ -366,13 +401,13 @@ fn restore_killed_halfway_leaves_nothing_behind() {
 }
 
 /// A `provided` runtime (any binary speaking the Runtime API; here one with
-/// a new HTTP connection per request) restores in both memory modes.
+/// a new HTTP connection per request) restores in every memory mode.
 #[test]
 fn provided_runtime_restores_from_snapshot() {
     if !common::can_run("provided_runtime_restores_from_snapshot") {
         return;
     }
-    for mode in [EAGER, LAZY] {
+    for mode in [EAGER, LAZY, WORKING_SET] {
         let d = Daemon::start(mode);
         let c = d.client();
         deploy(

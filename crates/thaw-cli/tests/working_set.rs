@@ -130,6 +130,24 @@ fn a_recorded_working_set_is_prefetched_and_extended_by_other_inputs() {
     );
     // And the first input still works.
     restored_sum(&c, "pages", 0, 256);
+
+    // On demand: the next restore records a new working set, for the
+    // input it gets; the one after uses it.
+    c.rerecord_working_set("pages").unwrap();
+    assert!(!dir.join(WS_FILE).exists());
+    let m = restored_sum(&c, "pages", 6000, 6100);
+    assert!(m.recorded, "{m}");
+    eventually("the new working set is written", || {
+        dir.join(WS_FILE).is_file()
+    });
+    let m = restored_sum(&c, "pages", 6000, 6100);
+    assert_eq!(m.working_set, "used", "{m}");
+    assert!(m.faults * 10 < m.prefetched_pages, "{m}");
+    let e = c.rerecord_working_set("nope").unwrap_err().to_string();
+    assert!(
+        e.contains("ResourceNotFound") || e.contains("not found"),
+        "{e}"
+    );
 }
 
 #[test]

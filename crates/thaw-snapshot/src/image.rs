@@ -337,7 +337,7 @@ impl Snapshot {
         let bytes = if let Some(t) = &self.throttle {
             t.wait(len);
             let mut buf = Vec::with_capacity(n);
-            (&*file).take(len).read_to_end(&mut buf)?;
+            file.take(len).read_to_end(&mut buf)?;
             if buf.len() != n {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }

@@ -34,7 +34,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -109,6 +109,12 @@ pub trait ApiBackend: Clone + Send + Sync + 'static {
         let _ = name;
         Ok(false)
     }
+    /// Forget the working set of the function's current snapshot so the
+    /// next restore records it again. Returns whether there was one.
+    fn rerecord_working_set(&self, function: &FunctionRecord) -> std::io::Result<bool> {
+        let _ = function;
+        Ok(false)
+    }
     /// The function was created or changed: build a snapshot of its new
     /// revision if the pipeline is on.
     fn function_changed(&self, function: &FunctionRecord) {
@@ -155,6 +161,10 @@ impl ApiBackend for Arc<Platform> {
 
     fn function_changed(&self, function: &FunctionRecord) {
         self.schedule_snapshot(function);
+    }
+
+    fn rerecord_working_set(&self, function: &FunctionRecord) -> std::io::Result<bool> {
+        self.pools.rerecord_working_set(function)
     }
 
     fn queue_snapshot(&self, function: &FunctionRecord) -> Result<(), LambdaError> {
@@ -234,6 +244,10 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
             post(create_snapshot::<B>)
                 .get(snapshot_status::<B>)
                 .delete(delete_snapshot::<B>),
+        )
+        .route(
+            "/thaw/v1/functions/{name}/snapshot/working-set",
+            delete(rerecord_working_set::<B>),
         )
         .route("/thaw/v1/snapshots", get(list_snapshots::<B>))
         .route(
@@ -975,6 +989,31 @@ async fn delete_snapshot<B: ApiBackend>(
         Err(ApiError(LambdaError::new(
             ErrorCode::ResourceNotFound,
             format!("Function {} has no snapshot", name.as_str()),
+        )))
+    }
+}
+
+/// `DELETE /thaw/v1/functions/{name}/snapshot/working-set`: the next
+/// restore of the function's snapshot records its working set again (on
+/// demand, e.g. after the function's traffic changed).
+async fn rerecord_working_set<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+) -> Result<StatusCode, ApiError> {
+    let name = target.latest(None)?;
+    let f = lookup(&b, &name)?;
+    let had = b.rerecord_working_set(&f).map_err(|e| {
+        ApiError(LambdaError::new(
+            ErrorCode::Service,
+            format!("Cannot remove the working set: {e}"),
+        ))
+    })?;
+    if had {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(LambdaError::new(
+            ErrorCode::ResourceNotFound,
+            format!("Function {} has no working set", name.as_str()),
         )))
     }
 }

@@ -68,12 +68,15 @@ impl DaemonConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MemoryMode {
     /// Every page is read and copied in before the runtime resumes.
-    #[default]
     Eager,
     /// Pages are served on first touch by a page server.
     Lazy,
     /// Lazy, but the snapshot's working set (recorded on its first
-    /// restore) is installed in one batch before the runtime resumes.
+    /// restore) is installed in one batch before the runtime resumes. The
+    /// default: the fastest first response measured, from a standby
+    /// sandbox and from a new one, with the page cache hot or cold
+    /// (docs/benchmarks.md).
+    #[default]
     WorkingSet,
 }
 

@@ -513,6 +513,27 @@ impl Pools {
         r.map(|_| t0.elapsed().as_secs_f64() * 1000.0)
     }
 
+    /// Removes the working set of `f`'s current snapshot and the standby
+    /// sandboxes prepared with it: the next restore records a new one.
+    /// Returns whether there was one.
+    pub fn rerecord_working_set(&self, f: &FunctionRecord) -> std::io::Result<bool> {
+        let path = self.snapshot_dir(f).join(WORKING_SET_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let pool = lock(&self.functions).get(&f.name).cloned();
+        if let Some(pool) = pool {
+            let standby = self.take_standby(&f.name, &pool);
+            if !standby.is_empty() {
+                tokio::spawn(destroy_all(standby));
+            }
+            self.replenish(&pool);
+        }
+        Ok(true)
+    }
+
     /// Deletes `f`'s snapshots (every revision). Returns whether there were any.
     pub fn delete_snapshots(&self, name: &str) -> std::io::Result<bool> {
         let pool = lock(&self.functions).get(name).cloned();
