@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_restore;
+mod bench_store;
 mod bench_working_set;
 mod demo;
 mod functions;
@@ -107,6 +108,14 @@ enum BenchCommand {
         /// Only the hello-world functions (no package installs).
         #[arg(long)]
         quick: bool,
+    },
+    /// The snapshot store on the snapshots of ten functions of two
+    /// runtimes: dedup ratio, compression, publish and read throughput,
+    /// per chunking scheme.
+    Store {
+        /// Where pip packages (pyaes, chameleon, pillow) are installed once.
+        #[arg(long, default_value = "target/bench-cache")]
+        cache_dir: std::path::PathBuf,
     },
     /// Working-set prefetch: eager, lazy and lazy + working set on the
     /// same snapshot with the page cache dropped before each restore (and
@@ -213,6 +222,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fault_around,
         })
         .map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Store { cache_dir }) => {
+            bench_store::run(bench_store::StoreOptions { cache_dir }).map(|()| ExitCode::SUCCESS)
+        }
         Command::Snapshot(cmd) => snapshot_cmd::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),
     }
 }
