@@ -9,6 +9,9 @@ if ! python3 -c 'import boto3' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check 'boto3>=1.34'
 fi
 
+# Garage, for the snapshot store's S3 tier.
+./scripts/install-test-tools.sh
+
 # The end-to-end tests start `thaw serve`, which runs `thaw-init`: build both.
 cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -25,7 +25,7 @@ pub mod store;
 
 pub use chunker::Chunking;
 pub use manifest::{Manifest, TenantKeys};
-pub use store::{BlobRef, GcReport, PutReport, Store, StoreConfig, TierStats};
+pub use store::{BlobRef, GcReport, PutReport, S3Config, Store, StoreConfig, TierStats};
 
 /// Why the store cannot do something.
 #[derive(Debug, thiserror::Error)]

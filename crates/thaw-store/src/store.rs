@@ -57,6 +57,33 @@ impl Default for StoreConfig {
     }
 }
 
+/// Where an S3-compatible object tier is.
+#[derive(Clone)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:3900` (plain HTTP only for
+    /// `http://` endpoints).
+    pub endpoint: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Region name the service expects.
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key (never printed).
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A published blob, as its publisher records it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlobRef {
@@ -233,6 +260,24 @@ impl Store {
             }
         })?;
         Store::new(Arc::new(fs), master, config)
+    }
+
+    /// A store whose object tier is the S3-compatible service `s3`.
+    pub fn s3(s3: &S3Config, master: [u8; 32], config: StoreConfig) -> Result<Store, StoreError> {
+        let remote = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&s3.endpoint)
+            .with_bucket_name(&s3.bucket)
+            .with_region(&s3.region)
+            .with_access_key_id(&s3.access_key_id)
+            .with_secret_access_key(&s3.secret_access_key)
+            .with_allow_http(s3.endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .map_err(|source| StoreError::ObjectStore {
+                what: format!("S3 bucket {} at {}", s3.bucket, s3.endpoint),
+                source,
+            })?;
+        Store::new(Arc::new(remote), master, config)
     }
 
     /// The keys of `tenant`.
