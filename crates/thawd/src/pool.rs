@@ -272,6 +272,22 @@ impl Pools {
         });
     }
 
+    /// Verifies `f`'s snapshot now if its restores are lazy (they check
+    /// the whole snapshot once per version of its files), so that its first
+    /// restore does not pay for it.
+    pub async fn verify_snapshot(&self, f: &FunctionRecord) {
+        if self.ctx.memory_mode(f) == MemoryMode::Eager {
+            return;
+        }
+        let dir = self.snapshot_dir(f);
+        if !dir.join(thaw_snapshot::image::STATE_FILE).is_file() {
+            return;
+        }
+        if let Err(e) = self.verified(&dir).await {
+            tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %e, "snapshot failed verification; its instances will start cold");
+        }
+    }
+
     /// Verifies the snapshot in `dir` unless this exact version of its files
     /// (inode, size, modification time) was verified before.
     async fn verified(&self, dir: &std::path::Path) -> Result<(), String> {

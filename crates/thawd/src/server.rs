@@ -178,6 +178,11 @@ impl Platform {
         for f in self.registry.list() {
             if !self.pools.has_snapshot(&f) {
                 self.schedule_snapshot(&f);
+            } else {
+                // A lazy restore checks the whole snapshot once per daemon;
+                // do it now rather than on the first invocation's path.
+                let platform = self.clone();
+                tokio::spawn(async move { platform.pools.verify_snapshot(&f).await });
             }
         }
     }
