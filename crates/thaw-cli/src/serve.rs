@@ -67,15 +67,66 @@ pub struct ServeArgs {
     /// The `thaw-init` supervisor binary [default: next to `thaw`].
     #[arg(long)]
     pub init_binary: Option<PathBuf>,
+    /// Where snapshots are kept: `local` (the snapshot store over
+    /// DATA/store: chunked, compressed, encrypted, deduplicated), `s3` (the
+    /// store over an S3-compatible service: --s3-endpoint, --s3-bucket,
+    /// credentials in THAW_S3_ACCESS_KEY_ID / THAW_S3_SECRET_ACCESS_KEY) or
+    /// `off` (plain files under DATA/snapshots).
+    #[arg(long, default_value = "local", value_parser = ["local", "s3", "off"])]
+    pub store: String,
+    /// S3 endpoint URL (with --store s3).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// S3 bucket (with --store s3).
+    #[arg(long)]
+    pub s3_bucket: Option<String>,
+    /// S3 region name (with --store s3).
+    #[arg(long, default_value = "us-east-1")]
+    pub s3_region: String,
+    /// MiB of verified chunks the store keeps in memory.
+    #[arg(long, default_value_t = 256)]
+    pub store_memory_mb: u64,
+    /// MiB of chunks the store keeps on local disk in front of S3.
+    #[arg(long, default_value_t = 4096)]
+    pub store_disk_cache_mb: u64,
+    /// The store's master key file [default: DATA/keys/store.key, created
+    /// on first use]; hosts sharing an S3 tier need the same key.
+    #[arg(long)]
+    pub store_key_file: Option<PathBuf>,
+}
+
+/// The store setting `args` ask for.
+fn store_setting(args: &ServeArgs) -> anyhow::Result<thawd::config::StoreSetting> {
+    use thawd::config::StoreSetting;
+    Ok(match args.store.as_str() {
+        "off" => StoreSetting::Off,
+        "s3" => {
+            let env = |k: &str| std::env::var(k).with_context(|| format!("--store s3 needs {k}"));
+            StoreSetting::S3(thaw_store::S3Config {
+                endpoint: args
+                    .s3_endpoint
+                    .clone()
+                    .context("--store s3 needs --s3-endpoint")?,
+                bucket: args
+                    .s3_bucket
+                    .clone()
+                    .context("--store s3 needs --s3-bucket")?,
+                region: args.s3_region.clone(),
+                access_key_id: env("THAW_S3_ACCESS_KEY_ID")?,
+                secret_access_key: env("THAW_S3_SECRET_ACCESS_KEY")?,
+            })
+        }
+        _ => StoreSetting::Local,
+    })
 }
 
 /// Run the daemon on a multi-threaded runtime.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let init_binary = match args.init_binary {
+    let init_binary = match args.init_binary.clone() {
         Some(p) => p,
         None => crate::local::init_binary()?,
     };
-    let mut config = DaemonConfig::new(args.listen, args.data_dir, init_binary);
+    let mut config = DaemonConfig::new(args.listen, args.data_dir.clone(), init_binary);
     if let Some(secs) = args.keep_alive_secs {
         config.keep_alive = Duration::from_secs(secs);
     }
@@ -113,6 +164,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_instances {
         config.max_instances_per_function = n.max(1);
     }
+    config.store = store_setting(&args)?;
+    config.store_memory_bytes = args.store_memory_mb << 20;
+    config.store_disk_cache_bytes = args.store_disk_cache_mb << 20;
+    config.store_key_file = args.store_key_file.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -143,6 +143,88 @@ pub struct RestoreSpec {
     /// Read the snapshot through a slower path (benchmarks).
     #[serde(default)]
     pub throttle: Option<thaw_snapshot::image::ReadThrottle>,
+    /// The memory image is not in the snapshot directory: it is read from
+    /// the daemon's snapshot store through the socket at [`PAGES_FD`]
+    /// ([`pages`] protocol).
+    #[serde(default)]
+    pub page_socket: bool,
+}
+
+/// Descriptor of the socket a restore reads its memory image through when
+/// [`RestoreSpec::page_socket`] is set (the daemon's end serves it from the
+/// snapshot store).
+pub const PAGES_FD: i32 = 4;
+
+/// The page socket's protocol: the supervisor asks for a byte range of the
+/// memory image, the daemon answers with exactly those bytes (already
+/// authenticated by the store; the engine checks them again against the
+/// state's chunk hashes) or an error message.
+///
+/// Request: offset (u64 LE), length (u32 LE); offset [`pages::LENGTH`]
+/// with length 0 asks for the image's length. Answer: status byte (0 ok,
+/// 1 error), payload length (u32 LE), payload (the bytes; the length as a
+/// u64 LE; or the error text).
+pub mod pages {
+    use std::io::{self, Read, Write};
+
+    /// The offset that asks for the image's length.
+    pub const LENGTH: u64 = u64::MAX;
+    /// Largest range one request may ask for.
+    pub const MAX_REQUEST: u32 = 64 << 20;
+
+    /// Sends a request.
+    pub fn request<W: Write>(w: &mut W, offset: u64, len: u32) -> io::Result<()> {
+        let mut b = [0u8; 12];
+        b[..8].copy_from_slice(&offset.to_le_bytes());
+        b[8..].copy_from_slice(&len.to_le_bytes());
+        w.write_all(&b)
+    }
+
+    /// Reads an answer of `expect` bytes into `buf`; an error answer
+    /// becomes an `io::Error` carrying the daemon's message.
+    pub fn read_answer<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<()> {
+        let mut h = [0u8; 5];
+        r.read_exact(&mut h)?;
+        let n = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        match h[0] {
+            0 if n == buf.len() => r.read_exact(buf),
+            0 => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("page socket answered {n} bytes for {}", buf.len()),
+            )),
+            _ => {
+                let mut msg = vec![0u8; n.min(64 << 10)];
+                r.read_exact(&mut msg)?;
+                Err(io::Error::other(format!(
+                    "the snapshot store cannot serve the range: {}",
+                    String::from_utf8_lossy(&msg)
+                )))
+            }
+        }
+    }
+
+    /// Parses a request (the daemon's side).
+    pub fn parse_request(b: &[u8; 12]) -> (u64, u32) {
+        let mut o = [0u8; 8];
+        o.copy_from_slice(&b[..8]);
+        (
+            u64::from_le_bytes(o),
+            u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+        )
+    }
+
+    /// Encodes an answer (the daemon's side).
+    pub fn answer(result: Result<&[u8], &str>) -> Vec<u8> {
+        let (status, payload) = match result {
+            Ok(b) => (0u8, b),
+            Err(m) => (1u8, m.as_bytes()),
+        };
+        let mut out = Vec::with_capacity(5 + payload.len());
+        out.push(status);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
 }
 
 /// How a restored runtime's memory came back, as of its first invocation's

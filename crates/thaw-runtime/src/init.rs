@@ -18,6 +18,7 @@ use thaw_sandbox::SandboxError;
 
 use crate::control::{
     read_frame_sync, write_frame_sync, ControlError, FromSupervisor, ToSupervisor, CONTROL_FD,
+    PAGES_FD,
 };
 use crate::error_chain;
 use crate::supervisor::{self, ExitReason};
@@ -37,6 +38,9 @@ pub enum StartupError {
     /// `thaw_sandbox::enter` failed.
     #[error("Cannot enter the sandbox")]
     Sandbox(#[source] SandboxError),
+    /// The page socket (fd 4) a restore needs is missing or unusable.
+    #[error("Page socket (fd 4) is not usable")]
+    PageSocket(#[source] io::Error),
     /// The tokio runtime could not be built.
     #[error("Cannot start the async runtime")]
     AsyncRuntime(#[source] io::Error),
@@ -52,11 +56,12 @@ pub enum StartupError {
 /// runtime exited or the daemon hung up, 1 on any failure (reported to the
 /// daemon as `Fatal` when the control channel still works).
 pub fn main() -> ! {
-    // Close everything inherited above the control socket before anything in
-    // this process can own a descriptor: the sandbox must start with fds 0-3 only.
+    // Close everything inherited above the control socket and the page socket
+    // before anything in this process can own a descriptor: the sandbox must
+    // start with fds 0-4 only (4 is closed below unless a restore uses it).
     // SAFETY: this is the first statement of the program's main; no Rust object
-    // owns a descriptor numbered 4 or higher yet, so none is left dangling.
-    if let Err(e) = unsafe { thaw_sandbox::close_fds_from(CONTROL_FD as u32 + 1) } {
+    // owns a descriptor numbered 5 or higher yet, so none is left dangling.
+    if let Err(e) = unsafe { thaw_sandbox::close_fds_from(PAGES_FD as u32 + 1) } {
         eprintln!("thaw-init: cannot close inherited descriptors: {e}");
         std::process::exit(1);
     }
@@ -104,6 +109,40 @@ fn take_control_socket() -> Result<StdUnixStream, StartupError> {
     Ok(StdUnixStream::from(fd))
 }
 
+/// Takes fd [`PAGES_FD`] as the page socket if `wanted` (it must be an open
+/// socket), else makes sure nothing is open at that number.
+fn take_page_socket(wanted: bool) -> Result<Option<StdUnixStream>, io::Error> {
+    // SAFETY: F_GETFD only reads the descriptor flags of PAGES_FD.
+    let open = unsafe { libc::fcntl(PAGES_FD, libc::F_GETFD) } >= 0;
+    if !open {
+        return if wanted {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the restore reads its memory through fd 4, which is not open",
+            ))
+        } else {
+            Ok(None)
+        };
+    }
+    // SAFETY: PAGES_FD is open (checked above) and nothing else in this
+    // process owns it (main closed everything above it; only the daemon's
+    // spawn puts a descriptor there): the OwnedFd is its only owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(PAGES_FD) };
+    if !wanted {
+        drop(fd);
+        return Ok(None);
+    }
+    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    let st = fstat(&fd)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "fd 4 is not a socket",
+        ));
+    }
+    Ok(Some(StdUnixStream::from(fd)))
+}
+
 /// Tell the daemon why we give up (best effort) and log it.
 fn fatal(control: &mut StdUnixStream, err: &StartupError) {
     let message = error_chain(err);
@@ -132,6 +171,15 @@ fn run() -> Result<ExitReason, ()> {
             return Err(());
         }
     };
+    // The page socket, when the restore reads its memory through one; else
+    // whatever is at its number is closed.
+    let mut pages = match take_page_socket(spec.restore.as_ref().is_some_and(|r| r.page_socket)) {
+        Ok(p) => p,
+        Err(e) => {
+            fatal(&mut control, &StartupError::PageSocket(e));
+            return Err(());
+        }
+    };
     // Wall-clock time: a time namespace may shift the monotonic clocks between
     // here and the sandbox side of `enter`.
     let mut started = SystemTime::now();
@@ -144,7 +192,7 @@ fn run() -> Result<ExitReason, ()> {
             crate::restore::enter_time_namespace(offset, offset)
         }),
         Some(r) if r.standby => thaw_sandbox::enter_with(&spec.sandbox, || {
-            let prepared = crate::restore::prepare_restore(&spec.runtime, r)?;
+            let prepared = crate::restore::prepare_restore(&spec.runtime, r, pages.take())?;
             let setup_ms = ms_since(started);
             write_frame_sync(&mut control, &FromSupervisor::Standby { setup_ms }, &[])
                 .map_err(|e| error_chain(&e))?;
@@ -161,7 +209,11 @@ fn run() -> Result<ExitReason, ()> {
             Ok(())
         }),
         Some(r) => thaw_sandbox::enter_with(&spec.sandbox, || {
-            adopted = Some(crate::restore::restore_runtime(&spec.runtime, r)?);
+            adopted = Some(crate::restore::restore_runtime(
+                &spec.runtime,
+                r,
+                pages.take(),
+            )?);
             Ok(())
         }),
     };

@@ -63,6 +63,52 @@ pub struct Adopted {
     pub after_restore: AfterRestore,
 }
 
+/// A memory image read through the page socket from the daemon's snapshot
+/// store (see [`crate::control::pages`]). One request at a time; a daemon
+/// that does not answer within [`PAGE_SOCKET_TIMEOUT`] fails the read
+/// (and with it the restore, or the page server, which kills the runtime).
+#[derive(Debug)]
+pub struct SocketPages {
+    sock: std::sync::Mutex<std::os::unix::net::UnixStream>,
+    len: u64,
+}
+
+/// How long a read through the page socket may take.
+pub const PAGE_SOCKET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+impl SocketPages {
+    /// Uses `sock` (the supervisor's end of the page socket) and asks for
+    /// the image's length.
+    pub fn new(mut sock: std::os::unix::net::UnixStream) -> std::io::Result<Self> {
+        sock.set_read_timeout(Some(PAGE_SOCKET_TIMEOUT))?;
+        sock.set_write_timeout(Some(PAGE_SOCKET_TIMEOUT))?;
+        crate::control::pages::request(&mut sock, crate::control::pages::LENGTH, 0)?;
+        let mut len = [0u8; 8];
+        crate::control::pages::read_answer(&mut sock, &mut len)?;
+        Ok(SocketPages {
+            sock: std::sync::Mutex::new(sock),
+            len: u64::from_le_bytes(len),
+        })
+    }
+}
+
+impl thaw_snapshot::image::PageSource for SocketPages {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        use crate::control::pages;
+        let mut sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, part) in buf.chunks_mut(pages::MAX_REQUEST as usize).enumerate() {
+            let at = offset + (i as u64) * u64::from(pages::MAX_REQUEST);
+            pages::request(&mut *sock, at, part.len() as u32)?;
+            pages::read_answer(&mut *sock, part)?;
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.len)
+    }
+}
+
 /// Serves a lazily restored runtime's memory on a thread of its own, until
 /// the runtime exits. If serving fails the page server kills the runtime
 /// (it cannot run on without its memory) and the supervisor reports the
@@ -87,9 +133,13 @@ pub fn serve_lazy_memory(
 /// sandbox, before privileges are dropped). The snapshot's descriptors 1
 /// and 2 must be pipes (they get new ones, read by the supervisor) and it
 /// must hold exactly one socket, its Runtime API connection.
-pub fn restore_runtime(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<Adopted, String> {
+pub fn restore_runtime(
+    rt: &RuntimeSpec,
+    r: &RestoreSpec,
+    pages: Option<std::os::unix::net::UnixStream>,
+) -> Result<Adopted, String> {
     let t0 = Instant::now();
-    let mut adopted = prepare_restore(rt, r)?.restore()?;
+    let mut adopted = prepare_restore(rt, r, pages)?.restore()?;
     adopted.restore_ms = t0.elapsed().as_secs_f64() * 1000.0;
     Ok(adopted)
 }
@@ -176,9 +226,25 @@ fn restore_clock_offsets(snap: &Snapshot) -> (i64, i64) {
     )
 }
 
-/// Prepares a restore (see [`PreparedRestore`]).
-pub fn prepare_restore(rt: &RuntimeSpec, r: &RestoreSpec) -> Result<PreparedRestore, String> {
-    let mut snap = Snapshot::open(Path::new(&r.snapshot_dir)).map_err(|e| error_chain(&e))?;
+/// Prepares a restore (see [`PreparedRestore`]). With
+/// [`RestoreSpec::page_socket`], `pages` is the page socket the memory
+/// image is read through.
+pub fn prepare_restore(
+    rt: &RuntimeSpec,
+    r: &RestoreSpec,
+    pages: Option<std::os::unix::net::UnixStream>,
+) -> Result<PreparedRestore, String> {
+    let dir = Path::new(&r.snapshot_dir);
+    let mut snap = match (r.page_socket, pages) {
+        (false, _) => Snapshot::open(dir),
+        (true, Some(sock)) => {
+            let source = SocketPages::new(sock)
+                .map_err(|e| format!("Cannot reach the snapshot store: {e}"))?;
+            Snapshot::open_with(dir, Box::new(source))
+        }
+        (true, None) => return Err("The restore has no page socket".into()),
+    }
+    .map_err(|e| error_chain(&e))?;
     snap.set_throttle(r.throttle);
     let (monotonic, boottime) = restore_clock_offsets(&snap);
     if monotonic > 0 || boottime > 0 {

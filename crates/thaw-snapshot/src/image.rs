@@ -235,6 +235,27 @@ fn map_populated(file: &File, len: usize) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::MmapOptions::new().len(len).populate().map(file) }
 }
 
+/// Where a snapshot's memory image is read from: its file, or another
+/// reader of the same bytes (the daemon's snapshot store, across a socket).
+/// Offsets are into the memory image as [`write`] lays it out (header page
+/// first). Whatever it returns is checked against the state's chunk hashes
+/// before use.
+pub trait PageSource: std::fmt::Debug + Send + Sync {
+    /// Fills `buf` with the image's bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// The image's length in bytes.
+    fn size(&self) -> std::io::Result<u64>;
+}
+
+impl PageSource for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
 /// An opened, header-checked snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -243,7 +264,7 @@ pub struct Snapshot {
     /// BLAKE3 of the state body: names this snapshot (a working set
     /// recorded on another one carries another id).
     id: [u8; 32],
-    memory: File,
+    memory: Box<dyn PageSource>,
     /// Every data page, read and verified ahead of a restore.
     preloaded: std::sync::Mutex<Option<Vec<u8>>>,
     throttle: Option<ReadThrottle>,
@@ -256,11 +277,18 @@ impl Snapshot {
     /// and that the memory image has exactly the pages the state indexes.
     /// Page contents are verified per chunk as they are read.
     pub fn open(dir: &Path) -> Result<Self, ImageError> {
+        let mem_path = dir.join(MEMORY_FILE);
+        let memory = File::open(&mem_path).map_err(io_err(&mem_path))?;
+        Self::open_with(dir, Box::new(memory))
+    }
+
+    /// Opens the snapshot whose state is in `dir` and whose memory image
+    /// `memory` reads, with the same checks as [`Snapshot::open`].
+    pub fn open_with(dir: &Path, memory: Box<dyn PageSource>) -> Result<Self, ImageError> {
         let (state, id) = read_state_and_id(&dir.join(STATE_FILE))?;
         let mem_path = dir.join(MEMORY_FILE);
-        let mut memory = File::open(&mem_path).map_err(io_err(&mem_path))?;
         let mut header = vec![0u8; PAGE];
-        let len = memory.metadata().map_err(io_err(&mem_path))?.len();
+        let len = memory.size().map_err(io_err(&mem_path))?;
         if len < PAGE as u64 {
             return Err(ImageError::Truncated {
                 path: mem_path,
@@ -268,7 +296,7 @@ impl Snapshot {
                 found: len,
             });
         }
-        memory.read_exact(&mut header).map_err(io_err(&mem_path))?;
+        memory.read_at(&mut header, 0).map_err(io_err(&mem_path))?;
         if &header[..8] != MEMORY_MAGIC {
             return Err(ImageError::BadMagic { path: mem_path });
         }
@@ -352,11 +380,16 @@ impl Snapshot {
 
     /// Reads `buf.len()` bytes of `file` at `offset`, through the throttle,
     /// counting them.
-    pub(crate) fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    pub(crate) fn read_at(
+        &self,
+        file: &dyn PageSource,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> std::io::Result<()> {
         if let Some(t) = &self.throttle {
             t.wait(buf.len() as u64);
         }
-        file.read_exact_at(buf, offset)?;
+        file.read_at(buf, offset)?;
         self.bytes_read
             .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -379,7 +412,7 @@ impl Snapshot {
         let first = i as u64 * u64::from(idx.chunk_pages);
         let pages = (idx.data_pages - first).min(u64::from(idx.chunk_pages));
         let mut buf = vec![0u8; (pages * PAGE_SIZE) as usize];
-        self.read_at(&self.memory, &mut buf, (first + 1) * PAGE_SIZE)
+        self.read_at(self.memory.as_ref(), &mut buf, (first + 1) * PAGE_SIZE)
             .map_err(io_err(&path))?;
         let want = idx
             .chunk_hashes

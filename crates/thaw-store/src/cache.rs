@@ -113,6 +113,11 @@ impl MemoryCache {
     pub fn bytes(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.bytes
     }
+
+    /// Drops every cached chunk.
+    pub fn clear(&self) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = (Lru::default(), HashMap::new());
+    }
 }
 
 /// Sealed chunks in a local directory, at most `budget` bytes.

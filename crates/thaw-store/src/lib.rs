@@ -59,6 +59,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A tier did not answer in time.
+    #[error("{what}: no answer within {after:?}")]
+    Timeout {
+        /// Which object.
+        what: String,
+        /// The limit.
+        after: std::time::Duration,
+    },
     /// Compression or encryption failed.
     #[error("{0}")]
     Codec(String),

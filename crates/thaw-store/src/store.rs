@@ -43,6 +43,12 @@ pub struct StoreConfig {
     pub parallelism: usize,
     /// Unreferenced chunks younger than this survive a collection.
     pub gc_grace: Duration,
+    /// A disk-cache read that takes longer is abandoned (counted as an
+    /// error) and the chunk is read from the object store instead.
+    pub disk_timeout: Duration,
+    /// An object-store request that takes longer fails (the object store
+    /// is the last tier: the read fails cleanly instead of hanging).
+    pub object_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -53,6 +59,8 @@ impl Default for StoreConfig {
             chunking: Chunking::default(),
             parallelism: 8,
             gc_grace: Duration::from_secs(3600),
+            disk_timeout: Duration::from_millis(500),
+            object_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -176,7 +184,7 @@ pub struct Store {
     master: [u8; 32],
     config: StoreConfig,
     memory: MemoryCache,
-    disk: Option<DiskCache>,
+    disk: Option<Arc<DiskCache>>,
     counters: [Counters; 3],
 }
 
@@ -226,14 +234,12 @@ impl Store {
         config: StoreConfig,
     ) -> Result<Store, StoreError> {
         let disk = match &config.disk_cache {
-            Some((dir, budget)) => {
-                Some(
-                    DiskCache::open(dir, *budget).map_err(|source| StoreError::Io {
-                        what: format!("Cannot open the disk cache {}", dir.display()),
-                        source,
-                    })?,
-                )
-            }
+            Some((dir, budget)) => Some(Arc::new(DiskCache::open(dir, *budget).map_err(
+                |source| StoreError::Io {
+                    what: format!("Cannot open the disk cache {}", dir.display()),
+                    source,
+                },
+            )?)),
             None => None,
         };
         Ok(Store {
@@ -283,6 +289,12 @@ impl Store {
     /// The keys of `tenant`.
     pub fn keys(&self, tenant: &str) -> TenantKeys {
         TenantKeys::derive(&self.master, tenant)
+    }
+
+    /// Drops the memory tier (benchmarks of cold reads; nothing is lost,
+    /// the other tiers still hold every chunk).
+    pub fn clear_memory(&self) {
+        self.memory.clear();
     }
 
     /// Per-tier numbers: memory, disk, object.
@@ -435,7 +447,23 @@ impl Store {
         if let Some(disk) = &self.disk {
             let t = Instant::now();
             let d = &self.counters[DISK];
-            match disk.get(&c.id) {
+            let read = {
+                let (disk, id) = (disk.clone(), c.id.clone());
+                tokio::time::timeout(
+                    self.config.disk_timeout,
+                    tokio::task::spawn_blocking(move || disk.get(&id)),
+                )
+                .await
+            };
+            let read = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", self.config.disk_timeout),
+                )),
+            };
+            match read {
                 Ok(Some(sealed)) => match open_blocking(c.id.clone(), key, sealed).await {
                     Ok((plain, n)) => {
                         d.bytes.fetch_add(n, Ordering::Relaxed);
@@ -460,9 +488,21 @@ impl Store {
         let t = Instant::now();
         let o = &self.counters[OBJECT];
         let path = chunk_path(&c.id);
-        let sealed = match self.remote.get(&path).await {
-            Ok(r) => r.bytes().await,
-            Err(e) => Err(e),
+        let fetch = async {
+            match self.remote.get(&path).await {
+                Ok(r) => r.bytes().await,
+                Err(e) => Err(e),
+            }
+        };
+        let sealed = match tokio::time::timeout(self.config.object_timeout, fetch).await {
+            Ok(r) => r,
+            Err(_) => {
+                o.add(&o.errors, 1, t);
+                return Err(StoreError::Timeout {
+                    what: path.to_string(),
+                    after: self.config.object_timeout,
+                });
+            }
         };
         let sealed = match sealed {
             Ok(b) => b.to_vec(),
@@ -504,8 +544,10 @@ impl Store {
     /// parallel, and checked against the recorded digest.
     pub async fn get(&self, blob: &BlobRef) -> Result<Vec<u8>, StoreError> {
         let m = self.manifest(blob).await?;
-        let parts: Vec<Arc<Vec<u8>>> = futures::stream::iter(m.chunks.iter())
-            .map(|c| self.chunk(c))
+        // Owned chunk references: a future borrowing them would not be
+        // `Send` for every lifetime, which spawned callers need.
+        let parts: Vec<Arc<Vec<u8>>> = futures::stream::iter(m.chunks.iter().cloned())
+            .map(|c| async move { self.chunk(&c).await })
             .buffered(self.config.parallelism.max(1))
             .try_collect()
             .await?;
@@ -517,6 +559,62 @@ impl Store {
             return Err(StoreError::Corrupt {
                 what: format!("blob {}/{}", blob.tenant, blob.name),
                 why: "content does not match its digest".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `len` bytes of `m`'s blob from `offset` (a manifest from
+    /// [`Store::manifest`], so authenticated and checked against the
+    /// caller's record): only the chunks the range touches are fetched,
+    /// in parallel, each authenticated before any of its bytes is used.
+    /// A reader that asks for a page gets its whole chunk cached, so the
+    /// pages around it come from memory.
+    pub async fn read_range(
+        &self,
+        m: &Manifest,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= m.size)
+            .ok_or_else(|| {
+                StoreError::Codec(format!(
+                    "range {offset}+{len} is outside {}/{} ({} bytes)",
+                    m.tenant, m.name, m.size
+                ))
+            })?;
+        // First chunk that ends after `offset`.
+        let first = m
+            .chunks
+            .partition_point(|c| c.offset + u64::from(c.len) <= offset);
+        let wanted: Vec<ChunkRef> = m.chunks[first..]
+            .iter()
+            .take_while(|c| c.offset < end)
+            .cloned()
+            .collect();
+        let parts: Vec<Arc<Vec<u8>>> = futures::stream::iter(wanted.clone())
+            .map(|c| async move { self.chunk(&c).await })
+            .buffered(self.config.parallelism.max(1))
+            .try_collect()
+            .await?;
+        let mut out = Vec::with_capacity(len);
+        for (c, p) in wanted.iter().zip(&parts) {
+            if p.len() != c.len as usize {
+                return Err(StoreError::Corrupt {
+                    what: format!("chunk {}", c.id),
+                    why: "length differs from the manifest".into(),
+                });
+            }
+            let from = offset.saturating_sub(c.offset) as usize;
+            let to = ((end - c.offset) as usize).min(p.len());
+            out.extend_from_slice(&p[from..to]);
+        }
+        if out.len() != len {
+            return Err(StoreError::Corrupt {
+                what: format!("blob {}/{}", m.tenant, m.name),
+                why: "its chunks do not cover the blob".into(),
             });
         }
         Ok(out)

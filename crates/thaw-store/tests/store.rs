@@ -412,3 +412,112 @@ async fn a_writer_killed_at_random_points_leaves_a_consistent_store() {
         "only referenced chunks remain"
     );
 }
+
+#[tokio::test]
+async fn ranges_read_only_the_chunks_they_touch_and_stay_in_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::local(dir.path(), MASTER, config(None)).unwrap();
+    let data = random(5 << 20, 31);
+    let r = store.put("t1", "ranges", &data).await.unwrap().blob;
+    let m = store.manifest(&r).await.unwrap();
+    assert!(m.chunks.len() > 4, "{} chunks", m.chunks.len());
+    for (off, len) in [
+        (0u64, 1usize),
+        (4096, 1 << 20),
+        (m.chunks[2].offset - 1, 2),
+        (m.chunks[3].offset, m.chunks[3].len as usize),
+        (data.len() as u64 - 4096, 4096),
+        (0, data.len()),
+        (77, 0),
+    ] {
+        let got = store.read_range(&m, off, len).await.unwrap();
+        assert_eq!(got, &data[off as usize..off as usize + len], "{off}+{len}");
+    }
+    // One page in the middle of a chunk fetches that chunk only.
+    let before = store.stats()[2].hits;
+    store
+        .read_range(&m, m.chunks[1].offset + 4096, 4096)
+        .await
+        .unwrap();
+    assert_eq!(store.stats()[2].hits - before, 1);
+    for (off, len) in [(data.len() as u64, 1usize), (u64::MAX, 2), (1, data.len())] {
+        let e = store.read_range(&m, off, len).await.unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
+    }
+    // A damaged chunk under a range fails it.
+    let victim = dir
+        .path()
+        .join("chunks")
+        .join(&m.chunks[1].id[..2])
+        .join(&m.chunks[1].id);
+    let mut b = std::fs::read(&victim).unwrap();
+    b[40] ^= 1;
+    std::fs::write(&victim, b).unwrap();
+    assert!(store.read_range(&m, m.chunks[1].offset, 10).await.is_err());
+}
+
+#[test]
+fn a_tier_that_hangs_is_passed_over_or_fails_in_bounded_time() {
+    // The reads of a hung tier stay blocked (on blocking threads) after the
+    // store moved on; a runtime waits for those at shutdown unless told not to.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(hung_tiers());
+    rt.shutdown_timeout(Duration::from_millis(100));
+}
+
+async fn hung_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        disk_timeout: Duration::from_millis(200),
+        object_timeout: Duration::from_millis(500),
+        ..config(Some(cache.path().to_path_buf()))
+    };
+    let store = Store::local(dir.path(), MASTER, cfg).unwrap();
+    let data = random(2 << 20, 41);
+    let r = store.put("t1", "hang", &data).await.unwrap().blob;
+    assert_eq!(store.get(&r).await.unwrap(), data);
+    // Every disk-cache entry replaced by a FIFO nobody writes: opening it
+    // blocks forever, like a hung disk.
+    let cached = files_under(cache.path());
+    assert!(!cached.is_empty());
+    for f in &cached {
+        std::fs::remove_file(f).unwrap();
+        nix::unistd::mkfifo(f, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    }
+    let t = std::time::Instant::now();
+    assert_eq!(
+        store.get(&r).await.unwrap(),
+        data,
+        "served by the object tier"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the hung disk tier held the read for {:?}",
+        t.elapsed()
+    );
+    assert!(store.stats()[1].errors >= cached.len() as u64);
+    // The object tier hanging too: the read fails cleanly with a timeout.
+    let m = store.manifest(&r).await.unwrap();
+    let obj = dir
+        .path()
+        .join("chunks")
+        .join(&m.chunks[0].id[..2])
+        .join(&m.chunks[0].id);
+    std::fs::remove_file(&obj).unwrap();
+    nix::unistd::mkfifo(&obj, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let fresh = Store::local(
+        dir.path(),
+        MASTER,
+        StoreConfig {
+            object_timeout: Duration::from_millis(500),
+            ..config(None)
+        },
+    )
+    .unwrap();
+    let e = fresh.get(&r).await.unwrap_err();
+    assert!(matches!(e, StoreError::Timeout { .. }), "{e}");
+}

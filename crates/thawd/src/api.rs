@@ -115,6 +115,11 @@ pub trait ApiBackend: Clone + Send + Sync + 'static {
         let _ = function;
         Ok(false)
     }
+    /// Drops the snapshot store's in-memory caches (benchmarks of cold
+    /// restores). Returns whether there is a store.
+    fn drop_store_caches(&self) -> bool {
+        false
+    }
     /// The function was created or changed: build a snapshot of its new
     /// revision if the pipeline is on.
     fn function_changed(&self, function: &FunctionRecord) {
@@ -167,6 +172,16 @@ impl ApiBackend for Arc<Platform> {
         self.pools.rerecord_working_set(function)
     }
 
+    fn drop_store_caches(&self) -> bool {
+        match &self.pools.ctx().store {
+            Some(s) => {
+                s.drop_caches();
+                true
+            }
+            None => false,
+        }
+    }
+
     fn queue_snapshot(&self, function: &FunctionRecord) -> Result<(), LambdaError> {
         self.queue_snapshot_build(function);
         Ok(())
@@ -203,7 +218,11 @@ impl ApiBackend for Arc<Platform> {
     }
 
     fn render_metrics(&self) -> String {
-        self.metrics.render()
+        let mut text = self.metrics.render();
+        if let Some(store) = &self.pools.ctx().store {
+            text.push_str(&crate::metrics::render_store_stats(&store.store().stats()));
+        }
+        text
     }
 }
 
@@ -254,6 +273,7 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
             "/thaw/v1/functions/{name}/retire",
             post(retire_instances::<B>),
         )
+        .route("/thaw/v1/store/drop-caches", post(drop_store_caches::<B>))
         .route("/metrics", get(metrics::<B>))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(unknown_operation)
@@ -1085,6 +1105,10 @@ async fn function_code<B: ApiBackend>(
             Err(ApiError::internal("Cannot read the function's code"))
         }
     }
+}
+
+async fn drop_store_caches<B: ApiBackend>(State(b): State<B>) -> Response {
+    axum::Json(serde_json::json!({ "store": b.drop_store_caches() })).into_response()
 }
 
 async fn metrics<B: ApiBackend>(State(b): State<B>) -> Response {

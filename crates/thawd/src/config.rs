@@ -40,6 +40,30 @@ pub struct DaemonConfig {
     /// host's, as if the snapshot had been taken on a host that had been up
     /// longer (or before a reboot). Zero in normal operation.
     pub snapshot_clock_offset: Duration,
+    /// Where snapshots are kept (the snapshot store, or plain files).
+    pub store: StoreSetting,
+    /// Bytes of verified chunks the store keeps in memory.
+    pub store_memory_bytes: u64,
+    /// Bytes of sealed chunks the store keeps on local disk in front of an
+    /// S3 tier (`DATA/store-cache`); 0: none.
+    pub store_disk_cache_bytes: u64,
+    /// The store's master key (tenant keys are derived from it): a local
+    /// key file, `DATA/keys/store.key` unless set. Every host sharing an
+    /// S3 tier needs the same key.
+    pub store_key_file: Option<PathBuf>,
+}
+
+/// Where the daemon keeps snapshots.
+#[derive(Debug, Clone, Default)]
+pub enum StoreSetting {
+    /// Plain files under `DATA/snapshots` only (the benchmarks' "plain
+    /// local file").
+    Off,
+    /// The snapshot store over a local directory, `DATA/store` (default).
+    #[default]
+    Local,
+    /// The snapshot store over an S3-compatible service.
+    S3(thaw_store::S3Config),
 }
 
 impl DaemonConfig {
@@ -60,6 +84,10 @@ impl DaemonConfig {
             auto_snapshot: true,
             secret_policy: crate::secrets::SecretPolicy::default(),
             snapshot_clock_offset: Duration::ZERO,
+            store: StoreSetting::default(),
+            store_memory_bytes: 256 << 20,
+            store_disk_cache_bytes: 4 << 30,
+            store_key_file: None,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! process, cgroup or mount is left. Must not: decide when instances are reused
 //! or reaped (that is the pool's job).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -144,6 +144,9 @@ pub struct InstanceContext {
     pub secrets: crate::secrets::SecretPolicy,
     /// See [`crate::DaemonConfig::snapshot_clock_offset`].
     pub snapshot_clock_offset: Duration,
+    /// The snapshot store snapshots are published to and restored from
+    /// (`None`: plain files only).
+    pub store: Option<Arc<crate::snapstore::SnapshotStore>>,
 }
 
 /// Why an instance could not be started.
@@ -250,7 +253,7 @@ impl Instance {
         f: &FunctionRecord,
         ctx: &InstanceContext,
     ) -> Result<(Instance, PhaseTimings), StartError> {
-        Self::launch(f, ctx, None, false).await
+        Self::launch(f, ctx, None, false, None).await
     }
 
     /// Start a new instance of `f` to be snapshotted: its runtime runs with
@@ -263,7 +266,7 @@ impl Instance {
         f: &FunctionRecord,
         ctx: &InstanceContext,
     ) -> Result<(Instance, PhaseTimings), StartError> {
-        Self::launch(f, ctx, None, true).await
+        Self::launch(f, ctx, None, true, None).await
     }
 
     /// Start a new instance of `f` whose runtime is restored from the
@@ -320,7 +323,51 @@ impl Instance {
     ) -> Result<(Instance, PhaseTimings), StartError> {
         let meta = crate::snapshots::SnapshotMeta::read(snapshot_dir)
             .map_err(|e| StartError::Platform(e.to_string()))?;
-        Self::launch(f, ctx, Some((snapshot_dir, meta.resume, standby)), false).await
+        // A stored snapshot: the host needs its state and working set, and
+        // the restore reads the memory image from the store.
+        let pages = match (&meta.store, &ctx.store) {
+            (Some(blobs), Some(store))
+                if !snapshot_dir
+                    .join(thaw_snapshot::image::MEMORY_FILE)
+                    .exists() =>
+            {
+                let platform = |e: String| StartError::Platform(format!("snapshot store: {e}"));
+                store
+                    .materialize(snapshot_dir, blobs)
+                    .await
+                    .map_err(platform)?;
+                let manifest = store
+                    .memory_manifest(&blobs.memory)
+                    .await
+                    .map_err(platform)?;
+                let (ours, theirs) = StdUnixStream::pair()
+                    .map_err(|e| StartError::Platform(format!("socketpair: {e}")))?;
+                let ours = ours
+                    .set_nonblocking(true)
+                    .and_then(|()| UnixStream::from_std(ours))
+                    .map_err(|e| StartError::Platform(format!("page socket: {e}")))?;
+                store.serve_pages(ours, manifest);
+                Some(OwnedFd::from(theirs))
+            }
+            (Some(_), None)
+                if !snapshot_dir
+                    .join(thaw_snapshot::image::MEMORY_FILE)
+                    .exists() =>
+            {
+                return Err(StartError::Platform(
+                    "the snapshot is in the snapshot store, which this daemon does not use".into(),
+                ))
+            }
+            _ => None,
+        };
+        Self::launch(
+            f,
+            ctx,
+            Some((snapshot_dir, meta.resume, standby)),
+            false,
+            pages,
+        )
+        .await
     }
 
     async fn launch(
@@ -328,6 +375,7 @@ impl Instance {
         ctx: &InstanceContext,
         restore: Option<(&Path, ResumePoint, bool)>,
         snapshot_run: bool,
+        pages: Option<OwnedFd>,
     ) -> Result<(Instance, PhaseTimings), StartError> {
         let standby = restore.is_some_and(|r| r.2);
         let t0 = Instant::now();
@@ -390,6 +438,7 @@ impl Instance {
                 record: mode == MemoryMode::WorkingSet && !has_working_set,
                 fault_around: ctx.fault_around,
                 throttle: ctx.snapshot_read_throttle,
+                page_socket: pages.is_some(),
                 standby,
                 resume,
                 after_restore: AfterRestore {
@@ -418,7 +467,7 @@ impl Instance {
             }
         };
         let theirs: OwnedFd = theirs.into();
-        let child = match spawn_init(&ctx.init_binary, &theirs) {
+        let child = match spawn_init(&ctx.init_binary, &theirs, pages.as_ref()) {
             Ok(c) => c,
             Err(e) => {
                 let _ = cgroup.destroy();
@@ -429,6 +478,7 @@ impl Instance {
             }
         };
         drop(theirs);
+        drop(pages);
         let stream = match ours
             .set_nonblocking(true)
             .and_then(|()| UnixStream::from_std(ours))
@@ -940,8 +990,24 @@ impl Drop for Instance {
     }
 }
 
-fn spawn_init(init_binary: &std::path::Path, control: &OwnedFd) -> std::io::Result<Child> {
+fn spawn_init(
+    init_binary: &std::path::Path,
+    control: &OwnedFd,
+    pages: Option<&OwnedFd>,
+) -> std::io::Result<Child> {
     let fd = control.as_raw_fd();
+    // Numbered above the two fixed descriptors, so placing one never
+    // overwrites the other.
+    let pages = pages
+        .map(|p| {
+            nix::fcntl::fcntl(p, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).map(|n| {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that
+                // nothing else owns.
+                unsafe { OwnedFd::from_raw_fd(n) }
+            })
+        })
+        .transpose()?;
+    let pages_fd = pages.as_ref().map(|p| p.as_raw_fd());
     let mut cmd = Command::new(init_binary);
     cmd.env_clear()
         .env(
@@ -965,9 +1031,16 @@ fn spawn_init(init_binary: &std::path::Path, control: &OwnedFd) -> std::io::Resu
             } else if libc::dup2(fd, thaw_runtime::control::CONTROL_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The page socket, when the restore reads its memory through one
+            // (dup2 clears close-on-exec).
+            if let Some(p) = pages_fd {
+                if libc::dup2(p, thaw_runtime::control::PAGES_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // Nothing the daemon holds (listeners, other instances' sockets,
             // descriptors it inherited) may reach the sandbox.
-            thaw_sandbox::mark_cloexec_from(4)?;
+            thaw_sandbox::mark_cloexec_from(thaw_runtime::control::PAGES_FD as u32 + 1)?;
             Ok(())
         });
     }

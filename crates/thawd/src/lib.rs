@@ -21,6 +21,7 @@ pub mod runtimes;
 pub mod secrets;
 pub mod server;
 pub mod snapshots;
+pub mod snapstore;
 
 pub use config::DaemonConfig;
 pub use server::{serve, serve_with, Platform};

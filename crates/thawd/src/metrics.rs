@@ -202,6 +202,50 @@ impl Metrics {
     }
 }
 
+/// The snapshot store's per-tier numbers in the Prometheus text format
+/// (counters the store keeps itself, rendered with the daemon's metrics).
+pub fn render_store_stats(stats: &[thaw_store::TierStats]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP thaw_store_chunks_total Chunk lookups per store tier (memory, disk, object) and result.\n# TYPE thaw_store_chunks_total counter"
+    );
+    for t in stats {
+        for (result, n) in [("hit", t.hits), ("miss", t.misses), ("error", t.errors)] {
+            let _ = writeln!(
+                out,
+                "thaw_store_chunks_total{{tier=\"{}\",result=\"{result}\"}} {n}",
+                t.tier
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP thaw_store_bytes_total Bytes served per store tier (sealed bytes for disk and object).\n# TYPE thaw_store_bytes_total counter"
+    );
+    for t in stats {
+        let _ = writeln!(
+            out,
+            "thaw_store_bytes_total{{tier=\"{}\"}} {}",
+            t.tier, t.bytes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP thaw_store_seconds_total Time spent in each store tier.\n# TYPE thaw_store_seconds_total counter"
+    );
+    for t in stats {
+        let _ = writeln!(
+            out,
+            "thaw_store_seconds_total{{tier=\"{}\"}} {}",
+            t.tier,
+            t.micros as f64 / 1e6
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

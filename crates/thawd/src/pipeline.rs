@@ -37,6 +37,8 @@ pub mod phase {
     pub const CHECKPOINT: &str = "checkpoint";
     /// Restoring an instance from the new snapshot and invoking it.
     pub const VALIDATION: &str = "validating: restore and test invocation";
+    /// Publishing it to the snapshot store.
+    pub const PUBLISH: &str = "publishing to the snapshot store";
 }
 
 /// Status of every function's snapshot, and the build slot.

@@ -145,6 +145,53 @@ impl Pools {
         self.ctx.snapshots.join(&f.name).join(&f.revision_id)
     }
 
+    /// What instances are started with.
+    pub fn ctx(&self) -> &InstanceContext {
+        &self.ctx
+    }
+
+    /// The store and blobs of the stored snapshot in `dir`, if it is one
+    /// (its memory image is only in the store).
+    fn stored(
+        &self,
+        dir: &std::path::Path,
+    ) -> Option<(
+        Arc<crate::snapstore::SnapshotStore>,
+        crate::snapstore::StoredBlobs,
+    )> {
+        let store = self.ctx.store.clone()?;
+        if dir.join(thaw_snapshot::image::MEMORY_FILE).exists() {
+            return None;
+        }
+        let blobs = crate::snapshots::SnapshotMeta::read(dir).ok()?.store?;
+        Some((store, blobs))
+    }
+
+    /// Removes from the store the blobs of the snapshots of the function
+    /// whose snapshot directories are under `function_dir` (all revisions
+    /// but `keep`), in the background; their directories are the caller's.
+    fn forget_stored(&self, function_dir: &std::path::Path, keep: Option<&str>) {
+        let Some(store) = self.ctx.store.clone() else {
+            return;
+        };
+        let Ok(rd) = std::fs::read_dir(function_dir) else {
+            return;
+        };
+        let blobs: Vec<_> = rd
+            .flatten()
+            .filter(|e| keep.is_none_or(|k| e.file_name() != k))
+            .filter_map(|e| crate::snapshots::SnapshotMeta::read(&e.path()).ok()?.store)
+            .collect();
+        if blobs.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for b in &blobs {
+                store.remove(b).await;
+            }
+        });
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
@@ -160,6 +207,7 @@ impl Pools {
     /// Removes the snapshots of `name` that are not of revision `keep`
     /// (none of them is ever restored again).
     pub fn remove_other_snapshots(&self, name: &str, keep: &str) {
+        self.forget_stored(&self.ctx.snapshots.join(name), Some(keep));
         let Ok(rd) = std::fs::read_dir(self.ctx.snapshots.join(name)) else {
             return;
         };
@@ -181,7 +229,7 @@ impl Pools {
         f: &FunctionRecord,
     ) -> Option<(Instance, PhaseTimings)> {
         let dir = self.snapshot_dir(f);
-        if !dir.join(thaw_snapshot::image::STATE_FILE).is_file() {
+        if !dir.join(crate::snapshots::META_FILE).is_file() {
             return None;
         }
         if self.ctx.memory_mode(f) != MemoryMode::Eager {
@@ -242,7 +290,7 @@ impl Pools {
         let dir = self.snapshot_dir(&f);
         let (pool, ctx, metrics) = (pool.clone(), self.ctx.clone(), self.metrics.clone());
         tokio::spawn(async move {
-            if dir.join(thaw_snapshot::image::STATE_FILE).is_file() {
+            if dir.join(crate::snapshots::META_FILE).is_file() {
                 match Instance::standby(&f, &ctx, &dir).await {
                     Ok((inst, t)) => {
                         tracing::debug!(function = %f.name, instance = %inst.id, setup_ms = t.sandbox_ms, "standby instance ready");
@@ -276,11 +324,26 @@ impl Pools {
     /// the whole snapshot once per version of its files), so that its first
     /// restore does not pay for it.
     pub async fn verify_snapshot(&self, f: &FunctionRecord) {
+        let dir = self.snapshot_dir(f);
+        // A snapshot a daemon without the store made goes into the store.
+        if let Some(store) = &self.ctx.store {
+            let plain = dir.join(thaw_snapshot::image::MEMORY_FILE).is_file()
+                && crate::snapshots::SnapshotMeta::read(&dir).is_ok_and(|m| m.store.is_none());
+            if plain {
+                match store.publish(f, &dir).await {
+                    Ok(_) => {
+                        tracing::info!(function = %f.name, "existing snapshot published to the store")
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %f.name, error = %e, "cannot publish an existing snapshot to the store")
+                    }
+                }
+            }
+        }
         if self.ctx.memory_mode(f) == MemoryMode::Eager {
             return;
         }
-        let dir = self.snapshot_dir(f);
-        if !dir.join(thaw_snapshot::image::STATE_FILE).is_file() {
+        if !dir.join(crate::snapshots::META_FILE).is_file() {
             return;
         }
         if let Err(e) = self.verified(&dir).await {
@@ -292,6 +355,29 @@ impl Pools {
     /// (inode, size, modification time) was verified before.
     async fn verified(&self, dir: &std::path::Path) -> Result<(), String> {
         use std::os::unix::fs::MetadataExt;
+        if let Some((store, blobs)) = self.stored(dir) {
+            // The host needs the small files; the memory image is read
+            // whole through the store once (every chunk authenticated, every
+            // page checked against the state), and again after a restore
+            // found a chunk it could not use.
+            store.materialize(dir, &blobs).await?;
+            let damaged = store.take_damaged(&blobs.memory.digest);
+            if !damaged && store.is_verified(&blobs.memory.digest) {
+                return Ok(());
+            }
+            let manifest = store.memory_manifest(&blobs.memory).await?;
+            let source = store.page_source(manifest);
+            let d = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                thaw_snapshot::image::Snapshot::open_with(&d, Box::new(source))
+                    .and_then(|s| s.verify())
+                    .map_err(|e| error_chain(&e))
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            store.set_verified(&blobs.memory.digest);
+            return Ok(());
+        }
         let key = |name: &str| -> Result<(u64, u64, i64, i64), String> {
             let m = std::fs::metadata(dir.join(name)).map_err(|e| e.to_string())?;
             Ok((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
@@ -386,6 +472,18 @@ impl Pools {
         // replace them, and have a sandbox ready for the first restore.
         let pool = self.pool_for(f);
         destroy_all(self.take_standby(&f.name, &pool)).await;
+        if let Some(store) = &self.ctx.store {
+            // Into the store: restores read the memory image from there.
+            self.builds.building(f, phase::PUBLISH);
+            match store.publish(f, &self.snapshot_dir(f)).await {
+                Ok(blobs) => {
+                    tracing::info!(function = %f.name, memory = %blobs.memory.name, "snapshot published to the store")
+                }
+                Err(e) => {
+                    tracing::warn!(function = %f.name, error = %e, "cannot publish the snapshot to the store; restoring from its local files")
+                }
+            }
+        }
         if self.ctx.memory_mode(f) != MemoryMode::Eager {
             // Verified now, not on the first restore's path.
             if let Err(e) = self.verified(&self.snapshot_dir(f)).await {
@@ -489,6 +587,7 @@ impl Pools {
             warmed_up,
             revision_id: f.revision_id.clone(),
             created: chrono::Utc::now().to_rfc3339(),
+            store: None,
         };
         let stats = match inst.checkpoint(&tmp).await {
             Ok(s) => s,
@@ -533,11 +632,34 @@ impl Pools {
     /// sandboxes prepared with it: the next restore records a new one.
     /// Returns whether there was one.
     pub fn rerecord_working_set(&self, f: &FunctionRecord) -> std::io::Result<bool> {
-        let path = self.snapshot_dir(f).join(WORKING_SET_FILE);
+        let dir = self.snapshot_dir(f);
+        let path = dir.join(WORKING_SET_FILE);
+        let stored = self
+            .stored(&dir)
+            .filter(|(_, blobs)| blobs.working_set.is_some());
         match std::fs::remove_file(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && stored.is_none() => {
+                return Ok(false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
+        }
+        if let Some((store, _)) = stored {
+            // Removed from the metadata now (before the next restore looks),
+            // from the store in the background.
+            let mut meta = crate::snapshots::SnapshotMeta::read(&dir)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let blob = meta.store.as_mut().and_then(|b| b.working_set.take());
+            meta.replace(&dir)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if let Some(b) = blob {
+                tokio::spawn(async move {
+                    if let Err(e) = store.store().delete(&b.tenant, &b.name).await {
+                        tracing::warn!(blob = %b.name, error = %error_chain(&e), "cannot remove a working set from the store");
+                    }
+                });
+            }
         }
         let pool = lock(&self.functions).get(&f.name).cloned();
         if let Some(pool) = pool {
@@ -561,6 +683,7 @@ impl Pools {
         }
         self.builds.forget(name);
         let dir = self.ctx.snapshots.join(name);
+        self.forget_stored(&dir, None);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -870,6 +993,14 @@ impl Pools {
                     if let Err(e) = std::fs::remove_file(&path) {
                         tracing::warn!(function = %f.name, error = %e, "cannot remove the refused working set");
                     }
+                    if let Some((store, _)) = self.stored(dir) {
+                        let d = dir.to_path_buf();
+                        tokio::spawn(async move {
+                            if let Err(e) = store.publish_working_set(&d, false).await {
+                                tracing::warn!(error = %e, "cannot remove the refused working set from the store");
+                            }
+                        });
+                    }
                     return None;
                 }
                 other => {
@@ -880,9 +1011,26 @@ impl Pools {
         };
         let d = dir.to_path_buf();
         let (metrics, name, faults) = (self.metrics.clone(), f.name.clone(), report.faults);
+        let stored = self.stored(dir);
         Some(tokio::spawn(async move {
+            let source: Option<Box<dyn thaw_snapshot::image::PageSource>> = match &stored {
+                Some((store, blobs)) => match store.memory_manifest(&blobs.memory).await {
+                    Ok(m) => Some(Box::new(store.page_source(m))),
+                    Err(e) => {
+                        metrics.count_working_set(&name, "write_failed");
+                        tracing::warn!(function = %name, error = %e, "cannot write the working set");
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let dir = d.clone();
             let written = tokio::task::spawn_blocking(move || -> Result<_, String> {
-                let snap = thaw_snapshot::image::Snapshot::open(&d).map_err(|e| error_chain(&e))?;
+                let snap = match source {
+                    Some(source) => thaw_snapshot::image::Snapshot::open_with(&d, source),
+                    None => thaw_snapshot::image::Snapshot::open(&d),
+                }
+                .map_err(|e| error_chain(&e))?;
                 let order = match job {
                     WsJob::Record => pages,
                     WsJob::Extend => {
@@ -898,6 +1046,14 @@ impl Pools {
             let event = match job {
                 WsJob::Record => "recorded",
                 WsJob::Extend => "rerecorded",
+            };
+            let written = match (written, &stored) {
+                (Ok(summary), Some((store, _))) => store
+                    .publish_working_set(&dir, true)
+                    .await
+                    .map(|()| summary)
+                    .map_err(|e| format!("cannot publish it to the store: {e}")),
+                (w, _) => w,
             };
             match written {
                 Ok(summary) => {

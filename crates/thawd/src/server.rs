@@ -72,6 +72,7 @@ impl Platform {
         let logs = Arc::new(LogStore::open(data_dir.join("logs"))?);
         let metrics = Arc::new(Metrics::new()?);
         let registry = Registry::open(&data_dir).context("cannot load the function registry")?;
+        let store = open_store(&config, &data_dir)?;
         let runtimes = HostRuntimes::discover();
         let ctx = InstanceContext {
             init_binary: config.init_binary.clone(),
@@ -89,6 +90,7 @@ impl Platform {
             snapshot_read_throttle: config.snapshot_read_throttle,
             secrets: config.secret_policy.clone(),
             snapshot_clock_offset: config.snapshot_clock_offset,
+            store,
         };
         let pools = Pools::new(
             ctx,
@@ -105,6 +107,44 @@ impl Platform {
             logs,
         })
     }
+}
+
+/// The snapshot store `config` asks for (none when it is off).
+fn open_store(
+    config: &DaemonConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Option<Arc<crate::snapstore::SnapshotStore>>> {
+    use crate::config::StoreSetting;
+    use crate::secrets::KeySource;
+    if matches!(config.store, StoreSetting::Off) {
+        return Ok(None);
+    }
+    let key_file = config
+        .store_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("keys").join("store.key"));
+    let master = crate::secrets::KeyFile(key_file.clone())
+        .key()
+        .with_context(|| format!("cannot read the store key {}", key_file.display()))?;
+    let mut store_config = thaw_store::StoreConfig {
+        memory_budget: config.store_memory_bytes,
+        ..thaw_store::StoreConfig::default()
+    };
+    let store = match &config.store {
+        StoreSetting::Off => unreachable!("handled above"),
+        StoreSetting::Local => {
+            thaw_store::Store::local(&data_dir.join("store"), master, store_config)
+        }
+        StoreSetting::S3(s3) => {
+            if config.store_disk_cache_bytes > 0 {
+                store_config.disk_cache =
+                    Some((data_dir.join("store-cache"), config.store_disk_cache_bytes));
+            }
+            thaw_store::Store::s3(s3, master, store_config)
+        }
+    }
+    .context("cannot open the snapshot store")?;
+    Ok(Some(Arc::new(crate::snapstore::SnapshotStore::new(store))))
 }
 
 impl Platform {
@@ -237,6 +277,22 @@ pub async fn serve_with(
         })
     };
 
+    // Chunks no snapshot references any more (deleted functions, replaced
+    // revisions and working sets) are collected once an hour; the grace
+    // period keeps any a publish is about to reference.
+    let collector = platform.pools.ctx().store.clone().map(|store| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match store.store().gc().await {
+                    Ok(r) => tracing::info!(removed = r.removed, referenced = r.referenced, "snapshot store collected"),
+                    Err(e) => tracing::warn!(error = %thaw_runtime::error_chain(&e), "snapshot store collection failed"),
+                }
+            }
+        })
+    });
     let app = crate::api::router(platform.clone());
     // Kill instances as soon as shutdown starts: graceful shutdown waits for
     // in-flight requests, and an invocation may otherwise run for minutes.
@@ -249,6 +305,9 @@ pub async fn serve_with(
         .with_graceful_shutdown(shutdown)
         .await;
     reaper.abort();
+    if let Some(c) = collector {
+        c.abort();
+    }
     // Stop instances even if serving failed.
     platform.pools.shutdown().await;
     tracing::info!("all instances stopped");

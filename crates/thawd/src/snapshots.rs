@@ -30,6 +30,10 @@ pub struct SnapshotMeta {
     pub revision_id: String,
     /// When it was taken (RFC 3339).
     pub created: String,
+    /// Where its files are in the snapshot store, once published there
+    /// (the memory image is then only there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::snapstore::StoredBlobs>,
 }
 
 /// Why the metadata cannot be read or written.
@@ -83,6 +87,26 @@ impl SnapshotMeta {
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)
     }
+
+    /// Replaces the metadata in `dir` (written to a temporary file and
+    /// renamed over the old one: a reader sees either whole).
+    pub fn replace(&self, dir: &Path) -> Result<(), MetaError> {
+        let tmp = dir.join(format!(".{META_FILE}.{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&tmp).map_err(|source| MetaError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        let result = self.write(&tmp).and_then(|()| {
+            std::fs::rename(tmp.join(META_FILE), dir.join(META_FILE)).map_err(|source| {
+                MetaError::Io {
+                    path: dir.join(META_FILE),
+                    source,
+                }
+            })
+        });
+        let _ = std::fs::remove_dir_all(&tmp);
+        result
+    }
 }
 
 #[cfg(test)]
@@ -97,6 +121,7 @@ mod tests {
             warmed_up: true,
             revision_id: "r1".into(),
             created: "2026-11-23T00:00:00Z".into(),
+            store: None,
         };
         m.write(dir.path()).unwrap();
         assert_eq!(SnapshotMeta::read(dir.path()).unwrap(), m);

@@ -1,0 +1,366 @@
+//! Snapshots in the snapshot store (`thaw-store`).
+//!
+//! Owns: publishing a snapshot the pipeline built (its state, memory image
+//! and working set become blobs of the function's tenant), the host's copy
+//! of a stored snapshot's small files (state and working set, fetched from
+//! the store when missing), the page socket that serves a restore's memory
+//! image from the store, and removing a snapshot's blobs.
+//!
+//! A stored snapshot's directory keeps `thaw-snapshot.json` (with the blob
+//! references: tenant, name, digest, size), `state.thaw` and
+//! `workingset.thaw`; the memory image lives only in the store. Every byte
+//! a restore reads comes through the store, which authenticates each chunk
+//! (and, for the small files, the whole blob against the recorded digest);
+//! the engine checks the pages once more against the state's chunk hashes.
+//!
+//! Must not: hand a sandbox anything but its own snapshot's bytes (the page
+//! socket serves exactly one memory image), or log a key.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use thaw_snapshot::image::{PageSource, MEMORY_FILE, STATE_FILE};
+use thaw_snapshot::workingset::WORKING_SET_FILE;
+use thaw_store::{BlobRef, Manifest, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::registry::FunctionRecord;
+use crate::snapshots::SnapshotMeta;
+
+/// Environment variable naming a function's tenant (its snapshots' chunks
+/// dedupe with the tenant's other functions and never with another
+/// tenant's). Unset: `default`.
+pub const TENANT_VARIABLE: &str = "THAW_TENANT";
+
+/// The blobs of a stored snapshot, recorded in its `thaw-snapshot.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredBlobs {
+    /// `state.thaw`.
+    pub state: BlobRef,
+    /// `memory.thaw`.
+    pub memory: BlobRef,
+    /// `workingset.thaw`, once one is recorded.
+    #[serde(default)]
+    pub working_set: Option<BlobRef>,
+}
+
+/// The daemon's snapshot store.
+pub struct SnapshotStore {
+    store: Arc<Store>,
+    /// Opened memory-image manifests, by blob name and digest.
+    manifests: Mutex<HashMap<(String, String), Arc<Manifest>>>,
+    /// Memory images (by digest) read whole and found intact.
+    verified: Mutex<std::collections::HashSet<String>>,
+    /// Memory images (by digest) a restore could not read a range of.
+    damaged: Mutex<std::collections::HashSet<String>>,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `f`'s tenant.
+pub fn tenant_of(f: &FunctionRecord) -> String {
+    f.environment
+        .get(TENANT_VARIABLE)
+        .cloned()
+        .unwrap_or_else(|| "default".into())
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename (root
+/// only), so a reader sees the old file or the whole new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl SnapshotStore {
+    /// Uses `store`.
+    pub fn new(store: Store) -> Self {
+        SnapshotStore {
+            store: Arc::new(store),
+            manifests: Mutex::new(HashMap::new()),
+            verified: Mutex::default(),
+            damaged: Mutex::default(),
+        }
+    }
+
+    /// The store itself (statistics, collection).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Whether the memory image with `digest` was read whole and intact.
+    pub fn is_verified(&self, digest: &str) -> bool {
+        lock(&self.verified).contains(digest)
+    }
+
+    /// Records that the memory image with `digest` was read whole and intact.
+    pub fn set_verified(&self, digest: &str) {
+        lock(&self.verified).insert(digest.to_string());
+    }
+
+    /// Whether a restore failed to read the memory image with `digest`
+    /// since the last call (which clears it, and its verification).
+    pub fn take_damaged(&self, digest: &str) -> bool {
+        let damaged = lock(&self.damaged).remove(digest);
+        if damaged {
+            lock(&self.verified).remove(digest);
+        }
+        damaged
+    }
+
+    /// Forgets every opened manifest and the store's memory tier
+    /// (benchmarks: the next restore reads as a host that never saw the
+    /// snapshot would).
+    pub fn drop_caches(&self) {
+        lock(&self.manifests).clear();
+        self.store.clear_memory();
+    }
+
+    /// Publishes the snapshot in `dir` (built and validated, its working
+    /// set recorded if the validation recorded one) as `f`'s: state,
+    /// memory image and working set become blobs, the references go into
+    /// its metadata, and the local memory image is removed (restores read
+    /// it from the store from now on).
+    pub async fn publish(&self, f: &FunctionRecord, dir: &Path) -> Result<StoredBlobs, String> {
+        let tenant = tenant_of(f);
+        let state = tokio::fs::read(dir.join(STATE_FILE)).await.map_err(err)?;
+        let id = blake3::hash(&state).to_hex();
+        let prefix = format!("snapshots/{}/{}/{}", f.name, f.revision_id, &id[..16]);
+        let memory = tokio::fs::read(dir.join(MEMORY_FILE)).await.map_err(err)?;
+        let put = |name: &'static str, bytes: Vec<u8>| {
+            let (tenant, blob) = (tenant.clone(), format!("{prefix}/{name}"));
+            async move {
+                self.store
+                    .put(&tenant, &blob, &bytes)
+                    .await
+                    .map(|r| r.blob)
+                    .map_err(|e| {
+                        format!("cannot publish {blob}: {}", thaw_runtime::error_chain(&e))
+                    })
+            }
+        };
+        let memory = put("memory", memory).await?;
+        let state = put("state", state).await?;
+        let working_set = match tokio::fs::read(dir.join(WORKING_SET_FILE)).await {
+            Ok(b) => Some(put("workingset", b).await?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(err(e)),
+        };
+        let blobs = StoredBlobs {
+            state,
+            memory,
+            working_set,
+        };
+        let mut meta = SnapshotMeta::read(dir).map_err(err)?;
+        meta.store = Some(blobs.clone());
+        meta.replace(dir).map_err(err)?;
+        tokio::fs::remove_file(dir.join(MEMORY_FILE))
+            .await
+            .map_err(err)?;
+        Ok(blobs)
+    }
+
+    /// Publishes the working set now in `dir` (recorded or extended by the
+    /// daemon) and records it in the snapshot's metadata; `None` removes it
+    /// from the store and the metadata (a refused one).
+    pub async fn publish_working_set(&self, dir: &Path, present: bool) -> Result<(), String> {
+        let mut meta = SnapshotMeta::read(dir).map_err(err)?;
+        let Some(blobs) = meta.store.as_mut() else {
+            return Ok(());
+        };
+        let name = blobs
+            .memory
+            .name
+            .strip_suffix("/memory")
+            .map(|p| format!("{p}/workingset"))
+            .ok_or_else(|| format!("odd blob name {}", blobs.memory.name))?;
+        if present {
+            let bytes = tokio::fs::read(dir.join(WORKING_SET_FILE))
+                .await
+                .map_err(err)?;
+            let r = self
+                .store
+                .put(&blobs.memory.tenant, &name, &bytes)
+                .await
+                .map_err(|e| thaw_runtime::error_chain(&e))?;
+            blobs.working_set = Some(r.blob);
+        } else {
+            if blobs.working_set.take().is_none() {
+                return Ok(());
+            }
+            self.store
+                .delete(&blobs.memory.tenant, &name)
+                .await
+                .map_err(|e| thaw_runtime::error_chain(&e))?;
+        }
+        meta.replace(dir).map_err(err)
+    }
+
+    /// Makes sure the host has the stored snapshot's state and working set
+    /// in `dir` (fetching whichever is missing from the store, checked
+    /// against the recorded digest).
+    pub async fn materialize(&self, dir: &Path, blobs: &StoredBlobs) -> Result<(), String> {
+        let mut wanted = vec![(STATE_FILE, &blobs.state)];
+        if let Some(ws) = &blobs.working_set {
+            wanted.push((WORKING_SET_FILE, ws));
+        }
+        for (file, blob) in wanted {
+            let path = dir.join(file);
+            if path.is_file() {
+                continue;
+            }
+            let bytes = self
+                .store
+                .get(blob)
+                .await
+                .map_err(|e| thaw_runtime::error_chain(&e))?;
+            write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The memory image's manifest (authenticated, checked against the
+    /// recorded digest), opened once and kept.
+    pub async fn memory_manifest(&self, blob: &BlobRef) -> Result<Arc<Manifest>, String> {
+        let key = (blob.name.clone(), blob.digest.clone());
+        if let Some(m) = lock(&self.manifests).get(&key) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(
+            self.store
+                .manifest(blob)
+                .await
+                .map_err(|e| thaw_runtime::error_chain(&e))?,
+        );
+        lock(&self.manifests).insert(key, m.clone());
+        Ok(m)
+    }
+
+    /// Serves the page socket of one restore: ranges of the memory image
+    /// `m`, until the sandbox closes its end. Errors are answered (the
+    /// engine fails the restore, or the page server kills the runtime);
+    /// the task ends with the socket.
+    pub fn serve_pages(self: &Arc<Self>, sock: tokio::net::UnixStream, m: Arc<Manifest>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut sock = sock;
+            let mut req = [0u8; 12];
+            loop {
+                if sock.read_exact(&mut req).await.is_err() {
+                    return;
+                }
+                let (offset, len) = thaw_runtime::control::pages::parse_request(&req);
+                let answer = if offset == thaw_runtime::control::pages::LENGTH {
+                    thaw_runtime::control::pages::answer(Ok(&m.size.to_le_bytes()))
+                } else if len > thaw_runtime::control::pages::MAX_REQUEST {
+                    thaw_runtime::control::pages::answer(Err("request too large"))
+                } else {
+                    match this.store.read_range(&m, offset, len as usize).await {
+                        Ok(b) => thaw_runtime::control::pages::answer(Ok(&b)),
+                        Err(e) => {
+                            // The next restore verifies the whole image
+                            // first (and starts cold if it stays damaged).
+                            lock(&this.damaged).insert(m.digest.clone());
+                            let msg = thaw_runtime::error_chain(&e);
+                            tracing::warn!(blob = %m.name, offset, len, error = %msg, "cannot serve a restore's memory");
+                            thaw_runtime::control::pages::answer(Err(&msg))
+                        }
+                    }
+                };
+                if sock.write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A reader of the memory image for the daemon's own use (writing
+    /// working sets); must be used off the async runtime's threads.
+    pub fn page_source(&self, m: Arc<Manifest>) -> StorePages {
+        StorePages {
+            store: self.store.clone(),
+            manifest: m,
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Removes the blobs of a stored snapshot (their chunks go at the next
+    /// collection unless other snapshots share them).
+    pub async fn remove(&self, blobs: &StoredBlobs) {
+        for b in [
+            Some(&blobs.state),
+            Some(&blobs.memory),
+            blobs.working_set.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Err(e) = self.store.delete(&b.tenant, &b.name).await {
+                tracing::warn!(blob = %b.name, error = %thaw_runtime::error_chain(&e), "cannot remove a snapshot blob");
+            }
+        }
+    }
+}
+
+/// A stored memory image read synchronously (see
+/// [`SnapshotStore::page_source`]).
+pub struct StorePages {
+    store: Arc<Store>,
+    manifest: Arc<Manifest>,
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for StorePages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorePages")
+            .field("blob", &self.manifest.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PageSource for StorePages {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let bytes = self
+            .handle
+            .block_on(self.store.read_range(&self.manifest, offset, buf.len()))
+            .map_err(std::io::Error::other)?;
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.manifest.size)
+    }
+}
