@@ -194,6 +194,8 @@ pub fn run(opts: WorkingSetOptions) -> anyhow::Result<()> {
         let daemon = LocalDaemon::start(data.clone(), |c| {
             c.memory_mode = MemoryMode::WorkingSet;
             c.standby_per_function = 0;
+            // The engine's own files (bench store-restore compares the store).
+            c.store = thawd::config::StoreSetting::Off;
         })?;
         let client = Client::new(&daemon.endpoint)?;
         deploy(&client, f)?;
@@ -250,6 +252,7 @@ pub fn run(opts: WorkingSetOptions) -> anyhow::Result<()> {
                     cfg.standby_per_function = 0;
                     cfg.snapshot_read_throttle = *throttle;
                     cfg.fault_around = opts.fault_around;
+                    cfg.store = thawd::config::StoreSetting::Off;
                 })?;
                 let client = Client::new(&daemon.endpoint)?;
                 // Once untimed: the daemon's first lazy restore verifies

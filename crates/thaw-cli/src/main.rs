@@ -10,6 +10,7 @@
 mod bench;
 mod bench_restore;
 mod bench_store;
+mod bench_store_restore;
 mod bench_working_set;
 mod demo;
 mod functions;
@@ -117,6 +118,21 @@ enum BenchCommand {
         #[arg(long, default_value = "target/bench-cache")]
         cache_dir: std::path::PathBuf,
     },
+    /// The snapshot store vs a plain file: first response of cold restores
+    /// with the snapshot as a plain local file, from the store's local tier
+    /// and from its S3 tier (Garage on loopback, if built), lazy and lazy +
+    /// working set.
+    StoreRestore {
+        /// Measured restores per function, tier and mode.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Where pip packages (pyaes, chameleon, pillow) are installed once.
+        #[arg(long, default_value = "target/bench-cache")]
+        cache_dir: std::path::PathBuf,
+        /// Only the hello-world functions (no package installs).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Working-set prefetch: eager, lazy and lazy + working set on the
     /// same snapshot with the page cache dropped before each restore (and
     /// with pages in memory for reference): first response, pages faulted,
@@ -220,6 +236,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bytes_per_sec: slow_tier_mbps * 1_000_000,
             }),
             fault_around,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::StoreRestore {
+            runs,
+            cache_dir,
+            quick,
+        }) => bench_store_restore::run(bench_store_restore::StoreRestoreOptions {
+            runs,
+            cache_dir,
+            quick,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Store { cache_dir }) => {

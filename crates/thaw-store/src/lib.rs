@@ -20,6 +20,7 @@
 pub mod cache;
 pub mod chunk;
 pub mod chunker;
+pub mod garage;
 pub mod manifest;
 pub mod store;
 

@@ -4,166 +4,14 @@
 //! `scripts/install-test-tools.sh` builds) or `PATH`; without it the test
 //! says so loudly and skips (and fails where `THAW_REQUIRE_ALL=1`, as in CI).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::ObjectStore;
-use thaw_store::{S3Config, Store, StoreConfig, StoreError};
+use thaw_store::{Store, StoreConfig, StoreError};
 
 const MASTER: [u8; 32] = [5; 32];
-
-fn garage_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("THAW_GARAGE") {
-        return Some(PathBuf::from(p));
-    }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/bin/garage");
-    if local.exists() {
-        return Some(local);
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join("garage"))
-        .find(|p| p.exists())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A single-node Garage on loopback, killed on drop.
-struct Garage {
-    child: Child,
-    bin: PathBuf,
-    config: PathBuf,
-    s3: S3Config,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Garage {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Garage {
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.bin)
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .expect("run garage");
-        assert!(
-            out.status.success(),
-            "garage {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn start(bin: PathBuf) -> Garage {
-        let dir = tempfile::tempdir().unwrap();
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-        let secret: String = (0..32)
-            .map(|i| format!("{:02x}", (i * 37 + 11) % 256))
-            .collect();
-        let config = dir.path().join("garage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"metadata_dir = "{d}/meta"
-data_dir = "{d}/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:{rpc}"
-rpc_public_addr = "127.0.0.1:{rpc}"
-rpc_secret = "{secret}"
-
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:{s3}"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:{admin}"
-"#,
-                d = dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start garage");
-        let mut g = Garage {
-            child,
-            bin,
-            config,
-            s3: S3Config {
-                endpoint: format!("http://127.0.0.1:{s3}"),
-                bucket: "thaw".into(),
-                region: "garage".into(),
-                access_key_id: String::new(),
-                secret_access_key: String::new(),
-            },
-            _dir: dir,
-        };
-        // Wait for the node, then give it a role, a bucket and a key.
-        let t0 = Instant::now();
-        let node = loop {
-            let out = Command::new(&g.bin)
-                .arg("-c")
-                .arg(&g.config)
-                .args(["node", "id", "-q"])
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).trim().to_string();
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "garage did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let id = node.split('@').next().unwrap().to_string();
-        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
-        g.cli(&["layout", "apply", "--version", "1"]);
-        g.cli(&["bucket", "create", "thaw"]);
-        let key = g.cli(&["key", "create", "thaw-test"]);
-        let field = |name: &str| {
-            key.lines()
-                .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-                .unwrap_or_else(|| panic!("no {name} in {key}"))
-        };
-        g.s3.access_key_id = field("Key ID:");
-        g.s3.secret_access_key = field("Secret key:");
-        g.cli(&[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            "thaw",
-            "--key",
-            "thaw-test",
-        ]);
-        g
-    }
-}
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2).wrapping_add(1);
@@ -179,7 +27,8 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_s3_tier_against_a_real_garage_server() {
-    let Some(bin) = garage_binary() else {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Some(bin) = thaw_store::garage::find_binary(Some(&workspace)) else {
         assert!(
             std::env::var("THAW_REQUIRE_ALL").as_deref() != Ok("1"),
             "no garage binary (scripts/install-test-tools.sh builds it) and THAW_REQUIRE_ALL=1"
@@ -187,7 +36,8 @@ async fn the_s3_tier_against_a_real_garage_server() {
         eprintln!("SKIP: no garage binary: run scripts/install-test-tools.sh or set THAW_GARAGE");
         return;
     };
-    let garage = Garage::start(bin);
+    let dir = tempfile::tempdir().unwrap();
+    let garage = thaw_store::garage::Garage::start(&bin, dir.path()).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         memory_budget: 0,

@@ -331,22 +331,14 @@ impl Instance {
                     .join(thaw_snapshot::image::MEMORY_FILE)
                     .exists() =>
             {
-                let platform = |e: String| StartError::Platform(format!("snapshot store: {e}"));
-                store
-                    .materialize(snapshot_dir, blobs)
-                    .await
-                    .map_err(platform)?;
-                let manifest = store
-                    .memory_manifest(&blobs.memory)
-                    .await
-                    .map_err(platform)?;
                 let (ours, theirs) = StdUnixStream::pair()
                     .map_err(|e| StartError::Platform(format!("socketpair: {e}")))?;
                 let ours = ours
                     .set_nonblocking(true)
                     .and_then(|()| UnixStream::from_std(ours))
                     .map_err(|e| StartError::Platform(format!("page socket: {e}")))?;
-                store.serve_pages(ours, manifest);
+                // Fetching what the host lacks overlaps building the sandbox.
+                store.serve_restore(ours, snapshot_dir.to_path_buf(), blobs.clone());
                 Some(OwnedFd::from(theirs))
             }
             (Some(_), None)
@@ -428,7 +420,11 @@ impl Instance {
                 .chain(secret)
                 .collect();
             let mode = ctx.memory_mode(f);
-            let has_working_set = dir.join(WORKING_SET_FILE).exists();
+            // (A stored snapshot's may still be on its way from the store.)
+            let has_working_set = dir.join(WORKING_SET_FILE).exists()
+                || (pages.is_some()
+                    && crate::snapshots::SnapshotMeta::read(dir)
+                        .is_ok_and(|m| m.store.is_some_and(|b| b.working_set.is_some())));
             spec.restore = Some(RestoreSpec {
                 snapshot_dir: SNAPSHOT_MOUNT.into(),
                 lazy: mode != MemoryMode::Eager,

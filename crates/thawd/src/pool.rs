@@ -192,6 +192,20 @@ impl Pools {
         });
     }
 
+    /// Removes the snapshot in `dir`: its blobs in the store (in the
+    /// background) and the directory.
+    pub fn discard_snapshot_dir(&self, dir: &std::path::Path) {
+        if let (Some(store), Ok(meta)) = (
+            self.ctx.store.clone(),
+            crate::snapshots::SnapshotMeta::read(dir),
+        ) {
+            if let Some(blobs) = meta.store {
+                tokio::spawn(async move { store.remove(&blobs).await });
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
@@ -360,11 +374,11 @@ impl Pools {
             // whole through the store once (every chunk authenticated, every
             // page checked against the state), and again after a restore
             // found a chunk it could not use.
-            store.materialize(dir, &blobs).await?;
             let damaged = store.take_damaged(&blobs.memory.digest);
             if !damaged && store.is_verified(&blobs.memory.digest) {
                 return Ok(());
             }
+            store.materialize(dir, &blobs).await?;
             let manifest = store.memory_manifest(&blobs.memory).await?;
             let source = store.page_source(manifest);
             let d = dir.to_path_buf();
@@ -601,7 +615,7 @@ impl Pools {
             return Err(e.to_string());
         }
         let size = dir_size(&tmp);
-        let _ = std::fs::remove_dir_all(&dir);
+        self.discard_snapshot_dir(&dir);
         std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok((invoke_ms, stats, size, meta))
     }

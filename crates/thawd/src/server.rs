@@ -192,7 +192,7 @@ impl Platform {
                 match p.pools.create_snapshot(&f, payload).await {
                     Ok(_) if !current(&p) => {
                         tracing::info!("revision replaced during the build; snapshot discarded");
-                        let _ = std::fs::remove_dir_all(p.pools.snapshot_dir(&f));
+                        p.pools.discard_snapshot_dir(&p.pools.snapshot_dir(&f));
                     }
                     Ok(r) => {
                         p.pools.remove_other_snapshots(&f.name, &f.revision_id);

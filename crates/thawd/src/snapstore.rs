@@ -232,23 +232,63 @@ impl SnapshotStore {
     /// in `dir` (fetching whichever is missing from the store, checked
     /// against the recorded digest).
     pub async fn materialize(&self, dir: &Path, blobs: &StoredBlobs) -> Result<(), String> {
-        let mut wanted = vec![(STATE_FILE, &blobs.state)];
-        if let Some(ws) = &blobs.working_set {
-            wanted.push((WORKING_SET_FILE, ws));
-        }
-        for (file, blob) in wanted {
+        let fetch = |file: &'static str, blob: Option<BlobRef>| {
             let path = dir.join(file);
-            if path.is_file() {
-                continue;
+            async move {
+                let Some(blob) = blob.filter(|_| !path.is_file()) else {
+                    return Ok(());
+                };
+                let bytes = self
+                    .store
+                    .get(&blob)
+                    .await
+                    .map_err(|e| thaw_runtime::error_chain(&e))?;
+                write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
             }
-            let bytes = self
-                .store
-                .get(blob)
-                .await
-                .map_err(|e| thaw_runtime::error_chain(&e))?;
-            write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        Ok(())
+        };
+        // Both at once: each is a manifest and then its chunks, in parallel.
+        let (state, ws) = tokio::join!(
+            fetch(STATE_FILE, Some(blobs.state.clone())),
+            fetch(WORKING_SET_FILE, blobs.working_set.clone())
+        );
+        state.and(ws)
+    }
+
+    /// Serves the page socket of one restore of the stored snapshot in
+    /// `dir` (see [`SnapshotStore::serve_pages`]), once the host has its
+    /// small files and the memory image's manifest is open: that work runs
+    /// while the sandbox is built, and the restore waits for it only when
+    /// it first asks (for the image's length, before it reads the state).
+    pub fn serve_restore(
+        self: &Arc<Self>,
+        sock: tokio::net::UnixStream,
+        dir: std::path::PathBuf,
+        blobs: StoredBlobs,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ready = async {
+                let (files, manifest) = tokio::join!(
+                    this.materialize(&dir, &blobs),
+                    this.memory_manifest(&blobs.memory)
+                );
+                files.and(manifest)
+            }
+            .await;
+            match ready {
+                Ok(m) => this.serve_pages(sock, m),
+                Err(e) => {
+                    tracing::warn!(snapshot = %dir.display(), error = %e, "cannot prepare a restore from the store");
+                    let mut sock = sock;
+                    let mut req = [0u8; 12];
+                    if sock.read_exact(&mut req).await.is_ok() {
+                        let _ = sock
+                            .write_all(&thaw_runtime::control::pages::answer(Err(&e)))
+                            .await;
+                    }
+                }
+            }
+        });
     }
 
     /// The memory image's manifest (authenticated, checked against the
@@ -274,7 +314,29 @@ impl SnapshotStore {
     /// the task ends with the socket.
     pub fn serve_pages(self: &Arc<Self>, sock: tokio::net::UnixStream, m: Arc<Manifest>) {
         let this = self.clone();
+        // The rest of the image is loaded into the memory tier in the
+        // background (a few chunks at a time), so the misses of this
+        // restore (and the next restores on this host) find it there
+        // instead of waiting for a remote tier one request at a time.
+        let loader = {
+            let (this, m) = (self.clone(), m.clone());
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let chunks = m.chunks.clone();
+                futures::stream::iter(chunks)
+                    .for_each_concurrent(BACKGROUND_LOADS, |c| {
+                        let this = this.clone();
+                        async move {
+                            if let Err(e) = this.store.chunk(&c).await {
+                                tracing::debug!(chunk = %c.id, error = %thaw_runtime::error_chain(&e), "background load failed");
+                            }
+                        }
+                    })
+                    .await;
+            })
+        };
         tokio::spawn(async move {
+            let _loader = AbortOnDrop(loader);
             let mut sock = sock;
             let mut req = [0u8; 12];
             loop {
@@ -331,6 +393,19 @@ impl SnapshotStore {
                 tracing::warn!(blob = %b.name, error = %thaw_runtime::error_chain(&e), "cannot remove a snapshot blob");
             }
         }
+    }
+}
+
+/// Chunks a restore loads at once in the background.
+const BACKGROUND_LOADS: usize = 4;
+
+/// Aborts a task when dropped (a restore's background loading ends with
+/// its page socket).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
