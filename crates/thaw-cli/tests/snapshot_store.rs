@@ -13,26 +13,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{can_run, deploy_env, instance_cgroups, invoke, Daemon};
+use common::{
+    can_run, deploy_env, instance_cgroups, invoke, metric_in, metrics_text, pages_sum,
+    snapshot_dir, Daemon,
+};
 use serde_json::json;
 use thaw_api::{Client, StartKind};
-
-/// The sum `py-pages` returns for pages `[a, b)`.
-fn expected_sum(a: u64, b: u64) -> u64 {
-    (a..b).map(|i| i * 7919 + 13).sum()
-}
-
-fn snapshot_dir(d: &Daemon, name: &str) -> PathBuf {
-    let dir = d.data_dir.join("snapshots").join(name);
-    let mut revs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    assert_eq!(revs.len(), 1, "{revs:?}");
-    revs.remove(0)
-}
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -54,21 +40,6 @@ fn chunks(d: &Daemon) -> Vec<PathBuf> {
     files_under(&d.data_dir.join("store").join("chunks"))
 }
 
-fn metrics(d: &Daemon) -> String {
-    reqwest::blocking::get(format!("{}/metrics", d.endpoint))
-        .unwrap()
-        .text()
-        .unwrap()
-}
-
-fn metric(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn drop_caches(d: &Daemon) {
     let r = reqwest::blocking::Client::new()
         .post(format!("{}/thaw/v1/store/drop-caches", d.endpoint))
@@ -83,7 +54,7 @@ fn fresh_sum(c: &Client, name: &str, a: u64, b: u64) -> (Option<StartKind>, Stri
     c.retire_instances(name).unwrap();
     let (r, v) = invoke(c, name, json!({"from": a, "to": b}));
     assert!(r.function_error.is_none(), "{v}");
-    assert_eq!(v["sum"], json!(expected_sum(a, b)), "pages {a}..{b}: {v}");
+    assert_eq!(v["sum"], json!(pages_sum(a, b)), "pages {a}..{b}: {v}");
     let m = r.memory.map(|m| m.to_string()).unwrap_or_default();
     eprintln!("{name} {a}..{b}: {:?} {m}", r.start);
     (r.start, m)
@@ -147,17 +118,17 @@ fn snapshots_are_published_to_the_store_and_restored_from_it() {
     std::fs::remove_file(dir.join("state.thaw")).unwrap();
     std::fs::remove_file(dir.join("workingset.thaw")).unwrap();
     drop_caches(&d);
-    let before = metric(
-        &metrics(&d),
+    let before = metric_in(
+        &metrics_text(&d),
         "thaw_store_chunks_total{tier=\"object\",result=\"hit\"}",
     );
     let (start, m) = fresh_sum(&c, "pages", 0, 256);
     assert_eq!(start, Some(StartKind::Restored));
     assert!(m.contains("working-set=used"), "{m}");
     assert!(dir.join("state.thaw").is_file() && dir.join("workingset.thaw").is_file());
-    let text = metrics(&d);
+    let text = metrics_text(&d);
     assert!(
-        metric(
+        metric_in(
             &text,
             "thaw_store_chunks_total{tier=\"object\",result=\"hit\"}"
         ) > before,
@@ -232,7 +203,7 @@ fn a_tampered_chunk_never_reaches_an_instance() {
         Ok(r) if r.function_error.is_none() => {
             assert_eq!(r.start, Some(StartKind::Cold), "{r:?}");
             let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
-            assert_eq!(v["sum"], json!(expected_sum(3000, 6000)));
+            assert_eq!(v["sum"], json!(pages_sum(3000, 6000)));
         }
         other => eprintln!("ws with a damaged store: {other:?}"),
     }

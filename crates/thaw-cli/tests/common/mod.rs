@@ -133,7 +133,10 @@ impl Daemon {
             .arg(data_dir)
             .args(pipeline)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("THAW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn thaw serve");
@@ -332,4 +335,45 @@ pub fn cgroups_mentioning(needle: &str) -> Vec<PathBuf> {
     }
     walk(Path::new("/sys/fs/cgroup"), needle, &mut out, 0);
     out
+}
+
+/// The sum the `py-pages` test function returns for pages `[a, b)`.
+pub fn pages_sum(a: u64, b: u64) -> u64 {
+    (a..b).map(|i| i * 7919 + 13).sum()
+}
+
+/// The snapshot directory of `name`'s only revision.
+pub fn snapshot_dir(d: &Daemon, name: &str) -> PathBuf {
+    let dir = d.data_dir.join("snapshots").join(name);
+    let mut revs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(revs.len(), 1, "{revs:?}");
+    revs.remove(0)
+}
+
+/// The value of the first line of the daemon's `/metrics` that starts
+/// with `line_start` (0 if there is none).
+pub fn metric(d: &Daemon, line_start: &str) -> f64 {
+    metric_in(&metrics_text(d), line_start)
+}
+
+/// The daemon's `/metrics` text.
+pub fn metrics_text(d: &Daemon) -> String {
+    reqwest::blocking::get(format!("{}/metrics", d.endpoint))
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// The value of the first line of `text` that starts with `line_start`.
+pub fn metric_in(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
