@@ -288,7 +288,9 @@ fn secrets_are_delivered_after_restore_and_stored_nowhere() {
     }
     let canary = format!("canary-{}", uuid_like());
     let other = format!("other-{}", uuid_like());
-    let d = Daemon::start(&[]);
+    // Plain files, so that the memory image itself is searched for the
+    // canaries (in the store it would be encrypted: no proof either way).
+    let d = Daemon::start(&["--store", "off"]);
     let c = d.client();
     // One caught by the default name pattern (TOKEN), one listed explicitly.
     deploy_env(

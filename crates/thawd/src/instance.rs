@@ -1036,7 +1036,11 @@ fn spawn_init(
             }
             // Nothing the daemon holds (listeners, other instances' sockets,
             // descriptors it inherited) may reach the sandbox.
-            thaw_sandbox::mark_cloexec_from(thaw_runtime::control::PAGES_FD as u32 + 1)?;
+            let first_closed = match pages_fd {
+                Some(_) => thaw_runtime::control::PAGES_FD + 1,
+                None => thaw_runtime::control::PAGES_FD,
+            };
+            thaw_sandbox::mark_cloexec_from(first_closed as u32)?;
             Ok(())
         });
     }

@@ -172,20 +172,37 @@ impl SnapshotStore {
             }
         };
         let memory = put("memory", memory).await?;
-        let state = put("state", state).await?;
-        let working_set = match tokio::fs::read(dir.join(WORKING_SET_FILE)).await {
-            Ok(b) => Some(put("workingset", b).await?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(err(e)),
+        let rest = async {
+            let state = put("state", state).await?;
+            let working_set = match tokio::fs::read(dir.join(WORKING_SET_FILE)).await {
+                Ok(b) => Some(put("workingset", b).await?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(err(e)),
+            };
+            let blobs = StoredBlobs {
+                state,
+                memory: memory.clone(),
+                working_set,
+            };
+            let mut meta = SnapshotMeta::read(dir).map_err(err)?;
+            meta.store = Some(blobs.clone());
+            meta.replace(dir).map_err(err)?;
+            Ok(blobs)
         };
-        let blobs = StoredBlobs {
-            state,
-            memory,
-            working_set,
+        let blobs = match rest.await {
+            Ok(b) => b,
+            Err(e) => {
+                // Nothing half-published stays referenced: without its
+                // manifests, the chunks go at the next collection.
+                for name in ["memory", "state", "workingset"] {
+                    let _ = self
+                        .store
+                        .delete(&tenant, &format!("{prefix}/{name}"))
+                        .await;
+                }
+                return Err(e);
+            }
         };
-        let mut meta = SnapshotMeta::read(dir).map_err(err)?;
-        meta.store = Some(blobs.clone());
-        meta.replace(dir).map_err(err)?;
         tokio::fs::remove_file(dir.join(MEMORY_FILE))
             .await
             .map_err(err)?;
@@ -193,8 +210,8 @@ impl SnapshotStore {
     }
 
     /// Publishes the working set now in `dir` (recorded or extended by the
-    /// daemon) and records it in the snapshot's metadata; `None` removes it
-    /// from the store and the metadata (a refused one).
+    /// daemon) and records it in the snapshot's metadata; with `present`
+    /// false, removes it from the store and the metadata (a refused one).
     pub async fn publish_working_set(&self, dir: &Path, present: bool) -> Result<(), String> {
         let mut meta = SnapshotMeta::read(dir).map_err(err)?;
         let Some(blobs) = meta.store.as_mut() else {
