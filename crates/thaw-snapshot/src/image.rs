@@ -278,14 +278,26 @@ impl Snapshot {
     /// Page contents are verified per chunk as they are read.
     pub fn open(dir: &Path) -> Result<Self, ImageError> {
         let mem_path = dir.join(MEMORY_FILE);
-        let memory = File::open(&mem_path).map_err(io_err(&mem_path))?;
-        Self::open_with(dir, Box::new(memory))
+        Self::open_parts(dir, || {
+            let f = File::open(&mem_path).map_err(io_err(&mem_path))?;
+            Ok(Box::new(f))
+        })
     }
 
     /// Opens the snapshot whose state is in `dir` and whose memory image
     /// `memory` reads, with the same checks as [`Snapshot::open`].
     pub fn open_with(dir: &Path, memory: Box<dyn PageSource>) -> Result<Self, ImageError> {
+        Self::open_parts(dir, || Ok(memory))
+    }
+
+    /// The state first (its errors name the state file), then the memory
+    /// image `memory` opens.
+    fn open_parts(
+        dir: &Path,
+        memory: impl FnOnce() -> Result<Box<dyn PageSource>, ImageError>,
+    ) -> Result<Self, ImageError> {
         let (state, id) = read_state_and_id(&dir.join(STATE_FILE))?;
+        let memory = memory()?;
         let mem_path = dir.join(MEMORY_FILE);
         let mut header = vec![0u8; PAGE];
         let len = memory.size().map_err(io_err(&mem_path))?;
