@@ -71,6 +71,9 @@ pub struct Adopted {
 pub struct SocketPages {
     sock: std::sync::Mutex<std::os::unix::net::UnixStream>,
     len: u64,
+    /// A read failed part-way: the stream's framing is lost, so every
+    /// later read fails too.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 /// How long a read through the page socket may take.
@@ -88,6 +91,7 @@ impl SocketPages {
         Ok(SocketPages {
             sock: std::sync::Mutex::new(sock),
             len: u64::from_le_bytes(len),
+            broken: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -95,11 +99,25 @@ impl SocketPages {
 impl thaw_snapshot::image::PageSource for SocketPages {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         use crate::control::pages;
+        use std::sync::atomic::Ordering;
         let mut sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other(
+                "the page socket failed before; its framing is lost",
+            ));
+        }
         for (i, part) in buf.chunks_mut(pages::MAX_REQUEST as usize).enumerate() {
             let at = offset + (i as u64) * u64::from(pages::MAX_REQUEST);
-            pages::request(&mut *sock, at, part.len() as u32)?;
-            pages::read_answer(&mut *sock, part)?;
+            let r = pages::request(&mut *sock, at, part.len() as u32)
+                .and_then(|()| pages::read_answer(&mut *sock, part));
+            if let Err(e) = r {
+                // An error answer leaves the stream in step; anything else
+                // (a timeout, a short read) does not.
+                if e.kind() != std::io::ErrorKind::Other {
+                    self.broken.store(true, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -609,6 +609,12 @@ impl Store {
             }
             let from = offset.saturating_sub(c.offset) as usize;
             let to = ((end - c.offset) as usize).min(p.len());
+            if from > to {
+                return Err(StoreError::Corrupt {
+                    what: format!("blob {}/{}", m.tenant, m.name),
+                    why: "its chunks are not contiguous".into(),
+                });
+            }
             out.extend_from_slice(&p[from..to]);
         }
         if out.len() != len {
