@@ -36,6 +36,7 @@ pub mod restore;
 pub mod spawn;
 pub mod state;
 pub mod sys;
+pub mod template;
 pub mod uffd;
 pub mod workingset;
 

@@ -242,7 +242,7 @@ pub struct Restored {
 }
 
 /// Kills (without reaping) the stub unless disarmed.
-struct KillFirst(Option<Pid>);
+pub(crate) struct KillFirst(pub(crate) Option<Pid>);
 
 impl Drop for KillFirst {
     fn drop(&mut self) {
@@ -253,7 +253,7 @@ impl Drop for KillFirst {
 }
 
 /// Kills and reaps the stub unless disarmed.
-struct StubGuard(Option<Pid>);
+pub(crate) struct StubGuard(pub(crate) Option<Pid>);
 
 impl Drop for StubGuard {
     fn drop(&mut self) {
@@ -276,101 +276,16 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
     let p = &st.process;
     st.cpu.check_restore_on(&CpuFeatures::host()?)?;
 
-    // Descriptors: reopened files, recreated pipes, eventfds and epoll
-    // instances, and the caller's replacements.
-    let mut creates = Vec::new();
-    let mut installs = Vec::new();
-    let mut epoll_adds = Vec::new();
-    let mut pipes: Vec<(u64, usize)> = Vec::new();
-    for f in &p.fds {
-        let source = match &f.kind {
-            FdKind::File { path, pos, .. } => {
-                creates.push(Create::Open(OpenFile {
-                    path: cstring(path.as_os_str().as_encoded_bytes())?,
-                    flags: f.flags,
-                    pos: *pos,
-                }));
-                FdSource::Created(creates.len() - 1, 0)
-            }
-            FdKind::Device { path } => {
-                creates.push(Create::Open(OpenFile {
-                    path: cstring(path.as_os_str().as_encoded_bytes())?,
-                    flags: f.flags,
-                    pos: 0,
-                }));
-                FdSource::Created(creates.len() - 1, 0)
-            }
-            FdKind::Pipe { id, write, .. } => {
-                let i = match pipes.iter().find(|(p, _)| p == id) {
-                    Some((_, i)) => *i,
-                    None => {
-                        // The read end carries the bytes.
-                        let unread = p
-                            .fds
-                            .iter()
-                            .find_map(|g| match &g.kind {
-                                FdKind::Pipe {
-                                    id: gid,
-                                    write: false,
-                                    unread,
-                                } if gid == id => Some(unread.clone()),
-                                _ => None,
-                            })
-                            .unwrap_or_default();
-                        creates.push(Create::Pipe { unread });
-                        pipes.push((*id, creates.len() - 1));
-                        creates.len() - 1
-                    }
-                };
-                FdSource::Created(i, usize::from(*write))
-            }
-            FdKind::EventFd { count, semaphore } => {
-                creates.push(Create::EventFd {
-                    count: u32::try_from(*count).unwrap_or(u32::MAX),
-                    flags: if *semaphore { libc::EFD_SEMAPHORE } else { 0 },
-                });
-                FdSource::Created(creates.len() - 1, 0)
-            }
-            FdKind::Epoll { targets } => {
-                for t in targets {
-                    let mut event = [0u8; 12];
-                    event[..4].copy_from_slice(&t.events.to_le_bytes());
-                    event[4..].copy_from_slice(&t.data.to_le_bytes());
-                    epoll_adds.push(EpollAdd {
-                        epfd: f.fd,
-                        fd: t.fd,
-                        event,
-                    });
-                }
-                creates.push(Create::Epoll);
-                FdSource::Created(creates.len() - 1, 0)
-            }
-            FdKind::External { link } => match opts.fds.iter().find(|(n, _)| *n == f.fd) {
-                Some((_, fd)) => FdSource::Provided(fd.as_raw_fd()),
-                None => {
-                    return Err(RestoreError::MissingFd {
-                        fd: f.fd,
-                        link: link.clone(),
-                    })
-                }
-            },
-        };
-        installs.push(Install {
-            source,
-            target: f.fd,
-            cloexec: f.cloexec,
-            status_flags: Some(f.flags & !libc::O_ACCMODE),
-        });
-    }
-    for (n, _) in &opts.fds {
-        if !p
-            .fds
-            .iter()
-            .any(|f| f.fd == *n && matches!(f.kind, FdKind::External { .. }))
-        {
-            return Err(RestoreError::ExtraFd { fd: *n });
-        }
-    }
+    let provided: Vec<(i32, std::os::fd::RawFd)> = opts
+        .fds
+        .iter()
+        .map(|(n, fd)| (*n, fd.as_raw_fd()))
+        .collect();
+    let FdPlan {
+        creates,
+        installs,
+        epoll_adds,
+    } = fd_plan(snap, &provided)?;
 
     timings.read_us = t0.elapsed().as_micros() as u64;
 
@@ -473,6 +388,124 @@ pub fn restore(snap: &Snapshot, opts: &RestoreOptions<'_>) -> Result<Restored, R
         pid: stub,
         timings,
         lazy,
+    })
+}
+
+/// The descriptors of a restored process: what to create, what to install
+/// where, and the epoll registrations to make once all are in place.
+#[derive(Debug, Default)]
+pub(crate) struct FdPlan {
+    pub(crate) creates: Vec<Create>,
+    pub(crate) installs: Vec<Install>,
+    pub(crate) epoll_adds: Vec<EpollAdd>,
+}
+
+/// Plans the snapshot's descriptors: files reopened, pipes, eventfds and
+/// epoll instances recreated, and the caller's replacements (`provided`:
+/// `(number, descriptor of the caller)`) for every external one.
+pub(crate) fn fd_plan(
+    snap: &Snapshot,
+    provided: &[(i32, std::os::fd::RawFd)],
+) -> Result<FdPlan, RestoreError> {
+    let p = &snap.state().process;
+    let mut creates = Vec::new();
+    let mut installs = Vec::new();
+    let mut epoll_adds = Vec::new();
+    let mut pipes: Vec<(u64, usize)> = Vec::new();
+    for f in &p.fds {
+        let source = match &f.kind {
+            FdKind::File { path, pos, .. } => {
+                creates.push(Create::Open(OpenFile {
+                    path: cstring(path.as_os_str().as_encoded_bytes())?,
+                    flags: f.flags,
+                    pos: *pos,
+                }));
+                FdSource::Created(creates.len() - 1, 0)
+            }
+            FdKind::Device { path } => {
+                creates.push(Create::Open(OpenFile {
+                    path: cstring(path.as_os_str().as_encoded_bytes())?,
+                    flags: f.flags,
+                    pos: 0,
+                }));
+                FdSource::Created(creates.len() - 1, 0)
+            }
+            FdKind::Pipe { id, write, .. } => {
+                let i = match pipes.iter().find(|(p, _)| p == id) {
+                    Some((_, i)) => *i,
+                    None => {
+                        // The read end carries the bytes.
+                        let unread = p
+                            .fds
+                            .iter()
+                            .find_map(|g| match &g.kind {
+                                FdKind::Pipe {
+                                    id: gid,
+                                    write: false,
+                                    unread,
+                                } if gid == id => Some(unread.clone()),
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        creates.push(Create::Pipe { unread });
+                        pipes.push((*id, creates.len() - 1));
+                        creates.len() - 1
+                    }
+                };
+                FdSource::Created(i, usize::from(*write))
+            }
+            FdKind::EventFd { count, semaphore } => {
+                creates.push(Create::EventFd {
+                    count: u32::try_from(*count).unwrap_or(u32::MAX),
+                    flags: if *semaphore { libc::EFD_SEMAPHORE } else { 0 },
+                });
+                FdSource::Created(creates.len() - 1, 0)
+            }
+            FdKind::Epoll { targets } => {
+                for t in targets {
+                    let mut event = [0u8; 12];
+                    event[..4].copy_from_slice(&t.events.to_le_bytes());
+                    event[4..].copy_from_slice(&t.data.to_le_bytes());
+                    epoll_adds.push(EpollAdd {
+                        epfd: f.fd,
+                        fd: t.fd,
+                        event,
+                    });
+                }
+                creates.push(Create::Epoll);
+                FdSource::Created(creates.len() - 1, 0)
+            }
+            FdKind::External { link } => match provided.iter().find(|(n, _)| *n == f.fd) {
+                Some((_, fd)) => FdSource::Provided(*fd),
+                None => {
+                    return Err(RestoreError::MissingFd {
+                        fd: f.fd,
+                        link: link.clone(),
+                    })
+                }
+            },
+        };
+        installs.push(Install {
+            source,
+            target: f.fd,
+            cloexec: f.cloexec,
+            status_flags: Some(f.flags & !libc::O_ACCMODE),
+        });
+    }
+    for (n, _) in provided {
+        if !p
+            .fds
+            .iter()
+            .any(|f| f.fd == *n && matches!(f.kind, FdKind::External { .. }))
+        {
+            return Err(RestoreError::ExtraFd { fd: *n });
+        }
+    }
+
+    Ok(FdPlan {
+        creates,
+        installs,
+        epoll_adds,
     })
 }
 
@@ -582,7 +615,7 @@ fn in_ranges(ranges: &[(u64, u64)], addr: u64) -> bool {
     ranges.iter().any(|&(s, e)| (s..e).contains(&addr))
 }
 
-fn cstring(bytes: &[u8]) -> Result<std::ffi::CString, RestoreError> {
+pub(crate) fn cstring(bytes: &[u8]) -> Result<std::ffi::CString, RestoreError> {
     std::ffi::CString::new(bytes)
         .map_err(|_| RestoreError::Unsupported("a path with a NUL byte".into()))
 }
@@ -590,14 +623,14 @@ fn cstring(bytes: &[u8]) -> Result<std::ffi::CString, RestoreError> {
 /// An argument of a remote call: a value, or the address of bytes placed
 /// in the scratch mapping with the call.
 #[derive(Debug, Clone, Copy)]
-enum Arg {
+pub(crate) enum Arg {
     Val(u64),
     Data(usize),
 }
 
 /// A batch of remote calls and the bytes they point at.
 #[derive(Debug, Default)]
-struct Batch {
+pub(crate) struct Batch {
     calls: Vec<(i64, [Arg; 6], String)>,
     data: Vec<u8>,
     /// Pointers inside `data`: `(where, target)` makes the 8 bytes at
@@ -606,12 +639,17 @@ struct Batch {
 }
 
 impl Batch {
-    fn call(&mut self, nr: i64, args: [Arg; 6], what: impl Into<String>) {
+    pub(crate) fn call(&mut self, nr: i64, args: [Arg; 6], what: impl Into<String>) {
         self.calls.push((nr, args, what.into()));
     }
 
+    /// The number of calls.
+    pub(crate) fn len(&self) -> usize {
+        self.calls.len()
+    }
+
     /// Places `bytes` (8-byte aligned) and returns an argument pointing at them.
-    fn data(&mut self, bytes: &[u8]) -> Arg {
+    pub(crate) fn data(&mut self, bytes: &[u8]) -> Arg {
         while !self.data.len().is_multiple_of(8) {
             self.data.push(0);
         }
@@ -621,7 +659,7 @@ impl Batch {
     }
 
     /// Marks the 8 bytes at `arg + offset` as a pointer to `target`.
-    fn pointer(&mut self, arg: Arg, offset: usize, target: Arg) {
+    pub(crate) fn pointer(&mut self, arg: Arg, offset: usize, target: Arg) {
         if let (Arg::Data(at), Arg::Data(to)) = (arg, target) {
             self.pointers.push((at + offset, to));
         }
@@ -631,7 +669,7 @@ impl Batch {
 use Arg::Val as V;
 
 /// The stub under construction.
-struct Remote<'t> {
+pub(crate) struct Remote<'t> {
     /// The thread-group leader.
     t: &'t mut Tracee,
     /// The other threads, in snapshot order, once created.
@@ -647,7 +685,7 @@ struct Remote<'t> {
 impl<'t> Remote<'t> {
     /// Unregisters the stub's rseq, checks its vDSO against the snapshot,
     /// maps the scratch area and places the executor there.
-    fn prepare(t: &'t mut Tracee, snap: &Snapshot) -> Result<Self, RestoreError> {
+    pub(crate) fn prepare(t: &'t mut Tracee, snap: &Snapshot) -> Result<Self, RestoreError> {
         let pid = t.tid();
         let st = snap.state();
         // The vDSO's `syscall` instruction: the stub may be stopped in
@@ -744,6 +782,27 @@ impl<'t> Remote<'t> {
         })
     }
 
+    /// A view on a process that already has the scratch area and executor
+    /// of [`Remote::prepare`] (a template, or a process forked from one).
+    pub(crate) fn from_parts(t: &'t mut Tracee, mem: File, scratch: u64, scratch_len: u64) -> Self {
+        let pid = t.tid();
+        Self {
+            t,
+            threads: Vec::new(),
+            pid,
+            mem,
+            scratch,
+            scratch_len,
+            temp: scratch + SCRATCH_LEN,
+        }
+    }
+
+    /// The parts [`Remote::from_parts`] takes back: `/proc/<pid>/mem`, the
+    /// scratch area's address and length.
+    pub(crate) fn into_parts(self) -> (File, u64, u64) {
+        (self.mem, self.scratch, self.scratch_len)
+    }
+
     /// Writes `bytes` at `addr` of the stub (through `/proc/<pid>/mem`,
     /// which also writes read-only pages).
     fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), RestoreError> {
@@ -762,7 +821,11 @@ impl<'t> Remote<'t> {
     /// a userfaultfd that is closed again before the process runs, and
     /// writes the rest (written pages of private file mappings) directly.
     /// Where userfaultfd is unavailable every page is written directly.
-    fn write_eager(&mut self, snap: &Snapshot, runs: &[(u64, &[u8])]) -> Result<(), RestoreError> {
+    pub(crate) fn write_eager(
+        &mut self,
+        snap: &Snapshot,
+        runs: &[(u64, &[u8])],
+    ) -> Result<(), RestoreError> {
         let ranges = lazy_ranges(snap);
         let uffd = match self.create_uffd(false) {
             Ok(fd) => fd,
@@ -958,14 +1021,14 @@ impl<'t> Remote<'t> {
     }
 
     /// Runs a batch in the leader; returns each call's result.
-    fn run(&mut self, batch: &Batch) -> Result<Vec<u64>, RestoreError> {
+    pub(crate) fn run(&mut self, batch: &Batch) -> Result<Vec<u64>, RestoreError> {
         self.run_in(0, batch).map(|(r, _)| r)
     }
 
     /// Runs a batch in thread `which` (0: the leader, `i`: the `i`-th
     /// created thread); returns each call's result and the threads it
     /// created.
-    fn run_in(
+    pub(crate) fn run_in(
         &mut self,
         which: usize,
         batch: &Batch,
@@ -1041,7 +1104,7 @@ impl<'t> Remote<'t> {
 
     /// Unmaps the stub, moves the vDSO, recreates every mapping and the
     /// memory-layout fields.
-    fn replace_layout(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
+    pub(crate) fn replace_layout(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
         let p = &snap.state().process;
         let stub_maps = proc::read_maps(self.pid)?;
 
@@ -1235,7 +1298,7 @@ impl<'t> Remote<'t> {
 
     /// Creates every thread but the leader with its exact id (`clone3`
     /// with `set_tid`, run by the leader), traced from its first instruction.
-    fn create_threads(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
+    pub(crate) fn create_threads(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
         const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
             | libc::CLONE_FS
             | libc::CLONE_FILES
@@ -1271,7 +1334,7 @@ impl<'t> Remote<'t> {
 
     /// Process-wide kernel state (signal dispositions, limits), then each
     /// thread's own (registrations, credentials), then the seccomp filters.
-    fn restore_kernel_state(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
+    pub(crate) fn restore_kernel_state(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
         let p = &snap.state().process;
         let mut b = Batch::default();
         for (i, a) in p.signals.iter().enumerate() {
@@ -1339,7 +1402,7 @@ impl<'t> Remote<'t> {
 
     /// Unmaps the scratch area and loads every thread's saved registers;
     /// returns the created threads, ready to detach.
-    fn finish(&mut self, snap: &Snapshot) -> Result<Vec<Tracee>, RestoreError> {
+    pub(crate) fn finish(&mut self, snap: &Snapshot) -> Result<Vec<Tracee>, RestoreError> {
         let ret = self.t.remote_syscall_at(
             self.scratch + EXECUTOR_SYSCALL,
             libc::SYS_munmap,

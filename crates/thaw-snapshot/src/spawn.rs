@@ -191,7 +191,12 @@ pub fn spawn_stub(plan: &StubPlan<'_>) -> Result<Pid, SpawnError> {
     let set_tid = [plan.pid.unwrap_or(0)];
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: set_tid.as_ptr() as u64,
+        // clone3 refuses a set_tid pointer with a size of 0.
+        set_tid: if plan.pid.is_some() {
+            set_tid.as_ptr() as u64
+        } else {
+            0
+        },
         set_tid_size: u64::from(plan.pid.is_some()),
         ..Default::default()
     };

@@ -1,0 +1,657 @@
+//! Templates: a snapshot restored once and never resumed, from which new
+//! processes are cloned copy-on-write.
+//!
+//! Owns: the template process (a restore stopped after its address space
+//! and memory are in place: no threads, no descriptors of the snapshot, no
+//! kernel state, never a single instruction of the snapshot's code run)
+//! and cloning it. A clone is a `clone3(2)` *run by the template* (fork
+//! semantics: every private mapping is shared copy-on-write, anonymous
+//! memory stays anonymous, so a write is private to the clone and
+//! `MADV_DONTNEED` reads zeros), into the namespaces the caller names, with
+//! the snapshot's pid (`set_tid`) and its descriptors made for it; then the
+//! clone gets its threads (exact ids), kernel state, credentials, seccomp
+//! filters and registers exactly as a restore does ([`crate::restore`]).
+//!
+//! How: the template keeps the restorer's scratch area with its executor,
+//! and a pidfd of the restorer at descriptor `home` (above every number the
+//! snapshot uses). One batch of remote calls in the template takes the
+//! caller's namespace and external descriptors over with `pidfd_getfd`,
+//! joins the namespaces (`setns`), creates the clone's descriptors and
+//! moves them to their numbers, and ends with the `clone3`; descriptor
+//! numbers are predicted (the kernel hands out the lowest free one and the
+//! template's table is known), and every prediction is checked against the
+//! calls' results. A second batch empties the template's table again. The
+//! clone's parent is the restorer (`CLONE_PARENT`), which also traces it
+//! from its first instruction (`PTRACE_O_TRACECLONE`).
+//!
+//! Must not: let the template run the snapshot's code, change the
+//! template's memory (only its scratch area is written), or leave a
+//! descriptor of the restorer (or another clone's) in a clone.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use nix::sched::CloneFlags;
+use nix::sys::ptrace::Options;
+use nix::unistd::Pid;
+use tracing::debug;
+
+use crate::cpu::CpuFeatures;
+use crate::image::Snapshot;
+use crate::ptrace::Tracee;
+use crate::restore::{
+    cstring, fd_plan, Arg, Batch, FdPlan, KillFirst, Remote, RestoreError, RestoreTimings,
+    Restored, StubGuard,
+};
+use crate::spawn::{self, Create, FdSource, Install, StubPlan};
+use crate::PAGE_SIZE;
+
+use Arg::Val as V;
+
+/// Where the template is made.
+#[derive(Debug, Default)]
+pub struct TemplateOptions<'a> {
+    /// Namespaces the template joins (the mount namespace decides where the
+    /// snapshot's mapped files are opened).
+    pub namespaces: Vec<(BorrowedFd<'a>, CloneFlags)>,
+    /// Cgroup `cgroup.procs` (or `tasks`) files to move the template into:
+    /// its memory is charged there, once, whatever the number of clones.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// Where and with what a clone is made.
+#[derive(Debug, Default)]
+pub struct CloneOptions<'a> {
+    /// The pid namespace to create the clone in; the snapshot's pid and
+    /// thread ids there must be free. `None`: the template's (only useful
+    /// if that pid is free there).
+    pub pid_ns: Option<BorrowedFd<'a>>,
+    /// Namespaces (mount, network, UTS, IPC, cgroup, time) the clone is
+    /// created in.
+    pub namespaces: Vec<(BorrowedFd<'a>, CloneFlags)>,
+    /// Replacements for the snapshot's external descriptors, as for a
+    /// restore: `(number, descriptor)`.
+    pub fds: Vec<(i32, BorrowedFd<'a>)>,
+    /// Cgroup `cgroup.procs` (or `tasks`) files to move the clone into
+    /// before it runs.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// A snapshot restored once and held, never resumed, to be cloned.
+///
+/// Tied to the thread that created it (ptrace belongs to the tracer
+/// thread). Dropping it kills and reaps the template; clones live on.
+#[derive(Debug)]
+pub struct Template {
+    tracee: Tracee,
+    pid: Pid,
+    mem: File,
+    scratch: u64,
+    scratch_len: u64,
+    /// The template's descriptor holding a pidfd of the restorer.
+    home: RawFd,
+    /// The snapshot's id (its state's BLAKE3): clones must use the same one.
+    snapshot_id: [u8; 32],
+    /// How long making the template took.
+    timings: RestoreTimings,
+}
+
+impl Template {
+    /// Restores `snap` as a template: every page in place (eagerly), never
+    /// resumed. The template is a child of the caller.
+    pub fn create(snap: &Snapshot, opts: &TemplateOptions<'_>) -> Result<Self, RestoreError> {
+        let t0 = Instant::now();
+        let mut timings = RestoreTimings::default();
+        let pages = snap.take_pages()?;
+        let st = snap.state();
+        st.cpu.check_restore_on(&CpuFeatures::host()?)?;
+        let p = &st.process;
+        let home = p.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
+        let own = crate::sys::pidfd_open(std::process::id() as i32).map_err(|source| {
+            RestoreError::Call {
+                what: "pidfd_open of the restorer".into(),
+                source,
+            }
+        })?;
+        timings.read_us = t0.elapsed().as_micros() as u64;
+
+        let plan = StubPlan {
+            pid: None,
+            pid_ns: None,
+            namespaces: opts.namespaces.clone(),
+            cwd: cstring(p.cwd.as_os_str().as_encoded_bytes())?,
+            umask: p.umask,
+            creates: Vec::new(),
+            installs: vec![Install {
+                source: FdSource::Provided(own.as_raw_fd()),
+                target: home,
+                cloexec: true,
+                status_flags: None,
+            }],
+            epoll_adds: Vec::new(),
+        };
+        let t_spawn = Instant::now();
+        let stub = spawn::spawn_stub(&plan)?;
+        drop(own);
+        let mut guard = StubGuard(Some(stub));
+        for procs in &opts.cgroup_procs {
+            std::fs::write(procs, stub.as_raw().to_string()).map_err(|source| {
+                RestoreError::Io {
+                    what: format!("Moving the template into {}", procs.display()),
+                    source,
+                }
+            })?;
+        }
+        let mut tracee = Tracee::seize_with(
+            stub,
+            Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACECLONE,
+        )?;
+        tracee.interrupt()?;
+        tracee.wait_stop()?;
+        timings.spawn_us = t_spawn.elapsed().as_micros() as u64;
+
+        let t_layout = Instant::now();
+        let mut r = Remote::prepare(&mut tracee, snap)?;
+        r.replace_layout(snap)?;
+        timings.layout_us = t_layout.elapsed().as_micros() as u64;
+        let t_mem = Instant::now();
+        let runs: Vec<(u64, &[u8])> = st
+            .memory
+            .runs
+            .iter()
+            .map(|run| {
+                let from = (run.image_page * PAGE_SIZE) as usize;
+                let len = (run.pages * PAGE_SIZE) as usize;
+                (run.addr, &pages[from..from + len])
+            })
+            .collect();
+        r.write_eager(snap, &runs)?;
+        timings.memory_us = t_mem.elapsed().as_micros() as u64;
+        let (mem, scratch, scratch_len) = r.into_parts();
+        guard.0 = None;
+        timings.total_us = t0.elapsed().as_micros() as u64;
+        debug!(pid = stub.as_raw(), ?timings, "template ready");
+        Ok(Self {
+            tracee,
+            pid: stub,
+            mem,
+            scratch,
+            scratch_len,
+            home,
+            snapshot_id: *snap.id(),
+            timings,
+        })
+    }
+
+    /// The template's pid (in the caller's pid namespace).
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// How long making the template took.
+    pub fn timings(&self) -> RestoreTimings {
+        self.timings
+    }
+
+    /// Whether the template process still exists.
+    pub fn is_alive(&self) -> bool {
+        std::fs::metadata(format!("/proc/{}/mem", self.pid)).is_ok()
+    }
+
+    /// Clones the template into a new, running process (a child of the
+    /// caller): memory shared copy-on-write with the template, the
+    /// snapshot's pid in `opts.pid_ns`, its own descriptors, threads and
+    /// kernel state. `snap` must be the snapshot the template was made
+    /// from. On any failure the half-made clone is killed and reaped and
+    /// the template is left as it was.
+    pub fn instantiate(
+        &mut self,
+        snap: &Snapshot,
+        opts: &CloneOptions<'_>,
+    ) -> Result<Restored, RestoreError> {
+        if *snap.id() != self.snapshot_id {
+            return Err(RestoreError::Unsupported(
+                "cloning a template with another snapshot".into(),
+            ));
+        }
+        let t0 = Instant::now();
+        let mut timings = RestoreTimings::default();
+        let provided: Vec<(i32, RawFd)> = opts
+            .fds
+            .iter()
+            .map(|(n, fd)| (*n, fd.as_raw_fd()))
+            .collect();
+        let plan = fd_plan(snap, &provided)?;
+        let mut namespaces: Vec<(RawFd, CloneFlags)> = opts
+            .namespaces
+            .iter()
+            .map(|(fd, kind)| (fd.as_raw_fd(), *kind))
+            .collect();
+        if let Some(ns) = opts.pid_ns {
+            namespaces.push((ns.as_raw_fd(), CloneFlags::CLONE_NEWPID));
+        }
+        let pid = snap.state().process.pid;
+        let (b, checks) = clone_batch(self.home, snap, &plan, &namespaces, pid)?;
+        timings.read_us = t0.elapsed().as_micros() as u64;
+
+        let t_clone = Instant::now();
+        let mem = self.mem.try_clone().map_err(|source| RestoreError::Io {
+            what: "Duplicating the template's memory handle".into(),
+            source,
+        })?;
+        let mut r = Remote::from_parts(&mut self.tracee, mem, self.scratch, self.scratch_len);
+        let outcome = r.run_in(0, &b);
+        // Whatever happened, the template's table goes back to `home` only.
+        let mut clean = Batch::default();
+        clean.call(
+            libc::SYS_close_range,
+            [V(0), V(self.home as u64 - 1), V(0), V(0), V(0), V(0)],
+            "closing the template's copies",
+        );
+        clean.call(
+            libc::SYS_close_range,
+            [
+                V(self.home as u64 + 1),
+                V(u64::from(u32::MAX)),
+                V(0),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            "closing the template's copies",
+        );
+        let cleaned = r.run(&clean);
+        drop(r);
+        let clones = match outcome {
+            Ok((results, clones)) => {
+                for (i, want) in &checks {
+                    if results[*i] != *want as u64 {
+                        for c in &clones {
+                            spawn::reap(*c);
+                        }
+                        return Err(RestoreError::Unsupported(format!(
+                            "descriptor {} where {want} was expected in the template",
+                            results[*i]
+                        )));
+                    }
+                }
+                clones
+            }
+            Err(e) => return Err(e),
+        };
+        cleaned?;
+        let [child] = clones[..] else {
+            for c in &clones {
+                spawn::reap(*c);
+            }
+            return Err(RestoreError::Unsupported(format!(
+                "the template's clone reported {} new processes",
+                clones.len()
+            )));
+        };
+        let mut guard = StubGuard(Some(child));
+        let mut t = Tracee::adopt(child)?;
+        for procs in &opts.cgroup_procs {
+            std::fs::write(procs, child.as_raw().to_string()).map_err(|source| {
+                RestoreError::Io {
+                    what: format!("Moving the process into {}", procs.display()),
+                    source,
+                }
+            })?;
+        }
+        timings.spawn_us = t_clone.elapsed().as_micros() as u64;
+
+        let t_state = Instant::now();
+        let mem_path = format!("/proc/{child}/mem");
+        let mem = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&mem_path)
+            .map_err(|source| RestoreError::Io {
+                what: format!("Opening {mem_path}"),
+                source,
+            })?;
+        let mut r = Remote::from_parts(&mut t, mem, self.scratch, self.scratch_len);
+        let mut kill_first = KillFirst(Some(child));
+        let mut b = Batch::default();
+        b.call(
+            libc::SYS_close,
+            [V(self.home as u64), V(0), V(0), V(0), V(0), V(0)],
+            "closing the restorer's pidfd in the clone",
+        );
+        r.run(&b)?;
+        r.create_threads(snap)?;
+        r.restore_kernel_state(snap)?;
+        let threads = r.finish(snap)?;
+        kill_first.0 = None;
+        drop(r);
+        t.detach()?;
+        for th in threads {
+            th.detach()?;
+        }
+        guard.0 = None;
+        timings.state_us = t_state.elapsed().as_micros() as u64;
+        timings.total_us = t0.elapsed().as_micros() as u64;
+        debug!(pid = child.as_raw(), ?timings, "cloned from the template");
+        Ok(Restored {
+            pid: child,
+            timings,
+            lazy: None,
+        })
+    }
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        spawn::reap(self.pid);
+    }
+}
+
+/// The lowest free descriptor numbers of a table the caller simulates.
+struct FdTable(BTreeSet<RawFd>);
+
+impl FdTable {
+    fn alloc(&mut self) -> RawFd {
+        let mut n = 0;
+        while self.0.contains(&n) {
+            n += 1;
+        }
+        self.0.insert(n);
+        n
+    }
+
+    fn free(&mut self, n: RawFd) {
+        self.0.remove(&n);
+    }
+}
+
+/// The template's batch for one clone, and the `(call index, descriptor)`
+/// results to check against its predictions.
+fn clone_batch(
+    home: RawFd,
+    snap: &Snapshot,
+    plan: &FdPlan,
+    namespaces: &[(RawFd, CloneFlags)],
+    pid: i32,
+) -> Result<(Batch, Vec<(usize, RawFd)>), RestoreError> {
+    let p = &snap.state().process;
+    let mut b = Batch::default();
+    let mut checks = Vec::new();
+    let mut table = FdTable(BTreeSet::from([home]));
+    let getfd = |b: &mut Batch, fd: RawFd, what: String| {
+        b.call(
+            libc::SYS_pidfd_getfd,
+            [V(home as u64), V(fd as u64), V(0), V(0), V(0), V(0)],
+            what,
+        );
+    };
+
+    // 1. Namespaces, taken over from the restorer one by one.
+    for &(fd, kind) in namespaces {
+        let slot = table.alloc();
+        getfd(&mut b, fd, format!("taking over namespace {kind:?}"));
+        checks.push((b_len(&b) - 1, slot));
+        b.call(
+            libc::SYS_setns,
+            [
+                V(slot as u64),
+                V(kind.bits() as u64),
+                V(0),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            format!("joining namespace {kind:?}"),
+        );
+        b.call(
+            libc::SYS_close,
+            [V(slot as u64), V(0), V(0), V(0), V(0), V(0)],
+            "closing a namespace",
+        );
+        table.free(slot);
+    }
+    // Joining a mount namespace moves the root and working directory.
+    let mut cwd = p.cwd.as_os_str().as_encoded_bytes().to_vec();
+    cwd.push(0);
+    let cwd_arg = b.data(&cwd);
+    b.call(
+        libc::SYS_chdir,
+        [cwd_arg, V(0), V(0), V(0), V(0), V(0)],
+        format!("changing directory to {}", p.cwd.display()),
+    );
+    b.call(
+        libc::SYS_umask,
+        [V(u64::from(p.umask)), V(0), V(0), V(0), V(0), V(0)],
+        "the umask",
+    );
+
+    // 2. The clone's descriptors, at predicted numbers.
+    let mut made: Vec<[RawFd; 2]> = vec![[-1, -1]; plan.creates.len()];
+    for (i, c) in plan.creates.iter().enumerate() {
+        match c {
+            Create::Open(o) => {
+                let slot = table.alloc();
+                let flags = o.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+                let path = b.data(o.path.as_bytes_with_nul());
+                b.call(
+                    libc::SYS_openat,
+                    [
+                        V(libc::AT_FDCWD as u64),
+                        path,
+                        V((flags | libc::O_CLOEXEC) as u64),
+                        V(0),
+                        V(0),
+                        V(0),
+                    ],
+                    format!("opening {}", o.path.to_string_lossy()),
+                );
+                checks.push((b_len(&b) - 1, slot));
+                if o.pos > 0 {
+                    b.call(
+                        libc::SYS_lseek,
+                        [
+                            V(slot as u64),
+                            V(o.pos),
+                            V(libc::SEEK_SET as u64),
+                            V(0),
+                            V(0),
+                            V(0),
+                        ],
+                        format!("seeking {}", o.path.to_string_lossy()),
+                    );
+                }
+                made[i][0] = slot;
+            }
+            Create::Pipe { unread } => {
+                let (r, w) = (table.alloc(), table.alloc());
+                let fds = b.data(&[0u8; 8]);
+                b.call(
+                    libc::SYS_pipe2,
+                    [fds, V(libc::O_CLOEXEC as u64), V(0), V(0), V(0), V(0)],
+                    "creating a pipe",
+                );
+                if !unread.is_empty() {
+                    let data = b.data(unread);
+                    b.call(
+                        libc::SYS_write,
+                        [V(w as u64), data, V(unread.len() as u64), V(0), V(0), V(0)],
+                        "refilling a pipe",
+                    );
+                    checks.push((b_len(&b) - 1, unread.len() as RawFd));
+                }
+                made[i] = [r, w];
+            }
+            Create::EventFd { count, flags } => {
+                let slot = table.alloc();
+                b.call(
+                    libc::SYS_eventfd2,
+                    [
+                        V(u64::from(*count)),
+                        V((flags | libc::EFD_CLOEXEC) as u64),
+                        V(0),
+                        V(0),
+                        V(0),
+                        V(0),
+                    ],
+                    "creating an eventfd",
+                );
+                checks.push((b_len(&b) - 1, slot));
+                made[i][0] = slot;
+            }
+            Create::Epoll => {
+                let slot = table.alloc();
+                b.call(
+                    libc::SYS_epoll_create1,
+                    [V(libc::EPOLL_CLOEXEC as u64), V(0), V(0), V(0), V(0), V(0)],
+                    "creating an epoll instance",
+                );
+                checks.push((b_len(&b) - 1, slot));
+                made[i][0] = slot;
+            }
+        }
+    }
+    let mut provided: Vec<(RawFd, RawFd)> = Vec::new(); // (caller's, slot)
+    for inst in &plan.installs {
+        if let FdSource::Provided(fd) = inst.source {
+            if provided.iter().all(|(c, _)| *c != fd) {
+                let slot = table.alloc();
+                getfd(
+                    &mut b,
+                    fd,
+                    format!("taking over descriptor {}", inst.target),
+                );
+                checks.push((b_len(&b) - 1, slot));
+                provided.push((fd, slot));
+            }
+        }
+    }
+    let source_slot = |inst: &Install| -> RawFd {
+        match inst.source {
+            FdSource::Provided(fd) => provided
+                .iter()
+                .find(|(c, _)| *c == fd)
+                .map_or(-1, |(_, s)| *s),
+            FdSource::Created(j, end) => made[j][end],
+        }
+    };
+
+    // 3. Out of the way (above every slot and target), then into place.
+    let top = table
+        .0
+        .iter()
+        .copied()
+        .chain(plan.installs.iter().map(|i| i.target))
+        .max()
+        .unwrap_or(home);
+    let base = top + 1;
+    for (i, inst) in plan.installs.iter().enumerate() {
+        let temp = base + i as RawFd;
+        b.call(
+            libc::SYS_dup3,
+            [
+                V(source_slot(inst) as u64),
+                V(temp as u64),
+                V(libc::O_CLOEXEC as u64),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            format!("moving descriptor {} aside", inst.target),
+        );
+    }
+    for &slot in table.0.iter().filter(|s| **s != home) {
+        b.call(
+            libc::SYS_close,
+            [V(slot as u64), V(0), V(0), V(0), V(0), V(0)],
+            "closing a made descriptor",
+        );
+    }
+    for (i, inst) in plan.installs.iter().enumerate() {
+        if inst.target == home {
+            return Err(RestoreError::Unsupported(format!(
+                "descriptor {home} is reserved for the template"
+            )));
+        }
+        let temp = base + i as RawFd;
+        let flags = if inst.cloexec { libc::O_CLOEXEC } else { 0 };
+        b.call(
+            libc::SYS_dup3,
+            [
+                V(temp as u64),
+                V(inst.target as u64),
+                V(flags as u64),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            format!("installing descriptor {}", inst.target),
+        );
+        if let Some(fl) = inst.status_flags {
+            b.call(
+                libc::SYS_fcntl,
+                [
+                    V(inst.target as u64),
+                    V(libc::F_SETFL as u64),
+                    V(fl as u64),
+                    V(0),
+                    V(0),
+                    V(0),
+                ],
+                format!("the flags of descriptor {}", inst.target),
+            );
+        }
+    }
+    if !plan.installs.is_empty() {
+        b.call(
+            libc::SYS_close_range,
+            [
+                V(base as u64),
+                V((base + plan.installs.len() as RawFd - 1) as u64),
+                V(0),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            "closing the moved-aside descriptors",
+        );
+    }
+    for add in &plan.epoll_adds {
+        let ev = b.data(&add.event);
+        b.call(
+            libc::SYS_epoll_ctl,
+            [
+                V(add.epfd as u64),
+                V(libc::EPOLL_CTL_ADD as u64),
+                V(add.fd as u64),
+                ev,
+                V(0),
+                V(0),
+            ],
+            format!("registering descriptor {} with epoll {}", add.fd, add.epfd),
+        );
+    }
+
+    // 4. The clone itself: the caller is its parent (and tracer), the
+    //    snapshot's pid in the joined pid namespace. CLONE_PARENT needs
+    //    exit_signal 0; the child inherits the template's (SIGCHLD).
+    let set_tid = b.data(&pid.to_le_bytes());
+    let mut args = Vec::with_capacity(88);
+    for w in [libc::CLONE_PARENT as u64, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0] {
+        args.extend_from_slice(&w.to_le_bytes());
+    }
+    let args_arg = b.data(&args);
+    b.pointer(args_arg, 64, set_tid);
+    b.call(
+        libc::SYS_clone3,
+        [args_arg, V(88), V(0), V(0), V(0), V(0)],
+        format!("cloning the template as pid {pid}"),
+    );
+    Ok((b, checks))
+}
+
+fn b_len(b: &Batch) -> usize {
+    b.len()
+}
