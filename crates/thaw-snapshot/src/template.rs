@@ -78,6 +78,26 @@ pub struct CloneOptions<'a> {
     /// Cgroup `cgroup.procs` (or `tasks`) files to move the clone into
     /// before it runs.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Which process the clone is a child of.
+    pub parent: Parent,
+}
+
+/// Which process a clone is a child of (the one that reaps it and learns
+/// how it ended).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Parent {
+    /// The caller of [`Template::instantiate`] (one fork).
+    #[default]
+    Caller,
+    /// The init (PID 1) of the clone's pid namespace, as if it had started
+    /// the process itself: the template forks a short-lived *midwife* into
+    /// that pid namespace (with a pid the snapshot does not use), the
+    /// midwife joins the other namespaces, makes the descriptors and the
+    /// clone, and is killed; the kernel hands the orphan to the init of
+    /// the midwife's pid namespace. The template's descriptor table and
+    /// namespaces are left as they were. Costs a second fork. Needs
+    /// [`CloneOptions::pid_ns`].
+    NamespaceInit,
 }
 
 /// A snapshot restored once and held, never resumed, to be cloned.
@@ -230,67 +250,42 @@ impl Template {
             .iter()
             .map(|(fd, kind)| (fd.as_raw_fd(), *kind))
             .collect();
-        if let Some(ns) = opts.pid_ns {
-            namespaces.push((ns.as_raw_fd(), CloneFlags::CLONE_NEWPID));
-        }
         let pid = snap.state().process.pid;
-        let (b, checks) = clone_batch(self.home, snap, &plan, &namespaces, pid)?;
+        let flags = match (opts.parent, opts.pid_ns) {
+            (Parent::Caller, ns) => {
+                if let Some(ns) = ns {
+                    namespaces.push((ns.as_raw_fd(), CloneFlags::CLONE_NEWPID));
+                }
+                libc::CLONE_PARENT as u64
+            }
+            // The midwife is made in the pid namespace already.
+            (Parent::NamespaceInit, Some(_)) => 0,
+            (Parent::NamespaceInit, None) => {
+                return Err(RestoreError::Unsupported(
+                    "a clone for a namespace's init without a pid namespace".into(),
+                ))
+            }
+        };
+        let (b, checks) = clone_batch(self.home, snap, &plan, &namespaces, pid, flags)?;
         timings.read_us = t0.elapsed().as_micros() as u64;
 
         let t_clone = Instant::now();
-        let mem = self.mem.try_clone().map_err(|source| RestoreError::Io {
-            what: "Duplicating the template's memory handle".into(),
-            source,
-        })?;
-        let mut r = Remote::from_parts(&mut self.tracee, mem, self.scratch, self.scratch_len);
-        let outcome = r.run_in(0, &b);
-        // Whatever happened, the template's table goes back to `home` only.
-        let mut clean = Batch::default();
-        clean.call(
-            libc::SYS_close_range,
-            [V(0), V(self.home as u64 - 1), V(0), V(0), V(0), V(0)],
-            "closing the template's copies",
-        );
-        clean.call(
-            libc::SYS_close_range,
-            [
-                V(self.home as u64 + 1),
-                V(u64::from(u32::MAX)),
-                V(0),
-                V(0),
-                V(0),
-                V(0),
-            ],
-            "closing the template's copies",
-        );
-        let cleaned = r.run(&clean);
-        drop(r);
-        let clones = match outcome {
-            Ok((results, clones)) => {
-                for (i, want) in &checks {
-                    if results[*i] != *want as u64 {
-                        for c in &clones {
-                            spawn::reap(*c);
-                        }
-                        return Err(RestoreError::Unsupported(format!(
-                            "descriptor {} where {want} was expected in the template",
-                            results[*i]
-                        )));
-                    }
-                }
-                clones
+        let child = match (opts.parent, opts.pid_ns) {
+            (Parent::NamespaceInit, Some(ns)) => {
+                // A pid the snapshot does not use, for the midwife.
+                let midwife_pid = snap
+                    .state()
+                    .process
+                    .threads
+                    .iter()
+                    .map(|t| t.tid)
+                    .max()
+                    .unwrap_or(pid)
+                    .max(pid)
+                    + 1;
+                self.clone_through_midwife(&b, &checks, ns.as_raw_fd(), midwife_pid)?
             }
-            Err(e) => return Err(e),
-        };
-        cleaned?;
-        let [child] = clones[..] else {
-            for c in &clones {
-                spawn::reap(*c);
-            }
-            return Err(RestoreError::Unsupported(format!(
-                "the template's clone reported {} new processes",
-                clones.len()
-            )));
+            _ => self.clone_here(&b, &checks)?,
         };
         let mut guard = StubGuard(Some(child));
         let mut t = Tracee::adopt(child)?;
@@ -305,16 +300,7 @@ impl Template {
         timings.spawn_us = t_clone.elapsed().as_micros() as u64;
 
         let t_state = Instant::now();
-        let mem_path = format!("/proc/{child}/mem");
-        let mem = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&mem_path)
-            .map_err(|source| RestoreError::Io {
-                what: format!("Opening {mem_path}"),
-                source,
-            })?;
-        let mut r = Remote::from_parts(&mut t, mem, self.scratch, self.scratch_len);
+        let mut r = self.remote(&mut t)?;
         let mut kill_first = KillFirst(Some(child));
         let mut b = Batch::default();
         b.call(
@@ -342,6 +328,187 @@ impl Template {
             lazy: None,
         })
     }
+}
+
+impl Template {
+    /// A view on `t`, which shares the template's scratch area.
+    fn remote<'t>(&self, t: &'t mut Tracee) -> Result<Remote<'t>, RestoreError> {
+        let pid = t.tid();
+        let mem_path = format!("/proc/{pid}/mem");
+        let mem = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&mem_path)
+            .map_err(|source| RestoreError::Io {
+                what: format!("Opening {mem_path}"),
+                source,
+            })?;
+        Ok(Remote::from_parts(t, mem, self.scratch, self.scratch_len))
+    }
+
+    /// Runs the clone batch `b` in the template itself and empties its
+    /// descriptor table again; returns the (stopped, traced) clone.
+    fn clone_here(&mut self, b: &Batch, checks: &[(usize, RawFd)]) -> Result<Pid, RestoreError> {
+        let mem = self.mem.try_clone().map_err(|source| RestoreError::Io {
+            what: "Duplicating the template's memory handle".into(),
+            source,
+        })?;
+        let home = self.home as u64;
+        let mut r = Remote::from_parts(&mut self.tracee, mem, self.scratch, self.scratch_len);
+        let outcome = r.run_in(0, b);
+        // Whatever happened, the template's table goes back to `home` only,
+        // and it creates children in the restorer's pid namespace again
+        // (a midwife must start there).
+        let mut clean = Batch::default();
+        clean.call(
+            libc::SYS_setns,
+            [
+                V(home),
+                V(libc::CLONE_NEWPID as u64),
+                V(0),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            "returning to the restorer's pid namespace",
+        );
+        clean.call(
+            libc::SYS_close_range,
+            [V(0), V(home - 1), V(0), V(0), V(0), V(0)],
+            "closing the template's copies",
+        );
+        clean.call(
+            libc::SYS_close_range,
+            [V(home + 1), V(u64::from(u32::MAX)), V(0), V(0), V(0), V(0)],
+            "closing the template's copies",
+        );
+        let cleaned = r.run(&clean);
+        drop(r);
+        let (results, clones) = outcome?;
+        let child = one_clone(&clones)?;
+        if let Err(e) = check(&results, checks).and(cleaned.map(|_| ())) {
+            spawn::reap(child);
+            return Err(e);
+        }
+        Ok(child)
+    }
+
+    /// Forks a midwife from the template, runs the clone batch `b` in it
+    /// and kills it, so the clone is orphaned to its pid namespace's init;
+    /// returns the (stopped, traced) clone.
+    fn clone_through_midwife(
+        &mut self,
+        b: &Batch,
+        checks: &[(usize, RawFd)],
+        pid_ns: RawFd,
+        midwife_pid: i32,
+    ) -> Result<Pid, RestoreError> {
+        // In the template: into the pid namespace (as the parent of new
+        // processes only), the midwife with a pid the snapshot does not
+        // use, and back.
+        let home = self.home as u64;
+        let mut fork = Batch::default();
+        fork.call(
+            libc::SYS_pidfd_getfd,
+            [V(home), V(pid_ns as u64), V(0), V(0), V(0), V(0)],
+            "taking over the pid namespace",
+        );
+        fork.call(
+            libc::SYS_setns,
+            [V(0), V(libc::CLONE_NEWPID as u64), V(0), V(0), V(0), V(0)],
+            "joining the pid namespace",
+        );
+        fork.call(
+            libc::SYS_close,
+            [V(0), V(0), V(0), V(0), V(0), V(0)],
+            "closing the pid namespace",
+        );
+        let set_tid = fork.data(&midwife_pid.to_le_bytes());
+        let mut args = Vec::with_capacity(88);
+        for w in [libc::CLONE_PARENT as u64, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0] {
+            args.extend_from_slice(&w.to_le_bytes());
+        }
+        let args_arg = fork.data(&args);
+        fork.pointer(args_arg, 64, set_tid);
+        fork.call(
+            libc::SYS_clone3,
+            [args_arg, V(88), V(0), V(0), V(0), V(0)],
+            "forking a midwife from the template",
+        );
+        fork.call(
+            libc::SYS_setns,
+            [
+                V(home),
+                V(libc::CLONE_NEWPID as u64),
+                V(0),
+                V(0),
+                V(0),
+                V(0),
+            ],
+            "returning to the restorer's pid namespace",
+        );
+        let mem = self.mem.try_clone().map_err(|source| RestoreError::Io {
+            what: "Duplicating the template's memory handle".into(),
+            source,
+        })?;
+        let mut r = Remote::from_parts(&mut self.tracee, mem, self.scratch, self.scratch_len);
+        let forked = r.run_in(0, &fork);
+        drop(r);
+        let (results, forked) = forked?;
+        let midwife = one_clone(&forked)?;
+        if results[0] != 0 {
+            spawn::reap(midwife);
+            return Err(RestoreError::Unsupported(format!(
+                "the template took the pid namespace over as descriptor {}",
+                results[0]
+            )));
+        }
+        let _reap_midwife = StubGuard(Some(midwife));
+        let mut m = Tracee::adopt(midwife)?;
+        let mut r = self.remote(&mut m)?;
+        let outcome = r.run_in(0, b);
+        drop(r);
+        // Killed while still stopped (it never runs untraced), then reaped
+        // by `_reap_midwife`: the clone's parent is now its namespace's init.
+        let _ = nix::sys::signal::kill(midwife, nix::sys::signal::Signal::SIGKILL);
+        drop(m);
+        let (results, clones) = outcome?;
+        let child = one_clone(&clones)?;
+        if let Err(e) = check(&results, checks) {
+            spawn::reap(child);
+            return Err(e);
+        }
+        Ok(child)
+    }
+}
+
+/// The one process a batch was to create.
+fn one_clone(clones: &[Pid]) -> Result<Pid, RestoreError> {
+    match clones {
+        [c] => Ok(*c),
+        _ => {
+            for c in clones {
+                spawn::reap(*c);
+            }
+            Err(RestoreError::Unsupported(format!(
+                "a clone reported {} new processes",
+                clones.len()
+            )))
+        }
+    }
+}
+
+/// Checks the descriptor numbers the batch predicted.
+fn check(results: &[u64], checks: &[(usize, RawFd)]) -> Result<(), RestoreError> {
+    for (i, want) in checks {
+        if results.get(*i) != Some(&(*want as u64)) {
+            return Err(RestoreError::Unsupported(format!(
+                "call {i} returned {:?} where descriptor {want} was expected",
+                results.get(*i)
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Template {
@@ -376,6 +543,7 @@ fn clone_batch(
     plan: &FdPlan,
     namespaces: &[(RawFd, CloneFlags)],
     pid: i32,
+    clone_flags: u64,
 ) -> Result<(Batch, Vec<(usize, RawFd)>), RestoreError> {
     let p = &snap.state().process;
     let mut b = Batch::default();
@@ -634,12 +802,14 @@ fn clone_batch(
         );
     }
 
-    // 4. The clone itself: the caller is its parent (and tracer), the
-    //    snapshot's pid in the joined pid namespace. CLONE_PARENT needs
-    //    exit_signal 0; the child inherits the template's (SIGCHLD).
+    // 4. The clone itself, with the snapshot's pid in the joined pid
+    //    namespace; with CLONE_PARENT the caller is its parent (and, as for
+    //    every clone here, its tracer). CLONE_PARENT needs exit_signal 0;
+    //    the child inherits the template's (SIGCHLD); without it the
+    //    kernel sets SIGCHLD when an orphan is handed to its new parent.
     let set_tid = b.data(&pid.to_le_bytes());
     let mut args = Vec::with_capacity(88);
-    for w in [libc::CLONE_PARENT as u64, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0] {
+    for w in [clone_flags, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0] {
         args.extend_from_slice(&w.to_le_bytes());
     }
     let args_arg = b.data(&args);

@@ -21,7 +21,7 @@ use support::{error_chain, first_child, PidNs, Restored};
 use thaw_snapshot::checkpoint::checkpoint;
 use thaw_snapshot::image::Snapshot;
 use thaw_snapshot::state::FdKind;
-use thaw_snapshot::template::{CloneOptions, Template, TemplateOptions};
+use thaw_snapshot::template::{CloneOptions, Parent, Template, TemplateOptions};
 
 const PY_SCRIPT: &str = r#"
 import ctypes, mmap, os, sys, threading
@@ -59,6 +59,10 @@ for line in sys.stdin:
 
 /// A clone of `t` in a new pid namespace, on new pipes for stdin/stdout.
 fn clone_with_pipes(t: &mut Template, snap: &Snapshot, ns: &PidNs) -> Restored {
+    clone_with(t, snap, ns, Parent::Caller)
+}
+
+fn clone_with(t: &mut Template, snap: &Snapshot, ns: &PidNs, parent: Parent) -> Restored {
     let (in_r, in_w) = nix::unistd::pipe().expect("pipe");
     let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
     let err: OwnedFd = std::io::stderr()
@@ -78,6 +82,7 @@ fn clone_with_pipes(t: &mut Template, snap: &Snapshot, ns: &PidNs) -> Restored {
     let opts = CloneOptions {
         pid_ns: Some(ns.ns.as_fd()),
         fds,
+        parent,
         ..Default::default()
     };
     let c = t
@@ -243,6 +248,28 @@ fn python_clones_share_nothing_writable() {
     );
     assert_eq!(late.ask("read 9"), "page0009");
     assert!(template.is_alive());
+
+    // Through a midwife: the clone is the child of its namespace's init,
+    // as if that init had started it, and works the same.
+    let ns = PidNs::new();
+    let init = ns.init();
+    let mut orphan = clone_with(&mut template, &snap, &ns, Parent::NamespaceInit);
+    assert_eq!(orphan.ask("who"), "2 2");
+    assert_eq!(orphan.ask("read 7"), "page0007");
+    assert_eq!(fd_numbers(orphan.pid), snap_fds, "nothing of the midwife's");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", orphan.pid)).expect("status");
+    let ppid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .expect("PPid")
+        .trim()
+        .to_string();
+    assert_eq!(ppid, init.to_string(), "the namespace's init is the parent");
+    assert_eq!(
+        fd_numbers(template.pid()).len(),
+        1,
+        "the template holds only the restorer's pidfd"
+    );
 }
 
 const NODE_SCRIPT: &str = r#"
@@ -287,7 +314,7 @@ fn node_clones_get_their_threads_and_timers() {
     let mut clones = Vec::new();
     for _ in 0..10 {
         let ns = PidNs::new();
-        clones.push(clone_with_pipes(&mut template, &snap, &ns));
+        clones.push(clone_with(&mut template, &snap, &ns, Parent::NamespaceInit));
         namespaces.push(ns);
     }
     for c in &mut clones {

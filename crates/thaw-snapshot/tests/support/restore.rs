@@ -35,6 +35,7 @@ pub fn first_child(pid: u32) -> Pid {
 /// A pid namespace held open by a sleeping init.
 pub struct PidNs {
     holder: Child,
+    init: Pid,
     pub ns: File,
 }
 
@@ -46,7 +47,12 @@ impl PidNs {
             .expect("unshare");
         let init = first_child(holder.id());
         let ns = File::open(format!("/proc/{init}/ns/pid")).expect("open pid ns");
-        PidNs { holder, ns }
+        PidNs { holder, init, ns }
+    }
+
+    /// The namespace's init (PID 1 there), by its pid in ours.
+    pub fn init(&self) -> Pid {
+        self.init
     }
 }
 
