@@ -27,6 +27,12 @@ pub struct ServeArgs {
     /// the THAW_MEMORY_MODE variable.
     #[arg(long, default_value = "working-set")]
     pub memory_mode: thawd::config::MemoryMode,
+    /// How new instances of a function with a snapshot are made: `clone`
+    /// (copy-on-write from the snapshot restored once per host, its
+    /// *template*) or `restore` (each restores the snapshot, see
+    /// --memory-mode).
+    #[arg(long, default_value = "clone")]
+    pub instances: thawd::config::InstanceMode,
     /// Same as --memory-mode lazy.
     #[arg(long, hide = true)]
     pub lazy_restore: bool,
@@ -141,6 +147,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             bytes_per_sec: 0,
         });
     }
+    config.instances = args.instances;
     if let Some(n) = args.fault_around {
         config.fault_around = n;
     }

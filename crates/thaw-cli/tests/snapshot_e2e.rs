@@ -95,10 +95,46 @@ fn restore_and_serve(d: &Daemon, name: &str, dir: &str, runtime: &str, handler: 
     assert_eq!(v["snap"], "taken");
 }
 
-/// Daemon flags of each memory mode (working-set is the default).
-const EAGER: &[&str] = &["--memory-mode", "eager"];
-const LAZY: &[&str] = &["--memory-mode", "lazy"];
-const WORKING_SET: &[&str] = &[];
+/// Daemon flags of each way of making an instance from a snapshot: a
+/// restore in each memory mode, or a clone of the template (the default).
+const EAGER: &[&str] = &["--instances", "restore", "--memory-mode", "eager"];
+const LAZY: &[&str] = &["--instances", "restore", "--memory-mode", "lazy"];
+const WORKING_SET: &[&str] = &["--instances", "restore", "--memory-mode", "working-set"];
+const CLONE: &[&str] = &[];
+
+#[test]
+fn python_function_clones_from_its_template() {
+    if !common::can_run("python_function_clones_from_its_template") {
+        return;
+    }
+    let d = Daemon::start(CLONE);
+    restore_and_serve(&d, "pysnap", "py-snap", "python3.11", "app.handler");
+}
+
+#[test]
+fn node_function_clones_from_its_template() {
+    if !common::can_run("node_function_clones_from_its_template") {
+        return;
+    }
+    let d = Daemon::start(CLONE);
+    restore_and_serve(&d, "nodesnap", "node-snap", "nodejs20.x", "index.handler");
+}
+
+#[test]
+fn twenty_concurrent_clones_are_independent() {
+    if !common::can_run("twenty_concurrent_clones_are_independent") {
+        return;
+    }
+    twenty_concurrent(CLONE);
+}
+
+#[test]
+fn damaged_snapshot_is_refused_by_a_template_too() {
+    if !common::can_run("damaged_snapshot_is_refused_by_a_template_too") {
+        return;
+    }
+    damaged(CLONE);
+}
 
 #[test]
 fn python_function_restores_from_snapshot_with_working_set() {
@@ -336,7 +372,7 @@ fn restore_killed_halfway_leaves_nothing_behind() {
     }
     // Without standby sandboxes, so that a killed restore falls back to a
     // cold start (with one, a second restore would be tried first).
-    let mut d = Daemon::start(&["--standby", "0"]);
+    let mut d = Daemon::start(&["--standby", "0", "--instances", "restore"]);
     let c = d.client();
     let parent = common::cgroup_parent_of(&d.data_dir);
     let mut caught = false;
@@ -409,7 +445,7 @@ fn provided_runtime_restores_from_snapshot() {
     if !common::can_run("provided_runtime_restores_from_snapshot") {
         return;
     }
-    for mode in [EAGER, LAZY, WORKING_SET] {
+    for mode in [EAGER, LAZY, WORKING_SET, CLONE] {
         let d = Daemon::start(mode);
         let c = d.client();
         deploy(

@@ -32,11 +32,20 @@ fn distinct(values: &[Value], key: &str) -> usize {
         .len()
 }
 
-/// Hooks order, the restore's environment, Server-Timing, and 50 restores
-/// that all differ; then the same function with reseeding off repeats its
-/// random numbers (`dup_keys`), which shows the first check can fail.
-fn hooks_and_identity(runtime: &str, dir: &str, handler: &str, dup_keys: &[&str]) {
-    let d = Daemon::start(&[]);
+/// Hooks order, the restore's environment, Server-Timing, and `count` new
+/// instances (cloned from one template, or each restored: `instances` is
+/// `clone` or `restore`) that all differ; then the same function with
+/// reseeding off repeats its random numbers (`dup_keys`), which shows the
+/// first check can fail.
+fn hooks_and_identity(
+    runtime: &str,
+    dir: &str,
+    handler: &str,
+    dup_keys: &[&str],
+    instances: &str,
+    count: usize,
+) {
+    let d = Daemon::start(&["--instances", instances]);
     let c = d.client();
     deploy_env(&c, "h", dir, runtime, handler, &[]);
     let report = c.create_snapshot("h", b"{}").unwrap();
@@ -48,10 +57,16 @@ fn hooks_and_identity(runtime: &str, dir: &str, handler: &str, dup_keys: &[&str]
     let (r, v) = invoke(&c, "h", json!({}));
     assert_eq!(r.start, Some(StartKind::Restored), "{v}");
     let t = r.server_timing.expect("Server-Timing");
-    assert!(
-        t.restore_ms > 0.0 && t.memory_ms > 0.0 && t.hooks_ms > 0.0,
-        "{t:?}"
-    );
+    // A clone has no memory to bring back: it shares the template's.
+    let memory = instances == "clone" || t.memory_ms > 0.0;
+    assert!(t.restore_ms > 0.0 && memory && t.hooks_ms > 0.0, "{t:?}");
+    if instances == "clone" {
+        assert!(
+            r.memory.as_ref().is_some_and(|m| m.mode == "clone"),
+            "{:?}",
+            r.memory
+        );
+    }
     let id = v["instance_id"].as_str().unwrap().to_string();
     assert_eq!(
         v["ran"],
@@ -64,7 +79,7 @@ fn hooks_and_identity(runtime: &str, dir: &str, handler: &str, dup_keys: &[&str]
         "the log stream is the restored instance's: {v}"
     );
 
-    let runs: Vec<Value> = (0..50).map(|_| invoke_restored(&c, "h")).collect();
+    let runs: Vec<Value> = (0..count).map(|_| invoke_restored(&c, "h")).collect();
     for v in &runs {
         let boot = v["boot_id"].as_str().unwrap();
         assert!(boot.len() == 36 && !boot.starts_with("error"), "{v}");
@@ -86,12 +101,23 @@ fn hooks_and_identity(runtime: &str, dir: &str, handler: &str, dup_keys: &[&str]
     ] {
         assert_eq!(
             distinct(&runs, key),
-            50,
-            "{key} repeats across restored instances"
+            count,
+            "{key} repeats across new instances ({instances})"
         );
     }
     if runtime.starts_with("nodejs") {
-        assert_eq!(distinct(&runs, "bytes"), 50, "crypto.randomBytes repeats");
+        assert_eq!(
+            distinct(&runs, "bytes"),
+            count,
+            "crypto.randomBytes repeats"
+        );
+    }
+    if instances == "clone" {
+        assert_eq!(
+            common::metric(&d, "thaw_templates{function=\"h\"}"),
+            1.0,
+            "all cloned from one template"
+        );
     }
 
     deploy_env(&c, "same", dir, runtime, handler, &[("THAW_RESEED", "0")]);
@@ -111,7 +137,29 @@ fn python_hooks_identity_and_reseeding() {
     if !can_run("python_hooks_identity_and_reseeding") {
         return;
     }
-    hooks_and_identity("python3.11", "py-hooks", "app.handler", &["random"]);
+    hooks_and_identity(
+        "python3.11",
+        "py-hooks",
+        "app.handler",
+        &["random"],
+        "clone",
+        100,
+    );
+}
+
+#[test]
+fn python_hooks_identity_and_reseeding_restored() {
+    if !can_run("python_hooks_identity_and_reseeding_restored") {
+        return;
+    }
+    hooks_and_identity(
+        "python3.11",
+        "py-hooks",
+        "app.handler",
+        &["random"],
+        "restore",
+        50,
+    );
 }
 
 #[test]
@@ -124,6 +172,23 @@ fn node_hooks_identity_and_reseeding() {
         "node-hooks",
         "index.handler",
         &["random", "uuid", "bytes"],
+        "clone",
+        100,
+    );
+}
+
+#[test]
+fn node_hooks_identity_and_reseeding_restored() {
+    if !can_run("node_hooks_identity_and_reseeding_restored") {
+        return;
+    }
+    hooks_and_identity(
+        "nodejs20.x",
+        "node-hooks",
+        "index.handler",
+        &["random", "uuid", "bytes"],
+        "restore",
+        50,
     );
 }
 

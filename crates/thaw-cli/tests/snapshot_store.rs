@@ -71,7 +71,7 @@ fn snapshots_are_published_to_the_store_and_restored_from_it() {
     if !can_run("snapshots_are_published_to_the_store_and_restored_from_it") {
         return;
     }
-    let d = Daemon::start(&["--standby", "0"]);
+    let d = Daemon::start(&["--instances", "restore", "--standby", "0"]);
     let c = d.client();
     deploy_env(&c, "pages", "py-pages", "python3.11", "app.handler", &[]);
     snapshot(&c, "pages");
@@ -156,7 +156,7 @@ fn a_tampered_chunk_never_reaches_an_instance() {
     if !can_run("a_tampered_chunk_never_reaches_an_instance") {
         return;
     }
-    let d = Daemon::start(&["--standby", "0"]);
+    let d = Daemon::start(&["--instances", "restore", "--standby", "0"]);
     let c = d.client();
     for (name, mode) in [("eager", "eager"), ("ws", "working-set")] {
         deploy_env(

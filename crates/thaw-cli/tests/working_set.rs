@@ -55,7 +55,14 @@ fn a_recorded_working_set_is_prefetched_and_extended_by_other_inputs() {
     if !can_run("a_recorded_working_set_is_prefetched_and_extended_by_other_inputs") {
         return;
     }
-    let d = Daemon::start(&["--memory-mode", "working-set", "--standby", "0"]);
+    let d = Daemon::start(&[
+        "--instances",
+        "restore",
+        "--memory-mode",
+        "working-set",
+        "--standby",
+        "0",
+    ]);
     let c = d.client();
     deploy_env(&c, "pages", "py-pages", "python3.11", "app.handler", &[]);
     snapshot_pages(&c, "pages", 0, 256);
@@ -127,7 +134,14 @@ fn each_function_may_choose_its_memory_mode() {
     if !can_run("each_function_may_choose_its_memory_mode") {
         return;
     }
-    let d = Daemon::start(&["--memory-mode", "working-set", "--standby", "0"]);
+    let d = Daemon::start(&[
+        "--instances",
+        "restore",
+        "--memory-mode",
+        "working-set",
+        "--standby",
+        "0",
+    ]);
     let c = d.client();
     for mode in ["eager", "lazy", "working-set"] {
         let name = format!("pages-{mode}");
@@ -163,6 +177,8 @@ fn a_corrupt_stale_or_missing_working_set_is_ignored_and_rerecorded() {
     // Plain files: the engine's own checks of the file. (With the store, a
     // missing host copy is fetched again: snapshot_store.rs.)
     let d = Daemon::start(&[
+        "--instances",
+        "restore",
         "--memory-mode",
         "working-set",
         "--standby",
@@ -276,6 +292,8 @@ fn a_sandbox_killed_mid_fault_fails_the_invocation_cleanly() {
     // Every snapshot read takes 100 ms: reading all 32 MiB of the
     // function's pages on demand takes seconds.
     let d = Daemon::start(&[
+        "--instances",
+        "restore",
         "--memory-mode",
         "lazy",
         "--standby",

@@ -120,6 +120,13 @@ pub struct RestoreSpec {
     /// `Standby`, and restore only when `Resume` arrives.
     #[serde(default)]
     pub standby: bool,
+    /// With `standby`: the daemon clones the runtime from its template of
+    /// this snapshot into the sandbox (as the snapshot's pid, a child of
+    /// PID 1) before it sends `Resume`; the sandbox only prepares the
+    /// runtime's connections (reported in `Standby`) and reads nothing
+    /// but the snapshot's state.
+    #[serde(default)]
+    pub clone: bool,
     /// Where the runtime was waiting when it was snapshotted.
     #[serde(default)]
     pub resume: ResumePoint,
@@ -238,7 +245,8 @@ pub struct MemoryReport {
     /// Served lazily (else copied in eagerly).
     pub lazy: bool,
     /// What became of the working set: `none` (not asked for), `used`,
-    /// `missing` or `invalid`.
+    /// `missing` or `invalid`; `clone` when the runtime was cloned from a
+    /// template (its memory was all in place, shared copy-on-write).
     pub working_set: String,
     /// Why an invalid working set was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -319,6 +327,11 @@ pub enum FromSupervisor {
     Standby {
         /// Milliseconds spent building and preparing it.
         setup_ms: f64,
+        /// For a clone: the descriptors the runtime gets, as `(number in
+        /// the runtime, number in this PID 1)` (the daemon takes them with
+        /// `pidfd_getfd`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        clone_fds: Vec<(i32, i32)>,
     },
     /// The runtime called `/invocation/next` and waits for an invocation:
     /// it is idle (a checkpoint may be taken now).

@@ -194,8 +194,20 @@ fn run() -> Result<ExitReason, ()> {
         Some(r) if r.standby => thaw_sandbox::enter_with(&spec.sandbox, || {
             let prepared = crate::restore::prepare_restore(&spec.runtime, r, pages.take())?;
             let setup_ms = ms_since(started);
-            write_frame_sync(&mut control, &FromSupervisor::Standby { setup_ms }, &[])
-                .map_err(|e| error_chain(&e))?;
+            let clone_fds = if r.clone {
+                prepared.clone_fds()
+            } else {
+                Vec::new()
+            };
+            write_frame_sync(
+                &mut control,
+                &FromSupervisor::Standby {
+                    setup_ms,
+                    clone_fds,
+                },
+                &[],
+            )
+            .map_err(|e| error_chain(&e))?;
             match read_frame_sync::<_, ToSupervisor>(&mut control) {
                 Ok((ToSupervisor::Resume, _)) => {}
                 Ok((other, _)) => {
@@ -205,7 +217,11 @@ fn run() -> Result<ExitReason, ()> {
             }
             // What the daemon waits for from here on is the restore.
             started = SystemTime::now();
-            adopted = Some(prepared.restore()?);
+            adopted = Some(if r.clone {
+                prepared.adopt_clone()?
+            } else {
+                prepared.restore()?
+            });
             Ok(())
         }),
         Some(r) => thaw_sandbox::enter_with(&spec.sandbox, || {

@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use thaw_snapshot::image::Snapshot;
 use thaw_snapshot::lazy::{LazyMemory, Probe, ServeOptions, DEFAULT_FAULT_AROUND};
 use thaw_snapshot::restore::{restore, MemoryMode, RestoreOptions};
-use thaw_snapshot::state::FdKind;
+use thaw_snapshot::state::{FdKind, SnapshotState};
 use thaw_snapshot::workingset::{WorkingSet, WORKING_SET_FILE};
 
 use crate::control::{AfterRestore, MemoryReport, RestoreSpec, ResumePoint, RuntimeSpec};
@@ -167,7 +167,11 @@ pub fn restore_runtime(
 /// Runtime API with the runtime's connection and its pending `/next`, the
 /// output pipes. A standby sandbox holds one of these until `Resume`.
 pub struct PreparedRestore {
-    snap: Snapshot,
+    /// The opened snapshot (not for a clone, which reads only its state).
+    snap: Option<Snapshot>,
+    /// The runtime's pid in the snapshot.
+    pid: i32,
+    dir: std::path::PathBuf,
     lazy: bool,
     record: bool,
     fault_around: u32,
@@ -186,7 +190,7 @@ pub struct PreparedRestore {
 impl std::fmt::Debug for PreparedRestore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedRestore")
-            .field("snapshot", &self.snap.dir())
+            .field("snapshot", &self.dir)
             .field("lazy", &self.lazy)
             .finish_non_exhaustive()
     }
@@ -224,8 +228,8 @@ pub fn enter_time_namespace(monotonic_ns: i64, boottime_ns: i64) -> Result<(), S
 /// Offsets that keep a restored process's clocks from going backwards:
 /// zero when the host's clocks are already past what the snapshotted
 /// process saw (the same boot), else the difference, plus a millisecond.
-fn restore_clock_offsets(snap: &Snapshot) -> (i64, i64) {
-    let seen = snap.state().clocks;
+fn restore_clock_offsets(state: &SnapshotState) -> (i64, i64) {
+    let seen = state.clocks;
     let now = |id| -> i64 {
         nix::time::clock_gettime(id)
             .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
@@ -253,18 +257,32 @@ pub fn prepare_restore(
     pages: Option<std::os::unix::net::UnixStream>,
 ) -> Result<PreparedRestore, String> {
     let dir = Path::new(&r.snapshot_dir);
-    let mut snap = match (r.page_socket, pages) {
-        (false, _) => Snapshot::open(dir),
-        (true, Some(sock)) => {
-            let source = SocketPages::new(sock)
-                .map_err(|e| format!("Cannot reach the snapshot store: {e}"))?;
-            Snapshot::open_with(dir, Box::new(source))
+    // A clone's memory comes from the daemon's template: only the state
+    // (descriptors, clocks) is read here.
+    let (snap, cloned_state) = if r.clone {
+        let state = thaw_snapshot::image::read_state(&dir.join(thaw_snapshot::image::STATE_FILE))
+            .map_err(|e| error_chain(&e))?;
+        (None, Some(state))
+    } else {
+        let mut snap = match (r.page_socket, pages) {
+            (false, _) => Snapshot::open(dir),
+            (true, Some(sock)) => {
+                let source = SocketPages::new(sock)
+                    .map_err(|e| format!("Cannot reach the snapshot store: {e}"))?;
+                Snapshot::open_with(dir, Box::new(source))
+            }
+            (true, None) => return Err("The restore has no page socket".into()),
         }
-        (true, None) => return Err("The restore has no page socket".into()),
-    }
-    .map_err(|e| error_chain(&e))?;
-    snap.set_throttle(r.throttle);
-    let (monotonic, boottime) = restore_clock_offsets(&snap);
+        .map_err(|e| error_chain(&e))?;
+        snap.set_throttle(r.throttle);
+        (Some(snap), None)
+    };
+    let state = match (&snap, &cloned_state) {
+        (Some(snap), _) => snap.state(),
+        (None, Some(state)) => state,
+        (None, None) => return Err("No snapshot state".into()),
+    };
+    let (monotonic, boottime) = restore_clock_offsets(state);
     if monotonic > 0 || boottime > 0 {
         tracing::info!(
             monotonic_ns = monotonic,
@@ -273,19 +291,19 @@ pub fn prepare_restore(
         );
     }
     enter_time_namespace(monotonic, boottime)?;
-    if !r.lazy {
+    if let (Some(snap), false) = (&snap, r.lazy) {
         snap.preload().map_err(|e| error_chain(&e))?;
     }
     let mut memory_report = MemoryReport {
-        lazy: r.lazy,
-        working_set: "none".into(),
-        recorded: r.lazy && r.record,
+        lazy: r.lazy && !r.clone,
+        working_set: if r.clone { "clone" } else { "none" }.into(),
+        recorded: r.lazy && r.record && !r.clone,
         ..MemoryReport::default()
     };
     let t_ws = Instant::now();
-    let working_set = if r.lazy && r.working_set && !r.record {
+    let working_set = if let (Some(snap), true) = (&snap, r.lazy && r.working_set && !r.record) {
         let path = snap.dir().join(WORKING_SET_FILE);
-        match WorkingSet::open(&path, &snap) {
+        match WorkingSet::open(&path, snap) {
             Ok(ws) => {
                 memory_report.working_set = "used".into();
                 Some(ws)
@@ -318,7 +336,7 @@ pub fn prepare_restore(
     let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
 
     let mut api_conn: Option<(i32, TcpStream)> = None;
-    for f in &snap.state().process.fds {
+    for f in &state.process.fds {
         let FdKind::External { link } = &f.kind else {
             continue;
         };
@@ -353,8 +371,11 @@ pub fn prepare_restore(
     let Some((api_fd, conn)) = api_conn else {
         return Err("The snapshot has no Runtime API connection".into());
     };
+    let pid = state.process.pid;
     Ok(PreparedRestore {
         snap,
+        pid,
+        dir: dir.to_path_buf(),
         lazy: r.lazy,
         record: r.record,
         fault_around: r.fault_around,
@@ -371,9 +392,56 @@ pub fn prepare_restore(
 }
 
 impl PreparedRestore {
+    /// For a clone: the descriptors the runtime gets, as `(number in the
+    /// runtime, number in this process)`.
+    pub fn clone_fds(&self) -> Vec<(i32, i32)> {
+        use std::os::fd::AsRawFd;
+        vec![
+            (1, self.out.1.as_raw_fd()),
+            (2, self.err.1.as_raw_fd()),
+            (self.api_fd, self.conn.as_raw_fd()),
+        ]
+    }
+
+    /// Takes over the runtime the daemon cloned into this sandbox from its
+    /// template: the snapshot's pid, a child of this process (PID 1). This
+    /// process's copies of the runtime's ends are closed.
+    pub fn adopt_clone(self) -> Result<Adopted, String> {
+        let pid = Pid::from_raw(self.pid);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_err(|e| format!("The cloned runtime (pid {pid}) is not there: {e}"))?;
+        let ppid = thaw_snapshot::proc::parse_stat(&stat)
+            .map_err(|e| format!("Cannot read the cloned runtime's state: {e}"))?
+            .ppid;
+        if ppid != nix::unistd::getpid().as_raw() {
+            return Err(format!(
+                "Pid {pid} is not a child of the supervisor (its parent is {ppid})"
+            ));
+        }
+        if let Err(e) = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(error = %e, "cannot unmount the snapshot");
+        }
+        Ok(Adopted {
+            pid,
+            listener: self.listener,
+            stdout: self.out.0,
+            stderr: self.err.0,
+            restore_ms: 0.0,
+            memory_ms: 0.0,
+            lazy: None,
+            memory_report: self.memory_report,
+            probe: None,
+            resume: self.resume,
+            after_restore: self.after_restore,
+        })
+    }
+
     /// Restores the runtime.
     pub fn restore(mut self) -> Result<Adopted, String> {
         let t0 = Instant::now();
+        let Some(snap) = self.snap.take() else {
+            return Err("A clone's sandbox cannot restore".into());
+        };
         let opts = RestoreOptions {
             pid_ns: None,
             namespaces: Vec::new(),
@@ -390,18 +458,17 @@ impl PreparedRestore {
             },
             working_set: self.working_set.as_ref(),
         };
-        let restored = restore(&self.snap, &opts).map_err(|e| error_chain(&e))?;
+        let restored = restore(&snap, &opts).map_err(|e| error_chain(&e))?;
         // The runtime must not see its snapshot (the files are root-only
         // anyway); what is open stays usable for the page server.
-        if let Err(e) = nix::mount::umount2(self.snap.dir(), nix::mount::MntFlags::MNT_DETACH) {
+        if let Err(e) = nix::mount::umount2(snap.dir(), nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!(error = %e, "cannot unmount the snapshot");
         }
         tracing::debug!(timings = ?restored.timings, lazy = self.lazy, "runtime restored");
         let report = &mut self.memory_report;
         report.prefetched_pages = restored.timings.prefetched_pages;
         report.prefetch_us += restored.timings.prefetch_us;
-        report.bytes_read = self.snap.bytes_read();
-        let snap = self.snap;
+        report.bytes_read = snap.bytes_read();
         let (lazy, probe) = match restored.lazy {
             Some(memory) => {
                 // Every lazy restore records until its first invocation

@@ -875,7 +875,9 @@ fn invoke_response(out: InvokeOutcome) -> Response {
     set_header(&mut resp, SERVER_TIMING_HEADER, &timing.to_string());
     if let Some(m) = &out.memory {
         let info = thaw_api::invoke::MemoryInfo {
-            mode: if !m.lazy {
+            mode: if m.working_set == "clone" {
+                "clone"
+            } else if !m.lazy {
                 "eager"
             } else if m.working_set == "used" {
                 "working-set"

@@ -22,6 +22,8 @@ pub struct DaemonConfig {
     /// How restores bring a snapshot's memory back (a function may choose
     /// its own with the `THAW_MEMORY_MODE` variable).
     pub memory_mode: MemoryMode,
+    /// How new instances of a function with a snapshot are made.
+    pub instances: InstanceMode,
     /// Pages a lazy restore's page server copies per fault (0: the
     /// engine's default).
     pub fault_around: u32,
@@ -78,6 +80,7 @@ impl DaemonConfig {
             pids_max: 128,
             tmp_size_bytes: 512 * 1024 * 1024,
             memory_mode: MemoryMode::default(),
+            instances: InstanceMode::default(),
             fault_around: 0,
             snapshot_read_throttle: None,
             standby_per_function: 1,
@@ -89,6 +92,40 @@ impl DaemonConfig {
             store_disk_cache_bytes: 4 << 30,
             store_key_file: None,
         }
+    }
+}
+
+/// How new instances of a function with a snapshot are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstanceMode {
+    /// Cloned copy-on-write from the function revision's *template* (the
+    /// snapshot restored once per host and never resumed) into a standby
+    /// sandbox: no restore per instance, and the snapshot's memory is
+    /// shared by every instance of the host. The default.
+    #[default]
+    Clone,
+    /// Restored from the snapshot into a standby (or new) sandbox, each
+    /// with a private copy of the snapshot's memory (`--memory-mode`).
+    Restore,
+}
+
+impl InstanceMode {
+    /// The mode's name (`clone`, `restore`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceMode::Clone => "clone",
+            InstanceMode::Restore => "restore",
+        }
+    }
+}
+
+impl std::str::FromStr for InstanceMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [InstanceMode::Clone, InstanceMode::Restore]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown instance mode {s:?} (clone or restore)"))
     }
 }
 

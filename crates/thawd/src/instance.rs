@@ -147,6 +147,21 @@ pub struct InstanceContext {
     /// The snapshot store snapshots are published to and restored from
     /// (`None`: plain files only).
     pub store: Option<Arc<crate::snapstore::SnapshotStore>>,
+    /// The host's templates: with them, standby sandboxes get their
+    /// runtime cloned from the function revision's template instead of
+    /// restoring the snapshot (`thaw serve --instances clone`, the
+    /// default); `None` restores every instance.
+    pub templates: Option<crate::templates::Templates>,
+}
+
+/// The cgroup limits of an instance (and of a template) of `f`.
+fn limits_for(f: &FunctionRecord, ctx: &InstanceContext) -> Limits {
+    Limits {
+        memory_bytes: u64::from(f.memory_mb) * 1024 * 1024,
+        // Lambda gives one vCPU per 1769 MB; we express that as a relative share.
+        cpu_shares: (u64::from(f.memory_mb) * 1024 / 1769).max(2),
+        pids_max: ctx.pids_max,
+    }
 }
 
 /// Why an instance could not be started.
@@ -244,6 +259,9 @@ pub struct Instance {
     memory: Option<(MemoryReport, Vec<u64>)>,
     /// The snapshot a restored instance came from.
     snapshot_dir: Option<PathBuf>,
+    /// A standby sandbox waiting for a clone: the runtime's descriptors,
+    /// `(number in the runtime, number in PID 1)`.
+    clone_fds: Option<Vec<(i32, i32)>>,
 }
 
 impl Instance {
@@ -296,23 +314,125 @@ impl Instance {
         Self::launch_restore(f, ctx, snapshot_dir, true).await
     }
 
-    /// Restore the runtime of a standby instance and wait until it asks for
-    /// an invocation. On failure the instance is destroyed.
-    pub async fn resume(&mut self, f: &FunctionRecord) -> Result<PhaseTimings, StartError> {
+    /// A new instance of `f` whose runtime is cloned from the template of
+    /// the snapshot in `snapshot_dir` (made first if needed): a standby
+    /// sandbox, then [`Instance::resume`]. Needs `ctx.templates`.
+    pub async fn clone_new(
+        f: &FunctionRecord,
+        ctx: &InstanceContext,
+        snapshot_dir: &Path,
+    ) -> Result<(Instance, PhaseTimings), StartError> {
+        let t0 = Instant::now();
+        let (mut inst, _) = Self::launch_restore(f, ctx, snapshot_dir, true).await?;
+        let mut t = inst.resume(f, ctx).await?;
+        t.sandbox_ms = ms(t0.elapsed());
+        Ok((inst, t))
+    }
+
+    /// Whether this standby instance's runtime will be cloned from a
+    /// template (else restored).
+    pub fn is_clone(&self) -> bool {
+        self.clone_fds.is_some()
+    }
+
+    /// Restore (or clone, in a clone's standby sandbox) the runtime of a
+    /// standby instance and wait until it asks for an invocation. On
+    /// failure the instance is destroyed.
+    pub async fn resume(
+        &mut self,
+        f: &FunctionRecord,
+        ctx: &InstanceContext,
+    ) -> Result<PhaseTimings, StartError> {
         let t0 = Instant::now();
         self.collecting.store(true, Ordering::Relaxed);
-        let r = match write_frame(&mut self.control, &ToSupervisor::Resume, &[]).await {
-            Ok(()) => self.await_start(t0, f, false, true).await,
-            Err(e) => Err(StartError::Platform(format!(
-                "cannot send Resume: {}",
-                error_chain(&e)
-            ))),
+        let cloned = match self.clone_fds.take() {
+            Some(fds) => self.clone_runtime(f, ctx, fds).await.map(Some),
+            None => Ok(None),
+        };
+        let r = match cloned {
+            Err(e) => Err(e),
+            Ok(cloned) => match write_frame(&mut self.control, &ToSupervisor::Resume, &[]).await {
+                Ok(()) => self.await_start(t0, f, false, true).await.map(|mut t| {
+                    if let Some(c) = cloned {
+                        t.restore_ms = (c.clone_us + c.template_us.unwrap_or(0)) as f64 / 1000.0;
+                    }
+                    t
+                }),
+                Err(e) => Err(StartError::Platform(format!(
+                    "cannot send Resume: {}",
+                    error_chain(&e)
+                ))),
+            },
         };
         self.collecting.store(false, Ordering::Relaxed);
         if r.is_err() {
             self.destroy().await;
         }
         r
+    }
+
+    /// Clones the runtime from its template into this standby sandbox.
+    async fn clone_runtime(
+        &mut self,
+        f: &FunctionRecord,
+        ctx: &InstanceContext,
+        fds: Vec<(i32, i32)>,
+    ) -> Result<crate::templates::Cloned, StartError> {
+        let platform = |what: String| StartError::Platform(what);
+        let templates = ctx
+            .templates
+            .as_ref()
+            .ok_or_else(|| platform("this daemon keeps no templates".into()))?;
+        let dir = self
+            .snapshot_dir
+            .clone()
+            .ok_or_else(|| platform("a clone without a snapshot".into()))?;
+        let outer = self
+            .child
+            .id()
+            .ok_or_else(|| platform("the sandbox is gone".into()))?;
+        let pid1 = only_child(outer).ok_or_else(|| platform("the sandbox has no PID 1".into()))?;
+        // The memory image: from the store if it is there (prepared here,
+        // on the async runtime; read on the templates' thread).
+        let meta =
+            crate::snapshots::SnapshotMeta::read(&dir).map_err(|e| platform(e.to_string()))?;
+        let source = match (&meta.store, &ctx.store) {
+            (Some(blobs), Some(store)) if !dir.join(thaw_snapshot::image::MEMORY_FILE).exists() => {
+                let m = store
+                    .memory_manifest(&blobs.memory)
+                    .await
+                    .map_err(platform)?;
+                Some(store.page_source(m))
+            }
+            _ => None,
+        };
+        let image: crate::templates::ImageSource = Box::new(move || {
+            Ok(source.map(|s| Box::new(s) as Box<dyn thaw_snapshot::image::PageSource>))
+        });
+        let target = crate::templates::CloneTarget {
+            pid1,
+            fds,
+            cgroup_procs: self
+                .cgroup
+                .as_ref()
+                .map(|c| {
+                    c.directories()
+                        .into_iter()
+                        .map(|d| d.join("cgroup.procs"))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            limits: limits_for(f, ctx),
+        };
+        let key = crate::templates::TemplateKey {
+            function: f.name.clone(),
+            revision: f.revision_id.clone(),
+            dir,
+        };
+        templates
+            .clone_into(key, image, target)
+            .await
+            .map_err(|e| platform(format!("cannot clone the runtime: {e}")))
     }
 
     async fn launch_restore(
@@ -323,9 +443,18 @@ impl Instance {
     ) -> Result<(Instance, PhaseTimings), StartError> {
         let meta = crate::snapshots::SnapshotMeta::read(snapshot_dir)
             .map_err(|e| StartError::Platform(e.to_string()))?;
+        let clone = standby && ctx.templates.is_some();
         // A stored snapshot: the host needs its state and working set, and
-        // the restore reads the memory image from the store.
+        // the restore reads the memory image from the store (a clone's
+        // sandbox reads only the state; its memory is the template's).
         let pages = match (&meta.store, &ctx.store) {
+            (Some(blobs), Some(store)) if clone => {
+                store
+                    .materialize(snapshot_dir, blobs)
+                    .await
+                    .map_err(StartError::Platform)?;
+                None
+            }
             (Some(blobs), Some(store))
                 if !snapshot_dir
                     .join(thaw_snapshot::image::MEMORY_FILE)
@@ -436,6 +565,7 @@ impl Instance {
                 throttle: ctx.snapshot_read_throttle,
                 page_socket: pages.is_some(),
                 standby,
+                clone: standby && ctx.templates.is_some(),
                 resume,
                 after_restore: AfterRestore {
                     instance_id: id.clone(),
@@ -444,12 +574,7 @@ impl Instance {
                 },
             });
         }
-        let limits = Limits {
-            memory_bytes: u64::from(f.memory_mb) * 1024 * 1024,
-            // Lambda gives one vCPU per 1769 MB; we express that as a relative share.
-            cpu_shares: (u64::from(f.memory_mb) * 1024 / 1769).max(2),
-            pids_max: ctx.pids_max,
-        };
+        let limits = limits_for(f, ctx);
         let cgroup = ctx
             .cgroups
             .create(&id, &limits)
@@ -511,6 +636,7 @@ impl Instance {
             reader,
             memory: None,
             snapshot_dir: restore.map(|(dir, _, _)| dir.to_path_buf()),
+            clone_fds: None,
         };
         match inst.finish_start(t0, f, spec, standby).await {
             Ok(t) => {
@@ -631,8 +757,11 @@ impl Instance {
                     });
                 }
                 Event::Frame(FromSupervisor::Waiting, _) => {}
-                Event::Frame(FromSupervisor::Standby { .. }, _) if standby => {
+                Event::Frame(FromSupervisor::Standby { clone_fds, .. }, _) if standby => {
                     timings.sandbox_ms = ms(t0.elapsed());
+                    if !clone_fds.is_empty() {
+                        self.clone_fds = Some(clone_fds);
+                    }
                     return Ok(timings);
                 }
                 Event::Frame(

@@ -22,6 +22,7 @@ pub mod secrets;
 pub mod server;
 pub mod snapshots;
 pub mod snapstore;
+pub mod templates;
 
 pub use config::DaemonConfig;
 pub use server::{serve, serve_with, Platform};

@@ -23,6 +23,7 @@ pub struct Metrics {
     snapshot_builds: IntCounterVec,
     restore_memory: IntCounterVec,
     working_sets: IntCounterVec,
+    templates: IntGaugeVec,
 }
 
 impl Metrics {
@@ -80,6 +81,14 @@ impl Metrics {
             &["function", "event"],
         )?;
         registry.register(Box::new(working_sets.clone()))?;
+        let templates = IntGaugeVec::new(
+            Opts::new(
+                "thaw_templates",
+                "Templates (snapshots restored once, never resumed, cloned into new instances) on this host",
+            ),
+            &["function"],
+        )?;
+        registry.register(Box::new(templates.clone()))?;
         Ok(Metrics {
             registry,
             phase,
@@ -89,7 +98,13 @@ impl Metrics {
             snapshot_builds,
             restore_memory,
             working_sets,
+            templates,
         })
+    }
+
+    /// The templates gauge, for the templates' thread to keep.
+    pub fn templates(&self) -> IntGaugeVec {
+        self.templates.clone()
     }
 
     /// Record how a restored instance's memory came back.
@@ -98,7 +113,9 @@ impl Metrics {
         function: &str,
         report: &thaw_runtime::control::MemoryReport,
     ) {
-        let mode = if !report.lazy {
+        let mode = if report.working_set == "clone" {
+            "clone"
+        } else if !report.lazy {
             "eager"
         } else if report.working_set == "used" {
             "working-set"

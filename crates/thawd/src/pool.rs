@@ -221,6 +221,9 @@ impl Pools {
     /// Removes the snapshots of `name` that are not of revision `keep`
     /// (none of them is ever restored again).
     pub fn remove_other_snapshots(&self, name: &str, keep: &str) {
+        if let Some(t) = &self.ctx.templates {
+            t.forget(name, Some(keep));
+        }
         self.forget_stored(&self.ctx.snapshots.join(name), Some(keep));
         let Ok(rd) = std::fs::read_dir(self.ctx.snapshots.join(name)) else {
             return;
@@ -263,15 +266,32 @@ impl Pools {
         self.replenish(pool);
         if let Some(mut inst) = standby {
             self.metrics.add_instances(&f.name, "standby", -1);
-            match inst.resume(f).await {
+            let how = if inst.is_clone() {
+                "cloned"
+            } else {
+                "restored"
+            };
+            match inst.resume(f, &self.ctx).await {
                 Ok(t) => {
-                    self.metrics.count_instance_start(&f.name, "restored");
-                    tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "restored a standby instance");
+                    self.metrics.count_instance_start(&f.name, how);
+                    tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "{how} a standby instance");
                     return Some((inst, t));
                 }
                 Err(e) => {
                     self.metrics.count_instance_start(&f.name, "restore_error");
-                    tracing::warn!(function = %f.name, error = %start_error_text(&e), "standby restore failed; restoring a new instance");
+                    tracing::warn!(function = %f.name, error = %start_error_text(&e), "standby {how} failed; restoring a new instance");
+                }
+            }
+        } else if self.ctx.templates.is_some() {
+            match Instance::clone_new(f, &self.ctx, &dir).await {
+                Ok((inst, t)) => {
+                    self.metrics.count_instance_start(&f.name, "cloned");
+                    tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "cloned");
+                    return Some((inst, t));
+                }
+                Err(e) => {
+                    self.metrics.count_instance_start(&f.name, "restore_error");
+                    tracing::warn!(function = %f.name, error = %start_error_text(&e), "clone failed; restoring a new instance");
                 }
             }
         }
@@ -696,6 +716,9 @@ impl Pools {
             }
         }
         self.builds.forget(name);
+        if let Some(t) = &self.ctx.templates {
+            t.forget(name, None);
+        }
         let dir = self.ctx.snapshots.join(name);
         self.forget_stored(&dir, None);
         match std::fs::remove_dir_all(&dir) {
@@ -1145,6 +1168,19 @@ impl Pools {
                     self.metrics
                         .add_instances(name, "idle", -(old.len() as i64));
                     victims.extend(old);
+                    // Scale to zero: a function left with no instance at
+                    // all (none idle, none busy) keeps no standby sandbox
+                    // and no template either; the next call builds them.
+                    if idle.is_empty() && pool.permits.available_permits() == self.max_instances {
+                        let standby = std::mem::take(&mut *lock(&pool.standby));
+                        self.metrics
+                            .add_instances(name, "standby", -(standby.len() as i64));
+                        victims.extend(standby);
+                        if let Some(t) = &self.ctx.templates {
+                            t.forget(name, None);
+                        }
+                        tracing::info!(function = %name, "scaled to zero");
+                    }
                 }
             }
         }
@@ -1176,6 +1212,9 @@ impl Pools {
             all.extend(std::mem::take(&mut *lock(&pool.standby)));
         }
         destroy_all(all).await;
+        if let Some(t) = &self.ctx.templates {
+            t.forget_all().await;
+        }
         // Busy instances are killed through their cgroups; their invocations then
         // fail and destroy what is left of them.
         let ctx = self.ctx.clone();

@@ -74,6 +74,13 @@ impl Platform {
         let registry = Registry::open(&data_dir).context("cannot load the function registry")?;
         let store = open_store(&config, &data_dir)?;
         let runtimes = HostRuntimes::discover();
+        let templates = match config.instances {
+            crate::config::InstanceMode::Clone => Some(
+                crate::templates::Templates::start(&cgroups, metrics.templates())
+                    .context("cannot start the templates' thread")?,
+            ),
+            crate::config::InstanceMode::Restore => None,
+        };
         let ctx = InstanceContext {
             init_binary: config.init_binary.clone(),
             runtimes,
@@ -91,6 +98,7 @@ impl Platform {
             secrets: config.secret_policy.clone(),
             snapshot_clock_offset: config.snapshot_clock_offset,
             store,
+            templates,
         };
         let pools = Pools::new(
             ctx,
