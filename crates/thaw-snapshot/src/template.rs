@@ -216,9 +216,13 @@ impl Template {
         self.timings
     }
 
-    /// Whether the template process still exists.
+    /// Whether the template process still exists (not killed: a killed
+    /// template stays a zombie until it is dropped).
     pub fn is_alive(&self) -> bool {
-        std::fs::metadata(format!("/proc/{}/mem", self.pid)).is_ok()
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|text| crate::proc::parse_stat(&text).ok())
+            .is_some_and(|st| !matches!(st.state, 'Z' | 'X' | 'x'))
     }
 
     /// Clones the template into a new, running process (a child of the
