@@ -2,8 +2,8 @@
 //! one run. For each benchmark function: the cold first response (as `thaw
 //! bench cold` measures it), one snapshot (checkpoint time, size), and the
 //! first response of instances restored from it, eager, lazy and lazy +
-//! working set, from a standby sandbox (the default) and into a new sandbox
-//! (`--standby 0`),
+//! working set, and of instances cloned from its template, from a standby
+//! sandbox (the default) and into a new sandbox (`--standby 0`),
 //! with the warm response after each restore. Medians and p90 over the runs;
 //! the page cache is hot (the snapshot was just written and read).
 
@@ -15,7 +15,7 @@ use thaw_api::{Client, InvokeOptions, ServerTiming, StartKind};
 
 use crate::bench::{bench_functions, deploy, force_cold, median_p90};
 use crate::local::LocalDaemon;
-use thawd::config::MemoryMode;
+use thawd::config::{InstanceMode, MemoryMode};
 
 /// Options of `thaw bench restore`.
 pub struct RestoreOptions {
@@ -27,41 +27,60 @@ pub struct RestoreOptions {
     pub quick: bool,
 }
 
-/// One way of restoring.
+/// One way of making a new instance from the snapshot.
 struct Mode {
     label: &'static str,
+    instances: InstanceMode,
     memory: MemoryMode,
     standby: usize,
 }
 
-const MODES: [Mode; 6] = [
+const MODES: [Mode; 8] = [
     Mode {
         label: "eager, standby",
+        instances: InstanceMode::Restore,
         memory: MemoryMode::Eager,
         standby: 1,
     },
     Mode {
         label: "lazy, standby",
+        instances: InstanceMode::Restore,
         memory: MemoryMode::Lazy,
         standby: 1,
     },
     Mode {
         label: "lazy+ws, standby",
+        instances: InstanceMode::Restore,
         memory: MemoryMode::WorkingSet,
         standby: 1,
     },
     Mode {
         label: "eager, new sandbox",
+        instances: InstanceMode::Restore,
         memory: MemoryMode::Eager,
         standby: 0,
     },
     Mode {
         label: "lazy, new sandbox",
+        instances: InstanceMode::Restore,
         memory: MemoryMode::Lazy,
         standby: 0,
     },
     Mode {
         label: "lazy+ws, new sandbox",
+        instances: InstanceMode::Restore,
+        memory: MemoryMode::WorkingSet,
+        standby: 0,
+    },
+    Mode {
+        label: "template clone, standby",
+        instances: InstanceMode::Clone,
+        memory: MemoryMode::WorkingSet,
+        standby: 1,
+    },
+    Mode {
+        label: "template clone, new sandbox",
+        instances: InstanceMode::Clone,
         memory: MemoryMode::WorkingSet,
         standby: 0,
     },
@@ -122,6 +141,7 @@ pub fn run(opts: RestoreOptions) -> anyhow::Result<()> {
             let daemon = LocalDaemon::start(tmp.path().to_path_buf(), |c| {
                 c.memory_mode = mode.memory;
                 c.standby_per_function = mode.standby;
+                c.instances = mode.instances;
             })?;
             let client = Client::new(&daemon.endpoint)?;
             deploy(&client, f)?;

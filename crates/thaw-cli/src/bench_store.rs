@@ -100,6 +100,7 @@ pub fn run(opts: StoreOptions) -> anyhow::Result<()> {
     let daemon = LocalDaemon::start(data.clone(), |c| {
         c.memory_mode = MemoryMode::WorkingSet;
         c.standby_per_function = 0;
+        c.instances = thawd::config::InstanceMode::Restore;
         // The snapshots' own files are what this benchmark cuts up.
         c.store = thawd::config::StoreSetting::Off;
     })?;

@@ -172,6 +172,7 @@ pub fn run(opts: StoreRestoreOptions) -> anyhow::Result<()> {
                 LocalDaemon::start(data.clone(), move |c| {
                     c.memory_mode = mode;
                     c.standby_per_function = 0;
+                    c.instances = thawd::config::InstanceMode::Restore;
                     c.store = setting;
                     c.store_disk_cache_bytes = 0;
                 })

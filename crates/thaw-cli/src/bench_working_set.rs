@@ -194,6 +194,7 @@ pub fn run(opts: WorkingSetOptions) -> anyhow::Result<()> {
         let daemon = LocalDaemon::start(data.clone(), |c| {
             c.memory_mode = MemoryMode::WorkingSet;
             c.standby_per_function = 0;
+            c.instances = thawd::config::InstanceMode::Restore;
             // The engine's own files (bench store-restore compares the store).
             c.store = thawd::config::StoreSetting::Off;
         })?;
@@ -250,6 +251,7 @@ pub fn run(opts: WorkingSetOptions) -> anyhow::Result<()> {
                 let daemon = LocalDaemon::start(data.clone(), |cfg| {
                     cfg.memory_mode = c.mode;
                     cfg.standby_per_function = 0;
+                    cfg.instances = thawd::config::InstanceMode::Restore;
                     cfg.snapshot_read_throttle = *throttle;
                     cfg.fault_around = opts.fault_around;
                     cfg.store = thawd::config::StoreSetting::Off;

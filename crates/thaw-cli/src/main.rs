@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod bench;
+mod bench_burst;
 mod bench_restore;
 mod bench_store;
 mod bench_store_restore;
@@ -103,6 +104,21 @@ enum BenchCommand {
         /// Measured runs per function and mode.
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Where dependency trees (boto3, @aws-sdk/client-s3) are installed once.
+        #[arg(long, default_value = "target/bench-cache")]
+        cache_dir: std::path::PathBuf,
+        /// Only the hello-world functions (no package installs).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// A burst of concurrent first requests from zero instances: queueing
+    /// behind 8 restored instances, a restore per request, a template clone
+    /// per request, and the same burst on warm instances; p50, p99, wall
+    /// time, errors and host memory per additional instance.
+    Burst {
+        /// Concurrent requests per burst.
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
         /// Where dependency trees (boto3, @aws-sdk/client-s3) are installed once.
         #[arg(long, default_value = "target/bench-cache")]
         cache_dir: std::path::PathBuf,
@@ -244,6 +260,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quick,
         }) => bench_store_restore::run(bench_store_restore::StoreRestoreOptions {
             runs,
+            cache_dir,
+            quick,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Burst {
+            requests,
+            cache_dir,
+            quick,
+        }) => bench_burst::run(bench_burst::BurstOptions {
+            requests,
             cache_dir,
             quick,
         })
