@@ -6,10 +6,9 @@
 //! process, cgroup or mount is left. Must not: decide when instances are reused
 //! or reaped (that is the pool's job).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,12 +18,11 @@ use thaw_runtime::control::{
     read_frame, write_frame, AfterRestore, FromSupervisor, Invocation, LogStream, MemoryReport,
     RestoreSpec, ResumePoint, ToSupervisor,
 };
-use thaw_sandbox::{BindMount, Cgroup, CgroupParent, Limits};
+use thaw_sandbox::{BindMount, CgroupParent, Limits};
 use thaw_snapshot::checkpoint::CheckpointStats;
 use thaw_snapshot::workingset::WORKING_SET_FILE;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -128,7 +126,11 @@ pub struct InstanceContext {
     pub empty_dir: PathBuf,
     pub tmp_size_bytes: u64,
     pub pids_max: u64,
-    pub cgroups: CgroupParent,
+    /// The daemon's cgroup parent (instances', templates' and standby
+    /// sandboxes' cgroups are its children).
+    pub cgroups: Arc<CgroupParent>,
+    /// What sandboxes are made with.
+    pub backend: Arc<dyn crate::backend::SandboxBackend>,
     pub logs: Arc<LogStore>,
     /// Where function snapshots live: `<snapshots>/<name>/<revision>/`.
     pub snapshots: PathBuf,
@@ -244,8 +246,8 @@ pub struct Instance {
     pub function: String,
     pub revision: String,
     pub last_used: Instant,
-    child: Child,
-    cgroup: Option<Cgroup>,
+    /// `None` once destroyed.
+    sandbox: Option<Box<dyn crate::backend::Sandbox>>,
     control: OwnedWriteHalf,
     events: mpsc::UnboundedReceiver<Event>,
     collecting: Arc<AtomicBool>,
@@ -388,9 +390,10 @@ impl Instance {
             .clone()
             .ok_or_else(|| platform("a clone without a snapshot".into()))?;
         let outer = self
-            .child
-            .id()
-            .ok_or_else(|| platform("the sandbox is gone".into()))?;
+            .sandbox
+            .as_ref()
+            .and_then(|s| s.supervisor_pid())
+            .ok_or_else(|| platform("the sandbox is gone, or is not a process sandbox".into()))?;
         let pid1 = only_child(outer).ok_or_else(|| platform("the sandbox has no PID 1".into()))?;
         // The memory image: from the store if it is there (prepared here,
         // on the async runtime; read on the templates' thread).
@@ -413,14 +416,9 @@ impl Instance {
             pid1,
             fds,
             cgroup_procs: self
-                .cgroup
+                .sandbox
                 .as_ref()
-                .map(|c| {
-                    c.directories()
-                        .into_iter()
-                        .map(|d| d.join("cgroup.procs"))
-                        .collect()
-                })
+                .map(|s| s.boundary_procs())
                 .unwrap_or_default(),
             limits: limits_for(f, ctx),
         };
@@ -575,38 +573,17 @@ impl Instance {
             });
         }
         let limits = limits_for(f, ctx);
-        let cgroup = ctx
-            .cgroups
-            .create(&id, &limits)
-            .map_err(|e| StartError::Platform(error_chain(&e)))?;
-
-        let (ours, theirs) = match StdUnixStream::pair() {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = cgroup.destroy();
-                return Err(StartError::Platform(format!("socketpair: {e}")));
-            }
-        };
-        let theirs: OwnedFd = theirs.into();
-        let child = match spawn_init(&ctx.init_binary, &theirs, pages.as_ref()) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = cgroup.destroy();
-                return Err(StartError::Platform(format!(
-                    "cannot spawn {}: {e}",
-                    ctx.init_binary.display()
-                )));
-            }
-        };
-        drop(theirs);
-        drop(pages);
+        let (sandbox, ours) = ctx
+            .backend
+            .launch(&id, &limits, pages)
+            .map_err(StartError::Platform)?;
         let stream = match ours
             .set_nonblocking(true)
             .and_then(|()| UnixStream::from_std(ours))
         {
             Ok(s) => s,
             Err(e) => {
-                let _ = cgroup.destroy();
+                sandbox.destroy().await;
                 return Err(StartError::Platform(format!("control socket: {e}")));
             }
         };
@@ -627,8 +604,7 @@ impl Instance {
             function: f.name.clone(),
             revision: f.revision_id.clone(),
             last_used: Instant::now(),
-            child,
-            cgroup: Some(cgroup),
+            sandbox: Some(sandbox),
             control: write_half,
             events: rx,
             collecting,
@@ -657,14 +633,6 @@ impl Instance {
         spec: thaw_runtime::control::StartSpec,
         standby: bool,
     ) -> Result<PhaseTimings, StartError> {
-        let pid = self
-            .child
-            .id()
-            .ok_or_else(|| StartError::Platform("thaw-init exited at once".into()))?;
-        if let Some(cg) = &self.cgroup {
-            cg.add_pid(pid)
-                .map_err(|e| StartError::Platform(error_chain(&e)))?;
-        }
         let restoring = spec.restore.is_some() && !standby;
         write_frame(&mut self.control, &ToSupervisor::Start(Box::new(spec)), &[])
             .await
@@ -994,7 +962,11 @@ impl Instance {
     /// Checkpoints the runtime of an instance that [`Self::snapshot_run_state`]
     /// found waiting or at its snapshot point into `dir`.
     pub async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointStats, CheckpointFailure> {
-        let init = self.child.id().ok_or(CheckpointFailure::Gone)?;
+        let init = self
+            .sandbox
+            .as_ref()
+            .and_then(|s| s.supervisor_pid())
+            .ok_or(CheckpointFailure::Gone)?;
         let pid1 = only_child(init).ok_or(CheckpointFailure::Gone)?;
         let runtime = only_child(pid1).ok_or(CheckpointFailure::Gone)?;
         let dir = dir.to_path_buf();
@@ -1014,11 +986,11 @@ impl Instance {
     /// Whether an idle instance can take an invocation: its runtime has not
     /// exited, its channel is open and its supervisor process still runs.
     pub fn is_usable(&mut self) -> bool {
-        self.looks_alive() && matches!(self.child.try_wait(), Ok(None))
+        self.looks_alive() && self.sandbox.as_mut().is_some_and(|s| s.is_running())
     }
 
     fn oom_kills(&self) -> u64 {
-        self.cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0)
+        self.sandbox.as_ref().map(|s| s.oom_kills()).unwrap_or(0)
     }
 
     async fn drain_logs(&mut self, into: &mut LogTail, wait: Duration) {
@@ -1067,113 +1039,26 @@ impl Instance {
         }
     }
 
-    /// Kill the whole sandbox and remove its cgroup. Idempotent.
+    /// Kill the whole sandbox and remove its boundary. Idempotent.
     pub async fn destroy(&mut self) {
-        // Killing thaw-init's outer process kills the sandbox's PID 1 (it has
-        // PDEATHSIG=SIGKILL), which takes the whole pid namespace with it.
-        let _ = self.child.start_kill();
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(instance = %self.id, "supervisor did not exit after SIGKILL");
-        }
         self.reader.abort();
-        if let Some(cg) = self.cgroup.take() {
-            let id = self.id.clone();
-            let res = tokio::task::spawn_blocking(move || cg.destroy()).await;
-            match res {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(instance = %id, error = %error_chain(&e), "cannot remove cgroup")
-                }
-                Err(e) => tracing::warn!(instance = %id, error = %e, "cgroup removal task failed"),
-            }
+        if let Some(sandbox) = self.sandbox.take() {
+            sandbox.destroy().await;
         }
     }
 }
 
 impl Drop for Instance {
     /// A safety net for an instance dropped without [`Instance::destroy`] (a
-    /// cancelled or panicking task): kill the sandbox and remove its cgroup.
+    /// cancelled or panicking task): kill the sandbox and remove its boundary.
     fn drop(&mut self) {
-        let Some(cg) = self.cgroup.take() else { return };
-        tracing::warn!(instance = %self.id, "instance dropped without destroy; cleaning up");
-        let _ = self.child.start_kill();
-        self.reader.abort();
-        let cleanup = move || {
-            if let Err(e) = cg.destroy() {
-                tracing::warn!(error = %error_chain(&e), "cannot remove cgroup of a dropped instance");
-            }
+        let Some(sandbox) = self.sandbox.take() else {
+            return;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(cleanup);
-            }
-            Err(_) => cleanup(),
-        }
+        tracing::warn!(instance = %self.id, "instance dropped without destroy; cleaning up");
+        self.reader.abort();
+        sandbox.destroy_now();
     }
-}
-
-fn spawn_init(
-    init_binary: &std::path::Path,
-    control: &OwnedFd,
-    pages: Option<&OwnedFd>,
-) -> std::io::Result<Child> {
-    let fd = control.as_raw_fd();
-    // Numbered above the two fixed descriptors, so placing one never
-    // overwrites the other.
-    let pages = pages
-        .map(|p| {
-            nix::fcntl::fcntl(p, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).map(|n| {
-                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that
-                // nothing else owns.
-                unsafe { OwnedFd::from_raw_fd(n) }
-            })
-        })
-        .transpose()?;
-    let pages_fd = pages.as_ref().map(|p| p.as_raw_fd());
-    let mut cmd = Command::new(init_binary);
-    cmd.env_clear()
-        .env(
-            "RUST_LOG",
-            std::env::var("THAW_INIT_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (dup2, fcntl, close_range) on descriptors;
-    // `fd` stays open in the parent until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == thaw_runtime::control::CONTROL_FD {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, thaw_runtime::control::CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The page socket, when the restore reads its memory through one
-            // (dup2 clears close-on-exec).
-            if let Some(p) = pages_fd {
-                if libc::dup2(p, thaw_runtime::control::PAGES_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Nothing the daemon holds (listeners, other instances' sockets,
-            // descriptors it inherited) may reach the sandbox.
-            let first_closed = match pages_fd {
-                Some(_) => thaw_runtime::control::PAGES_FD + 1,
-                None => thaw_runtime::control::PAGES_FD,
-            };
-            thaw_sandbox::mark_cloexec_from(first_closed as u32)?;
-            Ok(())
-        });
-    }
-    cmd.spawn()
 }
 
 /// Read control frames; store log output; forward everything the instance needs.

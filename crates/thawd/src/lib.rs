@@ -9,6 +9,7 @@
 //! those live in their own crates.
 
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod instance;
 pub mod invoke;

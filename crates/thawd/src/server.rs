@@ -58,8 +58,10 @@ impl Platform {
         let empty_dir = data_dir.join("run").join("empty");
         std::fs::create_dir_all(&empty_dir)?;
 
-        let cgroups = CgroupParent::open(&cgroup_parent_name(&data_dir))
-            .context("cannot set up the cgroup hierarchy")?;
+        let cgroups = Arc::new(
+            CgroupParent::open(&cgroup_parent_name(&data_dir))
+                .context("cannot set up the cgroup hierarchy")?,
+        );
         let stale = cgroups
             .cleanup_stale()
             .context("cannot clean up stale instances")?;
@@ -89,6 +91,10 @@ impl Platform {
             empty_dir,
             tmp_size_bytes: config.tmp_size_bytes,
             pids_max: config.pids_max,
+            backend: Arc::new(crate::backend::ProcessBackend::new(
+                config.init_binary.clone(),
+                cgroups.clone(),
+            )),
             cgroups,
             logs: logs.clone(),
             snapshots: data_dir.join("snapshots"),
