@@ -236,6 +236,21 @@ impl Template {
         snap: &Snapshot,
         opts: &CloneOptions<'_>,
     ) -> Result<Restored, RestoreError> {
+        self.prepare_clone(snap, opts)?.release()
+    }
+
+    /// [`Template::instantiate`] but for the last step: the clone is
+    /// complete (memory, descriptors, threads, kernel state, registers) but
+    /// stays stopped, traced by the caller's thread, until
+    /// [`PendingClone::release`]; dropping it kills it. Everything slow
+    /// (the forks, moving the clone into its cgroups, which waits for an
+    /// RCU grace period when no cgroup was written to just before) happens
+    /// here, ahead of the moment the instance is needed.
+    pub fn prepare_clone(
+        &mut self,
+        snap: &Snapshot,
+        opts: &CloneOptions<'_>,
+    ) -> Result<PendingClone, RestoreError> {
         if *snap.id() != self.snapshot_id {
             return Err(RestoreError::Unsupported(
                 "cloning a template with another snapshot".into(),
@@ -318,18 +333,15 @@ impl Template {
         let threads = r.finish(snap)?;
         kill_first.0 = None;
         drop(r);
-        t.detach()?;
-        for th in threads {
-            th.detach()?;
-        }
         guard.0 = None;
         timings.state_us = t_state.elapsed().as_micros() as u64;
         timings.total_us = t0.elapsed().as_micros() as u64;
         debug!(pid = child.as_raw(), ?timings, "cloned from the template");
-        Ok(Restored {
+        Ok(PendingClone {
+            leader: Some(t),
+            threads,
             pid: child,
             timings,
-            lazy: None,
         })
     }
 }
@@ -513,6 +525,55 @@ fn check(results: &[u64], checks: &[(usize, RawFd)]) -> Result<(), RestoreError>
         }
     }
     Ok(())
+}
+
+/// A complete clone, stopped before its first instruction (see
+/// [`Template::prepare_clone`]). Tied to the thread that made it.
+#[derive(Debug)]
+pub struct PendingClone {
+    leader: Option<Tracee>,
+    threads: Vec<Tracee>,
+    pid: Pid,
+    timings: RestoreTimings,
+}
+
+impl PendingClone {
+    /// The clone's pid (in the caller's pid namespace).
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Lets the clone run.
+    pub fn release(mut self) -> Result<Restored, RestoreError> {
+        let t0 = Instant::now();
+        if let Some(t) = self.leader.take() {
+            t.detach()?;
+        }
+        for th in std::mem::take(&mut self.threads) {
+            th.detach()?;
+        }
+        let mut timings = self.timings;
+        timings.state_us += t0.elapsed().as_micros() as u64;
+        timings.total_us += t0.elapsed().as_micros() as u64;
+        Ok(Restored {
+            pid: self.pid,
+            timings,
+            lazy: None,
+        })
+    }
+}
+
+impl Drop for PendingClone {
+    /// A clone never released is killed (before its threads are detached,
+    /// so none of them runs an instruction) and reaped.
+    fn drop(&mut self) {
+        if self.leader.is_some() {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            self.threads.clear();
+            self.leader = None;
+            spawn::reap(self.pid);
+        }
+    }
 }
 
 impl Drop for Template {

@@ -265,6 +265,49 @@ fn python_clones_share_nothing_writable() {
         .trim()
         .to_string();
     assert_eq!(ppid, init.to_string(), "the namespace's init is the parent");
+
+    // Prepared ahead: complete but stopped until released; dropped, it is
+    // killed without running.
+    let ns = PidNs::new();
+    let (in_r, _in_w) = nix::unistd::pipe().expect("pipe");
+    let (_out_r, out_w) = nix::unistd::pipe().expect("pipe");
+    let err = std::io::stderr().as_fd().try_clone_to_owned().expect("dup");
+    let mut fds = vec![(0, in_r.as_fd()), (1, out_w.as_fd())];
+    if snap
+        .state()
+        .process
+        .fds
+        .iter()
+        .any(|f| f.fd == 2 && matches!(f.kind, FdKind::External { .. }))
+    {
+        fds.push((2, err.as_fd()));
+    }
+    let opts = CloneOptions {
+        pid_ns: Some(ns.ns.as_fd()),
+        fds,
+        parent: Parent::NamespaceInit,
+        ..Default::default()
+    };
+    let pending = template
+        .prepare_clone(&snap, &opts)
+        .unwrap_or_else(|e| panic!("prepare: {}", error_chain(&e)));
+    let pid = pending.pid();
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let state = thaw_snapshot::proc::parse_stat(&state)
+        .expect("parse")
+        .state;
+    assert_eq!(state, 't', "stopped until released");
+    drop(pending);
+    let gone = (0..200).any(|_| {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let dead = st.is_empty()
+            || thaw_snapshot::proc::parse_stat(&st).is_ok_and(|s| matches!(s.state, 'Z' | 'X'));
+        if !dead {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        dead
+    });
+    assert!(gone, "a dropped pending clone is killed");
     assert_eq!(
         fd_numbers(template.pid()).len(),
         1,

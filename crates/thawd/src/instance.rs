@@ -264,6 +264,9 @@ pub struct Instance {
     /// A standby sandbox waiting for a clone: the runtime's descriptors,
     /// `(number in the runtime, number in PID 1)`.
     clone_fds: Option<Vec<(i32, i32)>>,
+    /// A standby sandbox's runtime, cloned from the template and held
+    /// stopped by the templates' thread until [`Instance::resume`].
+    pending: Option<(crate::templates::Templates, crate::templates::PendingId)>,
 }
 
 impl Instance {
@@ -325,30 +328,32 @@ impl Instance {
         snapshot_dir: &Path,
     ) -> Result<(Instance, PhaseTimings), StartError> {
         let t0 = Instant::now();
-        let (mut inst, _) = Self::launch_restore(f, ctx, snapshot_dir, true).await?;
-        let mut t = inst.resume(f, ctx).await?;
+        let (mut inst, standby) = Self::launch_restore(f, ctx, snapshot_dir, true).await?;
+        let mut t = inst.resume(f).await?;
         t.sandbox_ms = ms(t0.elapsed());
+        // Here the clone's preparation was on the request's path too.
+        t.restore_ms += standby.restore_ms;
         Ok((inst, t))
     }
 
     /// Whether this standby instance's runtime will be cloned from a
     /// template (else restored).
     pub fn is_clone(&self) -> bool {
-        self.clone_fds.is_some()
+        self.pending.is_some()
     }
 
     /// Restore (or clone, in a clone's standby sandbox) the runtime of a
     /// standby instance and wait until it asks for an invocation. On
     /// failure the instance is destroyed.
-    pub async fn resume(
-        &mut self,
-        f: &FunctionRecord,
-        ctx: &InstanceContext,
-    ) -> Result<PhaseTimings, StartError> {
+    pub async fn resume(&mut self, f: &FunctionRecord) -> Result<PhaseTimings, StartError> {
         let t0 = Instant::now();
         self.collecting.store(true, Ordering::Relaxed);
-        let cloned = match self.clone_fds.take() {
-            Some(fds) => self.clone_runtime(f, ctx, fds).await.map(Some),
+        let cloned = match self.pending.take() {
+            Some((templates, id)) => templates
+                .release(id)
+                .await
+                .map(Some)
+                .map_err(|e| StartError::Platform(format!("cannot start the clone: {e}"))),
             None => Ok(None),
         };
         let r = match cloned {
@@ -356,7 +361,7 @@ impl Instance {
             Ok(cloned) => match write_frame(&mut self.control, &ToSupervisor::Resume, &[]).await {
                 Ok(()) => self.await_start(t0, f, false, true).await.map(|mut t| {
                     if let Some(c) = cloned {
-                        t.restore_ms = (c.clone_us + c.template_us.unwrap_or(0)) as f64 / 1000.0;
+                        t.restore_ms = c.clone_us as f64 / 1000.0;
                     }
                     t
                 }),
@@ -373,8 +378,9 @@ impl Instance {
         r
     }
 
-    /// Clones the runtime from its template into this standby sandbox.
-    async fn clone_runtime(
+    /// Clones the runtime from its template into this standby sandbox,
+    /// held stopped until [`Instance::resume`].
+    async fn prepare_clone(
         &mut self,
         f: &FunctionRecord,
         ctx: &InstanceContext,
@@ -427,10 +433,12 @@ impl Instance {
             revision: f.revision_id.clone(),
             dir,
         };
-        templates
-            .clone_into(key, image, target)
+        let (id, cloned) = templates
+            .prepare(key, image, target)
             .await
-            .map_err(|e| platform(format!("cannot clone the runtime: {e}")))
+            .map_err(|e| platform(format!("cannot clone the runtime: {e}")))?;
+        self.pending = Some((templates.clone(), id));
+        Ok(cloned)
     }
 
     async fn launch_restore(
@@ -479,14 +487,27 @@ impl Instance {
             }
             _ => None,
         };
-        Self::launch(
+        let (mut inst, mut t) = Self::launch(
             f,
             ctx,
             Some((snapshot_dir, meta.resume, standby)),
             false,
             pages,
         )
-        .await
+        .await?;
+        if let Some(fds) = inst.clone_fds.take() {
+            // The clone is made now, while the sandbox waits as a standby.
+            match inst.prepare_clone(f, ctx, fds).await {
+                Ok(c) => {
+                    t.restore_ms = (c.clone_us + c.template_us.unwrap_or(0)) as f64 / 1000.0;
+                }
+                Err(e) => {
+                    inst.destroy().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok((inst, t))
     }
 
     async fn launch(
@@ -613,6 +634,7 @@ impl Instance {
             memory: None,
             snapshot_dir: restore.map(|(dir, _, _)| dir.to_path_buf()),
             clone_fds: None,
+            pending: None,
         };
         match inst.finish_start(t0, f, spec, standby).await {
             Ok(t) => {
@@ -1041,6 +1063,9 @@ impl Instance {
 
     /// Kill the whole sandbox and remove its boundary. Idempotent.
     pub async fn destroy(&mut self) {
+        if let Some((templates, id)) = self.pending.take() {
+            templates.discard(id);
+        }
         self.reader.abort();
         if let Some(sandbox) = self.sandbox.take() {
             sandbox.destroy().await;
@@ -1056,6 +1081,9 @@ impl Drop for Instance {
             return;
         };
         tracing::warn!(instance = %self.id, "instance dropped without destroy; cleaning up");
+        if let Some((templates, id)) = self.pending.take() {
+            templates.discard(id);
+        }
         self.reader.abort();
         sandbox.destroy_now();
     }

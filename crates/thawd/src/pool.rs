@@ -271,7 +271,7 @@ impl Pools {
             } else {
                 "restored"
             };
-            match inst.resume(f, &self.ctx).await {
+            match inst.resume(f).await {
                 Ok(t) => {
                     self.metrics.count_instance_start(&f.name, how);
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "{how} a standby instance");

@@ -23,7 +23,7 @@ use std::time::Instant;
 use nix::sched::CloneFlags;
 use thaw_sandbox::{Cgroup, CgroupParent, Limits};
 use thaw_snapshot::image::{PageSource, Snapshot};
-use thaw_snapshot::template::{CloneOptions, Parent, Template, TemplateOptions};
+use thaw_snapshot::template::{CloneOptions, Parent, PendingClone, Template, TemplateOptions};
 use tokio::sync::oneshot;
 
 use thaw_runtime::error_chain;
@@ -66,13 +66,23 @@ pub struct Cloned {
 /// thread (off the async runtime).
 pub type ImageSource = Box<dyn FnOnce() -> Result<Option<Box<dyn PageSource>>, String> + Send>;
 
+/// A clone made ahead (in a standby sandbox), held stopped by the
+/// templates' thread until it is released or discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PendingId(u64);
+
 enum Job {
-    Clone {
+    Prepare {
         key: TemplateKey,
         image: ImageSource,
         target: CloneTarget,
+        reply: oneshot::Sender<Result<(PendingId, Cloned), String>>,
+    },
+    Release {
+        id: PendingId,
         reply: oneshot::Sender<Result<Cloned, String>>,
     },
+    Discard(PendingId),
     Forget {
         function: String,
         keep_revision: Option<String>,
@@ -121,24 +131,39 @@ impl Templates {
     }
 
     /// Clones `key`'s template (made first if there is none, or if the one
-    /// there died) into the sandbox `target`.
-    pub async fn clone_into(
+    /// there died) into the sandbox `target`, complete but stopped: it runs
+    /// once [`Templates::release`]d. The slow parts of a clone happen here,
+    /// while the sandbox waits as a standby.
+    pub async fn prepare(
         &self,
         key: TemplateKey,
         image: ImageSource,
         target: CloneTarget,
-    ) -> Result<Cloned, String> {
+    ) -> Result<(PendingId, Cloned), String> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Clone {
+            .send(Job::Prepare {
                 key,
                 image,
                 target,
                 reply,
             })
-            .map_err(|_| "the templates' thread is gone".to_string())?;
-        rx.await
-            .map_err(|_| "the templates' thread is gone".to_string())?
+            .map_err(|_| GONE.to_string())?;
+        rx.await.map_err(|_| GONE.to_string())?
+    }
+
+    /// Lets a prepared clone run; returns how long that took.
+    pub async fn release(&self, id: PendingId) -> Result<Cloned, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Release { id, reply })
+            .map_err(|_| GONE.to_string())?;
+        rx.await.map_err(|_| GONE.to_string())?
+    }
+
+    /// Kills a prepared clone that will never run (its sandbox goes).
+    pub fn discard(&self, id: PendingId) {
+        let _ = self.tx.send(Job::Discard(id));
     }
 
     /// Drops `function`'s templates (but the one of `keep_revision`).
@@ -167,19 +192,49 @@ impl Templates {
     }
 }
 
+const GONE: &str = "the templates' thread is gone";
+
 fn keeper(rx: mpsc::Receiver<Job>, cgroups: CgroupParent, gauge: prometheus::IntGaugeVec) {
     let mut templates: HashMap<(String, String), Entry> = HashMap::new();
+    let mut pending: HashMap<PendingId, PendingClone> = HashMap::new();
+    let mut next_id = 0u64;
     let mut counted: std::collections::HashSet<String> = Default::default();
     while let Ok(job) = rx.recv() {
         match job {
-            Job::Clone {
+            Job::Prepare {
                 key,
                 image,
                 target,
                 reply,
             } => {
-                let r = clone_job(&mut templates, &cgroups, &key, image, &target);
+                let r = clone_job(&mut templates, &cgroups, &key, image, &target).map(
+                    |(clone, made)| {
+                        next_id += 1;
+                        let id = PendingId(next_id);
+                        pending.insert(id, clone);
+                        (id, made)
+                    },
+                );
                 let _ = reply.send(r);
+            }
+            Job::Release { id, reply } => {
+                let r = match pending.remove(&id) {
+                    None => Err("no such prepared clone".to_string()),
+                    Some(clone) => {
+                        let t0 = Instant::now();
+                        clone
+                            .release()
+                            .map(|_| Cloned {
+                                clone_us: t0.elapsed().as_micros() as u64,
+                                template_us: None,
+                            })
+                            .map_err(|e| format!("releasing the clone: {}", error_chain(&e)))
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Job::Discard(id) => {
+                pending.remove(&id);
             }
             Job::Forget {
                 function,
@@ -193,6 +248,7 @@ fn keeper(rx: mpsc::Receiver<Job>, cgroups: CgroupParent, gauge: prometheus::Int
                 let _ = reply.send(templates.len());
             }
             Job::ForgetAll(reply) => {
+                pending.clear();
                 templates.clear();
                 let _ = reply.send(());
             }
@@ -212,7 +268,7 @@ fn clone_job(
     key: &TemplateKey,
     image: ImageSource,
     target: &CloneTarget,
-) -> Result<Cloned, String> {
+) -> Result<(PendingClone, Cloned), String> {
     let id = (key.function.clone(), key.revision.clone());
     // The sandbox's namespaces and the runtime's descriptors, held here.
     let ns = |name: &str| {
@@ -270,12 +326,16 @@ fn clone_job(
             parent: Parent::NamespaceInit,
         };
         let t0 = Instant::now();
-        match entry.template.instantiate(&entry.snap, &opts) {
-            Ok(_) => {
-                return Ok(Cloned {
-                    clone_us: t0.elapsed().as_micros() as u64,
-                    template_us,
-                })
+        match entry.template.prepare_clone(&entry.snap, &opts) {
+            Ok(clone) => {
+                tracing::debug!(function = %key.function, pid = clone.pid().as_raw(), us = t0.elapsed().as_micros() as u64, "clone prepared");
+                return Ok((
+                    clone,
+                    Cloned {
+                        clone_us: t0.elapsed().as_micros() as u64,
+                        template_us,
+                    },
+                ));
             }
             Err(e) if attempt == 0 && !entry.template.is_alive() => {
                 tracing::warn!(function = %key.function, error = %error_chain(&e), "the template died; making a new one");
