@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod capacity;
 pub mod config;
 pub mod instance;
 pub mod invoke;
