@@ -23,6 +23,7 @@ pub struct Metrics {
     snapshot_builds: IntCounterVec,
     restore_memory: IntCounterVec,
     working_sets: IntCounterVec,
+    throttles: IntCounterVec,
 }
 
 impl Metrics {
@@ -80,6 +81,14 @@ impl Metrics {
             &["function", "event"],
         )?;
         registry.register(Box::new(working_sets.clone()))?;
+        let throttles = IntCounterVec::new(
+            Opts::new(
+                "thaw_throttles_total",
+                "Invocations throttled by admission control, by Lambda's Reason (ReservedFunctionConcurrentInvocationLimitExceeded, ConcurrentInvocationLimitExceeded)",
+            ),
+            &["function", "reason"],
+        )?;
+        registry.register(Box::new(throttles.clone()))?;
         Ok(Metrics {
             registry,
             phase,
@@ -89,6 +98,7 @@ impl Metrics {
             snapshot_builds,
             restore_memory,
             working_sets,
+            throttles,
         })
     }
 
@@ -169,6 +179,19 @@ impl Metrics {
         self.invocations
             .with_label_values(&[function, "none", outcome])
             .inc();
+    }
+
+    /// Count an invocation throttled by admission control, by Lambda's
+    /// `Reason` (also counted in `thaw_invocations_total` as `throttled`).
+    pub fn count_throttle(&self, function: &str, reason: &str) {
+        self.throttles.with_label_values(&[function, reason]).inc();
+        self.count_rejected(function, "throttled");
+    }
+
+    /// The live-instance gauge of `function` in `state` (`idle`, `busy`,
+    /// `standby`).
+    pub fn instances_in_state(&self, function: &str, state: &str) -> i64 {
+        self.instances.with_label_values(&[function, state]).get()
     }
 
     /// Count an instance start.
