@@ -312,6 +312,96 @@ impl Client {
         Ok(result)
     }
 
+    /// `PutFunctionConcurrency`: reserve `n` concurrent executions for the
+    /// function (0 stops it).
+    pub fn put_function_concurrency(
+        &self,
+        name: &str,
+        n: i64,
+    ) -> Result<crate::Concurrency, ClientError> {
+        let url = self.url(&["2017-10-31", "functions", name, "concurrency"]);
+        let body = crate::PutFunctionConcurrencyRequest {
+            reserved_concurrent_executions: Some(n),
+        };
+        let resp = self.send(self.http.put(url.clone()).json(&body), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `GetFunctionConcurrency`.
+    pub fn get_function_concurrency(&self, name: &str) -> Result<crate::Concurrency, ClientError> {
+        let url = self.url(&["2019-09-30", "functions", name, "concurrency"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `DeleteFunctionConcurrency`.
+    pub fn delete_function_concurrency(&self, name: &str) -> Result<(), ClientError> {
+        let url = self.url(&["2017-10-31", "functions", name, "concurrency"]);
+        self.send(self.http.delete(url.clone()), &url)?;
+        Ok(())
+    }
+
+    /// `GetAccountSettings`.
+    pub fn get_account_settings(&self) -> Result<crate::AccountSettings, ClientError> {
+        let url = self.url(&["2016-08-19", "account-settings"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    fn provisioned_url(&self, name: &str, qualifier: &str) -> Url {
+        let mut url = self.url(&["2019-09-30", "functions", name, "provisioned-concurrency"]);
+        url.query_pairs_mut().append_pair("Qualifier", qualifier);
+        url
+    }
+
+    /// `PutProvisionedConcurrencyConfig` (thaw: `qualifier` must be `$LATEST`).
+    pub fn put_provisioned_concurrency_config(
+        &self,
+        name: &str,
+        qualifier: &str,
+        n: i64,
+    ) -> Result<crate::ProvisionedConcurrencyConfig, ClientError> {
+        let url = self.provisioned_url(name, qualifier);
+        let body = crate::PutProvisionedConcurrencyConfigRequest {
+            provisioned_concurrent_executions: Some(n),
+        };
+        let resp = self.send(self.http.put(url.clone()).json(&body), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `GetProvisionedConcurrencyConfig`.
+    pub fn get_provisioned_concurrency_config(
+        &self,
+        name: &str,
+        qualifier: &str,
+    ) -> Result<crate::ProvisionedConcurrencyConfig, ClientError> {
+        let url = self.provisioned_url(name, qualifier);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `DeleteProvisionedConcurrencyConfig`.
+    pub fn delete_provisioned_concurrency_config(
+        &self,
+        name: &str,
+        qualifier: &str,
+    ) -> Result<(), ClientError> {
+        let url = self.provisioned_url(name, qualifier);
+        self.send(self.http.delete(url.clone()), &url)?;
+        Ok(())
+    }
+
+    /// `ListProvisionedConcurrencyConfigs`.
+    pub fn list_provisioned_concurrency_configs(
+        &self,
+        name: &str,
+    ) -> Result<crate::ListProvisionedConcurrencyConfigsResponse, ClientError> {
+        let mut url = self.url(&["2019-09-30", "functions", name, "provisioned-concurrency"]);
+        url.query_pairs_mut().append_pair("List", "ALL");
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
     /// thaw's log endpoint: the last `limit` log lines of `name`, optionally
     /// only those of one request.
     pub fn logs(

@@ -20,6 +20,9 @@ pub enum ErrorCode {
     ResourceNotFound,
     /// `ResourceConflictException` (409): the function already exists.
     ResourceConflict,
+    /// `ProvisionedConcurrencyConfigNotFoundException` (404): the function
+    /// has no provisioned concurrency configuration.
+    ProvisionedConcurrencyConfigNotFound,
     /// `InvalidParameterValueException` (400): a parameter is unsupported or inconsistent.
     InvalidParameterValue,
     /// `ValidationException` (400): a parameter violates its declared constraints.
@@ -44,9 +47,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this crate knows, for parsing.
-    const KNOWN: [ErrorCode; 11] = [
+    const KNOWN: [ErrorCode; 12] = [
         ErrorCode::ResourceNotFound,
         ErrorCode::ResourceConflict,
+        ErrorCode::ProvisionedConcurrencyConfigNotFound,
         ErrorCode::InvalidParameterValue,
         ErrorCode::Validation,
         ErrorCode::InvalidRequestContent,
@@ -63,6 +67,9 @@ impl ErrorCode {
         match self {
             ErrorCode::ResourceNotFound => "ResourceNotFoundException",
             ErrorCode::ResourceConflict => "ResourceConflictException",
+            ErrorCode::ProvisionedConcurrencyConfigNotFound => {
+                "ProvisionedConcurrencyConfigNotFoundException"
+            }
             ErrorCode::InvalidParameterValue => "InvalidParameterValueException",
             ErrorCode::Validation => "ValidationException",
             ErrorCode::InvalidRequestContent => "InvalidRequestContentException",
@@ -89,7 +96,9 @@ impl ErrorCode {
     /// The HTTP status Lambda answers this code with.
     pub fn status(&self) -> u16 {
         match self {
-            ErrorCode::ResourceNotFound | ErrorCode::UnknownOperation => 404,
+            ErrorCode::ResourceNotFound
+            | ErrorCode::UnknownOperation
+            | ErrorCode::ProvisionedConcurrencyConfigNotFound => 404,
             ErrorCode::ResourceConflict => 409,
             ErrorCode::InvalidParameterValue
             | ErrorCode::Validation

@@ -13,12 +13,14 @@
 //! | [`types`] | management request and response documents |
 //! | [`invoke`] | Invoke headers, limits, `Server-Timing` |
 //! | [`logs`] | thaw's log records |
+//! | [`concurrency`] | reserved and provisioned concurrency, account settings |
 //! | [`client`] | the blocking client |
 //! | [`package`] | zipping a code directory |
 
 #![deny(unsafe_code)]
 
 pub mod client;
+pub mod concurrency;
 pub mod error;
 pub mod function;
 pub mod invoke;
@@ -27,6 +29,12 @@ pub mod package;
 pub mod types;
 
 pub use client::{Client, ClientError, InvokeOptions, InvokeResult};
+pub use concurrency::{
+    AccountLimit, AccountSettings, AccountUsage, Concurrency,
+    ListProvisionedConcurrencyConfigsResponse, ProvisionedConcurrencyConfig,
+    ProvisionedConcurrencyConfigListItem, ProvisionedConcurrencyStatus,
+    PutFunctionConcurrencyRequest, PutProvisionedConcurrencyConfigRequest,
+};
 pub use error::{ErrorBody, ErrorCode, ErrorType, LambdaError, ERROR_TYPE_HEADER};
 pub use function::{function_arn, FunctionName, FunctionRef, FunctionSettings, Runtime};
 pub use invoke::{

@@ -476,6 +476,9 @@ pub struct GetFunctionResponse {
     pub configuration: FunctionConfiguration,
     /// Where the code is.
     pub code: FunctionCodeLocation,
+    /// The function's reserved concurrency; absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::concurrency::Concurrency>,
 }
 
 /// `ListFunctions` response.

@@ -70,6 +70,11 @@ pub struct ServeArgs {
     /// Most instances of one function running at once [default: 8].
     #[arg(long)]
     pub max_instances: Option<usize>,
+    /// The account's concurrent executions (Lambda's ConcurrentExecutions):
+    /// all functions' invocations in flight together. Reservations must
+    /// leave 100 unreserved (a tenth of smaller limits).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub account_concurrency: u32,
     /// The `thaw-init` supervisor binary [default: next to `thaw`].
     #[arg(long)]
     pub init_binary: Option<PathBuf>,
@@ -171,6 +176,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_instances {
         config.max_instances_per_function = n.max(1);
     }
+    config.account_concurrency = args.account_concurrency;
     config.store = store_setting(&args)?;
     config.store_memory_bytes = args.store_memory_mb << 20;
     config.store_disk_cache_bytes = args.store_disk_cache_mb << 20;

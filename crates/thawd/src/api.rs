@@ -15,11 +15,24 @@
 //! | GET, PUT | `/2015-03-31/functions/{name}/configuration` | Get/UpdateFunctionConfiguration |
 //! | PUT | `/2015-03-31/functions/{name}/code` | UpdateFunctionCode |
 //! | POST | `/2015-03-31/functions/{name}/invocations` | Invoke |
+//! | PUT, DELETE | `/2017-10-31/functions/{name}/concurrency` | Put/DeleteFunctionConcurrency |
+//! | GET | `/2019-09-30/functions/{name}/concurrency` | GetFunctionConcurrency |
+//! | PUT, GET, DELETE | `/2019-09-30/functions/{name}/provisioned-concurrency` | Put/Get/DeleteProvisionedConcurrencyConfig (`Qualifier`); with `List=ALL`: ListProvisionedConcurrencyConfigs |
+//! | GET | `/2016-08-19/account-settings` | GetAccountSettings |
 //! | GET | `/thaw/v1/functions/{name}/logs` | log records (`request_id`, `limit`) |
 //! | GET | `/thaw/v1/functions/{name}/code` | the uploaded zip |
 //! | GET | `/metrics`, `/healthz` | Prometheus metrics, liveness |
 //!
 //! Requests signed with AWS SigV4 are accepted; signatures are not checked.
+//!
+//! **Provisioned concurrency and versions.** Lambda configures provisioned
+//! concurrency on a published version or an alias and refuses `$LATEST`.
+//! thaw has no versions or aliases yet, so its provisioned concurrency
+//! applies to the function's current revision: the `Qualifier` must be
+//! `$LATEST` (or absent), any other qualifier is a function version that
+//! does not exist (`ResourceNotFoundException`). A function has at most one
+//! configuration; after an update the new revision's instances are
+//! provisioned.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -125,6 +138,33 @@ pub trait ApiBackend: Clone + Send + Sync + 'static {
     fn function_changed(&self, function: &FunctionRecord) {
         let _ = function;
     }
+    /// The account's concurrent executions.
+    fn account_concurrency(&self) -> u32 {
+        thaw_api::concurrency::DEFAULT_ACCOUNT_CONCURRENCY
+    }
+    /// Most provisioned instances one function may ask for (the daemon's
+    /// per-function instance limit).
+    fn max_provisioned(&self) -> u32 {
+        u32::MAX
+    }
+    /// The function's concurrency controls changed: apply them.
+    fn concurrency_changed(&self, function: &FunctionRecord) {
+        let _ = function;
+    }
+    /// The function was deleted.
+    fn function_removed(&self, name: &str) {
+        let _ = name;
+    }
+    /// How far the function's provisioned concurrency is (it has a
+    /// configuration).
+    fn provisioned_view(&self, function: &FunctionRecord) -> crate::provisioned::ProvisionedView {
+        let _ = function;
+        crate::provisioned::ProvisionedView {
+            available: 0,
+            status: thaw_api::ProvisionedConcurrencyStatus::InProgress,
+            reason: None,
+        }
+    }
     /// Queue a snapshot build of the function (pipeline on or off).
     fn queue_snapshot(&self, function: &FunctionRecord) -> Result<(), LambdaError> {
         let _ = function;
@@ -197,6 +237,30 @@ impl ApiBackend for Arc<Platform> {
         self.pools.drop_idle(name)
     }
 
+    fn account_concurrency(&self) -> u32 {
+        self.pools.admission().account_limit()
+    }
+
+    fn max_provisioned(&self) -> u32 {
+        u32::try_from(self.pools.max_instances()).unwrap_or(u32::MAX)
+    }
+
+    fn concurrency_changed(&self, function: &FunctionRecord) {
+        Platform::concurrency_changed(self, function);
+    }
+
+    fn function_removed(&self, name: &str) {
+        Platform::function_removed(self, name);
+    }
+
+    fn provisioned_view(&self, function: &FunctionRecord) -> crate::provisioned::ProvisionedView {
+        Platform::provisioned_view(self, function).unwrap_or(crate::provisioned::ProvisionedView {
+            available: 0,
+            status: thaw_api::ProvisionedConcurrencyStatus::InProgress,
+            reason: None,
+        })
+    }
+
     fn invoke(
         &self,
         function: &FunctionRecord,
@@ -256,6 +320,22 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
             &format!("{functions}/{{name}}/invocations"),
             post(invoke::<B>),
         )
+        .route(
+            "/2017-10-31/functions/{name}/concurrency",
+            axum::routing::put(put_function_concurrency::<B>)
+                .delete(delete_function_concurrency::<B>),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/concurrency",
+            get(get_function_concurrency::<B>),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/provisioned-concurrency",
+            get(get_provisioned_concurrency::<B>)
+                .put(put_provisioned_concurrency::<B>)
+                .delete(delete_provisioned_concurrency::<B>),
+        )
+        .route("/2016-08-19/account-settings", get(account_settings::<B>))
         .route("/thaw/v1/functions/{name}/logs", get(function_logs::<B>))
         .route("/thaw/v1/functions/{name}/code", get(function_code::<B>))
         .route(
@@ -596,6 +676,9 @@ async fn get_function<B: ApiBackend>(
             repository_type: "S3".into(),
             location: format!("http://{host}/thaw/v1/functions/{name}/code"),
         },
+        concurrency: record.concurrency.reserved.map(|n| thaw_api::Concurrency {
+            reserved_concurrent_executions: Some(n),
+        }),
     }))
 }
 
@@ -673,6 +756,7 @@ async fn delete_function<B: ApiBackend>(
     with_registry(&b, move |r| r.delete(n.as_str()))
         .instrument(span.clone())
         .await?;
+    b.function_removed(name.as_str());
     async {
         b.retire(name.as_str()).await;
         b.delete_logs(name.as_str());
@@ -682,6 +766,257 @@ async fn delete_function<B: ApiBackend>(
     }
     .instrument(span)
     .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency controls (reserved, provisioned, account settings)
+
+/// Reservations of the other functions, and the provisioned concurrency of
+/// those without one (both taken from the account's unreserved pool).
+fn set_aside(others: &[&FunctionRecord]) -> (u64, u64) {
+    let reserved = others
+        .iter()
+        .filter_map(|f| f.concurrency.reserved)
+        .map(u64::from)
+        .sum();
+    let provisioned = others
+        .iter()
+        .filter(|f| f.concurrency.reserved.is_none())
+        .filter_map(|f| f.concurrency.provisioned.as_ref())
+        .map(|p| u64::from(p.requested))
+        .sum();
+    (reserved, provisioned)
+}
+
+/// `PutFunctionConcurrency`: reserve concurrency for the function (0 turns
+/// it off: every invocation is throttled).
+async fn put_function_concurrency<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<thaw_api::Concurrency>, ApiError> {
+    let name = target.latest(None)?;
+    let bytes = read_management_body(&headers, body, "PutFunctionConcurrency").await?;
+    let req: thaw_api::PutFunctionConcurrencyRequest = parse_json(&bytes)?;
+    let n = req.validate()?;
+    let limit = b.account_concurrency();
+    let n2 = name.clone();
+    let record = with_registry(&b, move |r| {
+        r.update_concurrency(n2.as_str(), |cur, others| {
+            let (reserved, provisioned) = set_aside(others);
+            thaw_api::concurrency::check_reservation(limit, reserved, provisioned, n)?;
+            if let Some(p) = &cur.provisioned {
+                thaw_api::concurrency::check_provisioned(p.requested, Some(n))?;
+            }
+            let mut c = cur.clone();
+            c.reserved = Some(n);
+            Ok(c)
+        })
+    })
+    .instrument(span("PutFunctionConcurrency", &name))
+    .await?;
+    b.concurrency_changed(&record);
+    Ok(Json(thaw_api::Concurrency {
+        reserved_concurrent_executions: Some(n),
+    }))
+}
+
+/// `GetFunctionConcurrency`: `{}` when the function has no reservation.
+async fn get_function_concurrency<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+) -> Result<Json<thaw_api::Concurrency>, ApiError> {
+    let name = target.latest(None)?;
+    let record = lookup(&b, &name)?;
+    Ok(Json(thaw_api::Concurrency {
+        reserved_concurrent_executions: record.concurrency.reserved,
+    }))
+}
+
+/// `DeleteFunctionConcurrency` (204): the function shares the unreserved
+/// pool again.
+async fn delete_function_concurrency<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+) -> Result<StatusCode, ApiError> {
+    let name = target.latest(None)?;
+    let limit = b.account_concurrency();
+    let n2 = name.clone();
+    let record = with_registry(&b, move |r| {
+        r.update_concurrency(n2.as_str(), |cur, others| {
+            let mut c = cur.clone();
+            c.reserved = None;
+            // Its provisioned concurrency now comes out of the unreserved pool.
+            if let Some(p) = &cur.provisioned {
+                let (reserved, provisioned) = set_aside(others);
+                check_provisioned_unreserved(limit, reserved, provisioned, p.requested)?;
+            }
+            Ok(c)
+        })
+    })
+    .instrument(span("DeleteFunctionConcurrency", &name))
+    .await?;
+    b.concurrency_changed(&record);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Provisioned concurrency of a function without a reservation comes out of
+/// the unreserved pool, which must keep its minimum.
+fn check_provisioned_unreserved(
+    limit: u32,
+    reserved: u64,
+    provisioned: u64,
+    requested: u32,
+) -> Result<(), LambdaError> {
+    thaw_api::concurrency::check_reservation(limit, reserved, provisioned, requested).map_err(|_| {
+        LambdaError::invalid_parameter(format!(
+            "Specified ProvisionedConcurrentExecutions for function decreases account's UnreservedConcurrentExecution below its minimum value of [{}].",
+            thaw_api::concurrency::min_unreserved(limit)
+        ))
+    })
+}
+
+/// `GetAccountSettings`.
+async fn account_settings<B: ApiBackend>(State(b): State<B>) -> Json<thaw_api::AccountSettings> {
+    let all = b.registry().list();
+    let refs: Vec<&FunctionRecord> = all.iter().collect();
+    let (reserved, provisioned) = set_aside(&refs);
+    Json(thaw_api::AccountSettings::new(
+        b.account_concurrency(),
+        reserved,
+        provisioned,
+        thaw_api::AccountUsage {
+            total_code_size: all.iter().map(|f| f.code_size).sum(),
+            function_count: all.len() as u64,
+        },
+    ))
+}
+
+/// The configuration of `record` as Lambda reports it.
+fn provisioned_config<B: ApiBackend>(
+    b: &B,
+    record: &FunctionRecord,
+) -> Option<thaw_api::ProvisionedConcurrencyConfig> {
+    let p = record.concurrency.provisioned.as_ref()?;
+    let view = b.provisioned_view(record);
+    Some(thaw_api::ProvisionedConcurrencyConfig {
+        requested_provisioned_concurrent_executions: p.requested,
+        available_provisioned_concurrent_executions: view.available,
+        allocated_provisioned_concurrent_executions: view.available,
+        status: view.status,
+        status_reason: view.reason,
+        last_modified: p.last_modified.clone(),
+    })
+}
+
+/// `PutProvisionedConcurrencyConfig` (202). The qualifier must be `$LATEST`
+/// or absent: see the module documentation.
+async fn put_provisioned_concurrency<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = target_name(target, &query)?;
+    let bytes = read_management_body(&headers, body, "PutProvisionedConcurrencyConfig").await?;
+    let req: thaw_api::PutProvisionedConcurrencyConfigRequest = parse_json(&bytes)?;
+    let n = req.validate()?;
+    let max = b.max_provisioned();
+    if n > max {
+        return Err(LambdaError::invalid_parameter(format!(
+            "Specified ProvisionedConcurrentExecutions {n} is more than this daemon runs for one function ({max}, thaw serve --max-instances)"
+        ))
+        .into());
+    }
+    let limit = b.account_concurrency();
+    let n2 = name.clone();
+    let record = with_registry(&b, move |r| {
+        r.update_concurrency(n2.as_str(), |cur, others| {
+            match cur.reserved {
+                Some(reserved) => thaw_api::concurrency::check_provisioned(n, Some(reserved))?,
+                None => {
+                    let (reserved, provisioned) = set_aside(others);
+                    check_provisioned_unreserved(limit, reserved, provisioned, n)?;
+                }
+            }
+            let mut c = cur.clone();
+            c.provisioned = Some(crate::registry::ProvisionedSetting {
+                requested: n,
+                last_modified: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%z").to_string(),
+            });
+            Ok(c)
+        })
+    })
+    .instrument(span("PutProvisionedConcurrencyConfig", &name))
+    .await?;
+    b.concurrency_changed(&record);
+    let config = provisioned_config(&b, &record)
+        .ok_or_else(|| ApiError::internal("The configuration was not stored"))?;
+    Ok((StatusCode::ACCEPTED, Json(config)).into_response())
+}
+
+/// `GetProvisionedConcurrencyConfig`, or with `List=ALL`
+/// `ListProvisionedConcurrencyConfigs` (one path, as in Lambda).
+async fn get_provisioned_concurrency<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+) -> Result<Response, ApiError> {
+    if query.get("List").is_some() {
+        let name = target.latest(None)?;
+        if let Some(s) = query.get("MaxItems") {
+            if !matches!(s.parse::<i64>(), Ok(1..=50)) {
+                return Err(LambdaError::validation(
+                    s,
+                    "maxItems",
+                    "Member must have value less than or equal to 50",
+                )
+                .into());
+            }
+        }
+        let record = lookup(&b, &name)?;
+        let items = provisioned_config(&b, &record)
+            .map(|config| thaw_api::ProvisionedConcurrencyConfigListItem {
+                function_arn: format!("{}:{}", name.arn(), thaw_api::function::LATEST),
+                config,
+            })
+            .into_iter()
+            .collect();
+        return Ok(Json(thaw_api::ListProvisionedConcurrencyConfigsResponse {
+            provisioned_concurrency_configs: items,
+            next_marker: None,
+        })
+        .into_response());
+    }
+    let name = target_name(target, &query)?;
+    let record = lookup(&b, &name)?;
+    let config = provisioned_config(&b, &record)
+        .ok_or_else(|| ApiError(thaw_api::concurrency::provisioned_config_not_found()))?;
+    Ok(Json(config).into_response())
+}
+
+/// `DeleteProvisionedConcurrencyConfig` (204). The instances it kept stay
+/// idle and are reaped after the keep-alive like any others.
+async fn delete_provisioned_concurrency<B: ApiBackend>(
+    State(b): State<B>,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+) -> Result<StatusCode, ApiError> {
+    let name = target_name(target, &query)?;
+    let n2 = name.clone();
+    let record = with_registry(&b, move |r| {
+        r.update_concurrency(n2.as_str(), |cur, _| {
+            let mut c = cur.clone();
+            c.provisioned = None;
+            Ok(c)
+        })
+    })
+    .instrument(span("DeleteProvisionedConcurrencyConfig", &name))
+    .await?;
+    b.concurrency_changed(&record);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -828,6 +1163,7 @@ async fn invoke<B: ApiBackend>(
 fn log_invoke_error(e: &InvokeError, what: &str) {
     match e {
         InvokeError::TooManyRequests(_) => tracing::warn!(error = %e, "{what}"),
+        InvokeError::Throttled(t) => tracing::info!(reason = t.reason(), "{what}: throttled"),
         InvokeError::ShuttingDown => tracing::info!(error = %e, "{what}"),
         // Handled here: the caller gets a 500, a human must look.
         InvokeError::Sandbox(_) | InvokeError::InstanceLost(_) => {
@@ -842,6 +1178,9 @@ fn invoke_error(e: InvokeError) -> ApiError {
         InvokeError::TooManyRequests(_) => {
             LambdaError::new(ErrorCode::TooManyRequests, e.to_string())
                 .with_reason("ConcurrentInvocationLimitExceeded")
+        }
+        InvokeError::Throttled(t) => {
+            LambdaError::new(ErrorCode::TooManyRequests, e.to_string()).with_reason(t.reason())
         }
         InvokeError::ShuttingDown => {
             LambdaError::new(ErrorCode::Service, e.to_string()).with_status(503)
@@ -1218,6 +1557,28 @@ mod tests {
             (e.code.clone(), e.status),
             (ErrorCode::TooManyRequests, 429)
         );
+        assert_eq!(
+            e.reason.as_deref(),
+            Some("ConcurrentInvocationLimitExceeded")
+        );
+        let ApiError(e) = invoke_error(InvokeError::Throttled(
+            crate::admission::Throttle::Reserved { limit: 0 },
+        ));
+        assert_eq!(
+            (e.code.clone(), e.status, e.reason.as_deref()),
+            (
+                ErrorCode::TooManyRequests,
+                429,
+                Some("ReservedFunctionConcurrentInvocationLimitExceeded")
+            )
+        );
+        assert_eq!(
+            serde_json::to_value(e.body()).unwrap()["Reason"],
+            "ReservedFunctionConcurrentInvocationLimitExceeded"
+        );
+        let ApiError(e) = invoke_error(InvokeError::Throttled(
+            crate::admission::Throttle::Account { limit: 10 },
+        ));
         assert_eq!(
             e.reason.as_deref(),
             Some("ConcurrentInvocationLimitExceeded")

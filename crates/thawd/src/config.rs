@@ -15,6 +15,9 @@ pub struct DaemonConfig {
     pub keep_alive: Duration,
     /// Upper bound of concurrently running instances per function.
     pub max_instances_per_function: usize,
+    /// The account's concurrent executions (Lambda's `ConcurrentExecutions`,
+    /// default 1000): the sum of all functions' invocations in flight.
+    pub account_concurrency: u32,
     /// Maximum number of tasks (processes + threads) per instance.
     pub pids_max: u64,
     /// Size of each instance's private /tmp, bytes.
@@ -77,6 +80,7 @@ impl DaemonConfig {
             init_binary,
             keep_alive: Duration::from_secs(300),
             max_instances_per_function: 8,
+            account_concurrency: thaw_api::concurrency::DEFAULT_ACCOUNT_CONCURRENCY,
             pids_max: 128,
             tmp_size_bytes: 512 * 1024 * 1024,
             memory_mode: MemoryMode::default(),

@@ -63,6 +63,10 @@ pub struct InvokeOutcome {
 pub enum InvokeError {
     #[error("Rate exceeded: all {0} instances of the function are busy")]
     TooManyRequests(usize),
+    /// Admission control throttled the invocation at once (reserved or
+    /// account concurrency in use; see [`crate::admission`]).
+    #[error(transparent)]
+    Throttled(#[from] crate::admission::Throttle),
     #[error("The daemon is shutting down")]
     ShuttingDown,
     #[error("Could not start an instance")]

@@ -8,6 +8,7 @@
 //! Must not: implement sandboxing, the Runtime API or storage formats itself;
 //! those live in their own crates.
 
+pub mod admission;
 pub mod api;
 pub mod backend;
 pub mod capacity;
@@ -18,6 +19,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod pool;
+pub mod provisioned;
 pub mod registry;
 pub mod runtimes;
 pub mod secrets;

@@ -24,6 +24,7 @@ pub struct Metrics {
     restore_memory: IntCounterVec,
     working_sets: IntCounterVec,
     templates: IntGaugeVec,
+    throttles: IntCounterVec,
 }
 
 impl Metrics {
@@ -89,6 +90,14 @@ impl Metrics {
             &["function"],
         )?;
         registry.register(Box::new(templates.clone()))?;
+        let throttles = IntCounterVec::new(
+            Opts::new(
+                "thaw_throttles_total",
+                "Invocations throttled by admission control, by Lambda's Reason (ReservedFunctionConcurrentInvocationLimitExceeded, ConcurrentInvocationLimitExceeded)",
+            ),
+            &["function", "reason"],
+        )?;
+        registry.register(Box::new(throttles.clone()))?;
         Ok(Metrics {
             registry,
             phase,
@@ -99,6 +108,7 @@ impl Metrics {
             restore_memory,
             working_sets,
             templates,
+            throttles,
         })
     }
 
@@ -186,6 +196,19 @@ impl Metrics {
         self.invocations
             .with_label_values(&[function, "none", outcome])
             .inc();
+    }
+
+    /// Count an invocation throttled by admission control, by Lambda's
+    /// `Reason` (also counted in `thaw_invocations_total` as `throttled`).
+    pub fn count_throttle(&self, function: &str, reason: &str) {
+        self.throttles.with_label_values(&[function, reason]).inc();
+        self.count_rejected(function, "throttled");
+    }
+
+    /// The live-instance gauge of `function` in `state` (`idle`, `busy`,
+    /// `standby`).
+    pub fn instances_in_state(&self, function: &str, state: &str) -> i64 {
+        self.instances.with_label_values(&[function, state]).get()
     }
 
     /// Count an instance start.

@@ -86,6 +86,12 @@ pub struct Pools {
     shutting_down: AtomicBool,
     /// Where each function's snapshot stands; one build at a time.
     pub builds: SnapshotBuilds,
+    /// Reserved and account concurrency, checked at the top of every
+    /// invocation ([`crate::admission`]).
+    admission: crate::admission::Admission,
+    /// Idle instances kept per function however long they idle: its
+    /// provisioned concurrency ([`crate::provisioned`]).
+    provisioned_floor: Mutex<HashMap<String, usize>>,
 }
 
 impl Pools {
@@ -109,7 +115,92 @@ impl Pools {
             standby_per_function,
             shutting_down: AtomicBool::new(false),
             builds: SnapshotBuilds::default(),
+            admission: crate::admission::Admission::new(
+                thaw_api::concurrency::DEFAULT_ACCOUNT_CONCURRENCY,
+            ),
+            provisioned_floor: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same pools for an account of `limit` concurrent executions
+    /// (`thaw serve --account-concurrency`).
+    pub fn with_account_concurrency(mut self, limit: u32) -> Self {
+        self.admission = crate::admission::Admission::new(limit);
+        self
+    }
+
+    /// Admission control: reserved and account concurrency.
+    pub fn admission(&self) -> &crate::admission::Admission {
+        &self.admission
+    }
+
+    /// The per-function instance limit (`--max-instances`).
+    pub fn max_instances(&self) -> usize {
+        self.max_instances
+    }
+
+    // --- Provisioned concurrency (used by `crate::provisioned`) -----------
+
+    /// Keeps at least `n` of `name`'s idle instances through idle reaping
+    /// (its provisioned concurrency; 0: none).
+    pub fn set_provisioned_floor(&self, name: &str, n: usize) {
+        let mut floors = lock(&self.provisioned_floor);
+        if n == 0 {
+            floors.remove(name);
+        } else {
+            floors.insert(name.to_string(), n);
+        }
+    }
+
+    /// Instances of `name` that exist and are ready or running an
+    /// invocation: its idle instances plus the busy ones (instances that
+    /// are still starting are not counted).
+    pub fn live_instances(&self, name: &str) -> usize {
+        let idle = self.idle_count(name);
+        let busy = self.metrics.instances_in_state(name, "busy").max(0);
+        idle + usize::try_from(busy).unwrap_or(0)
+    }
+
+    /// Starts one instance of `f` for its provisioned concurrency (restored
+    /// from its snapshot when it has one, else cold) and parks it in the
+    /// idle list, where the next invocation finds it warm. Runs no
+    /// invocation. Why it failed, otherwise.
+    pub async fn provision_one(&self, f: &FunctionRecord) -> Result<StartKind, String> {
+        if self.is_shutting_down() {
+            return Err("the daemon is shutting down".into());
+        }
+        let pool = self.pool_for(f);
+        let f = &pool.record;
+        let (mut inst, kind) = match self.restore(&pool, f).await {
+            Some((inst, _)) => (inst, StartKind::Restored),
+            None => match Instance::start(f, &self.ctx).await {
+                Ok((inst, _)) => {
+                    self.metrics.count_instance_start(&f.name, "ok");
+                    (inst, StartKind::Cold)
+                }
+                Err(e) => {
+                    let result = match e {
+                        StartError::Init { .. } => "init_error",
+                        StartError::Platform(_) => "platform_error",
+                    };
+                    self.metrics.count_instance_start(&f.name, result);
+                    return Err(start_error_text(&e));
+                }
+            },
+        };
+        tracing::info!(function = %f.name, instance = %inst.id, start = kind.as_str(), "provisioned instance ready");
+        {
+            // Under the idle lock, as `invoke_inner` parks instances: never
+            // in a retired pool.
+            let mut idle = lock(&pool.idle);
+            if !pool.retired.load(Ordering::SeqCst) && !self.is_shutting_down() {
+                idle.push(inst);
+                self.metrics.add_instances(&f.name, "idle", 1);
+                return Ok(kind);
+            }
+        }
+        inst.destroy().await;
+        Err("the function changed while the instance started".into())
     }
 
     fn pool_for(&self, f: &FunctionRecord) -> Arc<FunctionPool> {
@@ -754,6 +845,11 @@ impl Pools {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(InvokeError::ShuttingDown);
         }
+        // Reserved / account concurrency: throttled at once, or admitted
+        // until this invocation ends (`crate::admission`).
+        let _admitted = self.admission.admit(&f.name).inspect_err(|t| {
+            self.metrics.count_throttle(&f.name, t.reason());
+        })?;
         let pool = self.pool_for(f);
         let f = &pool.record;
         let _permit =
@@ -1157,12 +1253,25 @@ impl Pools {
         let mut victims = Vec::new();
         {
             let map = lock(&self.functions);
+            let floors = lock(&self.provisioned_floor);
             for (name, pool) in map.iter() {
                 let mut idle = lock(&pool.idle);
-                // Expired, or dead while idle (its runtime exited or crashed).
-                let (old, keep): (Vec<Instance>, Vec<Instance>) = idle.drain(..).partition(|i| {
-                    now.duration_since(i.last_used) >= self.keep_alive || !i.looks_alive()
-                });
+                // Expired, or dead while idle (its runtime exited or crashed);
+                // but the function's provisioned concurrency stays however
+                // long it idles (the most recently used instances are kept).
+                let floor = floors.get(name).copied().unwrap_or(0);
+                let mut kept = 0;
+                let (mut old, mut keep) = (Vec::new(), Vec::new());
+                for i in idle.drain(..).rev() {
+                    let fresh = now.duration_since(i.last_used) < self.keep_alive;
+                    if i.looks_alive() && (fresh || kept < floor) {
+                        kept += 1;
+                        keep.push(i);
+                    } else {
+                        old.push(i);
+                    }
+                }
+                keep.reverse();
                 *idle = keep;
                 if !old.is_empty() {
                     self.metrics

@@ -87,6 +87,43 @@ pub struct FunctionRecord {
     pub revision_id: String,
     /// Non-root uid/gid this function's instances run as (distinct per function).
     pub uid: u32,
+    /// Reserved and provisioned concurrency. Absent from records written
+    /// before concurrency controls existed (they read as "none"), and left
+    /// out of the JSON while nothing is set, so such records stay
+    /// byte-compatible with older daemons.
+    #[serde(default, skip_serializing_if = "ConcurrencyConfig::is_empty")]
+    pub concurrency: ConcurrencyConfig,
+}
+
+/// A function's concurrency controls as stored in `function.json`. Not part
+/// of the code revision: changing them does not change `revision_id`, so
+/// instances and snapshots stay.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConcurrencyConfig {
+    /// `ReservedConcurrentExecutions`; `None`: the function shares the
+    /// account's unreserved pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u32>,
+    /// The provisioned concurrency configuration of the function's current
+    /// revision (thaw has no versions: see the API's documentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned: Option<ProvisionedSetting>,
+}
+
+impl ConcurrencyConfig {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.reserved.is_none() && self.provisioned.is_none()
+    }
+}
+
+/// A provisioned concurrency configuration as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProvisionedSetting {
+    /// `RequestedProvisionedConcurrentExecutions`.
+    pub requested: u32,
+    /// When it was last put (ISO 8601, Lambda's `LastModified`).
+    pub last_modified: String,
 }
 
 impl FunctionRecord {
@@ -370,6 +407,7 @@ impl Registry {
             last_modified: now_lambda(),
             revision_id: revision,
             uid,
+            concurrency: ConcurrencyConfig::default(),
         };
         record.apply_settings(req.settings);
         write_record(staging.path(), &record, &self.cipher)?;
@@ -478,6 +516,42 @@ impl Registry {
         state.functions.insert(name.to_string(), record.clone());
         drop(state);
         tracing::info!(function = %name, revision = %record.revision_id, "function configuration updated");
+        Ok(record)
+    }
+
+    /// Change the concurrency controls of `name`: `update` gets the
+    /// function's current controls and every other function's (to check
+    /// account-wide limits) and returns the new ones. It runs under the
+    /// registry lock, so two concurrent reservations cannot both take the
+    /// last of the account's concurrency. The revision does not change.
+    pub fn update_concurrency(
+        &self,
+        name: &str,
+        update: impl FnOnce(
+            &ConcurrencyConfig,
+            &[&FunctionRecord],
+        ) -> Result<ConcurrencyConfig, LambdaError>,
+    ) -> Result<FunctionRecord, RegistryError> {
+        let mut state = self.lock();
+        let current = state
+            .functions
+            .get(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let others: Vec<&FunctionRecord> = state
+            .functions
+            .values()
+            .filter(|f| f.name != name)
+            .collect();
+        let concurrency = update(&current.concurrency, &others).map_err(RegistryError::Invalid)?;
+        if concurrency == current.concurrency {
+            return Ok(current.clone());
+        }
+        let mut record = current.clone();
+        record.concurrency = concurrency;
+        write_record(&self.function_dir(name), &record, &self.cipher)?;
+        state.functions.insert(name.to_string(), record.clone());
+        drop(state);
+        tracing::info!(function = %name, reserved = ?record.concurrency.reserved, provisioned = ?record.concurrency.provisioned.as_ref().map(|p| p.requested), "function concurrency updated");
         Ok(record)
     }
 
@@ -1401,5 +1475,92 @@ mod tests {
         let zip = make_zip(&[E::File("x", b"1", 0o644), E::File("x/y", b"1", 0o644)]);
         let (_d, r) = unpack(&zip, MAX_UNZIPPED_BYTES);
         assert!(matches!(r, Err(RegistryError::UnsafeEntry { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn concurrency_persists_without_changing_the_revision() {
+        let data = tempfile::tempdir().unwrap();
+        let reg = open(data.path());
+        let f = reg
+            .create(new_fn(
+                "conc",
+                app_zip("def handler(e, c):\n    return 1\n"),
+            ))
+            .unwrap();
+        let json = fs::read_to_string(data.path().join("functions/conc/function.json")).unwrap();
+        assert!(
+            !json.contains("concurrency"),
+            "nothing set, nothing written: {json}"
+        );
+        reg.create(new_fn("other", app_zip("x = 1\n"))).unwrap();
+        let r = reg
+            .update_concurrency("conc", |cur, others| {
+                assert!(cur.is_empty());
+                assert_eq!(others.len(), 1);
+                assert_eq!(others[0].name, "other");
+                Ok(ConcurrencyConfig {
+                    reserved: Some(3),
+                    provisioned: Some(ProvisionedSetting {
+                        requested: 2,
+                        last_modified: "2026-01-01T00:00:00.000+0000".into(),
+                    }),
+                })
+            })
+            .unwrap();
+        assert_eq!(r.revision_id, f.revision_id);
+        assert_eq!(r.last_modified, f.last_modified);
+        let e = reg
+            .update_concurrency("conc", |_, _| Err(LambdaError::invalid_parameter("no")))
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::Invalid(_)));
+        assert!(matches!(
+            reg.update_concurrency("nope", |c, _| Ok(c.clone())),
+            Err(RegistryError::NotFound(_))
+        ));
+        // Code and configuration updates keep it; a restart finds it.
+        let r = reg.update_code("conc", &app_zip("y = 2\n"), None).unwrap();
+        assert_eq!(r.concurrency.reserved, Some(3));
+        drop(reg);
+        let reg = open(data.path());
+        let c = reg.get("conc").unwrap().concurrency;
+        assert_eq!(c.reserved, Some(3));
+        assert_eq!(c.provisioned.unwrap().requested, 2);
+    }
+
+    /// A `function.json` as daemons before concurrency controls wrote it
+    /// still loads (as "no controls"), and is not rewritten.
+    #[test]
+    fn records_without_concurrency_still_load() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("functions/legacy");
+        fs::create_dir_all(dir.join("code-r1")).unwrap();
+        let golden = format!(
+            r#"{{
+  "name": "legacy",
+  "runtime": "python3.11",
+  "handler": "app.handler",
+  "memory_mb": 128,
+  "timeout_s": 3,
+  "environment": {{}},
+  "description": "",
+  "role": "arn:aws:iam::000000000000:role/r",
+  "code_sha256": "abc=",
+  "code_size": 10,
+  "code_dir": "{}",
+  "last_modified": "2024-01-01T00:00:00.000+0000",
+  "revision_id": "r1",
+  "uid": 61000
+}}"#,
+            dir.join("code-r1").display()
+        );
+        fs::write(dir.join("function.json"), &golden).unwrap();
+        let reg = open(data.path());
+        let f = reg.get("legacy").expect("old record loads");
+        assert_eq!(f.concurrency, ConcurrencyConfig::default());
+        assert_eq!(f.revision_id, "r1");
+        assert_eq!(
+            fs::read_to_string(dir.join("function.json")).unwrap(),
+            golden
+        );
     }
 }

@@ -27,6 +27,8 @@ pub struct Platform {
     pub pools: Pools,
     pub metrics: Arc<Metrics>,
     pub logs: Arc<LogStore>,
+    /// Keepers of provisioned concurrency ([`crate::provisioned`]).
+    pub provisioner: crate::provisioned::Provisioner,
 }
 
 impl Platform {
@@ -112,13 +114,15 @@ impl Platform {
             config.max_instances_per_function,
             config.keep_alive,
             config.standby_per_function,
-        );
+        )
+        .with_account_concurrency(config.account_concurrency);
         Ok(Platform {
             config,
             registry,
             pools,
             metrics,
             logs,
+            provisioner: crate::provisioned::Provisioner::default(),
         })
     }
 }
@@ -279,6 +283,10 @@ pub async fn serve_with(
     tracing::info!(addr = %listener.local_addr()?, data_dir = %platform.config.data_dir.display(), "thaw daemon listening");
 
     platform.schedule_missing_snapshots();
+    // Reserved and provisioned concurrency survive restarts.
+    for f in platform.registry.list() {
+        platform.concurrency_changed(&f);
+    }
     let reaper = {
         let p = platform.clone();
         let every = (keep_alive / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));

@@ -953,3 +953,217 @@ async fn logs_metrics_health() {
     let h = api.call("GET", "/healthz", None).await;
     assert_eq!(h.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn reserved_concurrency_and_account_settings() {
+    let api = api();
+    assert_eq!(api.create("a", json!({})).await.status, StatusCode::CREATED);
+    assert_eq!(api.create("b", json!({})).await.status, StatusCode::CREATED);
+    let api = &api;
+    let put = move |name: &str, n: Value| {
+        let uri = format!("/2017-10-31/functions/{name}/concurrency");
+        async move {
+            api.call(
+                "PUT",
+                &uri,
+                Some(json!({"ReservedConcurrentExecutions": n})),
+            )
+            .await
+        }
+    };
+    let r = api
+        .call("GET", "/2019-09-30/functions/a/concurrency", None)
+        .await;
+    assert_eq!((r.status, r.json()), (StatusCode::OK, json!({})));
+    let g = api
+        .call("GET", "/2015-03-31/functions/a", None)
+        .await
+        .json();
+    assert!(g.get("Concurrency").is_none(), "{g}");
+
+    let r = put("a", json!(5)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"ReservedConcurrentExecutions": 5}));
+    let r = api
+        .call("GET", "/2019-09-30/functions/a/concurrency", None)
+        .await;
+    assert_eq!(r.json(), json!({"ReservedConcurrentExecutions": 5}));
+    let g = api
+        .call("GET", "/2015-03-31/functions/a", None)
+        .await
+        .json();
+    assert_eq!(g["Concurrency"], json!({"ReservedConcurrentExecutions": 5}));
+    // A reservation is not a new revision.
+    assert_eq!(
+        g["Configuration"]["RevisionId"],
+        api.call("GET", "/2015-03-31/functions/a/configuration", None)
+            .await
+            .json()["RevisionId"]
+    );
+
+    let s = api.call("GET", "/2016-08-19/account-settings", None).await;
+    assert_eq!(s.status, StatusCode::OK);
+    let s = s.json();
+    assert_eq!(s["AccountLimit"]["ConcurrentExecutions"], 1000);
+    assert_eq!(s["AccountLimit"]["UnreservedConcurrentExecutions"], 995);
+    assert_eq!(s["AccountLimit"]["CodeSizeZipped"], 52_428_800);
+    assert_eq!(s["AccountLimit"]["CodeSizeUnzipped"], 262_144_000);
+    assert_eq!(s["AccountLimit"]["TotalCodeSize"], 80_530_636_800_u64);
+    assert_eq!(s["AccountUsage"]["FunctionCount"], 2);
+    assert!(s["AccountUsage"]["TotalCodeSize"].as_u64().unwrap() > 0);
+
+    // 1000 - 5 (a) - 896 leaves 99 < 100.
+    let msg = put("b", json!(896))
+        .await
+        .assert_error(400, "InvalidParameterValueException");
+    assert_eq!(
+        msg,
+        "Specified ReservedConcurrentExecutions for function decreases account's UnreservedConcurrentExecution below its minimum value of [100]."
+    );
+    assert_eq!(put("b", json!(895)).await.status, StatusCode::OK);
+    put("b", json!(-1))
+        .await
+        .assert_error(400, "ValidationException");
+    let r = api
+        .call(
+            "PUT",
+            "/2017-10-31/functions/b/concurrency",
+            Some(json!({})),
+        )
+        .await;
+    r.assert_error(400, "ValidationException");
+    put("nope", json!(1))
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    api.call("GET", "/2019-09-30/functions/nope/concurrency", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    api.call("DELETE", "/2017-10-31/functions/nope/concurrency", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+
+    let r = api
+        .call("DELETE", "/2017-10-31/functions/b/concurrency", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api
+        .call("GET", "/2019-09-30/functions/b/concurrency", None)
+        .await;
+    assert_eq!(r.json(), json!({}));
+    let s = api
+        .call("GET", "/2016-08-19/account-settings", None)
+        .await
+        .json();
+    assert_eq!(s["AccountLimit"]["UnreservedConcurrentExecutions"], 995);
+}
+
+#[tokio::test]
+async fn provisioned_concurrency_configs() {
+    let api = api();
+    assert_eq!(api.create("p", json!({})).await.status, StatusCode::CREATED);
+    let uri = "/2019-09-30/functions/p/provisioned-concurrency?Qualifier=%24LATEST";
+    api.call("GET", uri, None)
+        .await
+        .assert_error(404, "ProvisionedConcurrencyConfigNotFoundException");
+    let l = api
+        .call(
+            "GET",
+            "/2019-09-30/functions/p/provisioned-concurrency?List=ALL",
+            None,
+        )
+        .await;
+    assert_eq!(l.json(), json!({"ProvisionedConcurrencyConfigs": []}));
+
+    let r = api
+        .call(
+            "PUT",
+            uri,
+            Some(json!({"ProvisionedConcurrentExecutions": 2})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let v = r.json();
+    assert_eq!(v["RequestedProvisionedConcurrentExecutions"], 2);
+    assert_eq!(v["AvailableProvisionedConcurrentExecutions"], 0);
+    assert_eq!(v["AllocatedProvisionedConcurrentExecutions"], 0);
+    assert_eq!(v["Status"], "IN_PROGRESS");
+    assert!(v["LastModified"].as_str().unwrap().ends_with("+0000"));
+    let g = api.call("GET", uri, None).await.json();
+    assert_eq!(g["RequestedProvisionedConcurrentExecutions"], 2);
+    let l = api
+        .call(
+            "GET",
+            "/2019-09-30/functions/p/provisioned-concurrency?List=ALL",
+            None,
+        )
+        .await
+        .json();
+    let item = &l["ProvisionedConcurrencyConfigs"][0];
+    assert_eq!(
+        item["FunctionArn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:p:$LATEST"
+    );
+    assert_eq!(item["Status"], "IN_PROGRESS");
+    // It comes out of the unreserved pool.
+    let s = api
+        .call("GET", "/2016-08-19/account-settings", None)
+        .await
+        .json();
+    assert_eq!(s["AccountLimit"]["UnreservedConcurrentExecutions"], 998);
+
+    // Validation: at least 1; within the reservation; other qualifiers are
+    // versions that do not exist.
+    api.call(
+        "PUT",
+        uri,
+        Some(json!({"ProvisionedConcurrentExecutions": 0})),
+    )
+    .await
+    .assert_error(400, "ValidationException");
+    api.call(
+        "PUT",
+        "/2019-09-30/functions/p/provisioned-concurrency?Qualifier=1",
+        Some(json!({"ProvisionedConcurrentExecutions": 1})),
+    )
+    .await
+    .assert_error(404, "ResourceNotFoundException");
+    api.call(
+        "PUT",
+        "/2017-10-31/functions/p/concurrency",
+        Some(json!({"ReservedConcurrentExecutions": 1})),
+    )
+    .await
+    .assert_error(400, "InvalidParameterValueException");
+    assert_eq!(
+        api.call(
+            "PUT",
+            "/2017-10-31/functions/p/concurrency",
+            Some(json!({"ReservedConcurrentExecutions": 3})),
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let msg = api
+        .call(
+            "PUT",
+            uri,
+            Some(json!({"ProvisionedConcurrentExecutions": 4})),
+        )
+        .await
+        .assert_error(400, "InvalidParameterValueException");
+    assert!(msg.contains("reservedConcurrentExecution"), "{msg}");
+
+    let r = api.call("DELETE", uri, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    api.call("GET", uri, None)
+        .await
+        .assert_error(404, "ProvisionedConcurrencyConfigNotFoundException");
+    api.call(
+        "GET",
+        "/2019-09-30/functions/nope/provisioned-concurrency?List=ALL",
+        None,
+    )
+    .await
+    .assert_error(404, "ResourceNotFoundException");
+}

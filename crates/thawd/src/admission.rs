@@ -1,0 +1,281 @@
+//! Admission control: Lambda's concurrency limits, decided before an
+//! invocation goes anywhere near an instance.
+//!
+//! Owns: counting the invocations in flight per function and in the
+//! account's unreserved pool, and the decision to throttle. Must not: wait,
+//! queue or place invocations (that is the pool, which calls
+//! [`Admission::admit`] once at the top of an invocation and holds the
+//! returned [`Admitted`] until it ends).
+//!
+//! The rules, as Lambda applies them to synchronous invocations:
+//!
+//! - a function with reserved concurrency `N` never has more than `N`
+//!   invocations in flight; the next one is throttled **at once**
+//!   (`TooManyRequestsException`, `Reason:
+//!   ReservedFunctionConcurrentInvocationLimitExceeded`). `N = 0` throttles
+//!   every invocation: the function is switched off;
+//! - functions without a reservation share the account's unreserved pool:
+//!   the account limit (`thaw serve --account-concurrency`) minus every
+//!   reservation minus the provisioned concurrency of functions without a
+//!   reservation. Such a function's first `P` concurrent invocations (its
+//!   provisioned concurrency) do not take from the pool; beyond the pool the
+//!   invocation is throttled at once (`Reason:
+//!   ConcurrentInvocationLimitExceeded`).
+//!
+//! An admitted invocation may still queue afterwards: the pool's per-function
+//! instance limit (`--max-instances`) makes it wait up to 10 s for a slot
+//! and then throttles it, as before. That queue is thaw's host capacity, not
+//! a Lambda limit, and it is unchanged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use thaw_api::concurrency::{REASON_ACCOUNT_LIMIT, REASON_RESERVED_LIMIT};
+
+use crate::registry::ConcurrencyConfig;
+
+/// Why an invocation was throttled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Throttle {
+    /// The function's reserved concurrency is in use (or is 0).
+    #[error("Rate Exceeded.")]
+    Reserved {
+        /// The function's reserved concurrency.
+        limit: u32,
+    },
+    /// The account's unreserved concurrency is in use.
+    #[error("Rate Exceeded.")]
+    Account {
+        /// The unreserved pool's size when the invocation came.
+        limit: u32,
+    },
+}
+
+impl Throttle {
+    /// Lambda's `Reason` field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Throttle::Reserved { .. } => REASON_RESERVED_LIMIT,
+            Throttle::Account { .. } => REASON_ACCOUNT_LIMIT,
+        }
+    }
+}
+
+/// What admission knows of one function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Limits {
+    reserved: Option<u32>,
+    provisioned: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    limits: HashMap<String, Limits>,
+    in_flight: HashMap<String, u32>,
+    /// Invocations that took a slot of the unreserved pool.
+    unreserved_in_flight: u32,
+}
+
+impl State {
+    /// Everything that is not in the unreserved pool.
+    fn set_aside(&self) -> u64 {
+        self.limits
+            .values()
+            .map(|l| u64::from(l.reserved.unwrap_or(l.provisioned)))
+            .sum()
+    }
+}
+
+/// The daemon's admission control (one per daemon, shared by every
+/// invocation).
+#[derive(Debug)]
+pub struct Admission {
+    account_limit: u32,
+    state: Arc<Mutex<State>>,
+}
+
+/// An admitted invocation: its slot is given back when this is dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    state: Arc<Mutex<State>>,
+    function: String,
+    unreserved: bool,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut s = lock(&self.state);
+        if let Some(n) = s.in_flight.get_mut(&self.function) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.in_flight.remove(&self.function);
+            }
+        }
+        if self.unreserved {
+            s.unreserved_in_flight = s.unreserved_in_flight.saturating_sub(1);
+        }
+    }
+}
+
+impl Admission {
+    /// Admission for an account of `account_limit` concurrent executions.
+    pub fn new(account_limit: u32) -> Self {
+        Admission {
+            account_limit: account_limit.max(1),
+            state: Arc::default(),
+        }
+    }
+
+    /// The account's concurrent executions.
+    pub fn account_limit(&self) -> u32 {
+        self.account_limit
+    }
+
+    /// Sets a function's limits (after a change, and for every function
+    /// when the daemon starts).
+    pub fn set_function(&self, name: &str, c: &ConcurrencyConfig) {
+        let limits = Limits {
+            reserved: c.reserved,
+            provisioned: c.provisioned.as_ref().map_or(0, |p| p.requested),
+        };
+        let mut s = lock(&self.state);
+        if limits == Limits::default() {
+            s.limits.remove(name);
+        } else {
+            s.limits.insert(name.to_string(), limits);
+        }
+    }
+
+    /// Forgets a deleted function's limits (invocations in flight still
+    /// give their slots back).
+    pub fn forget(&self, name: &str) {
+        lock(&self.state).limits.remove(name);
+    }
+
+    /// The size of the unreserved pool now.
+    pub fn unreserved_limit(&self) -> u32 {
+        let s = lock(&self.state);
+        self.unreserved_of(&s)
+    }
+
+    fn unreserved_of(&self, s: &State) -> u32 {
+        let left = u64::from(self.account_limit).saturating_sub(s.set_aside());
+        u32::try_from(left).unwrap_or(u32::MAX)
+    }
+
+    /// Invocations of `name` in flight (admitted and not finished).
+    pub fn in_flight(&self, name: &str) -> u32 {
+        lock(&self.state).in_flight.get(name).copied().unwrap_or(0)
+    }
+
+    /// Admits one invocation of `name`, or says why it is throttled. Never
+    /// waits.
+    pub fn admit(&self, name: &str) -> Result<Admitted, Throttle> {
+        let mut s = lock(&self.state);
+        let limits = s.limits.get(name).copied().unwrap_or_default();
+        let running = s.in_flight.get(name).copied().unwrap_or(0);
+        let unreserved = match limits.reserved {
+            Some(limit) if running >= limit => return Err(Throttle::Reserved { limit }),
+            Some(_) => false,
+            // Its provisioned concurrency is its own.
+            None if running < limits.provisioned => false,
+            None => {
+                let limit = self.unreserved_of(&s);
+                if s.unreserved_in_flight >= limit {
+                    return Err(Throttle::Account { limit });
+                }
+                true
+            }
+        };
+        *s.in_flight.entry(name.to_string()).or_insert(0) += 1;
+        if unreserved {
+            s.unreserved_in_flight += 1;
+        }
+        Ok(Admitted {
+            state: self.state.clone(),
+            function: name.to_string(),
+            unreserved,
+        })
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // Every change is a few counter updates; a panic cannot leave them torn.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ProvisionedSetting;
+
+    fn conc(reserved: Option<u32>, provisioned: u32) -> ConcurrencyConfig {
+        ConcurrencyConfig {
+            reserved,
+            provisioned: (provisioned > 0).then(|| ProvisionedSetting {
+                requested: provisioned,
+                last_modified: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn reserved_limit_throttles_at_once_and_frees_on_drop() {
+        let a = Admission::new(1000);
+        a.set_function("f", &conc(Some(2), 0));
+        let one = a.admit("f").unwrap();
+        let two = a.admit("f").unwrap();
+        let e = a.admit("f").unwrap_err();
+        assert_eq!(e, Throttle::Reserved { limit: 2 });
+        assert_eq!(
+            e.reason(),
+            "ReservedFunctionConcurrentInvocationLimitExceeded"
+        );
+        assert_eq!(a.in_flight("f"), 2);
+        drop(one);
+        let three = a.admit("f").unwrap();
+        drop((two, three));
+        assert_eq!(a.in_flight("f"), 0);
+        // Reserved 0: the function is off.
+        a.set_function("off", &conc(Some(0), 0));
+        assert_eq!(a.admit("off").unwrap_err(), Throttle::Reserved { limit: 0 });
+        assert_eq!(a.unreserved_limit(), 998);
+    }
+
+    #[test]
+    fn unreserved_pool_is_shared_and_excludes_reservations() {
+        let a = Admission::new(3);
+        a.set_function("r", &conc(Some(1), 0));
+        assert_eq!(a.unreserved_limit(), 2);
+        let x = a.admit("x").unwrap();
+        let y = a.admit("y").unwrap();
+        let e = a.admit("x").unwrap_err();
+        assert_eq!(e, Throttle::Account { limit: 2 });
+        assert_eq!(e.reason(), "ConcurrentInvocationLimitExceeded");
+        // The reserved function has its own slot.
+        let r = a.admit("r").unwrap();
+        drop(x);
+        let x2 = a.admit("x").unwrap();
+        drop((y, r, x2));
+        a.forget("r");
+        assert_eq!(a.unreserved_limit(), 3);
+    }
+
+    #[test]
+    fn provisioned_concurrency_of_an_unreserved_function_is_its_own() {
+        let a = Admission::new(3);
+        a.set_function("p", &conc(None, 2));
+        assert_eq!(a.unreserved_limit(), 1);
+        let p1 = a.admit("p").unwrap();
+        let p2 = a.admit("p").unwrap();
+        // Spill-over takes the one unreserved slot...
+        let p3 = a.admit("p").unwrap();
+        // ...which is then gone for everybody.
+        assert_eq!(a.admit("q").unwrap_err(), Throttle::Account { limit: 1 });
+        drop(p3);
+        let q = a.admit("q").unwrap();
+        drop((p1, p2, q));
+        a.set_function("p", &ConcurrencyConfig::default());
+        assert_eq!(a.unreserved_limit(), 3);
+    }
+}
