@@ -44,4 +44,49 @@ fn boto3_concurrency_controls() {
     assert!(d.stop(), "daemon exits cleanly");
     let d2 = Daemon::start_in(tmp.path(), &[]);
     run_script(&d2, "after-restart");
+
+    // The typed client and the `thaw concurrency` command speak the same API.
+    let c = d2.client();
+    assert_eq!(
+        c.get_function_concurrency("conc")
+            .unwrap()
+            .reserved_concurrent_executions,
+        Some(1)
+    );
+    let e = c.put_function_concurrency("conc", 901).unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&thaw_api::ErrorCode::InvalidParameterValue),
+        "{e}"
+    );
+    let thaw = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .args(["--endpoint", &d2.endpoint])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(thaw(&["concurrency", "put", "conc", "3"]).contains("reserved 3"));
+    assert!(thaw(&["concurrency", "get", "conc"]).contains("reserved 3"));
+    thaw(&["concurrency", "delete", "conc"]);
+    assert_eq!(
+        c.get_function_concurrency("conc").unwrap(),
+        thaw_api::Concurrency::default()
+    );
+    let s = c.get_account_settings().unwrap();
+    assert_eq!(s.account_limit.unreserved_concurrent_executions, 1000);
+    assert_eq!(s.account_usage.function_count, 2);
+    assert!(c
+        .list_provisioned_concurrency_configs("prov")
+        .unwrap()
+        .provisioned_concurrency_configs
+        .is_empty());
+    let p = c
+        .put_provisioned_concurrency_config("prov", "$LATEST", 1)
+        .unwrap();
+    assert_eq!(p.requested_provisioned_concurrent_executions, 1);
+    c.delete_provisioned_concurrency_config("prov", "$LATEST")
+        .unwrap();
 }
