@@ -90,3 +90,62 @@ fn boto3_concurrency_controls() {
     c.delete_provisioned_concurrency_config("prov", "$LATEST")
         .unwrap();
 }
+
+/// With a snapshot, provisioned instances are restored from it (not cold
+/// started), kept idle, and the first invocation is warm on one of them.
+#[test]
+fn provisioned_instances_are_restored_from_the_snapshot() {
+    use std::time::{Duration, Instant};
+    use thaw_api::{ProvisionedConcurrencyStatus, SnapshotState, StartKind};
+    if !can_run("provisioned_instances_are_restored_from_the_snapshot") {
+        return;
+    }
+    let d = Daemon::start(&["--auto-snapshot", "true"]);
+    let c = d.client();
+    deploy(
+        &c,
+        "snapprov",
+        "py-state",
+        "python3.11",
+        "app.handler",
+        128,
+        10,
+    );
+    let t0 = Instant::now();
+    loop {
+        let s = c.snapshot_status("snapprov").unwrap();
+        if matches!(s.state, SnapshotState::Ready | SnapshotState::Failed) {
+            assert_eq!(s.state, SnapshotState::Ready, "{s:?}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "snapshot not ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let restored_before = metric(
+        &d,
+        "thaw_instance_starts_total{function=\"snapprov\",result=\"restored\"}",
+    );
+    c.put_provisioned_concurrency_config("snapprov", "$LATEST", 2)
+        .unwrap();
+    let t0 = Instant::now();
+    let p = loop {
+        let p = c
+            .get_provisioned_concurrency_config("snapprov", "$LATEST")
+            .unwrap();
+        if p.status != ProvisionedConcurrencyStatus::InProgress {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "still IN_PROGRESS");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(p.status, ProvisionedConcurrencyStatus::Ready, "{p:?}");
+    assert_eq!(p.available_provisioned_concurrent_executions, 2);
+    let restored = metric(
+        &d,
+        "thaw_instance_starts_total{function=\"snapprov\",result=\"restored\"}",
+    );
+    assert_eq!(restored - restored_before, 2.0, "both restored");
+    let (r, v) = invoke(&c, "snapprov", serde_json::json!({"action": "echo"}));
+    assert_eq!(r.start, Some(StartKind::Warm));
+    assert_eq!(v["count"], 2, "the snapshot ran the test invocation");
+}
