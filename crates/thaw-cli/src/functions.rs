@@ -257,6 +257,59 @@ pub fn delete(endpoint: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `thaw concurrency ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConcurrencyCommand {
+    /// Reserve N concurrent executions for the function (0 switches it off).
+    Put {
+        /// The function's name.
+        name: String,
+        /// Reserved concurrent executions.
+        n: i64,
+    },
+    /// Print the function's reserved concurrency.
+    Get {
+        /// The function's name.
+        name: String,
+    },
+    /// Remove the reservation: the function shares the unreserved pool again.
+    Delete {
+        /// The function's name.
+        name: String,
+    },
+}
+
+/// Runs `thaw concurrency ...`.
+pub fn concurrency(endpoint: &str, cmd: ConcurrencyCommand) -> anyhow::Result<()> {
+    let c = client(endpoint)?;
+    match cmd {
+        ConcurrencyCommand::Put { name, n } => {
+            let r = c
+                .put_function_concurrency(&name, n)
+                .with_context(|| format!("cannot reserve concurrency for {name}"))?;
+            println!(
+                "{name}: reserved {}",
+                r.reserved_concurrent_executions.unwrap_or_default()
+            );
+        }
+        ConcurrencyCommand::Get { name } => {
+            let r = c
+                .get_function_concurrency(&name)
+                .with_context(|| format!("cannot read the concurrency of {name}"))?;
+            match r.reserved_concurrent_executions {
+                Some(n) => println!("{name}: reserved {n}"),
+                None => println!("{name}: no reservation (unreserved pool)"),
+            }
+        }
+        ConcurrencyCommand::Delete { name } => {
+            c.delete_function_concurrency(&name)
+                .with_context(|| format!("cannot remove the reservation of {name}"))?;
+            println!("{name}: reservation removed");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,6 +60,9 @@ enum Command {
     },
     /// Print a function's log.
     Logs(logs::LogsArgs),
+    /// A function's reserved concurrency (Lambda's Put/Get/DeleteFunctionConcurrency).
+    #[command(subcommand)]
+    Concurrency(functions::ConcurrencyCommand),
     /// Deploy sample functions into a temporary daemon, invoke them cold and
     /// warm, print the timings, and clean up (needs root).
     Demo {
@@ -210,6 +213,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List => functions::list(endpoint).map(|()| ExitCode::SUCCESS),
         Command::Delete { name } => functions::delete(endpoint, &name).map(|()| ExitCode::SUCCESS),
         Command::Logs(args) => logs::run(endpoint, args).map(|()| ExitCode::SUCCESS),
+        Command::Concurrency(cmd) => {
+            functions::concurrency(endpoint, cmd).map(|()| ExitCode::SUCCESS)
+        }
         Command::Demo {
             data_dir,
             warm_runs,

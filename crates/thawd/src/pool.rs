@@ -200,7 +200,11 @@ impl Pools {
             }
         }
         inst.destroy().await;
-        Err("the function changed while the instance started".into())
+        Err(if self.is_shutting_down() {
+            "the daemon is shutting down".into()
+        } else {
+            "the function changed while the instance started".into()
+        })
     }
 
     fn pool_for(&self, f: &FunctionRecord) -> Arc<FunctionPool> {

@@ -196,6 +196,7 @@ async fn keep(platform: Arc<Platform>, name: String, generation: u64, wake: Arc<
                 failures = 0;
                 platform.provisioner.set_failed(&name, generation, None);
             }
+            Err(_) if platform.pools.is_shutting_down() => break,
             Err(why) => {
                 failures += 1;
                 tracing::warn!(error = %why, failures, "cannot start a provisioned instance");
