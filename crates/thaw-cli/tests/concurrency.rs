@@ -124,6 +124,9 @@ fn provisioned_instances_are_restored_from_the_snapshot() {
     let restored_before = metric(
         &d,
         "thaw_instance_starts_total{function=\"snapprov\",result=\"restored\"}",
+    ) + metric(
+        &d,
+        "thaw_instance_starts_total{function=\"snapprov\",result=\"cloned\"}",
     );
     c.put_provisioned_concurrency_config("snapprov", "$LATEST", 2)
         .unwrap();
@@ -140,11 +143,16 @@ fn provisioned_instances_are_restored_from_the_snapshot() {
     };
     assert_eq!(p.status, ProvisionedConcurrencyStatus::Ready, "{p:?}");
     assert_eq!(p.available_provisioned_concurrent_executions, 2);
+    // Made from the snapshot: cloned from its template (the default) or
+    // restored.
     let restored = metric(
         &d,
         "thaw_instance_starts_total{function=\"snapprov\",result=\"restored\"}",
+    ) + metric(
+        &d,
+        "thaw_instance_starts_total{function=\"snapprov\",result=\"cloned\"}",
     );
-    assert_eq!(restored - restored_before, 2.0, "both restored");
+    assert_eq!(restored - restored_before, 2.0, "both from the snapshot");
     let (r, v) = invoke(&c, "snapprov", serde_json::json!({"action": "echo"}));
     assert_eq!(r.start, Some(StartKind::Warm));
     assert_eq!(v["count"], 2, "the snapshot ran the test invocation");
