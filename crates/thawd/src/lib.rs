@@ -22,6 +22,7 @@ pub mod pool;
 pub mod provisioned;
 pub mod registry;
 pub mod runtimes;
+pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod snapshots;
