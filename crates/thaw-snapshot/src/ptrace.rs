@@ -1127,6 +1127,26 @@ impl Tracee {
         }
     }
 
+    /// Collects the exit of this thread once its process was killed
+    /// (`SIGKILL` sent by the caller), without detaching. A traced thread
+    /// that dies stays a zombie until its tracer waits for it, and a
+    /// thread group's leader cannot be reaped before its other threads
+    /// are: so the tracer reaps every non-leader thread first, then the
+    /// leader (whose real parent, if another process, then reaps it).
+    pub fn reap_killed(mut self) {
+        self.attached = false;
+        loop {
+            match waitpid(self.tid, Some(WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => return,
+                // A stop reported before the kill took effect: the
+                // pending SIGKILL ends it.
+                Ok(_) | Err(Errno::EINTR) => continue,
+                // Not ours to wait for (any more).
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Detaches, letting the thread continue where it stopped; an
     /// interrupted syscall restarts as the kernel decides.
     pub fn detach(mut self) -> Result<(), PtraceError> {

@@ -564,14 +564,18 @@ impl PendingClone {
 }
 
 impl Drop for PendingClone {
-    /// A clone never released is killed (before its threads are detached,
-    /// so none of them runs an instruction) and reaped.
+    /// A clone never released is killed while still stopped (none of its
+    /// threads runs another instruction) and every thread is reaped here,
+    /// as its tracer: a killed traced thread stays a zombie until its
+    /// tracer collects it, and would keep the leader (and the pid
+    /// namespace's init, and its cgroup) from ever going away.
     fn drop(&mut self) {
-        if self.leader.is_some() {
+        if let Some(leader) = self.leader.take() {
             let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-            self.threads.clear();
-            self.leader = None;
-            spawn::reap(self.pid);
+            for t in self.threads.drain(..) {
+                t.reap_killed();
+            }
+            leader.reap_killed();
         }
     }
 }

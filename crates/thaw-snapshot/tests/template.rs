@@ -21,7 +21,7 @@ use support::{error_chain, first_child, PidNs, Restored};
 use thaw_snapshot::checkpoint::checkpoint;
 use thaw_snapshot::image::Snapshot;
 use thaw_snapshot::state::FdKind;
-use thaw_snapshot::template::{CloneOptions, Parent, Template, TemplateOptions};
+use thaw_snapshot::template::{CloneOptions, Parent, PendingClone, Template, TemplateOptions};
 
 const PY_SCRIPT: &str = r#"
 import ctypes, mmap, os, sys, threading
@@ -63,6 +63,26 @@ fn clone_with_pipes(t: &mut Template, snap: &Snapshot, ns: &PidNs) -> Restored {
 }
 
 fn clone_with(t: &mut Template, snap: &Snapshot, ns: &PidNs, parent: Parent) -> Restored {
+    let (pending, stdin, stdout) = prepare_with(t, snap, ns, parent);
+    let c = pending
+        .release()
+        .unwrap_or_else(|e| panic!("release: {}", error_chain(&e)));
+    Restored {
+        pid: c.pid,
+        stdin,
+        stdout,
+        server: None,
+    }
+}
+
+/// A prepared (stopped, traced) clone of `t` on new pipes, and the
+/// pipes' other ends.
+fn prepare_with(
+    t: &mut Template,
+    snap: &Snapshot,
+    ns: &PidNs,
+    parent: Parent,
+) -> (PendingClone, File, BufReader<File>) {
     let (in_r, in_w) = nix::unistd::pipe().expect("pipe");
     let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
     let err: OwnedFd = std::io::stderr()
@@ -85,15 +105,10 @@ fn clone_with(t: &mut Template, snap: &Snapshot, ns: &PidNs, parent: Parent) -> 
         parent,
         ..Default::default()
     };
-    let c = t
-        .instantiate(snap, &opts)
+    let pending = t
+        .prepare_clone(snap, &opts)
         .unwrap_or_else(|e| panic!("clone: {}", error_chain(&e)));
-    Restored {
-        pid: c.pid,
-        stdin: File::from(in_w),
-        stdout: BufReader::new(File::from(out_r)),
-        server: None,
-    }
+    (pending, File::from(in_w), BufReader::new(File::from(out_r)))
 }
 
 /// The descriptor numbers a process holds.
@@ -388,4 +403,49 @@ fn node_clones_get_their_threads_and_timers() {
         "a sibling's death changes nothing"
     );
     assert_eq!(clones[1].ask("ticks"), "ticked true");
+
+    // A clone prepared and never released (a standby sandbox discarded) is
+    // killed and reaped with all its threads: dropping it returns, and
+    // nothing of it is left, whichever process is its parent.
+    for parent in [Parent::Caller, Parent::NamespaceInit] {
+        let ns = PidNs::new();
+        let (pending, _stdin, _stdout) = prepare_with(&mut template, &snap, &ns, parent);
+        let pid = pending.pid();
+        assert_eq!(
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .expect("task dir")
+                .count(),
+            threads,
+            "prepared with every thread"
+        );
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // Ptrace belongs to the tracer thread: drop it here, time it there.
+        let watchdog = std::thread::spawn(move || {
+            if done_rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .is_err()
+            {
+                eprintln!("FAIL: dropping a prepared {parent:?} clone hangs");
+                std::process::exit(1);
+            }
+        });
+        drop(pending);
+        done_tx.send(()).expect("watchdog");
+        watchdog.join().expect("watchdog");
+        // Nothing traced is left: the process is gone (its parent is this
+        // test), or only its leader's exit is left for its namespace's
+        // init (which here is `sleep` and reaps nothing).
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count());
+        match parent {
+            Parent::Caller => assert!(status.is_err(), "the killed clone {pid} is gone"),
+            Parent::NamespaceInit => {
+                let status = status.expect("a zombie for its init");
+                assert!(status.contains("State:\tZ"), "{status}");
+                assert!(status.contains("TracerPid:\t0"), "{status}");
+                assert_eq!(tasks.ok(), Some(1), "every other thread was reaped");
+            }
+        }
+        drop(ns);
+    }
 }
