@@ -33,6 +33,12 @@ pub struct ServeArgs {
     /// --memory-mode).
     #[arg(long, default_value = "clone")]
     pub instances: thawd::config::InstanceMode,
+    /// When a request that finds no idle instance starts a new one:
+    /// `adaptive` (only when that serves the queued requests sooner than
+    /// waiting for busy instances, from measured start costs and
+    /// durations) or `eager` (whenever under --max-instances).
+    #[arg(long, default_value = "adaptive")]
+    pub scaling: thawd::config::Scaling,
     /// Same as --memory-mode lazy.
     #[arg(long, hide = true)]
     pub lazy_restore: bool,
@@ -153,6 +159,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     config.instances = args.instances;
+    config.scaling = args.scaling;
     if let Some(n) = args.fault_around {
         config.fault_around = n;
     }

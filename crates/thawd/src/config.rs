@@ -27,6 +27,9 @@ pub struct DaemonConfig {
     pub memory_mode: MemoryMode,
     /// How new instances of a function with a snapshot are made.
     pub instances: InstanceMode,
+    /// When a request with no idle instance starts a new one
+    /// (`crate::scheduler`).
+    pub scaling: Scaling,
     /// Pages a lazy restore's page server copies per fault (0: the
     /// engine's default).
     pub fault_around: u32,
@@ -85,6 +88,7 @@ impl DaemonConfig {
             tmp_size_bytes: 512 * 1024 * 1024,
             memory_mode: MemoryMode::default(),
             instances: InstanceMode::default(),
+            scaling: Scaling::default(),
             fault_around: 0,
             snapshot_read_throttle: None,
             standby_per_function: 1,
@@ -130,6 +134,40 @@ impl std::str::FromStr for InstanceMode {
             .into_iter()
             .find(|m| m.as_str() == s)
             .ok_or_else(|| format!("unknown instance mode {s:?} (clone or restore)"))
+    }
+}
+
+/// When a request that finds no idle instance starts a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scaling {
+    /// Queue or scale from measurements: start one only when that serves
+    /// the requests in the system sooner than waiting for the busy ones
+    /// (`crate::scheduler`'s rule 7). The default.
+    #[default]
+    Adaptive,
+    /// Start one whenever the function is under its instance limit (the
+    /// scheduler without measurements): the behaviour before the
+    /// autoscaler, kept for comparison (`thaw bench burst`).
+    Eager,
+}
+
+impl Scaling {
+    /// The policy's name (`adaptive`, `eager`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scaling::Adaptive => "adaptive",
+            Scaling::Eager => "eager",
+        }
+    }
+}
+
+impl std::str::FromStr for Scaling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Scaling::Adaptive, Scaling::Eager]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown scaling {s:?} (adaptive or eager)"))
     }
 }
 

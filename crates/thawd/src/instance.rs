@@ -1011,6 +1011,12 @@ impl Instance {
         self.looks_alive() && self.sandbox.as_mut().is_some_and(|s| s.is_running())
     }
 
+    /// The host memory the instance's sandbox is charged for now, when the
+    /// backend can tell.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.sandbox.as_ref().and_then(|s| s.memory_bytes())
+    }
+
     fn oom_kills(&self) -> u64 {
         self.sandbox.as_ref().map(|s| s.oom_kills()).unwrap_or(0)
     }

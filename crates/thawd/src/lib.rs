@@ -18,6 +18,7 @@ pub mod invoke;
 pub mod logs;
 pub mod metrics;
 pub mod pipeline;
+pub mod placement;
 pub mod pool;
 pub mod provisioned;
 pub mod registry;

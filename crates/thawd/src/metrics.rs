@@ -25,6 +25,8 @@ pub struct Metrics {
     working_sets: IntCounterVec,
     templates: IntGaugeVec,
     throttles: IntCounterVec,
+    decisions: IntCounterVec,
+    queue: HistogramVec,
 }
 
 impl Metrics {
@@ -98,6 +100,23 @@ impl Metrics {
             &["function", "reason"],
         )?;
         registry.register(Box::new(throttles.clone()))?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "thaw_scheduler_decisions_total",
+                "Placement decisions of the scheduler (crate::scheduler): warm, wait, new_worker, new_sandbox, reject; a queued request is decided again at each re-check",
+            ),
+            &["function", "decision"],
+        )?;
+        registry.register(Box::new(decisions.clone()))?;
+        let queue = HistogramVec::new(
+            HistogramOpts::new(
+                "thaw_queue_seconds",
+                "Time from an invocation's arrival to the scheduler's final decision for it (the instance found or start begun, or the 429)",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["function"],
+        )?;
+        registry.register(Box::new(queue.clone()))?;
         Ok(Metrics {
             registry,
             phase,
@@ -109,6 +128,8 @@ impl Metrics {
             working_sets,
             templates,
             throttles,
+            decisions,
+            queue,
         })
     }
 
@@ -205,8 +226,22 @@ impl Metrics {
         self.count_rejected(function, "throttled");
     }
 
+    /// Count one decision of the scheduler.
+    pub fn count_decision(&self, function: &str, decision: &str) {
+        self.decisions
+            .with_label_values(&[function, decision])
+            .inc();
+    }
+
+    /// Record how long an invocation waited for its placement.
+    pub fn observe_queue(&self, function: &str, waited: std::time::Duration) {
+        self.queue
+            .with_label_values(&[function])
+            .observe(waited.as_secs_f64());
+    }
+
     /// The live-instance gauge of `function` in `state` (`idle`, `busy`,
-    /// `standby`).
+    /// `starting`, `standby`).
     pub fn instances_in_state(&self, function: &str, state: &str) -> i64 {
         self.instances.with_label_values(&[function, state]).get()
     }

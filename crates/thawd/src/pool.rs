@@ -9,15 +9,15 @@
 //! function retires all of its instances.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thaw_runtime::control::{Invocation, ResumePoint};
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::config::MemoryMode;
+use crate::capacity::{reserve_bytes, HostMemory};
+use crate::config::{MemoryMode, Scaling};
 use crate::instance::{
     error_chain, error_doc, CheckpointFailure, Instance, InstanceContext, LogTail, RunResult,
     SnapshotRunState, StartError,
@@ -25,8 +25,10 @@ use crate::instance::{
 use crate::invoke::{InvokeError, InvokeInput, InvokeOutcome, PhaseTimings, StartKind};
 use crate::logs::{now_ms, LogRecord, LogStore};
 use crate::metrics::Metrics;
+use crate::placement::{Placement, Queue};
 use crate::registry::FunctionRecord;
 use crate::runtimes::REGION;
+use crate::scheduler::{self, Decision, HostLoad, Limits, MemoryRoom, StartChoice};
 use bytes::Bytes;
 use std::path::PathBuf;
 use thaw_api::SnapshotReport;
@@ -51,7 +53,7 @@ enum WsJob {
 use crate::pipeline::{phase, SnapshotBuilds};
 use crate::snapshots::SnapshotMeta;
 
-/// How long an invocation waits for a free instance slot before it is throttled.
+/// How long an invocation waits for an instance before it is throttled.
 const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// `LogType: Tail` returns at most this many bytes of log.
@@ -60,7 +62,9 @@ const TAIL_BYTES: usize = 4096;
 struct FunctionPool {
     /// The function as this pool's instances run it (the newest seen).
     record: FunctionRecord,
-    permits: Arc<Semaphore>,
+    /// Where its requests stand and the ones waiting for an instance (the
+    /// scheduler's input). Lock order: `queue`, then `idle`.
+    queue: Mutex<Queue<Instance>>,
     idle: Mutex<Vec<Instance>>,
     /// Standby instances: sandbox built, restore prepared, runtime not yet
     /// restored ([`Instance::standby`]).
@@ -92,6 +96,51 @@ pub struct Pools {
     /// Idle instances kept per function however long they idle: its
     /// provisioned concurrency ([`crate::provisioned`]).
     provisioned_floor: Mutex<HashMap<String, usize>>,
+    /// When a request with no idle instance starts one.
+    scaling: Scaling,
+    /// The clock the scheduler's load trackers count from.
+    epoch: Instant,
+    /// Instance starts in progress, every function's.
+    starting: AtomicUsize,
+    /// Starts the host runs at once without slowing each other.
+    parallelism: usize,
+}
+
+/// What placing one request found for it.
+enum Placed {
+    /// An instance to run it on, and how it was obtained.
+    Ready(Instance, StartKind, PhaseTimings),
+    /// A cold start whose init failed: this is the invocation's answer.
+    InitFailed(InvokeOutcome),
+}
+
+/// One request in its function's queue; forgotten there when dropped,
+/// however the invocation ends (a cancelled call included).
+struct Ticket {
+    pool: Arc<FunctionPool>,
+    id: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        lock(&self.pool.queue).forget(self.id);
+    }
+}
+
+/// One instance start in progress (counted host-wide and in the
+/// `starting` gauge) until dropped.
+struct Starting<'a> {
+    pools: &'a Pools,
+    function: String,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.pools.starting.fetch_sub(1, Ordering::SeqCst);
+        self.pools
+            .metrics
+            .add_instances(&self.function, "starting", -1);
+    }
 }
 
 impl Pools {
@@ -119,7 +168,17 @@ impl Pools {
                 thaw_api::concurrency::DEFAULT_ACCOUNT_CONCURRENCY,
             ),
             provisioned_floor: Mutex::new(HashMap::new()),
+            scaling: Scaling::default(),
+            epoch: Instant::now(),
+            starting: AtomicUsize::new(0),
+            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
+    }
+
+    /// The same pools with another scaling policy (`thaw serve --scaling`).
+    pub fn with_scaling(mut self, scaling: Scaling) -> Self {
+        self.scaling = scaling;
+        self
     }
 
     /// The same pools for an account of `limit` concurrent executions
@@ -189,14 +248,10 @@ impl Pools {
             },
         };
         tracing::info!(function = %f.name, instance = %inst.id, start = kind.as_str(), "provisioned instance ready");
-        {
-            // Under the idle lock, as `invoke_inner` parks instances: never
-            // in a retired pool.
-            let mut idle = lock(&pool.idle);
-            if !pool.retired.load(Ordering::SeqCst) && !self.is_shutting_down() {
-                idle.push(inst);
-                self.metrics.add_instances(&f.name, "idle", 1);
-                return Ok(kind);
+        if !self.is_shutting_down() {
+            match self.park(&pool, inst) {
+                None => return Ok(kind),
+                Some(back) => inst = back,
             }
         }
         inst.destroy().await;
@@ -225,7 +280,7 @@ impl Pools {
         }
         let p = Arc::new(FunctionPool {
             record: f.clone(),
-            permits: Arc::new(Semaphore::new(self.max_instances)),
+            queue: Mutex::new(Queue::default()),
             idle: Mutex::new(Vec::new()),
             standby: Mutex::new(Vec::new()),
             filling: AtomicBool::new(false),
@@ -856,91 +911,19 @@ impl Pools {
         })?;
         let pool = self.pool_for(f);
         let f = &pool.record;
-        let _permit =
-            match tokio::time::timeout(QUEUE_WAIT, pool.permits.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                _ => {
-                    self.metrics.count_rejected(&f.name, "throttled");
-                    return Err(InvokeError::TooManyRequests(self.max_instances));
-                }
-            };
-        // Shutdown may have begun while this call waited for a slot.
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(InvokeError::ShuttingDown);
-        }
-
-        // A warm instance if one is idle and alive, else a cold start.
-        let mut warm = None;
-        loop {
-            let popped = lock(&pool.idle).pop();
-            match popped {
-                None => break,
-                Some(mut inst) => {
-                    self.metrics.add_instances(&f.name, "idle", -1);
-                    if inst.is_usable() {
-                        warm = Some(inst);
-                        break;
-                    }
-                    tracing::info!(instance = %inst.id, "idle instance died; discarding it");
-                    inst.destroy().await;
-                }
-            }
-        }
-        let (mut inst, start, mut timings, mut lines) = match warm {
-            Some(inst) => (
-                inst,
-                StartKind::Warm,
-                PhaseTimings::default(),
-                LogTail::default(),
-            ),
-            None => match self.restore(&pool, f).await {
-                Some((inst, t)) => (inst, StartKind::Restored, t, LogTail::default()),
-                None => match Instance::start(f, &self.ctx).await {
-                    Ok((inst, t)) => {
-                        self.metrics.count_instance_start(&f.name, "ok");
-                        tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, runtime_ms = t.runtime_ms, init_ms = t.init_ms, "cold start");
-                        (inst, StartKind::Cold, t, LogTail::default())
-                    }
-                    Err(StartError::Init {
-                        error_type,
-                        payload,
-                        log,
-                        timings,
-                    }) => {
-                        self.metrics.count_instance_start(&f.name, "init_error");
-                        self.metrics.observe_invocation(
-                            &f.name,
-                            StartKind::Cold,
-                            &timings,
-                            "function_error",
-                        );
-                        tracing::info!(error_type, "function init failed");
-                        let mut records: Vec<LogRecord> = log
-                            .into_lines()
-                            .into_iter()
-                            .map(|l| LogRecord::now(Some(request_id.clone()), "stdout", l))
-                            .collect();
-                        records.push(platform_line(&request_id, format!("INIT_REPORT Init Duration: {:.2} ms Phase: init Status: error Error Type: {error_type}", timings.runtime_ms + timings.init_ms)));
-                        self.logs.append(&f.name, &records);
-                        let all: Vec<String> = records.into_iter().map(|r| r.line).collect();
-                        return Ok(InvokeOutcome {
-                            request_id,
-                            payload,
-                            function_error: Some("Unhandled".into()),
-                            start: StartKind::Cold,
-                            timings,
-                            log_tail: input.tail_logs.then(|| tail(&all)),
-                            memory: None,
-                        });
-                    }
-                    Err(StartError::Platform(msg)) => {
-                        self.metrics.count_instance_start(&f.name, "platform_error");
-                        self.metrics.count_rejected(&f.name, "platform_error");
-                        return Err(InvokeError::Sandbox(anyhow::anyhow!(msg)));
-                    }
-                },
-            },
+        let ticket = Ticket {
+            id: lock(&pool.queue).register(),
+            pool: pool.clone(),
         };
+        let (mut inst, start, mut timings) = match self
+            .place(&pool, f, ticket.id, &request_id, input.tail_logs)
+            .await?
+        {
+            Placed::Ready(inst, start, timings) => (inst, start, timings),
+            Placed::InitFailed(outcome) => return Ok(outcome),
+        };
+        let mut lines = LogTail::default();
+        lock(&pool.queue).busy(ticket.id, self.epoch.elapsed());
         self.metrics.add_instances(&f.name, "busy", 1);
 
         let start_line = format!("START RequestId: {request_id} Version: $LATEST");
@@ -960,8 +943,17 @@ impl Pools {
             client_context: input.client_context.clone(),
             cognito_identity: None,
         };
+        let ran = Instant::now();
         let (result, out_lines, invoke_ms) = inst.run(inv, &input.payload, timeout, f).await;
         timings.invoke_ms = invoke_ms;
+        {
+            let mut q = lock(&pool.queue);
+            q.forget(ticket.id);
+            q.record_invocation(ran.elapsed());
+            if let Some(bytes) = inst.memory_bytes() {
+                q.record_instance_bytes(bytes);
+            }
+        }
         let memory = match (inst.take_memory_report(), inst.snapshot_dir()) {
             (Some((report, pages)), Some(dir)) => {
                 let dir = dir.to_path_buf();
@@ -1063,17 +1055,8 @@ impl Pools {
             ],
         );
 
-        // `retired` is checked under the idle lock, which `retire` also takes
-        // after setting it: an instance is never parked in a retired pool.
         let leftover = if keep && !self.shutting_down.load(Ordering::SeqCst) {
-            let mut idle = lock(&pool.idle);
-            if pool.retired.load(Ordering::SeqCst) {
-                Some(inst)
-            } else {
-                idle.push(inst);
-                self.metrics.add_instances(&f.name, "idle", 1);
-                None
-            }
+            self.park(&pool, inst)
         } else {
             Some(inst)
         };
@@ -1089,6 +1072,251 @@ impl Pools {
             log_tail: input.tail_logs.then(|| tail(&all)),
             memory,
         })
+    }
+
+    /// Finds an instance for request `id`, as the scheduling policy
+    /// ([`crate::scheduler::decide`]) says: an idle one, a new one, or a
+    /// wait in arrival order (handed the next instance released, or
+    /// deciding again when its expected wait is over; 429 after
+    /// [`QUEUE_WAIT`]), or a 429 at once.
+    async fn place(
+        &self,
+        pool: &Arc<FunctionPool>,
+        f: &FunctionRecord,
+        id: u64,
+        request_id: &str,
+        tail_logs: bool,
+    ) -> Result<Placed, InvokeError> {
+        let arrived = Instant::now();
+        let mut rx = None;
+        loop {
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return Err(InvokeError::ShuttingDown);
+            }
+            let template = self.ctx.templates.is_some() && self.has_snapshot(f);
+            let placement = {
+                let mut q = lock(&pool.queue);
+                let idle = lock(&pool.idle).len();
+                let limits = self.limits(&q, f);
+                let host = HostLoad {
+                    starting: self.starting.load(Ordering::SeqCst),
+                    parallelism: self.parallelism,
+                };
+                let adaptive = self.scaling == Scaling::Adaptive;
+                let p = q.decide(
+                    id,
+                    self.epoch.elapsed(),
+                    idle,
+                    limits,
+                    template,
+                    host,
+                    adaptive,
+                    &mut rx,
+                );
+                if let Placement::Decided(Decision::NewWorker | Decision::NewSandbox) = p {
+                    // Counted under the queue's lock: the next decision sees it.
+                    self.starting.fetch_add(1, Ordering::SeqCst);
+                }
+                p
+            };
+            let decision = match placement {
+                Placement::HandedOver(inst) => {
+                    if let Some(placed) = self.take_warm(f, inst, arrived).await {
+                        return Ok(placed);
+                    }
+                    continue;
+                }
+                Placement::Decided(d) => d,
+            };
+            self.metrics.count_decision(&f.name, decision.label());
+            match decision {
+                Decision::Warm => {
+                    let popped = lock(&pool.idle).pop();
+                    if let Some(inst) = popped {
+                        self.metrics.add_instances(&f.name, "idle", -1);
+                        if let Some(placed) = self.take_warm(f, inst, arrived).await {
+                            return Ok(placed);
+                        }
+                    }
+                }
+                Decision::NewWorker | Decision::NewSandbox => {
+                    self.metrics.observe_queue(&f.name, arrived.elapsed());
+                    let _starting = Starting {
+                        pools: self,
+                        function: f.name.clone(),
+                    };
+                    self.metrics.add_instances(&f.name, "starting", 1);
+                    return self.start_new(pool, f, request_id, tail_logs).await;
+                }
+                Decision::Wait { expected } => {
+                    let left = QUEUE_WAIT.saturating_sub(arrived.elapsed());
+                    let Some(r) = rx.as_mut().filter(|_| !left.is_zero()) else {
+                        // Waited long enough; one handed over meanwhile still serves.
+                        lock(&pool.queue).forget(id);
+                        if let Some(inst) = rx.as_mut().and_then(|r| r.try_recv().ok()) {
+                            if let Some(placed) = self.take_warm(f, inst, arrived).await {
+                                return Ok(placed);
+                            }
+                        }
+                        self.metrics.observe_queue(&f.name, arrived.elapsed());
+                        self.metrics.count_rejected(&f.name, "throttled");
+                        return Err(InvokeError::TooManyRequests(self.max_instances));
+                    };
+                    tokio::select! {
+                        got = r => {
+                            rx = None;
+                            if let Ok(inst) = got {
+                                if let Some(placed) = self.take_warm(f, inst, arrived).await {
+                                    return Ok(placed);
+                                }
+                            }
+                        }
+                        _ = tokio::time::sleep(scheduler::recheck_after(expected).min(left)) => {}
+                    }
+                }
+                Decision::Reject(_) => {
+                    self.metrics.observe_queue(&f.name, arrived.elapsed());
+                    self.metrics.count_rejected(&f.name, "throttled");
+                    return Err(InvokeError::TooManyRequests(self.max_instances));
+                }
+            }
+        }
+    }
+
+    /// `inst`, idle or handed over, if it can still serve; else it is
+    /// destroyed and the request decides again.
+    async fn take_warm(
+        &self,
+        f: &FunctionRecord,
+        mut inst: Instance,
+        arrived: Instant,
+    ) -> Option<Placed> {
+        if inst.is_usable() {
+            self.metrics.observe_queue(&f.name, arrived.elapsed());
+            return Some(Placed::Ready(
+                inst,
+                StartKind::Warm,
+                PhaseTimings::default(),
+            ));
+        }
+        tracing::info!(instance = %inst.id, "idle instance died; discarding it");
+        inst.destroy().await;
+        None
+    }
+
+    /// The limits of one decision: `--max-instances`, and the host memory
+    /// left for new instances (`crate::capacity`): what the kernel says is
+    /// available, less the host's reserve and what the starts in progress
+    /// will take, in units of what one instance of `f` was measured to
+    /// take (its memory limit until measured).
+    fn limits(&self, q: &Queue<Instance>, f: &FunctionRecord) -> Limits {
+        let memory = HostMemory::read().map(|m| {
+            let per = q.instance_bytes(u64::from(f.memory_mb) << 20).max(1);
+            let starting = self.starting.load(Ordering::SeqCst) as u64;
+            MemoryRoom {
+                free_bytes: m
+                    .available
+                    .saturating_sub(reserve_bytes(m.total))
+                    .saturating_sub(starting.saturating_mul(per)),
+                instance_bytes: per,
+            }
+        });
+        Limits {
+            max_instances: self.max_instances,
+            memory,
+            // Reserved and account concurrency are admission's, checked
+            // before placement.
+            concurrency: None,
+            reject_when_full: false,
+        }
+    }
+
+    /// Starts a new instance of `f`: cloned or restored from its snapshot
+    /// when it has one, else a cold start; records how long it took for
+    /// the scheduler. A cold start whose init fails answers the request.
+    async fn start_new(
+        &self,
+        pool: &Arc<FunctionPool>,
+        f: &FunctionRecord,
+        request_id: &str,
+        tail_logs: bool,
+    ) -> Result<Placed, InvokeError> {
+        let sharing = self.starting.load(Ordering::SeqCst);
+        let began = Instant::now();
+        let (inst, start, timings) = match self.restore(pool, f).await {
+            Some((inst, t)) => (inst, StartKind::Restored, t),
+            None => match Instance::start(f, &self.ctx).await {
+                Ok((inst, t)) => {
+                    self.metrics.count_instance_start(&f.name, "ok");
+                    tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, runtime_ms = t.runtime_ms, init_ms = t.init_ms, "cold start");
+                    (inst, StartKind::Cold, t)
+                }
+                Err(StartError::Init {
+                    error_type,
+                    payload,
+                    log,
+                    timings,
+                }) => {
+                    self.metrics.count_instance_start(&f.name, "init_error");
+                    self.metrics.observe_invocation(
+                        &f.name,
+                        StartKind::Cold,
+                        &timings,
+                        "function_error",
+                    );
+                    tracing::info!(error_type, "function init failed");
+                    let mut records: Vec<LogRecord> = log
+                        .into_lines()
+                        .into_iter()
+                        .map(|l| LogRecord::now(Some(request_id.to_string()), "stdout", l))
+                        .collect();
+                    records.push(platform_line(request_id, format!("INIT_REPORT Init Duration: {:.2} ms Phase: init Status: error Error Type: {error_type}", timings.runtime_ms + timings.init_ms)));
+                    self.logs.append(&f.name, &records);
+                    let all: Vec<String> = records.into_iter().map(|r| r.line).collect();
+                    return Ok(Placed::InitFailed(InvokeOutcome {
+                        request_id: request_id.to_string(),
+                        payload,
+                        function_error: Some("Unhandled".into()),
+                        start: StartKind::Cold,
+                        timings,
+                        log_tail: tail_logs.then(|| tail(&all)),
+                        memory: None,
+                    }));
+                }
+                Err(StartError::Platform(msg)) => {
+                    self.metrics.count_instance_start(&f.name, "platform_error");
+                    self.metrics.count_rejected(&f.name, "platform_error");
+                    return Err(InvokeError::Sandbox(anyhow::anyhow!(msg)));
+                }
+            },
+        };
+        let kind = if inst.is_clone() {
+            StartChoice::NewWorker
+        } else {
+            StartChoice::NewSandbox
+        };
+        lock(&pool.queue).record_start(kind, began.elapsed(), sharing, self.parallelism);
+        Ok(Placed::Ready(inst, start, timings))
+    }
+
+    /// Gives a finished (or newly provisioned) instance to the oldest
+    /// request waiting for one, else parks it idle; back to the caller
+    /// (to destroy) when its pool was retired. `retired` is checked under
+    /// the queue's and the idle list's locks, which `retire` also takes
+    /// after setting it: an instance is never parked in a retired pool.
+    fn park(&self, pool: &FunctionPool, inst: Instance) -> Option<Instance> {
+        let mut q = lock(&pool.queue);
+        if pool.retired.load(Ordering::SeqCst) {
+            return Some(inst);
+        }
+        let inst = q.hand_off(inst).err()?;
+        let mut idle = lock(&pool.idle);
+        if pool.retired.load(Ordering::SeqCst) {
+            return Some(inst);
+        }
+        idle.push(inst);
+        self.metrics.add_instances(&pool.record.name, "idle", 1);
+        None
     }
 
     /// After the first invocation of an instance restored from `dir`:
@@ -1207,6 +1435,7 @@ impl Pools {
 
     fn retire_pool(&self, name: &str, pool: Arc<FunctionPool>) {
         pool.retired.store(true, Ordering::SeqCst);
+        lock(&pool.queue).wake_all();
         let mut idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
         idle.extend(self.take_standby(name, &pool));
         if !idle.is_empty() {
@@ -1242,6 +1471,7 @@ impl Pools {
         let pool = lock(&self.functions).remove(name);
         if let Some(pool) = pool {
             pool.retired.store(true, Ordering::SeqCst);
+            lock(&pool.queue).wake_all();
             let idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
             self.metrics
                 .add_instances(name, "idle", -(idle.len() as i64));
@@ -1259,6 +1489,8 @@ impl Pools {
             let map = lock(&self.functions);
             let floors = lock(&self.provisioned_floor);
             for (name, pool) in map.iter() {
+                // Before the idle lock (lock order: queue, then idle).
+                let quiet = lock(&pool.queue).counts() == (0, 0, 0);
                 let mut idle = lock(&pool.idle);
                 // Expired, or dead while idle (its runtime exited or crashed);
                 // but the function's provisioned concurrency stays however
@@ -1284,7 +1516,7 @@ impl Pools {
                     // Scale to zero: a function left with no instance at
                     // all (none idle, none busy) keeps no standby sandbox
                     // and no template either; the next call builds them.
-                    if idle.is_empty() && pool.permits.available_permits() == self.max_instances {
+                    if idle.is_empty() && quiet {
                         let standby = std::mem::take(&mut *lock(&pool.standby));
                         self.metrics
                             .add_instances(name, "standby", -(standby.len() as i64));
@@ -1321,6 +1553,7 @@ impl Pools {
         let mut all = Vec::new();
         for (_, pool) in pools {
             pool.retired.store(true, Ordering::SeqCst);
+            lock(&pool.queue).wake_all();
             all.extend(std::mem::take(&mut *lock(&pool.idle)));
             all.extend(std::mem::take(&mut *lock(&pool.standby)));
         }

@@ -1,10 +1,10 @@
 //! Placement of one invocation: the scheduling policy, as a pure function of
 //! a function's load, and the per-function tracker that measures that load.
 //!
-//! Status: the policy, its tracker and a deterministic simulation of
-//! bursts in the tests; `Pools::invoke_inner` does not call it yet (its
-//! placement is still the semaphore of `--max-instances` and "idle, else a
-//! new instance"). Wiring it in is the next step of the bursts issue.
+//! Called for every invocation by `Pools::place` (pool.rs) through the
+//! per-function queue of [`crate::placement`]; `thaw serve --scaling
+//! eager` hides measured durations from it (start whenever under the
+//! limit: the behaviour before the autoscaler, kept for comparison).
 //!
 //! Owns the decision only. Must not do I/O, read clocks, take locks or know
 //! about sandboxes: the caller (`pool.rs`) gathers the inputs, applies the

@@ -115,7 +115,8 @@ impl Platform {
             config.keep_alive,
             config.standby_per_function,
         )
-        .with_account_concurrency(config.account_concurrency);
+        .with_account_concurrency(config.account_concurrency)
+        .with_scaling(config.scaling);
         Ok(Platform {
             config,
             registry,
