@@ -255,8 +255,9 @@ mod tests {
         assert_eq!(q.hand_off(8), Err(8));
     }
 
-    #[test]
-    fn forgetting_a_waiter_frees_its_place() {
+    /// A queue whose only instance is busy and one request `w` waiting
+    /// for it on `rx`.
+    fn one_busy_one_waiting() -> (Queue<u32>, u64, Option<oneshot::Receiver<u32>>) {
         let mut q = Queue::<u32>::default();
         let busy = q.register();
         decide(&mut q, busy, 0, &mut None);
@@ -264,6 +265,12 @@ mod tests {
         let w = q.register();
         let mut rx = None;
         decide(&mut q, w, 0, &mut rx);
+        (q, w, rx)
+    }
+
+    #[test]
+    fn forgetting_a_waiter_frees_its_place() {
+        let (mut q, w, _rx) = one_busy_one_waiting();
         assert_eq!(q.counts(), (1, 1, 0));
         // The caller dropped the invocation (client gone).
         q.forget(w);
@@ -287,13 +294,7 @@ mod tests {
 
     #[test]
     fn wake_all_closes_every_waiters_channel() {
-        let mut q = Queue::<u32>::default();
-        let busy = q.register();
-        decide(&mut q, busy, 0, &mut None);
-        q.busy(busy, Duration::ZERO);
-        let w = q.register();
-        let mut rx = None;
-        decide(&mut q, w, 0, &mut rx);
+        let (mut q, _w, rx) = one_busy_one_waiting();
         q.wake_all();
         let mut rx = rx.expect("waiting");
         assert!(matches!(
