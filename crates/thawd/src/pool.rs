@@ -48,7 +48,7 @@ enum WsJob {
     Extend,
 }
 
-use crate::pipeline::{phase, SnapshotBuilds};
+use crate::pipeline::{phase, BuildLease, BuildOutcome, SnapshotBuilds, Turn};
 use crate::snapshots::SnapshotMeta;
 
 /// How long an invocation waits for a free instance slot before it is throttled.
@@ -533,24 +533,71 @@ impl Pools {
     /// Snapshots `f`: starts a new instance, invokes it once with `payload`
     /// (which must succeed), checkpoints it into the revision's snapshot
     /// directory (replacing an older snapshot) and discards it. Later new
-    /// instances of this revision are restored from the snapshot.
+    /// instances of this revision are restored from the snapshot. Builds
+    /// run one at a time; when a build of this revision is already queued
+    /// or running, this joins it and returns its outcome (`payload` is
+    /// then not used).
     pub async fn create_snapshot(
         &self,
         f: &FunctionRecord,
         payload: Bytes,
     ) -> Result<SnapshotReport, InvokeError> {
-        let r = self.build_snapshot(f, payload).await;
-        match &r {
-            Ok(report) => {
-                self.metrics.count_snapshot_build(&f.name, "ready");
-                self.builds.ready(f, report.clone());
+        match self.builds.begin(f) {
+            Turn::Lead(lease) => {
+                let outcome = self.lead_build(lease, f, move || Ok(Some(payload))).await;
+                outcome_result(outcome)
             }
-            Err(e) => {
-                self.metrics.count_snapshot_build(&f.name, "failed");
-                self.builds.failed(f, &error_chain(e));
+            Turn::Join(rx) => {
+                tracing::info!(function = %f.name, revision = %f.revision_id, "a build of this revision is in flight; waiting for it");
+                outcome_result(crate::pipeline::join(rx).await)
             }
         }
-        r
+    }
+
+    /// Runs the build `lease` leads: waits for the build slot, asks
+    /// `prepare` for the test event (`Ok(None)`: skip the build, its
+    /// revision is no longer wanted; `Err`: the build failed), builds,
+    /// records the outcome (status, metrics) and hands it to every request
+    /// that joined.
+    pub async fn lead_build(
+        &self,
+        lease: BuildLease,
+        f: &FunctionRecord,
+        prepare: impl FnOnce() -> Result<Option<Bytes>, String>,
+    ) -> BuildOutcome {
+        let Some(_slot) = self.builds.slot().await else {
+            lease.finish(BuildOutcome::Skipped);
+            return BuildOutcome::Skipped;
+        };
+        let outcome = if self.is_shutting_down() {
+            BuildOutcome::Skipped
+        } else {
+            match prepare() {
+                Ok(None) => BuildOutcome::Skipped,
+                Err(e) => {
+                    self.metrics.count_snapshot_build(&f.name, "failed");
+                    self.builds.failed(f, &e);
+                    BuildOutcome::Failed(e)
+                }
+                Ok(Some(payload)) => match self.build_snapshot(f, payload).await {
+                    Ok(report) => {
+                        self.metrics.count_snapshot_build(&f.name, "ready");
+                        self.builds.ready(f, report.clone());
+                        BuildOutcome::Ready(report)
+                    }
+                    Err(e) => {
+                        self.metrics.count_snapshot_build(&f.name, "failed");
+                        self.builds.failed(f, &error_chain(&e));
+                        BuildOutcome::Failed(match e {
+                            InvokeError::Sandbox(a) => format!("{a:#}"),
+                            other => error_chain(&other),
+                        })
+                    }
+                },
+            }
+        };
+        lease.finish(outcome.clone());
+        outcome
     }
 
     async fn build_snapshot(
@@ -1375,6 +1422,17 @@ fn tail(lines: &[String]) -> String {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A build's outcome as [`Pools::create_snapshot`] returns it.
+fn outcome_result(outcome: BuildOutcome) -> Result<SnapshotReport, InvokeError> {
+    match outcome {
+        BuildOutcome::Ready(report) => Ok(report),
+        BuildOutcome::Failed(why) => Err(InvokeError::Sandbox(anyhow::anyhow!(why))),
+        BuildOutcome::Skipped => Err(InvokeError::Sandbox(anyhow::anyhow!(
+            "the build was skipped: the function was updated or the daemon is shutting down"
+        ))),
+    }
 }
 
 fn start_error_text(e: &StartError) -> String {

@@ -178,41 +178,40 @@ impl Platform {
     }
 
     /// Queues a snapshot build of `f` whether or not the pipeline is on
-    /// (`thaw snapshot rebuild`).
+    /// (`thaw snapshot rebuild`). When a build of this revision is already
+    /// queued or running, that build stands for this request.
     pub fn queue_snapshot_build(self: &Arc<Self>, f: &FunctionRecord) {
-        self.pools.builds.queued(f);
+        let lease = match self.pools.builds.begin(f) {
+            crate::pipeline::Turn::Lead(lease) => lease,
+            crate::pipeline::Turn::Join(_) => {
+                tracing::debug!(function = %f.name, revision = %f.revision_id, "a build of this revision is already in flight");
+                return;
+            }
+        };
         let p = self.clone();
         let f = f.clone();
         let span = tracing::info_span!("snapshot", function = %f.name, revision = %f.revision_id);
         tokio::spawn(
             async move {
-                let Some(_slot) = p.pools.builds.slot().await else {
-                    return;
-                };
                 let current = |p: &Platform| {
                     p.registry
                         .get(&f.name)
                         .is_some_and(|c| c.revision_id == f.revision_id)
                 };
-                if !current(&p) || p.pools.is_shutting_down() {
-                    return;
-                }
-                let payload = match crate::pipeline::test_event(&f) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "snapshot build failed; instances start cold");
-                        p.pools.builds.failed(&f, &e);
-                        p.metrics.count_snapshot_build(&f.name, "failed");
-                        return;
+                let prepare = || {
+                    if !current(&p) {
+                        return Ok(None);
                     }
+                    crate::pipeline::test_event(&f).map(Some)
                 };
                 let t0 = std::time::Instant::now();
-                match p.pools.create_snapshot(&f, payload).await {
-                    Ok(_) if !current(&p) => {
+                match p.pools.lead_build(lease, &f, prepare).await {
+                    crate::pipeline::BuildOutcome::Skipped => {}
+                    crate::pipeline::BuildOutcome::Ready(_) if !current(&p) => {
                         tracing::info!("revision replaced during the build; snapshot discarded");
                         p.pools.discard_snapshot_dir(&p.pools.snapshot_dir(&f));
                     }
-                    Ok(r) => {
+                    crate::pipeline::BuildOutcome::Ready(r) => {
                         p.pools.remove_other_snapshots(&f.name, &f.revision_id);
                         tracing::info!(
                             build_ms = t0.elapsed().as_millis() as u64,
@@ -221,8 +220,8 @@ impl Platform {
                             "snapshot ready: new instances are restored"
                         );
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %crate::instance::error_chain(&e), "snapshot build failed; instances start cold");
+                    crate::pipeline::BuildOutcome::Failed(e) => {
+                        tracing::warn!(error = %e, "snapshot build failed; instances start cold");
                     }
                 }
             }
