@@ -233,6 +233,18 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// What the caller is told: the message without host paths (the
+    /// daemon's log has them).
+    pub fn public_message(&self) -> String {
+        match self {
+            RegistryError::Io { op, source, .. } => {
+                format!("Cannot {op} the function's files: {}", io_reason(source))
+            }
+            RegistryError::Corrupt { .. } => "The stored function cannot be loaded".to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the caller's request was at fault (as opposed to the daemon).
     pub fn is_client_error(&self) -> bool {
         !matches!(
@@ -859,6 +871,21 @@ fn stage_code(
 const S_IFMT: u32 = 0o170_000;
 const S_IFLNK: u32 = 0o120_000;
 
+/// The kernel's reason for `e`, without the paths some errors carry.
+fn io_reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code).to_string(),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+/// Longest name of one path component (Linux's `NAME_MAX`).
+const MAX_ENTRY_COMPONENT: usize = 255;
+/// Longest zip entry name, and most directories deep, an entry may be: far
+/// beyond real packages, well inside `PATH_MAX` once under the data dir.
+const MAX_ENTRY_NAME: usize = 1024;
+const MAX_ENTRY_DEPTH: usize = 64;
+
 /// The path of a zip entry relative to the code directory, or why it is unsafe.
 /// Empty for entries that name the root itself (`./`).
 fn entry_path(name: &str) -> Result<PathBuf, &'static str> {
@@ -868,20 +895,38 @@ fn entry_path(name: &str) -> Result<PathBuf, &'static str> {
     if name.starts_with('/') {
         return Err("absolute path");
     }
+    if name.len() > MAX_ENTRY_NAME {
+        return Err("the name is longer than 1024 bytes");
+    }
     let mut rel = PathBuf::new();
+    let mut depth = 0;
     for part in name.split('/') {
         match part {
             "" | "." => {}
             ".." => return Err("the path contains `..`"),
-            p => rel.push(p),
+            p if p.len() > MAX_ENTRY_COMPONENT => {
+                return Err("a path component is longer than 255 bytes")
+            }
+            p => {
+                depth += 1;
+                if depth > MAX_ENTRY_DEPTH {
+                    return Err("the path is more than 64 directories deep");
+                }
+                rel.push(p)
+            }
         }
     }
     Ok(rel)
 }
 
 fn unsafe_entry(entry: &str, reason: &'static str) -> RegistryError {
+    // Echo a long name shortened: the message is for a person.
+    let mut shown: String = entry.chars().take(120).collect();
+    if shown.len() < entry.len() {
+        shown.push_str("...");
+    }
     RegistryError::UnsafeEntry {
-        entry: entry.to_string(),
+        entry: shown,
         reason,
     }
 }

@@ -245,6 +245,70 @@ impl Platform {
     }
 }
 
+/// How long shutdown waits for open connections to finish their requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` completes: HTTP/1.1 with a
+/// header read timeout (which also closes connections idle between
+/// requests), at most `limits.max_connections` connections at once (the
+/// accept loop waits for a free slot; clients queue in the backlog), and a
+/// graceful end (no new connections, open ones finish their request, for at
+/// most [`DRAIN_TIMEOUT`]). Body deadlines are the router's
+/// ([`crate::api::body_deadline`]).
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: crate::config::HttpLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: transient, wait a little.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+    Ok(())
+}
+
 /// cgroup parent of one daemon: `thaw/<hash of its data dir>`, so that several
 /// daemons (e.g. parallel tests) never clean up each other's instances.
 pub fn cgroup_parent_name(data_dir: &Path) -> String {
@@ -314,7 +378,11 @@ pub async fn serve_with(
             }
         })
     });
-    let app = crate::api::router(platform.clone());
+    let limits = platform.config.http;
+    let app =
+        crate::api::router(platform.clone()).layer(axum::middleware::from_fn(move |req, next| {
+            crate::api::body_deadline(limits.body_timeout, req, next)
+        }));
     // Kill instances as soon as shutdown starts: graceful shutdown waits for
     // in-flight requests, and an invocation may otherwise run for minutes.
     let stopping = platform.clone();
@@ -322,9 +390,7 @@ pub async fn serve_with(
         shutdown.await;
         stopping.pools.shutdown().await;
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = serve_http(listener, app, limits, shutdown).await;
     reaper.abort();
     if let Some(c) = collector {
         c.abort();
