@@ -779,6 +779,10 @@ impl Pools {
         let size = dir_size(&tmp);
         self.discard_snapshot_dir(&dir);
         std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // The files were synced when written; this makes the rename durable.
+        if let Err(e) = thaw_persist::sync_dir(&parent) {
+            tracing::warn!(function = %f.name, error = %e, "cannot sync the snapshot directory");
+        }
         Ok((invoke_ms, stats, size, meta))
     }
 

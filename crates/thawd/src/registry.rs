@@ -665,34 +665,18 @@ fn remove_dir_logged(path: &Path) {
 /// Make a rename in `dir` durable. Failure only weakens crash safety, so it
 /// is logged, not returned.
 fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot sync directory");
+    if let Err(e) = thaw_persist::sync_dir(dir) {
+        tracing::warn!(error = %e, "cannot sync directory");
     }
 }
 
-/// Write `data` to `path` atomically: a temporary file, fsync, rename.
+/// Write `data` to `path` atomically and durably ([`thaw_persist::write`]).
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RegistryError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()
-    })()
-    .map_err(io_err("write", &tmp))
-    .and_then(|()| fs::rename(&tmp, path).map_err(io_err("rename", &tmp)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    } else {
-        sync_dir(dir);
-    }
-    result
+    thaw_persist::write(path, data, 0o600).map_err(|e| RegistryError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Writes `function.json` with every environment value sealed.

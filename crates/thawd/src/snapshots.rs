@@ -6,8 +6,6 @@
 //! whether the test invocation ran before it, and when it was made. Must
 //! not: describe the process image (that is the engine's `state.thaw`).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -72,40 +70,21 @@ impl SnapshotMeta {
 
     /// Writes the metadata into `dir` (root-only, like the snapshot).
     pub fn write(&self, dir: &Path) -> Result<(), MetaError> {
-        let path = dir.join(META_FILE);
-        let io = |source| MetaError::Io {
-            path: path.clone(),
-            source,
-        };
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)
+        self.replace(dir)
     }
 
-    /// Replaces the metadata in `dir` (written to a temporary file and
-    /// renamed over the old one: a reader sees either whole).
+    /// Replaces the metadata in `dir` atomically and durably
+    /// ([`thaw_persist::write`]): a reader sees either whole.
     pub fn replace(&self, dir: &Path) -> Result<(), MetaError> {
-        let tmp = dir.join(format!(".{META_FILE}.{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&tmp).map_err(|source| MetaError::Io {
-            path: tmp.clone(),
-            source,
+        let path = dir.join(META_FILE);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| MetaError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
         })?;
-        let result = self.write(&tmp).and_then(|()| {
-            std::fs::rename(tmp.join(META_FILE), dir.join(META_FILE)).map_err(|source| {
-                MetaError::Io {
-                    path: dir.join(META_FILE),
-                    source,
-                }
-            })
-        });
-        let _ = std::fs::remove_dir_all(&tmp);
-        result
+        thaw_persist::write(&path, &bytes, 0o600).map_err(|e| MetaError::Io {
+            path: e.path,
+            source: e.source,
+        })
     }
 }
 
