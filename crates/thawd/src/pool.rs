@@ -419,6 +419,9 @@ impl Pools {
         let dir = self.snapshot_dir(&f);
         let (pool, ctx, metrics) = (pool.clone(), self.ctx.clone(), self.metrics.clone());
         tokio::spawn(async move {
+            // Cleared however the task ends (a panic included), so the pool
+            // is never left marked as filling with nobody filling it.
+            let _filling = FillingGuard(pool.clone());
             if dir.join(crate::snapshots::META_FILE).is_file() {
                 match Instance::standby(&f, &ctx, &dir).await {
                     Ok((inst, t)) => {
@@ -445,7 +448,6 @@ impl Pools {
                     }
                 }
             }
-            pool.filling.store(false, Ordering::SeqCst);
         });
     }
 
@@ -1428,6 +1430,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Clears its pool's `filling` flag when dropped ([`Pools::replenish`]).
+struct FillingGuard(Arc<FunctionPool>);
+
+impl Drop for FillingGuard {
+    fn drop(&mut self) {
+        self.0.filling.store(false, Ordering::SeqCst);
+    }
+}
+
 /// A build's outcome as [`Pools::create_snapshot`] returns it.
 fn outcome_result(outcome: BuildOutcome) -> Result<SnapshotReport, InvokeError> {
     match outcome {
@@ -1477,6 +1488,45 @@ fn dir_size(dir: &std::path::Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_refill_clears_the_filling_flag() {
+        let pool = Arc::new(FunctionPool {
+            record: FunctionRecord {
+                name: "f".into(),
+                runtime: "python3.11".into(),
+                handler: "app.handler".into(),
+                memory_mb: 128,
+                timeout_s: 3,
+                environment: Default::default(),
+                description: String::new(),
+                role: String::new(),
+                code_sha256: String::new(),
+                code_size: 0,
+                code_dir: PathBuf::from("/nonexistent"),
+                last_modified: String::new(),
+                revision_id: "r".into(),
+                uid: 0,
+                concurrency: Default::default(),
+            },
+            permits: Arc::new(Semaphore::new(1)),
+            idle: Mutex::new(Vec::new()),
+            standby: Mutex::new(Vec::new()),
+            filling: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        });
+        assert!(!pool.filling.swap(true, Ordering::SeqCst));
+        let p = pool.clone();
+        let task = tokio::spawn(async move {
+            let _filling = FillingGuard(p);
+            panic!("standby refill blew up");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(
+            !pool.filling.load(Ordering::SeqCst),
+            "the pool stays marked as filling"
+        );
+    }
 
     #[test]
     fn tail_keeps_last_4k_on_char_boundary() {
