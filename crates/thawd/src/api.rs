@@ -410,7 +410,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::NoFreeUid
             | RegistryError::Io { .. }
             | RegistryError::Corrupt { .. }
-            | RegistryError::Secrets { .. } => {
+            | RegistryError::Secrets { .. }
+            | RegistryError::NewerFormat { .. } => {
                 // Handled here: the caller gets a 500, a human must look.
                 tracing::error!(error = %error_chain(&e), "function registry failed");
                 LambdaError::new(ErrorCode::Service, e.public_message())
