@@ -114,4 +114,23 @@ mod tests {
             .to_string();
         assert!(e.contains("nope"), "{e}");
     }
+
+    /// The committed metadata files (a plain snapshot, and one published
+    /// to the store with a working set) read with the current code.
+    #[test]
+    fn golden_metadata_reads() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshot-meta");
+        let plain = SnapshotMeta::read(&fixtures.join("plain")).unwrap();
+        assert_eq!(plain.resume, ResumePoint::InvocationNext);
+        assert!(plain.warmed_up && plain.store.is_none());
+        assert_eq!(plain.revision_id, "1b2c3d4e-0000-4000-8000-000000000001");
+        let stored = SnapshotMeta::read(&fixtures.join("stored")).unwrap();
+        assert_eq!(stored.resume, ResumePoint::RestoreNext);
+        let blobs = stored.store.expect("store references");
+        assert_eq!(blobs.memory.size, 41947136);
+        assert_eq!(blobs.state.tenant, "default");
+        let ws = blobs.working_set.expect("a working set");
+        assert!(ws.name.ends_with("/workingset"), "{}", ws.name);
+        assert_eq!(ws.size, 1712128);
+    }
 }
