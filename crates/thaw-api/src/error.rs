@@ -37,6 +37,9 @@ pub enum ErrorCode {
     RequestTooLarge,
     /// `TooManyRequestsException` (429): throttled.
     TooManyRequests,
+    /// `RequestTimeoutException` (408): the client did not send its request
+    /// in time (a thaw code: Lambda's front end closes such connections).
+    RequestTimeout,
     /// `UnknownOperationException` (404): no such route.
     UnknownOperation,
     /// `ServiceException` (500): the platform failed.
@@ -47,7 +50,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this crate knows, for parsing.
-    const KNOWN: [ErrorCode; 12] = [
+    const KNOWN: [ErrorCode; 13] = [
         ErrorCode::ResourceNotFound,
         ErrorCode::ResourceConflict,
         ErrorCode::ProvisionedConcurrencyConfigNotFound,
@@ -58,6 +61,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RequestTooLarge,
         ErrorCode::TooManyRequests,
+        ErrorCode::RequestTimeout,
         ErrorCode::UnknownOperation,
         ErrorCode::Service,
     ];
@@ -77,6 +81,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "UnsupportedMediaTypeException",
             ErrorCode::RequestTooLarge => "RequestTooLargeException",
             ErrorCode::TooManyRequests => "TooManyRequestsException",
+            ErrorCode::RequestTimeout => "RequestTimeoutException",
             ErrorCode::UnknownOperation => "UnknownOperationException",
             ErrorCode::Service => "ServiceException",
             ErrorCode::Other(s) => s,
@@ -106,6 +111,7 @@ impl ErrorCode {
             ErrorCode::PreconditionFailed => 412,
             ErrorCode::RequestTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Service | ErrorCode::Other(_) => 500,
         }

@@ -110,6 +110,16 @@ pub struct ServeArgs {
     /// on first use]; hosts sharing an S3 tier need the same key.
     #[arg(long)]
     pub store_key_file: Option<PathBuf>,
+    /// Seconds a client has to send a request's headers; a keep-alive
+    /// connection idle this long between requests is closed too.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body (else 408).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_timeout_secs: u64,
+    /// Most HTTP connections served at once (more wait in the backlog).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections: u64,
 }
 
 /// The store setting `args` ask for.
@@ -184,6 +194,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.max_instances_per_function = n.max(1);
     }
     config.account_concurrency = args.account_concurrency;
+    config.http = thawd::config::HttpLimits {
+        header_timeout: Duration::from_secs(args.http_header_timeout_secs),
+        body_timeout: Duration::from_secs(args.http_body_timeout_secs),
+        max_connections: usize::try_from(args.http_max_connections).unwrap_or(usize::MAX),
+    };
     config.store = store_setting(&args)?;
     config.store_memory_bytes = args.store_memory_mb << 20;
     config.store_disk_cache_bytes = args.store_disk_cache_mb << 20;

@@ -214,3 +214,74 @@ fn clocks_never_go_backwards_across_a_restore() {
         .unwrap();
     assert!(v["boottime"].as_f64().unwrap() < host_uptime + 60.0, "{v}");
 }
+
+/// Eight snapshot requests for one revision at once, on top of the build
+/// the deploy queued: one build runs, every request gets its outcome (the
+/// same report), the status says ready with that report, exactly one
+/// snapshot directory exists, and the function is restored, then warm.
+#[test]
+fn concurrent_snapshot_requests_join_one_build() {
+    if !can_run("concurrent_snapshot_requests_join_one_build") {
+        return;
+    }
+    let d = Daemon::start(&["--auto-snapshot", "true"]);
+    let c = d.client();
+    create(&c, "many", &[]);
+    let barrier = std::sync::Barrier::new(8);
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let c = d.client();
+                    barrier.wait();
+                    c.create_snapshot("many", b"{}")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let reports: Vec<serde_json::Value> = reports
+        .into_iter()
+        .map(|r| serde_json::to_value(r.expect("every joined request succeeds")).unwrap())
+        .collect();
+    for r in &reports {
+        assert_eq!(r, &reports[0], "the requests saw different builds");
+    }
+    let s = settled(&c, "many");
+    assert_eq!(s.state, SnapshotState::Ready, "{s:?}");
+    assert!(s.error.is_none() && s.phase.is_none(), "{s:?}");
+    assert_eq!(
+        serde_json::to_value(s.report.expect("ready has a report")).unwrap(),
+        reports[0],
+        "the status tells another build's report"
+    );
+    assert_eq!(
+        common::metric(
+            &d,
+            r#"thaw_snapshot_builds_total{function="many",outcome="ready"}"#
+        ),
+        1.0,
+        "one build ran"
+    );
+    assert_eq!(
+        common::metric(
+            &d,
+            r#"thaw_snapshot_builds_total{function="many",outcome="failed"}"#
+        ),
+        0.0
+    );
+    let dirs: Vec<String> = std::fs::read_dir(d.data_dir.join("snapshots/many"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        dirs,
+        vec![s.revision_id.clone()],
+        "one snapshot, no leftovers"
+    );
+    let (r, v) = invoke(&c, "many", json!({}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    let (r, v) = invoke(&c, "many", json!({}));
+    assert_eq!(r.start, Some(StartKind::Warm), "{v}");
+}

@@ -13,7 +13,7 @@
 //! [`FUNCTION_INIT_MS_HEADER`] with the milliseconds spent loading the handler.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -76,14 +76,7 @@ pub fn install_bootstraps(dir: &Path) -> io::Result<()> {
         if fs::read(sub_dir.join(name)).is_ok_and(|old| old == contents) {
             continue;
         }
-        let tmp = sub_dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(contents)?;
-            f.set_permissions(fs::Permissions::from_mode(0o644))?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, sub_dir.join(name))?;
+        thaw_persist::write(&sub_dir.join(name), contents, 0o644)?;
     }
     Ok(())
 }

@@ -154,14 +154,12 @@ pub struct CheckpointStats {
 /// system call, no signals pending.
 pub fn checkpoint(pid: Pid, dir: &Path) -> Result<CheckpointStats, CheckpointError> {
     let t0 = Instant::now();
-    let children =
-        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    if !children.trim().is_empty() {
-        return Err(CheckpointError::HasChildren { pid });
-    }
     let mut frozen =
         ptrace::freeze(pid).map_err(|source| CheckpointError::Freeze { pid, source })?;
-    let captured = capture(&mut frozen);
+    // Checked while frozen: no thread can fork or exit in between.
+    let tids: Vec<Pid> = frozen.threads().iter().map(|t| t.tid()).collect();
+    let captured =
+        no_children(pid, &tids, |p| fs::read_to_string(p)).and_then(|()| capture(&mut frozen));
     let frozen_us = t0.elapsed().as_micros() as u64;
     // Let the process go whatever happened; a failure to do so is reported
     // only if the capture itself succeeded.
@@ -179,6 +177,37 @@ pub fn checkpoint(pid: Pid, dir: &Path) -> Result<CheckpointStats, CheckpointErr
     };
     debug!(?stats, pid = pid.as_raw(), "checkpoint written");
     Ok(stats)
+}
+
+/// Fails unless every thread's `/proc/<pid>/task/<tid>/children` can be
+/// read and is empty. Fails closed: a file that cannot be read (a kernel
+/// without `CONFIG_PROC_CHILDREN`, a permission problem) is an error, never
+/// "no children", since a child would be silently left out of the
+/// snapshot.
+fn no_children(
+    pid: Pid,
+    tids: &[Pid],
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<(), CheckpointError> {
+    if tids.is_empty() {
+        return Err(proc_file_err(
+            format!("/proc/{pid}/task"),
+            "the process has no threads to check for children",
+        ));
+    }
+    for tid in tids {
+        let path = PathBuf::from(format!("/proc/{pid}/task/{tid}/children"));
+        let children = read(&path).map_err(|e| {
+            proc_file_err(
+                &path,
+                format!("cannot tell whether the process has children: {e}"),
+            )
+        })?;
+        if !children.trim().is_empty() {
+            return Err(CheckpointError::HasChildren { pid });
+        }
+    }
+    Ok(())
 }
 
 fn proc_err(pid: Pid) -> impl FnOnce(ProcError) -> CheckpointError {
@@ -769,4 +798,51 @@ fn epoll_targets(
         });
     }
     Ok(targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pids(v: &[i32]) -> Vec<Pid> {
+        v.iter().map(|p| Pid::from_raw(*p)).collect()
+    }
+
+    #[test]
+    fn an_unreadable_children_file_fails_closed() {
+        let pid = Pid::from_raw(100);
+        let e = no_children(pid, &pids(&[100, 101]), |p| {
+            if p.ends_with("101/children") {
+                Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            } else {
+                Ok(String::new())
+            }
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&e, CheckpointError::ProcFile { path, .. } if path.ends_with("task/101/children")),
+            "{e:?}"
+        );
+        let e = no_children(pid, &pids(&[100]), |_| {
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+        })
+        .unwrap_err();
+        assert!(matches!(e, CheckpointError::ProcFile { .. }), "{e:?}");
+        assert!(no_children(pid, &[], |_| Ok(String::new())).is_err());
+    }
+
+    #[test]
+    fn a_child_of_any_thread_is_refused() {
+        let pid = Pid::from_raw(100);
+        let e = no_children(pid, &pids(&[100, 101, 102]), |p| {
+            Ok(if p.ends_with("102/children") {
+                "4242 ".into()
+            } else {
+                String::new()
+            })
+        })
+        .unwrap_err();
+        assert!(matches!(e, CheckpointError::HasChildren { .. }), "{e:?}");
+        no_children(pid, &pids(&[100, 101]), |_| Ok("\n".into())).unwrap();
+    }
 }

@@ -129,54 +129,37 @@ pub fn chunk_hashes(data: &[u8]) -> Vec<String> {
 /// in the state ([`chunk_hashes`]).
 pub fn write(dir: &Path, state: &SnapshotState, data: &[u8]) -> Result<(), ImageError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mem_path = dir.join(MEMORY_FILE);
-    let tmp = dir.join(format!("{MEMORY_FILE}.tmp"));
-    {
-        let mut f = create_private(&tmp)?;
-        let mut header = vec![0u8; PAGE];
-        header[..8].copy_from_slice(MEMORY_MAGIC);
-        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header[12..16].copy_from_slice(&(PAGE as u32).to_le_bytes());
-        header[16..24].copy_from_slice(&state.memory.data_pages.to_le_bytes());
-        f.write_all(&header).map_err(io_err(&tmp))?;
-        f.write_all(data).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    std::fs::rename(&tmp, &mem_path).map_err(io_err(&mem_path))?;
+    let persist = |e: thaw_persist::PersistError| ImageError::Io {
+        path: e.path,
+        source: e.source,
+    };
+    let mut header = vec![0u8; PAGE];
+    header[..8].copy_from_slice(MEMORY_MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(PAGE as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&state.memory.data_pages.to_le_bytes());
+    thaw_persist::write_with(&dir.join(MEMORY_FILE), 0o600, |f| {
+        f.write_all(&header)?;
+        f.write_all(data)
+    })
+    .map_err(persist)?;
 
     let body = serde_json::to_vec(state).map_err(|source| ImageError::Malformed {
         path: dir.join(STATE_FILE),
         source,
     })?;
-    let state_path = dir.join(STATE_FILE);
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    {
-        let mut f = create_private(&tmp)?;
-        let mut header = Vec::with_capacity(STATE_HEADER);
-        header.extend_from_slice(STATE_MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        header.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        header.extend_from_slice(blake3::hash(&body).as_bytes());
-        f.write_all(&header).map_err(io_err(&tmp))?;
-        f.write_all(&body).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    std::fs::rename(&tmp, &state_path).map_err(io_err(&state_path))?;
+    let mut header = Vec::with_capacity(STATE_HEADER);
+    header.extend_from_slice(STATE_MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    header.extend_from_slice(blake3::hash(&body).as_bytes());
+    thaw_persist::write_with(&dir.join(STATE_FILE), 0o600, |f| {
+        f.write_all(&header)?;
+        f.write_all(&body)
+    })
+    .map_err(persist)?;
     Ok(())
-}
-
-/// Creates (or truncates) `path` readable by its owner only: a snapshot
-/// holds a process's whole memory.
-fn create_private(path: &Path) -> Result<File, ImageError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))
 }
 
 /// A slower read path, standing in for a remote tier in benchmarks: each

@@ -406,28 +406,16 @@ pub fn write(snap: &Snapshot, recorded: &[u64], path: &Path) -> Result<WsSummary
     header[64..72].copy_from_slice(&data_pages.to_le_bytes());
     header[72..104].copy_from_slice(blake3::hash(&body).as_bytes());
 
-    let io = |source| WsError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension("thaw.tmp");
-    let written = (|| {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+    // A temporary file of its own (never shared with a concurrent writer
+    // of the same working set), fsynced, renamed, directory fsynced.
+    thaw_persist::write_with(path, 0o600, |f| {
         f.write_all(&header)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
+        f.write_all(&body)
+    })
+    .map_err(|e| WsError::Io {
+        path: e.path,
+        source: e.source,
+    })?;
     Ok(WsSummary {
         pages: order.len() as u64,
         direct_pages: before_resume.len() as u64,

@@ -193,17 +193,9 @@ impl DiskCache {
 
     /// Caches the sealed chunk `id`.
     pub fn put(&self, id: &str, sealed: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = self.dir.join(format!("{id}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(sealed)?;
-        std::fs::rename(&tmp, self.path(id))?;
+        // Durable, and a temporary file of its own: two tasks caching the
+        // same chunk never write into one file.
+        thaw_persist::write(&self.path(id), sealed, 0o600)?;
         let evicted = self.lock().insert(id, sealed.len() as u64, self.budget);
         self.remove_files(&evicted);
         Ok(())

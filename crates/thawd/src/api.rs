@@ -72,8 +72,15 @@ use crate::logs::LogRecord;
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::server::Platform;
 
-/// Largest management request body (a base64 zip of ~50 MiB plus JSON).
+/// Largest management request body (a base64 zip of ~50 MiB plus JSON):
+/// CreateFunction and UpdateFunctionCode.
 pub const MAX_MANAGEMENT_BODY_BYTES: usize = 70 * 1024 * 1024;
+/// Largest body of the management operations that carry no code
+/// (configuration, concurrency): Lambda's environment is at most 4 KiB.
+pub const MAX_SETTINGS_BODY_BYTES: usize = 1024 * 1024;
+/// Largest test event of `POST /thaw/v1/functions/{name}/snapshot`: a
+/// synchronous invocation's payload limit.
+pub const MAX_SNAPSHOT_EVENT_BYTES: usize = 6 * 1024 * 1024;
 /// A body over its limit is still read (and discarded) up to this size, so
 /// that the client, which is still sending, gets the 413 instead of a reset
 /// connection. Beyond it the connection is dropped.
@@ -403,10 +410,11 @@ impl From<RegistryError> for ApiError {
             RegistryError::NoFreeUid
             | RegistryError::Io { .. }
             | RegistryError::Corrupt { .. }
-            | RegistryError::Secrets { .. } => {
+            | RegistryError::Secrets { .. }
+            | RegistryError::NewerFormat { .. } => {
                 // Handled here: the caller gets a 500, a human must look.
                 tracing::error!(error = %error_chain(&e), "function registry failed");
-                LambdaError::new(ErrorCode::Service, e.to_string())
+                LambdaError::new(ErrorCode::Service, e.public_message())
             }
         };
         if e.is_client_error() {
@@ -418,8 +426,17 @@ impl From<RegistryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let e = self.0;
+        let mut e = self.0;
         let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            // The daemon's own fault: the details (host paths among them)
+            // are for its log, not for the caller.
+            let redacted = redact_host_paths(&e.message);
+            if redacted != e.message {
+                tracing::warn!(message = %e.message, "server error sent with host paths removed");
+                e.message = redacted;
+            }
+        }
         let body = serde_json::to_vec(&e.body()).unwrap_or_default();
         let mut resp = (status, body).into_response();
         let h = resp.headers_mut();
@@ -430,8 +447,25 @@ impl IntoResponse for ApiError {
         ) {
             h.insert(n, v);
         }
+        if e.code == ErrorCode::RequestTimeout {
+            h.insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
         resp
     }
+}
+
+/// `message` with every absolute path (a `/` at the start or after a space,
+/// quote, parenthesis, `=` or `:`, up to the next such delimiter) replaced
+/// by `<path>`.
+fn redact_host_paths(message: &str) -> String {
+    static PATH: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = PATH.get_or_init(|| {
+        regex::Regex::new(r#"(^|[\s"'(=:\[])/[^\s"'),:\]]*"#).expect("a valid pattern")
+    });
+    re.replace_all(message, "${1}<path>").into_owned()
 }
 
 // ---------------------------------------------------------------------------
@@ -503,11 +537,21 @@ async fn read_body(
         match frame {
             None => break,
             Some(Err(e)) => {
-                return Err(LambdaError::new(
-                    ErrorCode::InvalidRequestContent,
-                    format!("Could not read the request body: {e}"),
-                )
-                .into())
+                let timed_out = e.into_inner().downcast_ref::<BodyTimedOut>().map(|t| t.0);
+                return Err(match timed_out {
+                    Some(limit) => LambdaError::new(
+                        ErrorCode::RequestTimeout,
+                        format!(
+                            "The request body did not arrive within {} seconds",
+                            limit.as_secs()
+                        ),
+                    ),
+                    None => LambdaError::new(
+                        ErrorCode::InvalidRequestContent,
+                        "Could not read the request body",
+                    ),
+                }
+                .into());
             }
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
@@ -533,13 +577,81 @@ async fn read_management_body(
     body: Body,
     op: &str,
 ) -> Result<Bytes, ApiError> {
-    read_body(headers, body, MAX_MANAGEMENT_BODY_BYTES, || {
+    read_limited_body(headers, body, MAX_MANAGEMENT_BODY_BYTES, op).await
+}
+
+async fn read_settings_body(headers: &HeaderMap, body: Body, op: &str) -> Result<Bytes, ApiError> {
+    read_limited_body(headers, body, MAX_SETTINGS_BODY_BYTES, op).await
+}
+
+async fn read_limited_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    op: &str,
+) -> Result<Bytes, ApiError> {
+    read_body(headers, body, limit, || {
         LambdaError::new(
             ErrorCode::RequestTooLarge,
-            format!("Request must be smaller than {MAX_MANAGEMENT_BODY_BYTES} bytes for the {op} operation"),
+            format!("Request must be smaller than {limit} bytes for the {op} operation"),
         )
     })
     .await
+}
+
+/// The error a request body gives when it did not arrive by its deadline
+/// ([`body_deadline`]); the limit it broke.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+struct BodyTimedOut(std::time::Duration);
+
+/// A request body that fails with [`BodyTimedOut`] once its deadline passes.
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    limit: std::time::Duration,
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(axum::BoxError::from))),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut(this.limit).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: a request's whole body must arrive within `limit` of the
+/// request head; a handler reading it later gets 408
+/// `RequestTimeoutException` and the connection is closed (a client that
+/// never finishes its body cannot hold a connection).
+pub async fn body_deadline(limit: std::time::Duration, req: Request, next: Next) -> Response {
+    let (parts, inner) = req.into_parts();
+    let body = Body::new(DeadlineBody {
+        inner,
+        deadline: Box::pin(tokio::time::sleep(limit)),
+        limit,
+    });
+    next.run(Request::from_parts(parts, body)).await
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -729,7 +841,7 @@ async fn update_function_configuration<B: ApiBackend>(
     body: Body,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
     let name = target.latest(None)?;
-    let bytes = read_management_body(&headers, body, "UpdateFunctionConfiguration").await?;
+    let bytes = read_settings_body(&headers, body, "UpdateFunctionConfiguration").await?;
     let req: UpdateFunctionConfigurationRequest = parse_json(&bytes)?;
     let span = span("UpdateFunctionConfiguration", &name);
     let n = name.clone();
@@ -798,7 +910,7 @@ async fn put_function_concurrency<B: ApiBackend>(
     body: Body,
 ) -> Result<Json<thaw_api::Concurrency>, ApiError> {
     let name = target.latest(None)?;
-    let bytes = read_management_body(&headers, body, "PutFunctionConcurrency").await?;
+    let bytes = read_settings_body(&headers, body, "PutFunctionConcurrency").await?;
     let req: thaw_api::PutFunctionConcurrencyRequest = parse_json(&bytes)?;
     let n = req.validate()?;
     let limit = b.account_concurrency();
@@ -921,7 +1033,7 @@ async fn put_provisioned_concurrency<B: ApiBackend>(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = target_name(target, &query)?;
-    let bytes = read_management_body(&headers, body, "PutProvisionedConcurrencyConfig").await?;
+    let bytes = read_settings_body(&headers, body, "PutProvisionedConcurrencyConfig").await?;
     let req: thaw_api::PutProvisionedConcurrencyConfigRequest = parse_json(&bytes)?;
     let n = req.validate()?;
     let max = b.max_provisioned();
@@ -1281,10 +1393,15 @@ async fn create_snapshot<B: ApiBackend>(
     State(b): State<B>,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let name = target.latest(None)?;
     let f = lookup(&b, &name)?;
+    // Read and checked before anything starts: a bad event is the
+    // caller's error and must not cost a sandbox.
+    let body =
+        read_limited_body(&headers, body, MAX_SNAPSHOT_EVENT_BYTES, "CreateSnapshot").await?;
     if query.get("wait") == Some("false") {
         b.queue_snapshot(&f)?;
         return Ok((StatusCode::ACCEPTED, Json(b.snapshot_status(&f))).into_response());
@@ -1293,6 +1410,8 @@ async fn create_snapshot<B: ApiBackend>(
         crate::pipeline::test_event(&f)
             .map_err(|e| ApiError(LambdaError::new(ErrorCode::InvalidParameterValue, e)))?
     } else {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+            .map_err(|e| ApiError(LambdaError::unparsable_body(e)))?;
         body
     };
     let span = span("CreateSnapshot", &name);
@@ -1493,6 +1612,24 @@ async fn request_log(req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_paths_are_redacted_from_server_errors_only() {
+        assert_eq!(
+            redact_host_paths("/data/x: full; cannot create \"/var/lib/thaw/f\" (at /tmp/a)"),
+            "<path>: full; cannot create \"<path>\" (at <path>)"
+        );
+        assert_eq!(redact_host_paths("nothing here, 1/2"), "nothing here, 1/2");
+        let resp = ApiError(LambdaError::new(
+            ErrorCode::Service,
+            "cannot write /srv/d/x",
+        ))
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let user =
+            ApiError(LambdaError::invalid_parameter("Unsafe entry \"/etc/x\"")).into_response();
+        assert_eq!(user.status(), StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn error_response_shape() {

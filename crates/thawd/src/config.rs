@@ -59,6 +59,33 @@ pub struct DaemonConfig {
     /// key file, `DATA/keys/store.key` unless set. Every host sharing an
     /// S3 tier needs the same key.
     pub store_key_file: Option<PathBuf>,
+    /// Limits of the HTTP server ([`HttpLimits`]).
+    pub http: HttpLimits,
+}
+
+/// How long the HTTP server waits for clients, and how many it serves.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// A request's head (request line and headers) must arrive within this
+    /// long after the server starts waiting for it; the same timer closes
+    /// a keep-alive connection idle for this long between requests.
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this long (else 408 and
+    /// the connection is closed).
+    pub body_timeout: Duration,
+    /// Most connections served at once; further clients wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(120),
+            max_connections: 1024,
+        }
+    }
 }
 
 /// Where the daemon keeps snapshots.
@@ -99,6 +126,7 @@ impl DaemonConfig {
             store_memory_bytes: 256 << 20,
             store_disk_cache_bytes: 4 << 30,
             store_key_file: None,
+            http: HttpLimits::default(),
         }
     }
 }

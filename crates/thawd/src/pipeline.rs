@@ -5,13 +5,15 @@
 //! phase, ready with its report, failed with the reason), the rule that
 //! builds run one after another (each starts an instance and checkpoints
 //! it; on a small host builds in parallel would only slow each other and
-//! the functions down), and the test event a build uses. Must not: build
+//! the functions down), the rule that a revision has at most one build in
+//! flight (a second request for it joins the first and gets its outcome:
+//! [`SnapshotBuilds::begin`]), and the test event a build uses. Must not: build
 //! snapshots itself ([`crate::pool::Pools::create_snapshot`] does, and
 //! reports its phases here) or decide when to build (the server does: on
 //! deploy, update and start-up).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use thaw_api::{SnapshotReport, SnapshotState, SnapshotStatus};
@@ -41,19 +43,142 @@ pub mod phase {
     pub const PUBLISH: &str = "publishing to the snapshot store";
 }
 
-/// Status of every function's snapshot, and the build slot.
+type Statuses = Arc<Mutex<HashMap<String, SnapshotStatus>>>;
+
+/// How a build ended, as the requests that joined it see it.
+#[derive(Clone, Debug)]
+pub enum BuildOutcome {
+    /// The snapshot is ready.
+    Ready(SnapshotReport),
+    /// The build failed (the reason).
+    Failed(String),
+    /// The build did not run: its revision was replaced or the daemon is
+    /// shutting down.
+    Skipped,
+}
+
+/// Builds in flight, by (function, revision): what a joining request waits on.
+type InFlight =
+    Arc<Mutex<HashMap<(String, String), tokio::sync::watch::Receiver<Option<BuildOutcome>>>>>;
+
+/// Status of every function's snapshot, the build slot, and the builds in
+/// flight.
 pub struct SnapshotBuilds {
-    statuses: Mutex<HashMap<String, SnapshotStatus>>,
+    statuses: Statuses,
     slot: tokio::sync::Semaphore,
+    in_flight: InFlight,
 }
 
 impl Default for SnapshotBuilds {
     fn default() -> Self {
         SnapshotBuilds {
-            statuses: Mutex::new(HashMap::new()),
+            statuses: Arc::new(Mutex::new(HashMap::new())),
             slot: tokio::sync::Semaphore::new(1),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
+}
+
+/// The one request that runs a revision's build; the others
+/// [join](Turn::Join) it. Dropping it without [`BuildLease::finish`]
+/// (the build panicked or was cancelled) marks the build failed, so the
+/// status never stays `building`, and wakes the joined requests with that
+/// failure.
+pub struct BuildLease {
+    /// (function, revision)
+    key: (String, String),
+    statuses: Statuses,
+    in_flight: InFlight,
+    tx: tokio::sync::watch::Sender<Option<BuildOutcome>>,
+    finished: bool,
+}
+
+impl BuildLease {
+    /// Ends the build: `outcome` goes to every joined request, and the
+    /// revision may be built again.
+    pub fn finish(mut self, outcome: BuildOutcome) {
+        self.finished = true;
+        self.release(outcome);
+    }
+
+    fn release(&self, outcome: BuildOutcome) {
+        // Removed before sending: a request arriving after this point
+        // starts a new build instead of joining a finished one.
+        lock(&self.in_flight).remove(&self.key);
+        self.tx.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for BuildLease {
+    fn drop(&mut self) {
+        if !self.finished {
+            let why = "the snapshot build was abandoned (the daemon's build task ended early)";
+            let (name, revision) = (&self.key.0, &self.key.1);
+            tracing::warn!(function = %name, revision = %revision, "{why}");
+            set(
+                &self.statuses,
+                (name, revision),
+                SnapshotState::Failed,
+                |s| {
+                    s.error = Some(why.to_string());
+                    s.report = None;
+                },
+            );
+            self.release(BuildOutcome::Failed(why.to_string()));
+        }
+    }
+}
+
+/// Whether a request runs a revision's build or joins the one in flight.
+pub enum Turn {
+    /// Run the build, then [`BuildLease::finish`] it.
+    Lead(BuildLease),
+    /// A build of this revision is in flight: wait for its outcome
+    /// ([`join`]).
+    Join(tokio::sync::watch::Receiver<Option<BuildOutcome>>),
+}
+
+/// Waits for the outcome of the build `rx` follows.
+pub async fn join(mut rx: tokio::sync::watch::Receiver<Option<BuildOutcome>>) -> BuildOutcome {
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => v.clone().unwrap_or(BuildOutcome::Skipped),
+        // The lease's drop always sends before the sender goes; be safe.
+        Err(_) => BuildOutcome::Failed("the snapshot build was abandoned".into()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain map updates: consistent at every panic point.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn set(
+    statuses: &Statuses,
+    (name, revision): (&str, &str),
+    state: SnapshotState,
+    update: impl FnOnce(&mut SnapshotStatus),
+) {
+    let mut map = lock(statuses);
+    let s = map
+        .entry(name.to_string())
+        .or_insert_with(|| SnapshotStatus {
+            function: name.to_string(),
+            revision_id: revision.to_string(),
+            state,
+            phase: None,
+            error: None,
+            report: None,
+            updated: now(),
+        });
+    if s.revision_id != revision {
+        s.revision_id = revision.to_string();
+        s.report = None;
+        s.error = None;
+    }
+    s.state = state;
+    s.phase = None;
+    s.updated = now();
+    update(s);
 }
 
 fn now() -> String {
@@ -62,10 +187,7 @@ fn now() -> String {
 
 impl SnapshotBuilds {
     fn statuses(&self) -> std::sync::MutexGuard<'_, HashMap<String, SnapshotStatus>> {
-        // Plain map updates: consistent at every panic point.
-        self.statuses
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.statuses)
     }
 
     /// Waits for the build slot.
@@ -79,30 +201,35 @@ impl SnapshotBuilds {
         state: SnapshotState,
         update: impl FnOnce(&mut SnapshotStatus),
     ) {
-        let mut map = self.statuses();
-        let s = map.entry(f.name.clone()).or_insert_with(|| SnapshotStatus {
-            function: f.name.clone(),
-            revision_id: f.revision_id.clone(),
-            state,
-            phase: None,
-            error: None,
-            report: None,
-            updated: now(),
-        });
-        if s.revision_id != f.revision_id {
-            s.revision_id = f.revision_id.clone();
-            s.report = None;
-            s.error = None;
-        }
-        s.state = state;
-        s.phase = None;
-        s.updated = now();
-        update(s);
+        set(&self.statuses, (&f.name, &f.revision_id), state, update);
     }
 
-    /// A build of `f` was requested.
-    pub fn queued(&self, f: &FunctionRecord) {
+    /// A build of `f`'s current revision was requested: the caller leads
+    /// it (the status says `queued` until it starts) unless one is in
+    /// flight, which the caller then joins (the status is left alone: it
+    /// is that build's).
+    pub fn begin(&self, f: &FunctionRecord) -> Turn {
+        let key = (f.name.clone(), f.revision_id.clone());
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(rx) = in_flight.get(&key) {
+            return Turn::Join(rx.clone());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        in_flight.insert(key.clone(), rx);
+        drop(in_flight);
         self.set(f, SnapshotState::Queued, |s| s.error = None);
+        Turn::Lead(BuildLease {
+            key,
+            statuses: self.statuses.clone(),
+            in_flight: self.in_flight.clone(),
+            tx,
+            finished: false,
+        })
+    }
+
+    /// Whether a build of `f`'s current revision is in flight.
+    pub fn in_flight(&self, f: &FunctionRecord) -> bool {
+        lock(&self.in_flight).contains_key(&(f.name.clone(), f.revision_id.clone()))
     }
 
     /// A build of `f` is in `phase`.
@@ -181,4 +308,106 @@ pub fn test_event(f: &FunctionRecord) -> Result<Bytes, String> {
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| format!("{TEST_EVENT_FILE} is not valid JSON: {e}"))?;
     Ok(Bytes::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, revision: &str) -> FunctionRecord {
+        FunctionRecord {
+            name: name.into(),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            memory_mb: 128,
+            timeout_s: 3,
+            environment: Default::default(),
+            description: String::new(),
+            role: String::new(),
+            code_sha256: String::new(),
+            code_size: 0,
+            code_dir: std::path::PathBuf::from("/nonexistent"),
+            last_modified: String::new(),
+            revision_id: revision.into(),
+            uid: 0,
+            concurrency: Default::default(),
+        }
+    }
+
+    fn report(f: &FunctionRecord) -> SnapshotReport {
+        SnapshotReport {
+            function: f.name.clone(),
+            revision_id: f.revision_id.clone(),
+            cold_start_ms: 1.0,
+            test_invoke_ms: 2.0,
+            checkpoint_ms: 3.0,
+            frozen_ms: 4.0,
+            threads: 1,
+            mappings: 2,
+            data_pages: 3,
+            zero_pages: 4,
+            size_bytes: 5,
+            handshake: true,
+            warmed_up: true,
+            validation_ms: 6.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn second_request_joins_and_gets_the_same_outcome() {
+        let b = SnapshotBuilds::default();
+        let f = record("f", "r1");
+        let Turn::Lead(lease) = b.begin(&f) else {
+            panic!("the first request must lead");
+        };
+        assert_eq!(b.status(&f, false).state, SnapshotState::Queued);
+        let joiners: Vec<_> = (0..7)
+            .map(|_| match b.begin(&f) {
+                Turn::Join(rx) => tokio::spawn(join(rx)),
+                Turn::Lead(_) => panic!("a second build of one revision was started"),
+            })
+            .collect();
+        // Joining does not touch the leader's status.
+        b.building(&f, phase::CHECKPOINT);
+        assert!(b.begin(&f).is_join());
+        assert_eq!(b.status(&f, false).state, SnapshotState::Building);
+        // Another revision is another build.
+        assert!(!b.begin(&record("f", "r2")).is_join());
+        b.ready(&f, report(&f));
+        lease.finish(BuildOutcome::Ready(report(&f)));
+        for j in joiners {
+            match j.await.unwrap() {
+                BuildOutcome::Ready(r) => assert_eq!(r.checkpoint_ms, 3.0),
+                other => panic!("joined request got {other:?}"),
+            }
+        }
+        // Finished: the next request builds again.
+        assert!(!b.in_flight(&f));
+        assert!(!b.begin(&f).is_join());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_build_fails_its_status_and_its_joiners() {
+        let b = SnapshotBuilds::default();
+        let f = record("g", "r1");
+        let Turn::Lead(lease) = b.begin(&f) else {
+            panic!("the first request must lead");
+        };
+        b.building(&f, phase::INIT);
+        let Turn::Join(rx) = b.begin(&f) else {
+            panic!("must join");
+        };
+        drop(lease);
+        assert!(matches!(join(rx).await, BuildOutcome::Failed(_)));
+        let s = b.status(&f, false);
+        assert_eq!(s.state, SnapshotState::Failed, "{s:?}");
+        assert!(s.error.unwrap().contains("abandoned"));
+        assert!(!b.in_flight(&f));
+    }
+
+    impl Turn {
+        fn is_join(&self) -> bool {
+            matches!(self, Turn::Join(_))
+        }
+    }
 }

@@ -50,7 +50,7 @@ enum WsJob {
     Extend,
 }
 
-use crate::pipeline::{phase, SnapshotBuilds};
+use crate::pipeline::{phase, BuildLease, BuildOutcome, SnapshotBuilds, Turn};
 use crate::snapshots::SnapshotMeta;
 
 /// How long an invocation waits for an instance before it is throttled.
@@ -474,6 +474,9 @@ impl Pools {
         let dir = self.snapshot_dir(&f);
         let (pool, ctx, metrics) = (pool.clone(), self.ctx.clone(), self.metrics.clone());
         tokio::spawn(async move {
+            // Cleared however the task ends (a panic included), so the pool
+            // is never left marked as filling with nobody filling it.
+            let _filling = FillingGuard(pool.clone());
             if dir.join(crate::snapshots::META_FILE).is_file() {
                 match Instance::standby(&f, &ctx, &dir).await {
                     Ok((inst, t)) => {
@@ -500,7 +503,6 @@ impl Pools {
                     }
                 }
             }
-            pool.filling.store(false, Ordering::SeqCst);
         });
     }
 
@@ -588,24 +590,71 @@ impl Pools {
     /// Snapshots `f`: starts a new instance, invokes it once with `payload`
     /// (which must succeed), checkpoints it into the revision's snapshot
     /// directory (replacing an older snapshot) and discards it. Later new
-    /// instances of this revision are restored from the snapshot.
+    /// instances of this revision are restored from the snapshot. Builds
+    /// run one at a time; when a build of this revision is already queued
+    /// or running, this joins it and returns its outcome (`payload` is
+    /// then not used).
     pub async fn create_snapshot(
         &self,
         f: &FunctionRecord,
         payload: Bytes,
     ) -> Result<SnapshotReport, InvokeError> {
-        let r = self.build_snapshot(f, payload).await;
-        match &r {
-            Ok(report) => {
-                self.metrics.count_snapshot_build(&f.name, "ready");
-                self.builds.ready(f, report.clone());
+        match self.builds.begin(f) {
+            Turn::Lead(lease) => {
+                let outcome = self.lead_build(lease, f, move || Ok(Some(payload))).await;
+                outcome_result(outcome)
             }
-            Err(e) => {
-                self.metrics.count_snapshot_build(&f.name, "failed");
-                self.builds.failed(f, &error_chain(e));
+            Turn::Join(rx) => {
+                tracing::info!(function = %f.name, revision = %f.revision_id, "a build of this revision is in flight; waiting for it");
+                outcome_result(crate::pipeline::join(rx).await)
             }
         }
-        r
+    }
+
+    /// Runs the build `lease` leads: waits for the build slot, asks
+    /// `prepare` for the test event (`Ok(None)`: skip the build, its
+    /// revision is no longer wanted; `Err`: the build failed), builds,
+    /// records the outcome (status, metrics) and hands it to every request
+    /// that joined.
+    pub async fn lead_build(
+        &self,
+        lease: BuildLease,
+        f: &FunctionRecord,
+        prepare: impl FnOnce() -> Result<Option<Bytes>, String>,
+    ) -> BuildOutcome {
+        let Some(_slot) = self.builds.slot().await else {
+            lease.finish(BuildOutcome::Skipped);
+            return BuildOutcome::Skipped;
+        };
+        let outcome = if self.is_shutting_down() {
+            BuildOutcome::Skipped
+        } else {
+            match prepare() {
+                Ok(None) => BuildOutcome::Skipped,
+                Err(e) => {
+                    self.metrics.count_snapshot_build(&f.name, "failed");
+                    self.builds.failed(f, &e);
+                    BuildOutcome::Failed(e)
+                }
+                Ok(Some(payload)) => match self.build_snapshot(f, payload).await {
+                    Ok(report) => {
+                        self.metrics.count_snapshot_build(&f.name, "ready");
+                        self.builds.ready(f, report.clone());
+                        BuildOutcome::Ready(report)
+                    }
+                    Err(e) => {
+                        self.metrics.count_snapshot_build(&f.name, "failed");
+                        self.builds.failed(f, &error_chain(&e));
+                        BuildOutcome::Failed(match e {
+                            InvokeError::Sandbox(a) => format!("{a:#}"),
+                            other => error_chain(&other),
+                        })
+                    }
+                },
+            }
+        };
+        lease.finish(outcome.clone());
+        outcome
     }
 
     async fn build_snapshot(
@@ -787,6 +836,10 @@ impl Pools {
         let size = dir_size(&tmp);
         self.discard_snapshot_dir(&dir);
         std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // The files were synced when written; this makes the rename durable.
+        if let Err(e) = thaw_persist::sync_dir(&parent) {
+            tracing::warn!(function = %f.name, error = %e, "cannot sync the snapshot directory");
+        }
         Ok((invoke_ms, stats, size, meta))
     }
 
@@ -1610,6 +1663,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Clears its pool's `filling` flag when dropped ([`Pools::replenish`]).
+struct FillingGuard(Arc<FunctionPool>);
+
+impl Drop for FillingGuard {
+    fn drop(&mut self) {
+        self.0.filling.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A build's outcome as [`Pools::create_snapshot`] returns it.
+fn outcome_result(outcome: BuildOutcome) -> Result<SnapshotReport, InvokeError> {
+    match outcome {
+        BuildOutcome::Ready(report) => Ok(report),
+        BuildOutcome::Failed(why) => Err(InvokeError::Sandbox(anyhow::anyhow!(why))),
+        BuildOutcome::Skipped => Err(InvokeError::Sandbox(anyhow::anyhow!(
+            "the build was skipped: the function was updated or the daemon is shutting down"
+        ))),
+    }
+}
+
 fn start_error_text(e: &StartError) -> String {
     match e {
         StartError::Platform(m) => m.clone(),
@@ -1648,6 +1721,45 @@ fn dir_size(dir: &std::path::Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_refill_clears_the_filling_flag() {
+        let pool = Arc::new(FunctionPool {
+            record: FunctionRecord {
+                name: "f".into(),
+                runtime: "python3.11".into(),
+                handler: "app.handler".into(),
+                memory_mb: 128,
+                timeout_s: 3,
+                environment: Default::default(),
+                description: String::new(),
+                role: String::new(),
+                code_sha256: String::new(),
+                code_size: 0,
+                code_dir: PathBuf::from("/nonexistent"),
+                last_modified: String::new(),
+                revision_id: "r".into(),
+                uid: 0,
+                concurrency: Default::default(),
+            },
+            queue: Mutex::new(Queue::default()),
+            idle: Mutex::new(Vec::new()),
+            standby: Mutex::new(Vec::new()),
+            filling: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        });
+        assert!(!pool.filling.swap(true, Ordering::SeqCst));
+        let p = pool.clone();
+        let task = tokio::spawn(async move {
+            let _filling = FillingGuard(p);
+            panic!("standby refill blew up");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(
+            !pool.filling.load(Ordering::SeqCst),
+            "the pool stays marked as filling"
+        );
+    }
 
     #[test]
     fn tail_keeps_last_4k_on_char_boundary() {

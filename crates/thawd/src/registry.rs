@@ -222,6 +222,15 @@ pub enum RegistryError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A `function.json` written by a newer thaw, in a format this daemon
+    /// does not know (fails the daemon's start rather than hiding the
+    /// function).
+    #[error("{path} has record format {found}; this daemon reads formats up to {supported}")]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     /// Sealed environment values or their key (fails the daemon's start
     /// rather than serving functions without their variables).
     #[error("Function {function}: environment cannot be opened")]
@@ -233,6 +242,20 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// What the caller is told: the message without host paths (the
+    /// daemon's log has them).
+    pub fn public_message(&self) -> String {
+        match self {
+            RegistryError::Io { op, source, .. } => {
+                format!("Cannot {op} the function's files: {}", io_reason(source))
+            }
+            RegistryError::Corrupt { .. } | RegistryError::NewerFormat { .. } => {
+                "The stored function cannot be loaded".to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the caller's request was at fault (as opposed to the daemon).
     pub fn is_client_error(&self) -> bool {
         !matches!(
@@ -241,6 +264,7 @@ impl RegistryError {
                 | RegistryError::Corrupt { .. }
                 | RegistryError::NoFreeUid
                 | RegistryError::Secrets { .. }
+                | RegistryError::NewerFormat { .. }
         )
     }
 }
@@ -316,7 +340,9 @@ impl Registry {
                 Ok(record) => {
                     functions.insert(record.name.clone(), record);
                 }
-                Err(e @ RegistryError::Secrets { .. }) => return Err(e),
+                Err(e @ (RegistryError::Secrets { .. } | RegistryError::NewerFormat { .. })) => {
+                    return Err(e)
+                }
                 Err(e) => {
                     let aside = functions_dir.join(format!(
                         ".corrupt-{file_name}-{}",
@@ -653,34 +679,57 @@ fn remove_dir_logged(path: &Path) {
 /// Make a rename in `dir` durable. Failure only weakens crash safety, so it
 /// is logged, not returned.
 fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot sync directory");
+    if let Err(e) = thaw_persist::sync_dir(dir) {
+        tracing::warn!(error = %e, "cannot sync directory");
     }
 }
 
-/// Write `data` to `path` atomically: a temporary file, fsync, rename.
+/// Write `data` to `path` atomically and durably ([`thaw_persist::write`]).
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RegistryError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()
-    })()
-    .map_err(io_err("write", &tmp))
-    .and_then(|()| fs::rename(&tmp, path).map_err(io_err("rename", &tmp)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    } else {
-        sync_dir(dir);
+    thaw_persist::write(path, data, 0o600).map_err(|e| RegistryError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
+}
+
+/// The format of `function.json` this daemon writes. Records without a
+/// `format_version` (written before it existed) are format 1: the same
+/// fields, environment values sealed or (older still) in plain text.
+pub const RECORD_FORMAT_VERSION: u32 = 2;
+
+/// `function.json` as stored: the record and its format.
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    #[serde(default = "legacy_format")]
+    format_version: u32,
+    #[serde(flatten)]
+    record: FunctionRecord,
+}
+
+fn legacy_format() -> u32 {
+    1
+}
+
+/// Parses `function.json` of any format this daemon reads.
+fn parse_record(path: &Path, json: &[u8]) -> Result<FunctionRecord, RegistryError> {
+    let stored: StoredRecord =
+        serde_json::from_slice(json).map_err(|e| RegistryError::Corrupt {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+    match stored.format_version {
+        1 | 2 => Ok(stored.record),
+        found if found > RECORD_FORMAT_VERSION => Err(RegistryError::NewerFormat {
+            path: path.to_path_buf(),
+            found,
+            supported: RECORD_FORMAT_VERSION,
+        }),
+        found => Err(RegistryError::Corrupt {
+            path: path.to_path_buf(),
+            source: format!("unknown record format {found}").into(),
+        }),
     }
-    result
 }
 
 /// Writes `function.json` with every environment value sealed.
@@ -690,8 +739,11 @@ fn write_record(
     cipher: &EnvCipher,
 ) -> Result<(), RegistryError> {
     let path = dir.join("function.json");
-    let mut stored = record.clone();
-    for (k, v) in stored.environment.iter_mut() {
+    let mut stored = StoredRecord {
+        format_version: RECORD_FORMAT_VERSION,
+        record: record.clone(),
+    };
+    for (k, v) in stored.record.environment.iter_mut() {
         *v = cipher.seal(&record.name, k, v);
     }
     let json = serde_json::to_vec_pretty(&stored).map_err(|e| RegistryError::Corrupt {
@@ -714,11 +766,7 @@ fn load_function(
     };
     let json_path = dir.join("function.json");
     let json = fs::read(&json_path).map_err(io_err("read", &json_path))?;
-    let mut record: FunctionRecord =
-        serde_json::from_slice(&json).map_err(|e| RegistryError::Corrupt {
-            path: json_path.clone(),
-            source: Box::new(e),
-        })?;
+    let mut record = parse_record(&json_path, &json)?;
     if record.name != dir_name {
         return Err(corrupt(format!(
             "function.json names {:?}, not {dir_name:?}",
@@ -859,6 +907,21 @@ fn stage_code(
 const S_IFMT: u32 = 0o170_000;
 const S_IFLNK: u32 = 0o120_000;
 
+/// The kernel's reason for `e`, without the paths some errors carry.
+fn io_reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code).to_string(),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+/// Longest name of one path component (Linux's `NAME_MAX`).
+const MAX_ENTRY_COMPONENT: usize = 255;
+/// Longest zip entry name, and most directories deep, an entry may be: far
+/// beyond real packages, well inside `PATH_MAX` once under the data dir.
+const MAX_ENTRY_NAME: usize = 1024;
+const MAX_ENTRY_DEPTH: usize = 64;
+
 /// The path of a zip entry relative to the code directory, or why it is unsafe.
 /// Empty for entries that name the root itself (`./`).
 fn entry_path(name: &str) -> Result<PathBuf, &'static str> {
@@ -868,20 +931,38 @@ fn entry_path(name: &str) -> Result<PathBuf, &'static str> {
     if name.starts_with('/') {
         return Err("absolute path");
     }
+    if name.len() > MAX_ENTRY_NAME {
+        return Err("the name is longer than 1024 bytes");
+    }
     let mut rel = PathBuf::new();
+    let mut depth = 0;
     for part in name.split('/') {
         match part {
             "" | "." => {}
             ".." => return Err("the path contains `..`"),
-            p => rel.push(p),
+            p if p.len() > MAX_ENTRY_COMPONENT => {
+                return Err("a path component is longer than 255 bytes")
+            }
+            p => {
+                depth += 1;
+                if depth > MAX_ENTRY_DEPTH {
+                    return Err("the path is more than 64 directories deep");
+                }
+                rel.push(p)
+            }
         }
     }
     Ok(rel)
 }
 
 fn unsafe_entry(entry: &str, reason: &'static str) -> RegistryError {
+    // Echo a long name shortened: the message is for a person.
+    let mut shown: String = entry.chars().take(120).collect();
+    if shown.len() < entry.len() {
+        shown.push_str("...");
+    }
     RegistryError::UnsafeEntry {
-        entry: entry.to_string(),
+        entry: shown,
         reason,
     }
 }
@@ -1127,6 +1208,121 @@ mod tests {
             name: FunctionName::parse(name).unwrap(),
             settings: FunctionSettings::new(Runtime::Python311, "app.handler"),
             zip,
+        }
+    }
+
+    /// The key the golden records' environment values are sealed under.
+    struct FixtureKey;
+
+    impl KeySource for FixtureKey {
+        fn key(&self) -> Result<[u8; 32], crate::secrets::SecretError> {
+            Ok([7u8; 32])
+        }
+    }
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/registry")
+    }
+
+    /// A data dir holding the golden function `hello` of format `version`.
+    fn golden_data_dir(version: &str) -> tempfile::TempDir {
+        let data = tempfile::tempdir().unwrap();
+        let dest = data.path().join("functions/hello");
+        fs::create_dir_all(&dest).unwrap();
+        for f in ["function.json", "code.zip"] {
+            fs::copy(fixtures().join(version).join("hello").join(f), dest.join(f)).unwrap();
+        }
+        data
+    }
+
+    /// Every committed format of `function.json` loads with the current
+    /// code: format 1 (no `format_version`; plain-text environment, from
+    /// before sealing) and format 2 (sealed values, reserved concurrency).
+    /// Each is rewritten in the current format when the daemon repairs it
+    /// (the committed records name a code directory of another data dir).
+    #[test]
+    fn golden_function_records_load() {
+        for version in ["v1", "v2"] {
+            let data = golden_data_dir(version);
+            let reg = Registry::open_with_keys(data.path(), &FixtureKey).unwrap();
+            let f = reg
+                .get("hello")
+                .unwrap_or_else(|| panic!("{version}: not loaded"));
+            assert_eq!(f.runtime, "python3.11", "{version}");
+            assert_eq!(f.handler, "app.handler", "{version}");
+            assert_eq!((f.memory_mb, f.timeout_s), (256, 10), "{version}");
+            assert_eq!(f.environment["GREETING"], "hi", "{version}");
+            assert_eq!(f.description, "golden", "{version}");
+            assert!(
+                f.code_dir.join("app.py").is_file(),
+                "{version}: code re-extracted"
+            );
+            let expected_reserved = (version == "v2").then_some(5);
+            assert_eq!(f.concurrency.reserved, expected_reserved, "{version}");
+            let stored: serde_json::Value = serde_json::from_slice(
+                &fs::read(data.path().join("functions/hello/function.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(stored["format_version"], RECORD_FORMAT_VERSION, "{version}");
+            let sealed = stored["environment"]["GREETING"].as_str().unwrap();
+            assert!(sealed.starts_with("thaw-sealed:"), "{version}: {sealed}");
+        }
+    }
+
+    #[test]
+    fn a_record_of_a_newer_format_stops_the_start() {
+        let data = golden_data_dir("v2");
+        let path = data.path().join("functions/hello/function.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        v["format_version"] = serde_json::json!(RECORD_FORMAT_VERSION + 1);
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        match Registry::open_with_keys(data.path(), &FixtureKey) {
+            Err(RegistryError::NewerFormat { found, .. }) => {
+                assert_eq!(found, RECORD_FORMAT_VERSION + 1)
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a newer record was read"),
+        }
+        assert!(path.is_file(), "the record must stay where it is");
+    }
+
+    /// Writes the golden record of the current format into
+    /// `tests/fixtures/registry/v<RECORD_FORMAT_VERSION>` (run by hand,
+    /// with `--ignored`, only when adding a format: never overwrite a
+    /// committed one).
+    #[test]
+    #[ignore]
+    fn write_golden_function_record() {
+        let data = tempfile::tempdir().unwrap();
+        let reg = Registry::open_with_keys(data.path(), &FixtureKey).unwrap();
+        let mut create = new_fn(
+            "hello",
+            app_zip("def handler(e, c):\n    return {'hi': e}\n"),
+        );
+        create.settings.memory_mb = 256;
+        create.settings.timeout_s = 10;
+        create.settings.description = "golden".into();
+        create
+            .settings
+            .environment
+            .insert("GREETING".into(), "hi".into());
+        reg.create(create).unwrap();
+        reg.update_concurrency("hello", |c, _| {
+            Ok(ConcurrencyConfig {
+                reserved: Some(5),
+                ..c.clone()
+            })
+        })
+        .unwrap();
+        let out = fixtures().join(format!("v{RECORD_FORMAT_VERSION}/hello"));
+        assert!(
+            !out.exists(),
+            "{} exists: never overwrite a golden record",
+            out.display()
+        );
+        fs::create_dir_all(&out).unwrap();
+        for f in ["function.json", "code.zip"] {
+            fs::copy(reg.functions_dir.join("hello").join(f), out.join(f)).unwrap();
         }
     }
 

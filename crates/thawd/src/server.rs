@@ -179,41 +179,40 @@ impl Platform {
     }
 
     /// Queues a snapshot build of `f` whether or not the pipeline is on
-    /// (`thaw snapshot rebuild`).
+    /// (`thaw snapshot rebuild`). When a build of this revision is already
+    /// queued or running, that build stands for this request.
     pub fn queue_snapshot_build(self: &Arc<Self>, f: &FunctionRecord) {
-        self.pools.builds.queued(f);
+        let lease = match self.pools.builds.begin(f) {
+            crate::pipeline::Turn::Lead(lease) => lease,
+            crate::pipeline::Turn::Join(_) => {
+                tracing::debug!(function = %f.name, revision = %f.revision_id, "a build of this revision is already in flight");
+                return;
+            }
+        };
         let p = self.clone();
         let f = f.clone();
         let span = tracing::info_span!("snapshot", function = %f.name, revision = %f.revision_id);
         tokio::spawn(
             async move {
-                let Some(_slot) = p.pools.builds.slot().await else {
-                    return;
-                };
                 let current = |p: &Platform| {
                     p.registry
                         .get(&f.name)
                         .is_some_and(|c| c.revision_id == f.revision_id)
                 };
-                if !current(&p) || p.pools.is_shutting_down() {
-                    return;
-                }
-                let payload = match crate::pipeline::test_event(&f) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "snapshot build failed; instances start cold");
-                        p.pools.builds.failed(&f, &e);
-                        p.metrics.count_snapshot_build(&f.name, "failed");
-                        return;
+                let prepare = || {
+                    if !current(&p) {
+                        return Ok(None);
                     }
+                    crate::pipeline::test_event(&f).map(Some)
                 };
                 let t0 = std::time::Instant::now();
-                match p.pools.create_snapshot(&f, payload).await {
-                    Ok(_) if !current(&p) => {
+                match p.pools.lead_build(lease, &f, prepare).await {
+                    crate::pipeline::BuildOutcome::Skipped => {}
+                    crate::pipeline::BuildOutcome::Ready(_) if !current(&p) => {
                         tracing::info!("revision replaced during the build; snapshot discarded");
                         p.pools.discard_snapshot_dir(&p.pools.snapshot_dir(&f));
                     }
-                    Ok(r) => {
+                    crate::pipeline::BuildOutcome::Ready(r) => {
                         p.pools.remove_other_snapshots(&f.name, &f.revision_id);
                         tracing::info!(
                             build_ms = t0.elapsed().as_millis() as u64,
@@ -222,8 +221,8 @@ impl Platform {
                             "snapshot ready: new instances are restored"
                         );
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %crate::instance::error_chain(&e), "snapshot build failed; instances start cold");
+                    crate::pipeline::BuildOutcome::Failed(e) => {
+                        tracing::warn!(error = %e, "snapshot build failed; instances start cold");
                     }
                 }
             }
@@ -245,6 +244,70 @@ impl Platform {
             }
         }
     }
+}
+
+/// How long shutdown waits for open connections to finish their requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` completes: HTTP/1.1 with a
+/// header read timeout (which also closes connections idle between
+/// requests), at most `limits.max_connections` connections at once (the
+/// accept loop waits for a free slot; clients queue in the backlog), and a
+/// graceful end (no new connections, open ones finish their request, for at
+/// most [`DRAIN_TIMEOUT`]). Body deadlines are the router's
+/// ([`crate::api::body_deadline`]).
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: crate::config::HttpLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: transient, wait a little.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+    Ok(())
 }
 
 /// cgroup parent of one daemon: `thaw/<hash of its data dir>`, so that several
@@ -316,7 +379,11 @@ pub async fn serve_with(
             }
         })
     });
-    let app = crate::api::router(platform.clone());
+    let limits = platform.config.http;
+    let app =
+        crate::api::router(platform.clone()).layer(axum::middleware::from_fn(move |req, next| {
+            crate::api::body_deadline(limits.body_timeout, req, next)
+        }));
     // Kill instances as soon as shutdown starts: graceful shutdown waits for
     // in-flight requests, and an invocation may otherwise run for minutes.
     let stopping = platform.clone();
@@ -324,9 +391,7 @@ pub async fn serve_with(
         shutdown.await;
         stopping.pools.shutdown().await;
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = serve_http(listener, app, limits, shutdown).await;
     reaper.abort();
     if let Some(c) = collector {
         c.abort();

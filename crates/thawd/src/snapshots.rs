@@ -6,8 +6,6 @@
 //! whether the test invocation ran before it, and when it was made. Must
 //! not: describe the process image (that is the engine's `state.thaw`).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -72,40 +70,21 @@ impl SnapshotMeta {
 
     /// Writes the metadata into `dir` (root-only, like the snapshot).
     pub fn write(&self, dir: &Path) -> Result<(), MetaError> {
-        let path = dir.join(META_FILE);
-        let io = |source| MetaError::Io {
-            path: path.clone(),
-            source,
-        };
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)
+        self.replace(dir)
     }
 
-    /// Replaces the metadata in `dir` (written to a temporary file and
-    /// renamed over the old one: a reader sees either whole).
+    /// Replaces the metadata in `dir` atomically and durably
+    /// ([`thaw_persist::write`]): a reader sees either whole.
     pub fn replace(&self, dir: &Path) -> Result<(), MetaError> {
-        let tmp = dir.join(format!(".{META_FILE}.{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&tmp).map_err(|source| MetaError::Io {
-            path: tmp.clone(),
-            source,
+        let path = dir.join(META_FILE);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| MetaError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
         })?;
-        let result = self.write(&tmp).and_then(|()| {
-            std::fs::rename(tmp.join(META_FILE), dir.join(META_FILE)).map_err(|source| {
-                MetaError::Io {
-                    path: dir.join(META_FILE),
-                    source,
-                }
-            })
-        });
-        let _ = std::fs::remove_dir_all(&tmp);
-        result
+        thaw_persist::write(&path, &bytes, 0o600).map_err(|e| MetaError::Io {
+            path: e.path,
+            source: e.source,
+        })
     }
 }
 
@@ -134,5 +113,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    /// The committed metadata files (a plain snapshot, and one published
+    /// to the store with a working set) read with the current code.
+    #[test]
+    fn golden_metadata_reads() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshot-meta");
+        let plain = SnapshotMeta::read(&fixtures.join("plain")).unwrap();
+        assert_eq!(plain.resume, ResumePoint::InvocationNext);
+        assert!(plain.warmed_up && plain.store.is_none());
+        assert_eq!(plain.revision_id, "1b2c3d4e-0000-4000-8000-000000000001");
+        let stored = SnapshotMeta::read(&fixtures.join("stored")).unwrap();
+        assert_eq!(stored.resume, ResumePoint::RestoreNext);
+        let blobs = stored.store.expect("store references");
+        assert_eq!(blobs.memory.size, 41947136);
+        assert_eq!(blobs.state.tenant, "default");
+        let ws = blobs.working_set.expect("a working set");
+        assert!(ws.name.ends_with("/workingset"), "{}", ws.name);
+        assert_eq!(ws.size, 1712128);
     }
 }

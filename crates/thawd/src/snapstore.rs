@@ -82,26 +82,10 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename (root
-/// only), so a reader sees the old file or the whole new one.
+/// Writes `bytes` to `path` atomically and durably (root only), so a
+/// reader sees the old file or the whole new one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    Ok(thaw_persist::write(path, bytes, 0o600)?)
 }
 
 impl SnapshotStore {

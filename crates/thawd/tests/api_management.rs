@@ -13,6 +13,7 @@ use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use thawd::api::{router_with, ApiBackend};
 use thawd::invoke::{InvokeError, InvokeInput, InvokeOutcome, PhaseTimings, StartKind};
@@ -32,6 +33,8 @@ struct Fake {
     invoked: Arc<Mutex<Vec<(String, InvokeInput)>>>,
     retired: Arc<Mutex<Vec<String>>>,
     logs_deleted: Arc<Mutex<Vec<String>>>,
+    /// Snapshot builds asked for: (function, event).
+    snapshots: Arc<Mutex<Vec<(String, Bytes)>>>,
 }
 
 impl ApiBackend for Fake {
@@ -75,6 +78,21 @@ impl ApiBackend for Fake {
     fn render_metrics(&self) -> String {
         "# TYPE thaw_up gauge\nthaw_up 1\n".into()
     }
+
+    async fn create_snapshot(
+        &self,
+        function: &FunctionRecord,
+        payload: Bytes,
+    ) -> Result<thaw_api::SnapshotReport, InvokeError> {
+        self.snapshots
+            .lock()
+            .unwrap()
+            .push((function.name.clone(), payload));
+        // A daemon fault whose message names host paths.
+        Err(InvokeError::Sandbox(anyhow::anyhow!(
+            "/var/lib/thaw/snapshots/f/.tmp-1: No space left on device (os error 28); \"/work/data/x\" too"
+        )))
+    }
 }
 
 fn echo(_: &FunctionRecord, input: &InvokeInput) -> Result<InvokeOutcome, InvokeError> {
@@ -109,6 +127,7 @@ fn api_with(invoke: Arc<InvokeFn>) -> Api {
         invoked: Arc::default(),
         retired: Arc::default(),
         logs_deleted: Arc::default(),
+        snapshots: Arc::default(),
     };
     Api {
         app: router_with(fake.clone()),
@@ -1166,4 +1185,142 @@ async fn provisioned_concurrency_configs() {
     )
     .await
     .assert_error(404, "ResourceNotFoundException");
+}
+
+#[tokio::test]
+async fn snapshot_event_must_be_json_and_server_errors_name_no_host_paths() {
+    let api = api();
+    api.create("f", json!({}))
+        .await
+        .status
+        .is_success()
+        .then_some(())
+        .unwrap();
+    for bad in [&b"{not json"[..], b"\xff\xfe", b"[1,"] {
+        let r = api
+            .send(
+                Request::builder()
+                    .method("POST")
+                    .uri("/thaw/v1/functions/f/snapshot")
+                    .body(Body::from(bad))
+                    .unwrap(),
+            )
+            .await;
+        r.assert_error(400, "InvalidRequestContentException");
+    }
+    assert!(
+        api.fake.snapshots.lock().unwrap().is_empty(),
+        "a bad event started a build"
+    );
+    let r = api
+        .raw("POST", "/thaw/v1/functions/f/snapshot", b"{\"k\": 1}")
+        .await;
+    let msg = r.assert_error(500, "ServiceException");
+    assert_eq!(api.fake.snapshots.lock().unwrap().len(), 1);
+    assert!(msg.contains("No space left on device"), "{msg}");
+    assert!(!msg.contains("/var/lib") && !msg.contains("/work"), "{msg}");
+    // Larger than a synchronous event: 413 before any build.
+    let big = vec![b' '; 7 * 1024 * 1024];
+    let r = api
+        .send(
+            Request::builder()
+                .method("POST")
+                .uri("/thaw/v1/functions/f/snapshot")
+                .body(Body::from(big))
+                .unwrap(),
+        )
+        .await;
+    r.assert_error(413, "RequestTooLargeException");
+    assert_eq!(api.fake.snapshots.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn zip_entries_with_long_names_or_deep_paths_are_refused() {
+    let api = api();
+    let long = format!("{}.py", "a".repeat(300));
+    let deep = format!("{}app.py", "d/".repeat(70));
+    let long_total = format!("{}/app.py", vec!["b".repeat(200); 6].join("/"));
+    for name in [&long, &deep, &long_total] {
+        let zip = zip_of(&[
+            (name, "x"),
+            ("app.py", "def handler(e, c):\n    return e\n"),
+        ]);
+        let msg = api
+            .create("f", json!({"Code": {"ZipFile": STANDARD.encode(zip)}}))
+            .await
+            .assert_error(400, "InvalidParameterValueException");
+        assert!(msg.starts_with("Unsafe entry"), "{msg}");
+        assert!(msg.len() < 400, "the message echoes the whole name: {msg}");
+        let dir = api._dir.path().to_string_lossy().into_owned();
+        assert!(!msg.contains(&dir), "{msg}");
+    }
+    assert!(api.fake.registry.list().is_empty());
+    // At the limits: accepted.
+    let ok_name = format!("{}.py", "a".repeat(252));
+    let zip = zip_of(&[
+        (&ok_name, "x"),
+        ("app.py", "def handler(e, c):\n    return e\n"),
+    ]);
+    let r = api
+        .create("f", json!({"Code": {"ZipFile": STANDARD.encode(zip)}}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn settings_operations_have_a_small_body_limit() {
+    let api = api();
+    api.create("f", json!({})).await;
+    let mut body = vec![b' '; 2 * 1024 * 1024];
+    body.extend_from_slice(b"{}");
+    let r = api
+        .send(
+            Request::builder()
+                .method("PUT")
+                .uri("/2015-03-31/functions/f/configuration")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+    let msg = r.assert_error(413, "RequestTooLargeException");
+    assert!(msg.contains("UpdateFunctionConfiguration"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_body_that_never_ends_gets_408_and_closes_the_connection() {
+    let api = api();
+    api.create("f", json!({})).await;
+    let limit = Duration::from_millis(300);
+    let app = api
+        .app
+        .clone()
+        .layer(axum::middleware::from_fn(move |req, next| {
+            thawd::api::body_deadline(limit, req, next)
+        }));
+    // One chunk, then nothing ever again.
+    let stream =
+        futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{\"a\"")) })
+            .chain(futures::stream::pending());
+    let t0 = std::time::Instant::now();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/2015-03-31/functions/f/invocations")
+                .body(Body::from_stream(stream))
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("the deadline did not fire")
+    .unwrap();
+    assert!(t0.elapsed() >= limit);
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(
+        resp.headers().get("x-amzn-ErrorType").unwrap(),
+        "RequestTimeoutException"
+    );
+    assert_eq!(resp.headers().get("connection").unwrap(), "close");
+    assert!(api.fake.invoked.lock().unwrap().is_empty());
 }
