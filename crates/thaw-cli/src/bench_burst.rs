@@ -2,9 +2,13 @@
 //! snapshot and no instance, in one run per configuration:
 //!
 //! - **queue**: instances restored from the snapshot, at most 8 per
-//!   function (the daemon's default), the rest of the burst queues;
+//!   function, the rest of the burst queues (queueing only: the daemon's
+//!   behaviour before the autoscaler);
 //! - **restore each**: up to N instances, each restoring the snapshot;
 //! - **clone each**: up to N instances, each cloned from the template;
+//! - **autoscaler**: the daemon's defaults (template clones, adaptive
+//!   scaling) allowed up to N instances: it waits for a busy instance
+//!   when that is expected to be quicker than starting one;
 //! - **warm**: the same burst again on the N instances the previous one
 //!   left warm.
 //!
@@ -22,7 +26,7 @@ use thaw_api::{Client, InvokeOptions, StartKind};
 
 use crate::bench::{bench_functions, deploy};
 use crate::local::LocalDaemon;
-use thawd::config::InstanceMode;
+use thawd::config::{InstanceMode, Scaling};
 
 /// Options of `thaw bench burst`.
 pub struct BurstOptions {
@@ -38,24 +42,34 @@ pub struct BurstOptions {
 struct Config {
     label: &'static str,
     instances: InstanceMode,
+    scaling: Scaling,
     /// `None`: as many as requests.
     max_instances: Option<usize>,
 }
 
-const CONFIGS: [Config; 3] = [
+const CONFIGS: [Config; 4] = [
     Config {
         label: "queue (8 restored)",
         instances: InstanceMode::Restore,
+        scaling: Scaling::Eager,
         max_instances: Some(8),
     },
     Config {
         label: "restore each",
         instances: InstanceMode::Restore,
+        scaling: Scaling::Eager,
         max_instances: None,
     },
     Config {
         label: "clone each",
         instances: InstanceMode::Clone,
+        scaling: Scaling::Eager,
+        max_instances: None,
+    },
+    Config {
+        label: "autoscaler",
+        instances: InstanceMode::Clone,
+        scaling: Scaling::Adaptive,
         max_instances: None,
     },
 ];
@@ -187,6 +201,7 @@ pub fn run(opts: BurstOptions) -> anyhow::Result<()> {
             let tmp = tempfile::Builder::new().prefix("thaw-bench-").tempdir()?;
             let daemon = LocalDaemon::start(tmp.path().to_path_buf(), |c| {
                 c.instances = config.instances;
+                c.scaling = config.scaling;
                 c.max_instances_per_function = config.max_instances.unwrap_or(n);
             })?;
             let client = Client::new(&daemon.endpoint)?;
@@ -212,7 +227,10 @@ pub fn run(opts: BurstOptions) -> anyhow::Result<()> {
                 }
                 _ => None,
             };
-            if config.max_instances.is_none() && config.instances == InstanceMode::Clone {
+            if config.max_instances.is_none()
+                && config.instances == InstanceMode::Clone
+                && config.scaling == Scaling::Eager
+            {
                 // The same burst on the instances this one left warm.
                 warm = Some(burst(&daemon.endpoint, f.name, n)?);
             }

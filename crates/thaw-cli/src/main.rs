@@ -116,8 +116,9 @@ enum BenchCommand {
     },
     /// A burst of concurrent first requests from zero instances: queueing
     /// behind 8 restored instances, a restore per request, a template clone
-    /// per request, and the same burst on warm instances; p50, p99, wall
-    /// time, errors and host memory per additional instance.
+    /// per request, the autoscaler (the daemon's defaults), and the same
+    /// burst on warm instances; p50, p99, wall time, errors and host memory
+    /// per additional instance.
     Burst {
         /// Concurrent requests per burst.
         #[arg(long, default_value_t = 100)]
