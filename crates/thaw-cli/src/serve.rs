@@ -73,7 +73,8 @@ pub struct ServeArgs {
     /// milliseconds (a slow tier).
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_snapshot_read_latency_ms: u64,
-    /// Most instances of one function running at once [default: 8].
+    /// Most instances of one function running at once; with the default
+    /// adaptive scaling a burst of short requests gets far fewer [default: 100].
     #[arg(long)]
     pub max_instances: Option<usize>,
     /// The account's concurrent executions (Lambda's ConcurrentExecutions):

@@ -13,7 +13,9 @@ pub struct DaemonConfig {
     pub init_binary: PathBuf,
     /// How long an idle warm instance is kept before it is reaped.
     pub keep_alive: Duration,
-    /// Upper bound of concurrently running instances per function.
+    /// Upper bound of concurrently running instances per function (100:
+    /// the adaptive scheduler, not this bound, keeps a burst of short
+    /// requests on a few instances; see docs/benchmarks.md, burst).
     pub max_instances_per_function: usize,
     /// The account's concurrent executions (Lambda's `ConcurrentExecutions`,
     /// default 1000): the sum of all functions' invocations in flight.
@@ -109,7 +111,7 @@ impl DaemonConfig {
             data_dir,
             init_binary,
             keep_alive: Duration::from_secs(300),
-            max_instances_per_function: 8,
+            max_instances_per_function: 100,
             account_concurrency: thaw_api::concurrency::DEFAULT_ACCOUNT_CONCURRENCY,
             pids_max: 128,
             tmp_size_bytes: 512 * 1024 * 1024,

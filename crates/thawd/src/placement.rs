@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::scheduler::{
-    self, Decision, DecisionInput, FunctionLoad, HostLoad, Limits, RequestState, StartChoice,
+    self, Decision, DecisionInput, FunctionLoad, HostLoad, Limits, Measurements, RequestState,
+    StartChoice,
 };
 
 /// Weight of the newest sample in the instance-memory average when it is
@@ -52,7 +53,43 @@ pub enum Placement<T> {
     Decided(Decision),
 }
 
+/// What a [`Queue`] measured, carried to the function's next queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Measured {
+    load: Measurements,
+    instance_bytes: Option<f64>,
+}
+
+impl Measured {
+    /// Takes `d` as the invocation duration while none was measured.
+    pub fn seed_duration(&mut self, d: Duration) {
+        self.load.seed_duration(d);
+    }
+}
+
 impl<T> Queue<T> {
+    /// An empty queue that starts from `m`'s measurements.
+    pub fn with_measurements(m: Measured) -> Self {
+        Self {
+            load: FunctionLoad::with_measurements(m.load),
+            waiters: VecDeque::new(),
+            instance_bytes: m.instance_bytes,
+        }
+    }
+
+    /// Takes `d` as the invocation duration while none was measured.
+    pub fn seed_duration(&mut self, d: Duration) {
+        self.load.seed_duration(d);
+    }
+
+    /// Its measurements (start costs, durations, instance memory).
+    pub fn measurements(&self) -> Measured {
+        Measured {
+            load: self.load.measurements(),
+            instance_bytes: self.instance_bytes,
+        }
+    }
+
     /// A new id for one request (see [`FunctionLoad::register`]).
     pub fn register(&mut self) -> u64 {
         self.load.register()
@@ -94,6 +131,7 @@ impl<T> Queue<T> {
             input.mean_duration = None;
         }
         let decision = scheduler::decide(&input);
+        tracing::trace!(request = id, ?input, ?decision, "placement");
         match decision {
             Decision::Wait { .. } => {
                 if rx.is_none() {
@@ -266,6 +304,58 @@ mod tests {
         let mut rx = None;
         decide(&mut q, w, 0, &mut rx);
         (q, w, rx)
+    }
+
+    /// Decision for a second request while a first one is busy, with room
+    /// for 100 instances.
+    fn second_request(q: &mut Queue<u32>) -> Decision {
+        let first = q.register();
+        let limits = Limits::instances(100);
+        q.decide(
+            first,
+            Duration::ZERO,
+            0,
+            limits,
+            false,
+            host(),
+            true,
+            &mut None,
+        );
+        q.busy(first, Duration::ZERO);
+        let second = q.register();
+        match q.decide(
+            second,
+            Duration::ZERO,
+            0,
+            limits,
+            false,
+            host(),
+            true,
+            &mut None,
+        ) {
+            Placement::Decided(d) => d,
+            Placement::HandedOver(_) => panic!("nothing was released"),
+        }
+    }
+
+    #[test]
+    fn measurements_carry_over_to_the_next_queue() {
+        // Nothing measured: start rather than wait (rule 6).
+        assert_eq!(second_request(&mut Queue::default()), Decision::NewSandbox);
+        // 1 ms invocations, 25 ms restores: waiting for the busy one is
+        // quicker than starting another.
+        let mut measured = Queue::<u32>::default();
+        measured.record_invocation(Duration::from_millis(1));
+        measured.record_start(StartChoice::NewSandbox, Duration::from_millis(25), 1, 2);
+        measured.record_instance_bytes(3 << 20);
+        let m = measured.measurements();
+        let mut next = Queue::<u32>::with_measurements(m);
+        assert!(matches!(
+            second_request(&mut next),
+            Decision::Wait { expected: Some(_) }
+        ));
+        assert_eq!(next.instance_bytes(0), 3 << 20);
+        assert_eq!(next.counts(), (1, 1, 0), "no request is carried over");
     }
 
     #[test]

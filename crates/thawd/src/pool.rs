@@ -25,7 +25,7 @@ use crate::instance::{
 use crate::invoke::{InvokeError, InvokeInput, InvokeOutcome, PhaseTimings, StartKind};
 use crate::logs::{now_ms, LogRecord, LogStore};
 use crate::metrics::Metrics;
-use crate::placement::{Placement, Queue};
+use crate::placement::{Measured, Placement, Queue};
 use crate::registry::FunctionRecord;
 use crate::runtimes::REGION;
 use crate::scheduler::{self, Decision, HostLoad, Limits, MemoryRoom, StartChoice};
@@ -104,6 +104,9 @@ pub struct Pools {
     starting: AtomicUsize,
     /// Starts the host runs at once without slowing each other.
     parallelism: usize,
+    /// What the retired pools of each function measured (start costs,
+    /// durations, instance memory): its next pool starts from them.
+    measured: Mutex<HashMap<String, Measured>>,
 }
 
 /// What placing one request found for it.
@@ -172,6 +175,7 @@ impl Pools {
             epoch: Instant::now(),
             starting: AtomicUsize::new(0),
             parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            measured: Mutex::new(HashMap::new()),
         }
     }
 
@@ -231,7 +235,7 @@ impl Pools {
         let pool = self.pool_for(f);
         let f = &pool.record;
         let (mut inst, kind) = match self.restore(&pool, f).await {
-            Some((inst, _)) => (inst, StartKind::Restored),
+            Some((inst, _, _)) => (inst, StartKind::Restored),
             None => match Instance::start(f, &self.ctx).await {
                 Ok((inst, _)) => {
                     self.metrics.count_instance_start(&f.name, "ok");
@@ -278,9 +282,10 @@ impl Pools {
                 self.retire_pool(&f.name, old);
             }
         }
+        let measured = lock(&self.measured).get(&f.name).copied();
         let p = Arc::new(FunctionPool {
             record: f.clone(),
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue::with_measurements(measured.unwrap_or_default())),
             idle: Mutex::new(Vec::new()),
             standby: Mutex::new(Vec::new()),
             filling: AtomicBool::new(false),
@@ -387,14 +392,15 @@ impl Pools {
         }
     }
 
-    /// A new instance restored from `f`'s snapshot, if it has one and the
-    /// restore works; a failed restore is logged and counted, and the caller
+    /// A new instance restored (or cloned) from `f`'s snapshot, if it has
+    /// one and the restore works, and whether it went into a ready standby
+    /// sandbox; a failed restore is logged and counted, and the caller
     /// starts the instance cold instead.
     async fn restore(
         &self,
         pool: &Arc<FunctionPool>,
         f: &FunctionRecord,
-    ) -> Option<(Instance, PhaseTimings)> {
+    ) -> Option<(Instance, PhaseTimings, bool)> {
         let dir = self.snapshot_dir(f);
         if !dir.join(crate::snapshots::META_FILE).is_file() {
             return None;
@@ -425,7 +431,7 @@ impl Pools {
                 Ok(t) => {
                     self.metrics.count_instance_start(&f.name, how);
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "{how} a standby instance");
-                    return Some((inst, t));
+                    return Some((inst, t, true));
                 }
                 Err(e) => {
                     self.metrics.count_instance_start(&f.name, "restore_error");
@@ -437,7 +443,7 @@ impl Pools {
                 Ok((inst, t)) => {
                     self.metrics.count_instance_start(&f.name, "cloned");
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "cloned");
-                    return Some((inst, t));
+                    return Some((inst, t, false));
                 }
                 Err(e) => {
                     self.metrics.count_instance_start(&f.name, "restore_error");
@@ -449,7 +455,7 @@ impl Pools {
             Ok((inst, t)) => {
                 self.metrics.count_instance_start(&f.name, "restored");
                 tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "restored");
-                Some((inst, t))
+                Some((inst, t, false))
             }
             Err(e) => {
                 self.metrics.count_instance_start(&f.name, "restore_error");
@@ -638,6 +644,7 @@ impl Pools {
                 }
                 Ok(Some(payload)) => match self.build_snapshot(f, payload).await {
                     Ok(report) => {
+                        self.seed_duration(f, report.test_invoke_ms);
                         self.metrics.count_snapshot_build(&f.name, "ready");
                         self.builds.ready(f, report.clone());
                         BuildOutcome::Ready(report)
@@ -919,6 +926,8 @@ impl Pools {
             }
         }
         self.builds.forget(name);
+        // Start costs measured with a snapshot say nothing of cold starts.
+        lock(&self.measured).remove(name);
         if let Some(t) = &self.ctx.templates {
             t.forget(name, None);
         }
@@ -1002,7 +1011,12 @@ impl Pools {
         {
             let mut q = lock(&pool.queue);
             q.forget(ticket.id);
-            q.record_invocation(ran.elapsed());
+            // How long an instance stays busy, from warm instances only: a
+            // new instance's first invocation also pays its page faults,
+            // and in a burst it shares the cores with the other starts.
+            if start == StartKind::Warm {
+                q.record_invocation(ran.elapsed());
+            }
             if let Some(bytes) = inst.memory_bytes() {
                 q.record_instance_bytes(bytes);
             }
@@ -1146,7 +1160,11 @@ impl Pools {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return Err(InvokeError::ShuttingDown);
             }
-            let template = self.ctx.templates.is_some() && self.has_snapshot(f);
+            // A new worker is a clone into a ready standby sandbox; without
+            // one, a clone builds its sandbox and costs a new sandbox.
+            let template = self.ctx.templates.is_some()
+                && self.has_snapshot(f)
+                && !lock(&pool.standby).is_empty();
             let placement = {
                 let mut q = lock(&pool.queue);
                 let idle = lock(&pool.idle).len();
@@ -1296,13 +1314,13 @@ impl Pools {
     ) -> Result<Placed, InvokeError> {
         let sharing = self.starting.load(Ordering::SeqCst);
         let began = Instant::now();
-        let (inst, start, timings) = match self.restore(pool, f).await {
-            Some((inst, t)) => (inst, StartKind::Restored, t),
+        let (inst, start, timings, from_standby) = match self.restore(pool, f).await {
+            Some((inst, t, from_standby)) => (inst, StartKind::Restored, t, from_standby),
             None => match Instance::start(f, &self.ctx).await {
                 Ok((inst, t)) => {
                     self.metrics.count_instance_start(&f.name, "ok");
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, runtime_ms = t.runtime_ms, init_ms = t.init_ms, "cold start");
-                    (inst, StartKind::Cold, t)
+                    (inst, StartKind::Cold, t, false)
                 }
                 Err(StartError::Init {
                     error_type,
@@ -1343,7 +1361,9 @@ impl Pools {
                 }
             },
         };
-        let kind = if inst.is_clone() {
+        // A clone into a ready standby sandbox is a new worker; a clone
+        // that had to build its sandbox costs what a new sandbox does.
+        let kind = if inst.is_clone() && from_standby {
             StartChoice::NewWorker
         } else {
             StartChoice::NewSandbox
@@ -1488,7 +1508,7 @@ impl Pools {
 
     fn retire_pool(&self, name: &str, pool: Arc<FunctionPool>) {
         pool.retired.store(true, Ordering::SeqCst);
-        lock(&pool.queue).wake_all();
+        self.keep_measurements(name, &pool);
         let mut idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
         idle.extend(self.take_standby(name, &pool));
         if !idle.is_empty() {
@@ -1496,6 +1516,33 @@ impl Pools {
                 .add_instances(name, "idle", -(idle.len() as i64));
             tokio::spawn(destroy_all(idle));
         }
+    }
+
+    /// Gives `f`'s scheduler the duration of its snapshot's test invocation
+    /// until warm invocations are measured, so that the first burst after
+    /// a deploy is decided on data rather than by starting one instance per
+    /// request.
+    fn seed_duration(&self, f: &FunctionRecord, ms: f64) {
+        if !ms.is_finite() || ms < 0.0 {
+            return;
+        }
+        let d = Duration::from_secs_f64(ms / 1000.0);
+        lock(&self.measured)
+            .entry(f.name.clone())
+            .or_default()
+            .seed_duration(d);
+        let pool = lock(&self.functions).get(&f.name).cloned();
+        if let Some(pool) = pool {
+            lock(&pool.queue).seed_duration(d);
+        }
+    }
+
+    /// Wakes a retired pool's waiting requests and keeps what its queue
+    /// measured for the function's next pool.
+    fn keep_measurements(&self, name: &str, pool: &FunctionPool) {
+        let mut queue = lock(&pool.queue);
+        queue.wake_all();
+        lock(&self.measured).insert(name.to_string(), queue.measurements());
     }
 
     /// Destroys the idle instances of `name`; the pool, its busy instances
@@ -1524,7 +1571,7 @@ impl Pools {
         let pool = lock(&self.functions).remove(name);
         if let Some(pool) = pool {
             pool.retired.store(true, Ordering::SeqCst);
-            lock(&pool.queue).wake_all();
+            self.keep_measurements(name, &pool);
             let idle: Vec<Instance> = std::mem::take(&mut *lock(&pool.idle));
             self.metrics
                 .add_instances(name, "idle", -(idle.len() as i64));

@@ -26,8 +26,9 @@
 //!    left (bytes free / bytes per instance) nor the concurrency cap. The wait
 //!    is bounded by the caller's queue timeout (10 s, then 429).
 //! 5. Otherwise it may **start** one, of the cheapest kind available:
-//!    `NewWorker` (clone from a template) only when a template exists,
-//!    else `NewSandbox` (restore or cold start). Starts share the host's
+//!    `NewWorker` (clone from a template into a ready standby sandbox)
+//!    only when both exist, else `NewSandbox` (restore, cold start, or a
+//!    clone that must build its sandbox first). Starts share the host's
 //!    cores: with `n` starts in progress each takes `c x max(1, n / cores)`
 //!    (`c`: its measured mean), so a start also delays the others.
 //! 6. It **starts** when nothing was measured yet (no invocation duration):
@@ -49,6 +50,14 @@
 //!    longest invocation still running: a function that became slower is
 //!    not waited for on a stale mean (Knative's panic mode in spirit: what
 //!    happens now beats the stable average).
+//!
+//! The measurements (`pool.rs` feeds them): start costs by kind; the
+//! duration of *warm* invocations only (a new instance's first one pays its
+//! page faults, and in a burst shares the cores with the other starts, which
+//! made every later decision start yet another instance), seeded by the
+//! snapshot's test invocation until one is measured; all carried over to
+//! the function's next revision and across retirement, so the first burst
+//! after a deploy or a quiet spell is decided on data.
 //!
 //! Each waiting request is decided again when its expected wait has passed
 //! ([`recheck_after`]) unless a released instance was handed to it first;
@@ -415,12 +424,44 @@ pub struct FunctionLoad {
     queued: usize,
     starting: usize,
     busy: usize,
+    measured: Measurements,
+}
+
+/// The moving averages a [`FunctionLoad`] keeps: start costs and
+/// invocation duration. They outlive the load they were measured in (the
+/// next revision of the function starts from them, and so does the first
+/// burst after its instances were retired) so that a burst is never
+/// decided on no data when the function ran before.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Measurements {
     new_worker: Ewma,
     new_sandbox: Ewma,
     duration: Ewma,
 }
 
+impl Measurements {
+    /// Takes `d` as the invocation duration while none was measured.
+    pub fn seed_duration(&mut self, d: Duration) {
+        if self.duration.get().is_none() {
+            self.duration.record(d);
+        }
+    }
+}
+
 impl FunctionLoad {
+    /// A load with no request and `measured` as its averages.
+    pub fn with_measurements(measured: Measurements) -> Self {
+        FunctionLoad {
+            measured,
+            ..Default::default()
+        }
+    }
+
+    /// Its averages, to carry to the function's next load.
+    pub fn measurements(&self) -> Measurements {
+        self.measured
+    }
+
     /// A new id for a request to report its states under.
     pub fn register(&mut self) -> u64 {
         self.next_id += 1;
@@ -460,19 +501,25 @@ impl FunctionLoad {
     /// (see [`uncontended`]: the policy adds the sharing of cores itself).
     pub fn record_start(&mut self, kind: StartChoice, took: Duration) {
         match kind {
-            StartChoice::NewWorker => self.new_worker.record(took),
-            StartChoice::NewSandbox => self.new_sandbox.record(took),
+            StartChoice::NewWorker => self.measured.new_worker.record(took),
+            StartChoice::NewSandbox => self.measured.new_sandbox.record(took),
         }
     }
 
     /// Records how long an invocation took.
     pub fn record_invocation(&mut self, took: Duration) {
-        self.duration.record(took);
+        self.measured.duration.record(took);
+    }
+
+    /// Takes `d` as the invocation duration while none was measured (a
+    /// snapshot's test invocation, before any warm one).
+    pub fn seed_duration(&mut self, d: Duration) {
+        self.measured.seed_duration(d);
     }
 
     /// The mean invocation duration, if one was measured.
     pub fn mean_duration(&self) -> Option<Duration> {
-        self.duration.get()
+        self.measured.duration.get()
     }
 
     /// The input of a decision at `now` for a request with `ahead` requests
@@ -501,9 +548,13 @@ impl FunctionLoad {
             starting: self.starting,
             queued: ahead,
             limits,
-            new_worker_cost: self.new_worker.get().unwrap_or(DEFAULT_NEW_WORKER),
-            new_sandbox_cost: self.new_sandbox.get().unwrap_or(DEFAULT_NEW_SANDBOX),
-            mean_duration: self.duration.get(),
+            new_worker_cost: self.measured.new_worker.get().unwrap_or(DEFAULT_NEW_WORKER),
+            new_sandbox_cost: self
+                .measured
+                .new_sandbox
+                .get()
+                .unwrap_or(DEFAULT_NEW_SANDBOX),
+            mean_duration: self.measured.duration.get(),
             longest_running,
             template_available,
             host,
