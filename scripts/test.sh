@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The real AWS SDK for Python, used by the Lambda API compatibility test.
-if ! python3 -c 'import boto3' 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check 'boto3>=1.34'
+# The real AWS SDK for Python and the AWS CLI, used by the Lambda API
+# compatibility and authentication tests (installed together, so that pip
+# picks a botocore both accept).
+if ! python3 -c 'import boto3, awscli' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check 'boto3>=1.34' awscli
 fi
 
 # Garage, for the snapshot store's S3 tier.

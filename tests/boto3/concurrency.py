@@ -26,8 +26,8 @@ def make_client(validate=True):
         "lambda",
         endpoint_url=ENDPOINT,
         region_name="us-east-1",
-        aws_access_key_id="AKIDTHAWTEST",
-        aws_secret_access_key="not-a-real-secret",
+        aws_access_key_id="AKIDTHAWTEST00000001",
+        aws_secret_access_key="not-a-real-secret-for-thaw-tests-0000000",
         config=botocore.config.Config(
             retries={"max_attempts": 0},
             read_timeout=60,
@@ -157,7 +157,22 @@ for t in threads:
 check(sorted(results) == sorted([("ok", 200),
                                  ("TooManyRequestsException", "ReservedFunctionConcurrentInvocationLimitExceeded")]),
       f"one of two concurrent calls throttled: {results}")
-metrics = __import__("urllib.request").request.urlopen(ENDPOINT + "/metrics", timeout=10).read().decode()
+# thaw's own endpoints are signed like the Lambda API (botocore's signer).
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+import urllib.request
+
+_req = AWSRequest(method="GET", url=ENDPOINT + "/metrics")
+from botocore.credentials import Credentials
+
+SigV4Auth(
+    Credentials("AKIDTHAWTEST00000001", "not-a-real-secret-for-thaw-tests-0000000"),
+    "lambda",
+    "us-east-1",
+).add_auth(_req)
+metrics = urllib.request.urlopen(
+    urllib.request.Request(ENDPOINT + "/metrics", headers=dict(_req.headers.items())), timeout=10
+).read().decode()
 check('thaw_throttles_total{function="conc",reason="ReservedFunctionConcurrentInvocationLimitExceeded"} 2' in metrics,
       "throttles are counted by reason")
 

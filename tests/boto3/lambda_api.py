@@ -21,8 +21,8 @@ client = boto3.client(
     "lambda",
     endpoint_url=ENDPOINT,
     region_name="us-east-1",
-    aws_access_key_id="AKIDTHAWTEST",
-    aws_secret_access_key="not-a-real-secret",
+    aws_access_key_id="AKIDTHAWTEST00000001",
+    aws_secret_access_key="not-a-real-secret-for-thaw-tests-0000000",
     config=botocore.config.Config(retries={"max_attempts": 0}, read_timeout=120),
 )
 checks = 0

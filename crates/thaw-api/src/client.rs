@@ -11,6 +11,8 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use reqwest::blocking::{RequestBuilder, Response};
+
+use crate::auth::{sign_request, Credentials, SignError};
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 
@@ -127,6 +129,7 @@ pub struct InvokeResult {
 pub struct Client {
     http: reqwest::blocking::Client,
     endpoint: Url,
+    credentials: Option<Credentials>,
 }
 
 impl Client {
@@ -147,7 +150,30 @@ impl Client {
             .map_err(|e| invalid(Box::new(e)))?;
         Ok(Client {
             http,
+            credentials: Credentials::discover(url.as_str()),
             endpoint: url,
+        })
+    }
+
+    /// This client, signing its requests with `credentials` (instead of
+    /// those [`Credentials::discover`] found).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Client {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// The credentials requests are signed with, if any.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
+    /// The daemon's metrics, in Prometheus' text format.
+    pub fn metrics_text(&self) -> Result<String, ClientError> {
+        let url = self.url(&["metrics"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        resp.text().map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
         })
     }
 
@@ -495,10 +521,18 @@ impl Client {
 
     /// Send a request; a non-2xx answer becomes [`ClientError::Api`].
     fn send(&self, req: RequestBuilder, url: &Url) -> Result<Response, ClientError> {
-        let resp = req.send().map_err(|source| ClientError::Transport {
+        let transport = |source| ClientError::Transport {
             url: url.to_string(),
             source,
-        })?;
+        };
+        let mut req = req.build().map_err(transport)?;
+        if let Some(creds) = &self.credentials {
+            sign(&mut req, creds).map_err(|e| ClientError::Endpoint {
+                endpoint: url.to_string(),
+                source: Box::new(e),
+            })?;
+        }
+        let resp = self.http.execute(req).map_err(transport)?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -520,6 +554,33 @@ impl Client {
             message,
         })
     }
+}
+
+/// Signs a built request in place (see [`crate::auth::sign_request`]).
+fn sign(req: &mut reqwest::blocking::Request, creds: &Credentials) -> Result<(), SignError> {
+    let body = req
+        .body()
+        .map(|b| b.as_bytes().map(<[u8]>::to_vec))
+        .unwrap_or(Some(Vec::new()))
+        .ok_or_else(SignError::streaming)?;
+    let mut signed = http::Request::builder()
+        .method(req.method().clone())
+        .uri(req.url().as_str())
+        .body(body)
+        .map_err(|e| SignError::other(e.to_string()))?;
+    *signed.headers_mut() = req.headers().clone();
+    if let Some(host) = req.url().host_str() {
+        let host = match req.url().port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        if let Ok(v) = http::HeaderValue::from_str(&host) {
+            signed.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    sign_request(&mut signed, creds, std::time::SystemTime::now())?;
+    *req.headers_mut() = signed.headers().clone();
+    Ok(())
 }
 
 /// Append the parameters that are set; leave the URL without `?` if none is.

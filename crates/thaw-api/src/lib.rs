@@ -19,6 +19,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod client;
 pub mod concurrency;
 pub mod error;

@@ -254,7 +254,7 @@ pub fn cold(opts: ColdOptions) -> anyhow::Result<()> {
 
     let tmp = tempfile::Builder::new().prefix("thaw-bench-").tempdir()?;
     let daemon = LocalDaemon::start(tmp.path().to_path_buf(), |_| {})?;
-    let client = Client::new(&daemon.endpoint)?;
+    let client = daemon.client()?;
     println!(
         "cold-start baseline: {} cold runs and {} warm runs per function, 512 MB, one run on this machine\n",
         opts.runs, opts.warm_runs

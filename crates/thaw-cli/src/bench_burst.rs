@@ -22,7 +22,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use thaw_api::{Client, InvokeOptions, StartKind};
+use thaw_api::{InvokeOptions, StartKind};
 
 use crate::bench::{bench_functions, deploy};
 use crate::local::LocalDaemon;
@@ -93,11 +93,11 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 }
 
 /// `requests` invocations at once (released together by a barrier).
-fn burst(endpoint: &str, name: &str, requests: usize) -> anyhow::Result<Burst> {
+fn burst(daemon: &LocalDaemon, name: &str, requests: usize) -> anyhow::Result<Burst> {
     let barrier = Arc::new(Barrier::new(requests + 1));
     let handles: Vec<_> = (0..requests)
         .map(|_| {
-            let client = Client::new(endpoint)?;
+            let client = daemon.client()?;
             let barrier = barrier.clone();
             let name = name.to_string();
             Ok(std::thread::spawn(move || {
@@ -204,7 +204,7 @@ pub fn run(opts: BurstOptions) -> anyhow::Result<()> {
                 c.scaling = config.scaling;
                 c.max_instances_per_function = config.max_instances.unwrap_or(n);
             })?;
-            let client = Client::new(&daemon.endpoint)?;
+            let client = daemon.client()?;
             deploy(&client, f)?;
             client
                 .create_snapshot(f.name, b"{}")
@@ -218,7 +218,7 @@ pub fn run(opts: BurstOptions) -> anyhow::Result<()> {
             let with_one = charged_bytes(tmp.path());
             client.retire_instances(f.name)?;
             std::thread::sleep(Duration::from_millis(500));
-            let b = burst(&daemon.endpoint, f.name, n)?;
+            let b = burst(&daemon, f.name, n)?;
             std::thread::sleep(Duration::from_millis(500));
             let with_all = charged_bytes(tmp.path());
             let per_instance = match (with_one, with_all) {
@@ -232,7 +232,7 @@ pub fn run(opts: BurstOptions) -> anyhow::Result<()> {
                 && config.scaling == Scaling::Eager
             {
                 // The same burst on the instances this one left warm.
-                warm = Some(burst(&daemon.endpoint, f.name, n)?);
+                warm = Some(burst(&daemon, f.name, n)?);
             }
             rows.push((config.label, b, per_instance));
             daemon.stop()?;

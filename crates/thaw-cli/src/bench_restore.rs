@@ -121,7 +121,7 @@ pub fn run(opts: RestoreOptions) -> anyhow::Result<()> {
         // Cold starts and the snapshot, on a daemon of their own.
         let tmp = tempfile::Builder::new().prefix("thaw-bench-").tempdir()?;
         let daemon = LocalDaemon::start(tmp.path().to_path_buf(), |_| {})?;
-        let client = Client::new(&daemon.endpoint)?;
+        let client = daemon.client()?;
         deploy(&client, f)?;
         let mut cold = Vec::new();
         for run in 0..opts.runs {
@@ -143,7 +143,7 @@ pub fn run(opts: RestoreOptions) -> anyhow::Result<()> {
                 c.standby_per_function = mode.standby;
                 c.instances = mode.instances;
             })?;
-            let client = Client::new(&daemon.endpoint)?;
+            let client = daemon.client()?;
             deploy(&client, f)?;
             let report = client.create_snapshot(f.name, b"{}")?;
             if mode.label == MODES[0].label {

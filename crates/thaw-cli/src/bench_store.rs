@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use thaw_api::Client;
 use thaw_store::{Chunking, Store, StoreConfig};
 use thawd::config::MemoryMode;
 
@@ -104,7 +103,7 @@ pub fn run(opts: StoreOptions) -> anyhow::Result<()> {
         // The snapshots' own files are what this benchmark cuts up.
         c.store = thawd::config::StoreSetting::Off;
     })?;
-    let client = Client::new(&daemon.endpoint)?;
+    let client = daemon.client()?;
     // (function, file, bytes)
     let mut blobs: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
     for f in &functions {

@@ -178,7 +178,7 @@ pub fn run(opts: StoreRestoreOptions) -> anyhow::Result<()> {
                 })
             };
             let daemon = start(MemoryMode::WorkingSet)?;
-            let client = Client::new(&daemon.endpoint)?;
+            let client = daemon.client()?;
             deploy(&client, f)?;
             client.create_snapshot(f.name, b"{}")?;
             daemon.stop()?;
@@ -187,7 +187,7 @@ pub fn run(opts: StoreRestoreOptions) -> anyhow::Result<()> {
                 (MemoryMode::WorkingSet, "lazy+ws"),
             ] {
                 let daemon = start(mode)?;
-                let client = Client::new(&daemon.endpoint)?;
+                let client = daemon.client()?;
                 // Once untimed (the daemon verifies the snapshot first).
                 cold_restore(&client, &daemon.endpoint, f.name, &data, tier)?;
                 let mut ms = Vec::new();

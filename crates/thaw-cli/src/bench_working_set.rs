@@ -198,7 +198,7 @@ pub fn run(opts: WorkingSetOptions) -> anyhow::Result<()> {
             // The engine's own files (bench store-restore compares the store).
             c.store = thawd::config::StoreSetting::Off;
         })?;
-        let client = Client::new(&daemon.endpoint)?;
+        let client = daemon.client()?;
         deploy(&client, f)?;
         client.create_snapshot(f.name, b"{}")?;
         daemon.stop()?;
@@ -256,7 +256,7 @@ pub fn run(opts: WorkingSetOptions) -> anyhow::Result<()> {
                     cfg.fault_around = opts.fault_around;
                     cfg.store = thawd::config::StoreSetting::Off;
                 })?;
-                let client = Client::new(&daemon.endpoint)?;
+                let client = daemon.client()?;
                 // Once untimed: the daemon's first lazy restore verifies
                 // the whole snapshot.
                 restore_once(&client, f.name, &dir, c.cold_cache)?;

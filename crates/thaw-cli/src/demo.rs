@@ -33,7 +33,7 @@ pub fn run(data_dir: Option<PathBuf>, warm_runs: usize) -> anyhow::Result<()> {
         dir.display()
     );
     let daemon = LocalDaemon::start(dir.clone(), |_| {})?;
-    let client = Client::new(&daemon.endpoint)?;
+    let client = daemon.client()?;
     let functions = [
         (
             "hello-python",

@@ -19,6 +19,8 @@ pub fn init_binary() -> anyhow::Result<PathBuf> {
 /// A daemon serving on a loopback port until [`LocalDaemon::stop`].
 pub struct LocalDaemon {
     pub endpoint: String,
+    /// The root key it was started with (random, for this daemon only).
+    pub credentials: thaw_api::auth::Credentials,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
@@ -33,6 +35,8 @@ impl LocalDaemon {
         let mut config = DaemonConfig::new(addr, data_dir, init_binary()?);
         // The demo and the benchmarks decide when snapshots are taken.
         config.auto_snapshot = false;
+        let credentials = thaw_auth::generate()?;
+        config.root_credentials = Some(credentials.clone());
         tune(&mut config);
         let (tx, rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("thawd".into()).spawn(
@@ -76,9 +80,15 @@ impl LocalDaemon {
         }
         Ok(LocalDaemon {
             endpoint,
+            credentials,
             shutdown: Some(tx),
             thread: Some(thread),
         })
+    }
+
+    /// A client of this daemon, signing with its root key.
+    pub fn client(&self) -> anyhow::Result<thaw_api::Client> {
+        Ok(thaw_api::Client::new(&self.endpoint)?.with_credentials(self.credentials.clone()))
     }
 
     /// Shut the daemon down (every instance is destroyed) and wait for it.

@@ -195,6 +195,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.max_instances_per_function = n.max(1);
     }
     config.account_concurrency = args.account_concurrency;
+    config.root_credentials = root_credentials_from_env()?;
     config.http = thawd::config::HttpLimits {
         header_timeout: Duration::from_secs(args.http_header_timeout_secs),
         body_timeout: Duration::from_secs(args.http_body_timeout_secs),
@@ -209,4 +210,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(thawd::serve(config))
+}
+
+/// `THAW_ROOT_ACCESS_KEY_ID` and `THAW_ROOT_SECRET_ACCESS_KEY`: both or
+/// neither (then the data directory's root key, generated on first start).
+fn root_credentials_from_env() -> anyhow::Result<Option<thaw_api::auth::Credentials>> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        get("THAW_ROOT_ACCESS_KEY_ID"),
+        get("THAW_ROOT_SECRET_ACCESS_KEY"),
+    ) {
+        (Some(id), Some(secret)) => {
+            let creds = thaw_api::auth::Credentials::new(id, secret);
+            thaw_auth::check_credentials(&creds).map_err(|e| {
+                anyhow::anyhow!("THAW_ROOT_ACCESS_KEY_ID / THAW_ROOT_SECRET_ACCESS_KEY: {e}")
+            })?;
+            Ok(Some(creds))
+        }
+        (None, None) => Ok(None),
+        _ => anyhow::bail!(
+            "set both THAW_ROOT_ACCESS_KEY_ID and THAW_ROOT_SECRET_ACCESS_KEY, or neither"
+        ),
+    }
 }

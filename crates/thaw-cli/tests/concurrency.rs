@@ -60,7 +60,7 @@ fn boto3_concurrency_controls() {
         "{e}"
     );
     let thaw = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        let out = signed_cli(&mut std::process::Command::new(env!("CARGO_BIN_EXE_thaw")))
             .args(["--endpoint", &d2.endpoint])
             .args(args)
             .output()

@@ -143,10 +143,7 @@ fn python_lifecycle_warm_reuse_timeout_crash_and_oom() {
     );
 
     // Metrics carry the phases.
-    let metrics = reqwest::blocking::get(format!("{}/metrics", d.endpoint))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&d);
     assert!(
         metrics.contains("thaw_start_phase_seconds_bucket"),
         "{metrics}"
@@ -540,7 +537,7 @@ fn cli_deploy_invoke_list_logs_delete() {
     }
     let d = Daemon::start(&[]);
     let thaw = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        let out = signed_cli(&mut std::process::Command::new(env!("CARGO_BIN_EXE_thaw")))
             .arg("--endpoint")
             .arg(&d.endpoint)
             .args(args)
@@ -650,20 +647,17 @@ fn a_client_that_hangs_up_does_not_leak_the_instance() {
         .timeout(Duration::from_millis(800))
         .build()
         .unwrap();
+    let url = format!("{}/2015-03-31/functions/slow/invocations", d.endpoint);
+    let body = r#"{"action":"sleep","seconds":2}"#;
     let r = impatient
-        .post(format!(
-            "{}/2015-03-31/functions/slow/invocations",
-            d.endpoint
-        ))
-        .body(r#"{"action":"sleep","seconds":2}"#)
+        .post(&url)
+        .headers(signed_headers("POST", &url, body.as_bytes()))
+        .body(body)
         .send();
     assert!(r.is_err(), "the client should have timed out");
     // The invocation finishes on its own; the instance goes back to the pool.
     std::thread::sleep(Duration::from_millis(2500));
-    let metrics = reqwest::blocking::get(format!("{}/metrics", d.endpoint))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&d);
     assert!(
         metrics.contains(r#"thaw_instances{function="slow",state="busy"} 0"#),
         "{metrics}"

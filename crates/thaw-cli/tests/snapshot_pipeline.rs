@@ -144,10 +144,7 @@ fn failed_build_is_reported_and_instances_start_cold() {
     let (r, v) = invoke(&c, "bad", json!({"k": 1}));
     assert_eq!(r.start, Some(StartKind::Cold), "{v}");
     assert!(r.function_error.is_none(), "{v}");
-    let metrics = reqwest::blocking::get(format!("{}/metrics", d.endpoint))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = common::metrics_text(&d);
     assert!(
         metrics.contains(r#"thaw_snapshot_builds_total{function="bad",outcome="failed"} 1"#),
         "{metrics}"

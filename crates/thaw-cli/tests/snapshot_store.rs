@@ -41,8 +41,10 @@ fn chunks(d: &Daemon) -> Vec<PathBuf> {
 }
 
 fn drop_caches(d: &Daemon) {
+    let url = format!("{}/thaw/v1/store/drop-caches", d.endpoint);
     let r = reqwest::blocking::Client::new()
-        .post(format!("{}/thaw/v1/store/drop-caches", d.endpoint))
+        .post(&url)
+        .headers(common::signed_headers("POST", &url, b""))
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{r:?}");

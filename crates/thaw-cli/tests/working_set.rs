@@ -305,9 +305,9 @@ fn a_sandbox_killed_mid_fault_fails_the_invocation_cleanly() {
     deploy_env(&c, "slow", "py-pages", "python3.11", "app.handler", &[]);
     snapshot_pages(&c, "slow", 0, 16);
     c.retire_instances("slow").unwrap();
-    let endpoint = d.endpoint.clone();
+    let caller = d.client();
     let call = std::thread::spawn(move || {
-        let c = Client::new(&endpoint).unwrap();
+        let c = caller;
         let t0 = Instant::now();
         let r = c.invoke(
             "slow",

@@ -654,6 +654,53 @@ pub async fn body_deadline(limit: std::time::Duration, req: Request, next: Next)
     next.run(Request::from_parts(parts, body)).await
 }
 
+/// Only requests signed by an account's key get past this (AWS Signature
+/// Version 4, [`thaw_auth::Accounts::verify`]); `/healthz` is open. The
+/// signature is looked at before the body is read, so an unsigned or
+/// unknown-key request is refused without reading its body; a signed one is
+/// read whole (up to the largest route's limit, within the body deadline),
+/// verified, and handed on with its [`thaw_auth::Caller`] in the request's
+/// extensions. Refusals are Lambda's: 403 `MissingAuthenticationToken`,
+/// `UnrecognizedClient`, `InvalidSignature`; 400 `IncompleteSignature`.
+pub async fn authenticate(
+    accounts: Arc<thaw_auth::Accounts>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let refuse = |d: thaw_auth::Denied, parts: &axum::http::request::Parts| {
+        tracing::info!(method = %parts.method, path = %parts.uri.path(), code = d.code, "request refused: {}", d.message);
+        let mut e = LambdaError::new(ErrorCode::parse(d.code), d.message);
+        e.status = d.status;
+        ApiError(e).into_response()
+    };
+    if let Err(d) = accounts.precheck(&parts) {
+        return refuse(d, &parts);
+    }
+    let bytes = match read_body(&parts.headers, body, MAX_MANAGEMENT_BODY_BYTES, || {
+        LambdaError::new(
+            ErrorCode::RequestTooLarge,
+            format!("Request must be smaller than {MAX_MANAGEMENT_BODY_BYTES} bytes"),
+        )
+    })
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match accounts.verify(&parts, &bytes, chrono::Utc::now()) {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(d) => refuse(d, &parts),
+    }
+}
+
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError(LambdaError::unparsable_body(e)))
 }

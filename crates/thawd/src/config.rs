@@ -11,6 +11,10 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// Path of the `thaw-init` supervisor binary.
     pub init_binary: PathBuf,
+    /// The root account's access key when the operator gives one
+    /// (`THAW_ROOT_ACCESS_KEY_ID` / `THAW_ROOT_SECRET_ACCESS_KEY`); `None`:
+    /// the one stored in the data directory, generated on first start.
+    pub root_credentials: Option<thaw_api::auth::Credentials>,
     /// How long an idle warm instance is kept before it is reaped.
     pub keep_alive: Duration,
     /// Upper bound of concurrently running instances per function (100:
@@ -110,6 +114,7 @@ impl DaemonConfig {
             listen,
             data_dir,
             init_binary,
+            root_credentials: None,
             keep_alive: Duration::from_secs(300),
             max_instances_per_function: 100,
             account_concurrency: thaw_api::concurrency::DEFAULT_ACCOUNT_CONCURRENCY,

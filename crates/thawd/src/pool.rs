@@ -1009,8 +1009,10 @@ impl Pools {
         let (result, out_lines, invoke_ms) = inst.run(inv, &input.payload, timeout, f).await;
         timings.invoke_ms = invoke_ms;
         {
+            // The request stays counted as busy until its instance is
+            // parked (the ticket's drop): an instance that is neither busy
+            // nor idle would leave room for one more start than the limit.
             let mut q = lock(&pool.queue);
-            q.forget(ticket.id);
             // How long an instance stays busy, from warm instances only: a
             // new instance's first invocation also pays its page faults,
             // and in a burst it shares the cores with the other starts.
@@ -1130,6 +1132,7 @@ impl Pools {
         if let Some(mut inst) = leftover {
             tokio::spawn(async move { inst.destroy().await });
         }
+        drop(ticket);
         Ok(InvokeOutcome {
             request_id,
             payload,

@@ -29,6 +29,8 @@ pub struct Platform {
     pub logs: Arc<LogStore>,
     /// Keepers of provisioned concurrency ([`crate::provisioned`]).
     pub provisioner: crate::provisioned::Provisioner,
+    /// The accounts and their keys: every request is signed by one.
+    pub accounts: Arc<thaw_auth::Accounts>,
 }
 
 impl Platform {
@@ -72,6 +74,12 @@ impl Platform {
                 count = stale,
                 "removed instances left behind by a previous daemon"
             );
+        }
+        let (accounts, root_key) =
+            thaw_auth::Accounts::open(&data_dir, config.root_credentials.clone())
+                .context("cannot open the accounts")?;
+        if let thaw_auth::RootKey::Generated(creds) = &root_key {
+            announce_root_key(&config, creds);
         }
         let logs = Arc::new(LogStore::open(data_dir.join("logs"))?);
         let metrics = Arc::new(Metrics::new()?);
@@ -124,8 +132,39 @@ impl Platform {
             metrics,
             logs,
             provisioner: crate::provisioned::Provisioner::default(),
+            accounts: Arc::new(accounts),
         })
     }
+}
+
+/// Tells the operator about a root key generated on this start, and leaves
+/// it in `~/.config/thaw/credentials.json` (mode 0600) under this daemon's
+/// endpoint, where the thaw CLI of the same user finds it.
+fn announce_root_key(config: &DaemonConfig, creds: &thaw_api::auth::Credentials) {
+    let endpoint = format!("http://{}", config.listen);
+    let saved = thaw_api::auth::local_credentials_file().and_then(|path| {
+        let mut file = thaw_api::auth::LocalCredentials::load(&path).unwrap_or_default();
+        file.format_version = thaw_api::auth::LocalCredentials::FORMAT_VERSION;
+        file.endpoints.insert(endpoint.clone(), creds.clone());
+        let bytes = serde_json::to_vec_pretty(&file).ok()?;
+        let dir = path.parent()?;
+        std::fs::create_dir_all(dir).ok()?;
+        thaw_persist::write(&path, &bytes, 0o600).ok()?;
+        Some(path)
+    });
+    let saved = saved.map_or(String::new(), |p| {
+        format!(
+            "\n  The thaw CLI of this user finds it in {} (for {endpoint}).",
+            p.display()
+        )
+    });
+    eprintln!(
+        "thaw: generated the root account's access key (kept in the data directory, mode 0600):\n  \
+         access key id:     {}\n  secret access key: {}{saved}\n  \
+         For boto3 / the AWS CLI: export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=<the secret>; \
+         for the thaw CLI elsewhere: THAW_ACCESS_KEY_ID / THAW_SECRET_ACCESS_KEY.",
+        creds.access_key_id, creds.secret_access_key, creds.access_key_id
+    );
 }
 
 /// The snapshot store `config` asks for (none when it is off).
@@ -380,8 +419,14 @@ pub async fn serve_with(
         })
     });
     let limits = platform.config.http;
-    let app =
-        crate::api::router(platform.clone()).layer(axum::middleware::from_fn(move |req, next| {
+    let accounts = platform.accounts.clone();
+    // Outermost first: the body deadline bounds every read of the body,
+    // the signature check's included; only signed requests reach a route.
+    let app = crate::api::router(platform.clone())
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::api::authenticate(accounts.clone(), req, next)
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
             crate::api::body_deadline(limits.body_timeout, req, next)
         }));
     // Kill instances as soon as shutdown starts: graceful shutdown waits for

@@ -105,6 +105,16 @@ impl Daemon {
     }
 
     fn spawn(data_dir: &Path, extra: &[&str], leak_fds: bool) -> Daemon {
+        Daemon::spawn_as(data_dir, extra, leak_fds, None)
+    }
+
+    /// Start a daemon given no root key (it generates one and leaves it for
+    /// the CLI under `home`, its `HOME`).
+    pub fn start_generating_key(data_dir: &Path, home: &Path) -> Daemon {
+        Daemon::spawn_as(data_dir, &[], false, Some(home))
+    }
+
+    fn spawn_as(data_dir: &Path, extra: &[&str], leak_fds: bool, home: Option<&Path>) -> Daemon {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -127,6 +137,15 @@ impl Daemon {
             &[]
         } else {
             &["--auto-snapshot", "false"]
+        };
+        match home {
+            None => cmd
+                .env("THAW_ROOT_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+                .env("THAW_ROOT_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY),
+            Some(home) => cmd
+                .env_remove("THAW_ROOT_ACCESS_KEY_ID")
+                .env_remove("THAW_ROOT_SECRET_ACCESS_KEY")
+                .env("HOME", home),
         };
         let child = cmd
             .args(["serve", "--listen", &listen, "--data-dir"])
@@ -171,8 +190,11 @@ impl Daemon {
         }
     }
 
+    /// A client signing with the test root key.
     pub fn client(&self) -> Client {
-        Client::new(&self.endpoint).unwrap()
+        Client::new(&self.endpoint)
+            .unwrap()
+            .with_credentials(test_credentials())
     }
 
     pub fn pid(&self) -> u32 {
@@ -363,10 +385,44 @@ pub fn metric(d: &Daemon, line_start: &str) -> f64 {
 
 /// The daemon's `/metrics` text.
 pub fn metrics_text(d: &Daemon) -> String {
-    reqwest::blocking::get(format!("{}/metrics", d.endpoint))
-        .unwrap()
-        .text()
-        .unwrap()
+    d.client().metrics_text().unwrap()
+}
+
+/// The root key every test daemon is started with (the boto3 scripts in
+/// tests/boto3 sign with it too).
+pub const TEST_ACCESS_KEY_ID: &str = "AKIDTHAWTEST00000001";
+/// See [`TEST_ACCESS_KEY_ID`].
+pub const TEST_SECRET_ACCESS_KEY: &str = "not-a-real-secret-for-thaw-tests-0000000";
+
+/// [`TEST_ACCESS_KEY_ID`] and its secret.
+pub fn test_credentials() -> thaw_api::auth::Credentials {
+    thaw_api::auth::Credentials::new(TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY)
+}
+
+/// The headers that sign a request of `method` to `url` with `body` by the
+/// test key (for requests made without [`thaw_api::Client`]).
+pub fn signed_headers(method: &str, url: &str, body: &[u8]) -> reqwest::header::HeaderMap {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body.to_vec())
+        .unwrap();
+    let host = req.uri().authority().unwrap().to_string();
+    req.headers_mut()
+        .insert(http::header::HOST, host.parse().unwrap());
+    thaw_api::auth::sign_request(&mut req, &test_credentials(), std::time::SystemTime::now())
+        .unwrap();
+    let mut out = reqwest::header::HeaderMap::new();
+    for (k, v) in req.headers() {
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}
+
+/// Sets the test key in the environment of a `thaw` CLI command.
+pub fn signed_cli(cmd: &mut Command) -> &mut Command {
+    cmd.env("THAW_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("THAW_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
 }
 
 /// The value of the first line of `text` that starts with `line_start`.
