@@ -29,10 +29,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::registry::FunctionRecord;
 use crate::snapshots::SnapshotMeta;
 
-/// Environment variable naming a function's tenant (its snapshots' chunks
-/// dedupe with the tenant's other functions and never with another
-/// tenant's). Unset: `default`.
-pub const TENANT_VARIABLE: &str = "THAW_TENANT";
+/// The store tenant (deduplication and encryption domain) of the root
+/// account's functions: the tenant's name from before accounts, so stores
+/// written then stay readable. A function cannot choose its tenant (its
+/// environment once could, with `THAW_TENANT`, and so join another's).
+pub const ROOT_TENANT: &str = "default";
 
 /// The blobs of a stored snapshot, recorded in its `thaw-snapshot.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,12 +71,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `f`'s tenant.
+/// `f`'s tenant: its account's. Every function belongs to the root account
+/// today; nothing the function sets (its environment included) changes it.
 pub fn tenant_of(f: &FunctionRecord) -> String {
-    f.environment
-        .get(TENANT_VARIABLE)
-        .cloned()
-        .unwrap_or_else(|| "default".into())
+    let _ = f;
+    ROOT_TENANT.to_string()
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -438,5 +438,35 @@ impl PageSource for StorePages {
 
     fn size(&self) -> std::io::Result<u64> {
         Ok(self.manifest.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_cannot_choose_its_tenant() {
+        let mut f = FunctionRecord {
+            name: "f".into(),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            memory_mb: 128,
+            timeout_s: 3,
+            environment: Default::default(),
+            description: String::new(),
+            role: String::new(),
+            code_sha256: String::new(),
+            code_size: 0,
+            code_dir: std::path::PathBuf::from("/nonexistent"),
+            last_modified: String::new(),
+            revision_id: "r".into(),
+            uid: 0,
+            concurrency: Default::default(),
+        };
+        assert_eq!(tenant_of(&f), ROOT_TENANT);
+        f.environment
+            .insert("THAW_TENANT".into(), "someone-else".into());
+        assert_eq!(tenant_of(&f), ROOT_TENANT);
     }
 }
