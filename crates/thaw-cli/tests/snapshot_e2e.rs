@@ -223,7 +223,9 @@ fn twenty_concurrent_lazy_restores_are_independent() {
 }
 
 fn twenty_concurrent(mode: &[&str]) {
-    let mut args = vec!["--max-instances", "24"];
+    // Twenty instances at once, whatever the scheduler would prefer (the
+    // adaptive one may queue a request for a busy instance).
+    let mut args = vec!["--max-instances", "24", "--scaling", "eager"];
     args.extend_from_slice(mode);
     let mut d = Daemon::start(&args);
     let c = d.client();

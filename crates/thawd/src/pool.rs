@@ -1371,6 +1371,10 @@ impl Pools {
         } else {
             StartChoice::NewSandbox
         };
+        // The starts it shared the cores with: those running when it began
+        // or when it ended, whichever were more (the first of a burst
+        // begins alone but runs beside all the others).
+        let sharing = sharing.max(self.starting.load(Ordering::SeqCst));
         lock(&pool.queue).record_start(kind, began.elapsed(), sharing, self.parallelism);
         Ok(Placed::Ready(inst, start, timings))
     }
