@@ -313,7 +313,12 @@ impl Snapshot {
                 ),
             });
         }
-        let expected = (pages + 1) * PAGE_SIZE;
+        // A page count no file can hold (the state is checksummed, not
+        // authenticated) must not wrap around to a plausible size.
+        let expected = pages
+            .checked_add(1)
+            .and_then(|p| p.checked_mul(PAGE_SIZE))
+            .unwrap_or(u64::MAX);
         if len != expected {
             return Err(ImageError::Truncated {
                 path: mem_path,
@@ -547,7 +552,16 @@ fn check_index(idx: &MemoryIndex, path: &Path) -> Result<(), ImageError> {
         if r.pages == 0 || r.addr < last_end || r.addr % PAGE_SIZE != 0 {
             return Err(bad(format!("page run at {:#x} is out of order", r.addr)));
         }
-        last_end = r.addr + r.pages * PAGE_SIZE;
+        last_end = r
+            .pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|bytes| r.addr.checked_add(bytes))
+            .ok_or_else(|| {
+                bad(format!(
+                    "page run at {:#x} ends past the address space",
+                    r.addr
+                ))
+            })?;
     }
     let mut by_image: Vec<(u64, u64)> = idx.runs.iter().map(|r| (r.image_page, r.pages)).collect();
     by_image.sort_unstable();
@@ -558,7 +572,9 @@ fn check_index(idx: &MemoryIndex, path: &Path) -> Result<(), ImageError> {
                 "image pages {next_page}..{first} are not indexed, or indexed twice"
             )));
         }
-        next_page += pages;
+        next_page = next_page
+            .checked_add(pages)
+            .ok_or_else(|| bad("page runs hold more than 2^64 pages".into()))?;
     }
     if next_page != idx.data_pages {
         return Err(bad(format!(
