@@ -680,10 +680,11 @@ pub async fn authenticate(
     if let Err(d) = accounts.precheck(&parts) {
         return refuse(d, &parts);
     }
-    let bytes = match read_body(&parts.headers, body, MAX_MANAGEMENT_BODY_BYTES, || {
+    let limit = signed_body_limit(&parts.method, parts.uri.path());
+    let bytes = match read_body(&parts.headers, body, limit, || {
         LambdaError::new(
             ErrorCode::RequestTooLarge,
-            format!("Request must be smaller than {MAX_MANAGEMENT_BODY_BYTES} bytes"),
+            format!("Request must be smaller than {limit} bytes"),
         )
     })
     .await
@@ -698,6 +699,23 @@ pub async fn authenticate(
                 .await
         }
         Err(d) => refuse(d, &parts),
+    }
+}
+
+/// The most of a signed request's body [`authenticate`] reads to verify it:
+/// the code-carrying operations' limit for `CreateFunction` and
+/// `UpdateFunctionCode`, else the largest limit of any other route (an
+/// invocation's or a snapshot's event), so that a signed request is never
+/// buffered far beyond what its route accepts (the route then applies its
+/// own, possibly smaller, limit).
+fn signed_body_limit(method: &Method, path: &str) -> usize {
+    let functions = "/2015-03-31/functions";
+    let code = (method == Method::POST && path.trim_end_matches('/') == functions)
+        || (method == Method::PUT && path.starts_with(functions) && path.ends_with("/code"));
+    if code {
+        MAX_MANAGEMENT_BODY_BYTES
+    } else {
+        MAX_SNAPSHOT_EVENT_BYTES.max(thaw_api::invoke::MAX_SYNC_PAYLOAD_BYTES)
     }
 }
 
@@ -1658,6 +1676,30 @@ async fn request_log(req: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn signed_bodies_are_read_up_to_their_routes_limit() {
+        let f = "/2015-03-31/functions";
+        assert_eq!(
+            signed_body_limit(&Method::POST, f),
+            MAX_MANAGEMENT_BODY_BYTES
+        );
+        assert_eq!(
+            signed_body_limit(&Method::PUT, &format!("{f}/x/code")),
+            MAX_MANAGEMENT_BODY_BYTES
+        );
+        let event = thaw_api::invoke::MAX_SYNC_PAYLOAD_BYTES;
+        assert_eq!(
+            signed_body_limit(&Method::POST, &format!("{f}/x/invocations")),
+            event
+        );
+        assert_eq!(
+            signed_body_limit(&Method::PUT, &format!("{f}/x/configuration")),
+            event
+        );
+        assert_eq!(signed_body_limit(&Method::GET, "/metrics"), event);
+        assert!(event < MAX_MANAGEMENT_BODY_BYTES);
+    }
+
     use super::*;
 
     #[test]
