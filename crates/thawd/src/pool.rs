@@ -1371,10 +1371,11 @@ impl Pools {
         } else {
             StartChoice::NewSandbox
         };
-        // The starts it shared the cores with: those running when it began
-        // or when it ended, whichever were more (the first of a burst
-        // begins alone but runs beside all the others).
-        let sharing = sharing.max(self.starting.load(Ordering::SeqCst));
+        // Normalised by the starts running when it began. (Counting those
+        // running when it ended as well, which the first start of a burst
+        // ran beside, made the costs look lower and the autoscaler start
+        // 12-15 instances instead of 2-10 for 100 short requests, with a
+        // worse p99: docs/benchmarks.md, burst.)
         lock(&pool.queue).record_start(kind, began.elapsed(), sharing, self.parallelism);
         Ok(Placed::Ready(inst, start, timings))
     }
