@@ -11,14 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 
-fn has_boto3() -> bool {
-    Command::new("python3")
-        .args(["-c", "import boto3"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 #[test]
 fn only_signed_requests_are_served() {
     if !can_run("only_signed_requests_are_served") {

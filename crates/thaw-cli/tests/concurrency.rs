@@ -26,12 +26,7 @@ fn boto3_concurrency_controls() {
     if !can_run("boto3_concurrency_controls") {
         return;
     }
-    let has_boto3 = std::process::Command::new("python3")
-        .args(["-c", "import boto3"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !has_boto3 {
+    if !has_boto3() {
         skip(
             "boto3_concurrency_controls",
             "boto3 is not installed (scripts/test.sh installs it)",

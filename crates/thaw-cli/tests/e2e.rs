@@ -15,12 +15,7 @@ fn boto3_drives_the_lambda_api() {
     if !can_run("boto3_drives_the_lambda_api") {
         return;
     }
-    let has_boto3 = std::process::Command::new("python3")
-        .args(["-c", "import boto3"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !has_boto3 {
+    if !has_boto3() {
         skip(
             "boto3_drives_the_lambda_api",
             "boto3 is not installed (scripts/test.sh installs it)",

@@ -315,23 +315,7 @@ mod tests {
     use super::*;
 
     fn record(name: &str, revision: &str) -> FunctionRecord {
-        FunctionRecord {
-            name: name.into(),
-            runtime: "python3.11".into(),
-            handler: "app.handler".into(),
-            memory_mb: 128,
-            timeout_s: 3,
-            environment: Default::default(),
-            description: String::new(),
-            role: String::new(),
-            code_sha256: String::new(),
-            code_size: 0,
-            code_dir: std::path::PathBuf::from("/nonexistent"),
-            last_modified: String::new(),
-            revision_id: revision.into(),
-            uid: 0,
-            concurrency: Default::default(),
-        }
+        crate::registry::test_record(name, revision)
     }
 
     fn report(f: &FunctionRecord) -> SnapshotReport {

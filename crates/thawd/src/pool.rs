@@ -1780,23 +1780,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_refill_clears_the_filling_flag() {
         let pool = Arc::new(FunctionPool {
-            record: FunctionRecord {
-                name: "f".into(),
-                runtime: "python3.11".into(),
-                handler: "app.handler".into(),
-                memory_mb: 128,
-                timeout_s: 3,
-                environment: Default::default(),
-                description: String::new(),
-                role: String::new(),
-                code_sha256: String::new(),
-                code_size: 0,
-                code_dir: PathBuf::from("/nonexistent"),
-                last_modified: String::new(),
-                revision_id: "r".into(),
-                uid: 0,
-                concurrency: Default::default(),
-            },
+            record: crate::registry::test_record("f", "r"),
             queue: Mutex::new(Queue::default()),
             idle: Mutex::new(Vec::new()),
             standby: Mutex::new(Vec::new()),

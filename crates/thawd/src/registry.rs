@@ -1164,6 +1164,28 @@ fn link_stays_inside(root: &Path, link: &Path) -> bool {
     }
 }
 
+/// A record for unit tests: `name` at `revision`, Python, 128 MB, no code.
+#[cfg(test)]
+pub(crate) fn test_record(name: &str, revision: &str) -> FunctionRecord {
+    FunctionRecord {
+        name: name.into(),
+        runtime: "python3.11".into(),
+        handler: "app.handler".into(),
+        memory_mb: 128,
+        timeout_s: 3,
+        environment: Default::default(),
+        description: String::new(),
+        role: String::new(),
+        code_sha256: String::new(),
+        code_size: 0,
+        code_dir: std::path::PathBuf::from("/nonexistent"),
+        last_modified: String::new(),
+        revision_id: revision.into(),
+        uid: 0,
+        concurrency: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

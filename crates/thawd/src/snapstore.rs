@@ -447,23 +447,7 @@ mod tests {
 
     #[test]
     fn a_function_cannot_choose_its_tenant() {
-        let mut f = FunctionRecord {
-            name: "f".into(),
-            runtime: "python3.11".into(),
-            handler: "app.handler".into(),
-            memory_mb: 128,
-            timeout_s: 3,
-            environment: Default::default(),
-            description: String::new(),
-            role: String::new(),
-            code_sha256: String::new(),
-            code_size: 0,
-            code_dir: std::path::PathBuf::from("/nonexistent"),
-            last_modified: String::new(),
-            revision_id: "r".into(),
-            uid: 0,
-            concurrency: Default::default(),
-        };
+        let mut f = crate::registry::test_record("f", "r");
         assert_eq!(tenant_of(&f), ROOT_TENANT);
         f.environment
             .insert("THAW_TENANT".into(), "someone-else".into());

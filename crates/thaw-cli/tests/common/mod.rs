@@ -433,3 +433,13 @@ pub fn metric_in(text: &str, line_start: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Whether the AWS SDK for Python is importable (scripts/test.sh installs
+/// it); when not, the caller skips (loudly) the part that needs it.
+pub fn has_boto3() -> bool {
+    Command::new("python3")
+        .args(["-c", "import boto3"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
