@@ -145,7 +145,14 @@ impl<T> Queue<T> {
                 self.leave_queue(id, rx);
                 self.load.set(id, Some(RequestState::Starting));
             }
-            Decision::Warm | Decision::Reject(_) => self.leave_queue(id, rx),
+            Decision::Warm => {
+                // Counted busy from now: the idle instance it is about to
+                // take must never be counted nowhere (it would leave room
+                // for a start beyond the limit).
+                self.leave_queue(id, rx);
+                self.load.set(id, Some(RequestState::Busy { since: now }));
+            }
+            Decision::Reject(_) => self.leave_queue(id, rx),
         }
         Placement::Decided(decision)
     }
@@ -167,12 +174,16 @@ impl<T> Queue<T> {
         self.load.set(id, None);
     }
 
-    /// Gives `inst` to the oldest waiting request whose caller still
-    /// waits; back when none does.
-    pub fn hand_off(&mut self, mut inst: T) -> Result<(), T> {
-        while let Some((_, tx)) = self.waiters.pop_front() {
+    /// Gives `inst` to the oldest request still waiting, which counts as
+    /// busy from `now` on (an instance in flight to a waiter is never
+    /// counted nowhere); back when none waits.
+    pub fn hand_off(&mut self, mut inst: T, now: Duration) -> Result<(), T> {
+        while let Some((id, tx)) = self.waiters.pop_front() {
             match tx.send(inst) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.load.set(id, Some(RequestState::Busy { since: now }));
+                    return Ok(());
+                }
                 Err(back) => inst = back,
             }
         }
@@ -280,7 +291,10 @@ mod tests {
             Placement::Decided(Decision::Wait { .. })
         ));
         q.forget(first);
-        assert_eq!(q.hand_off(7), Ok(()));
+        assert_eq!(q.hand_off(7, Duration::ZERO), Ok(()));
+        // In flight to a: counted busy before a even wakes up, so no
+        // decision sees room for another instance meanwhile.
+        assert_eq!(q.counts(), (1, 1, 0));
         assert!(matches!(
             decide(&mut q, a, 0, &mut rx_a),
             Placement::HandedOver(7)
@@ -290,7 +304,7 @@ mod tests {
         assert_eq!(q.counts(), (1, 1, 0));
         // b's caller went away: its instance goes idle instead.
         drop(rx_b);
-        assert_eq!(q.hand_off(8), Err(8));
+        assert_eq!(q.hand_off(8, Duration::ZERO), Err(8));
     }
 
     /// A queue whose only instance is busy and one request `w` waiting
@@ -365,21 +379,28 @@ mod tests {
         // The caller dropped the invocation (client gone).
         q.forget(w);
         assert_eq!(q.counts(), (0, 1, 0));
-        assert_eq!(q.hand_off(1), Err(1), "nobody waits any more");
+        assert_eq!(
+            q.hand_off(1, Duration::ZERO),
+            Err(1),
+            "nobody waits any more"
+        );
     }
 
     #[test]
-    fn a_warm_decision_leaves_the_queue() {
+    fn a_warm_decision_leaves_the_queue_and_counts_busy() {
         let mut q = Queue::<u32>::default();
         let w = q.register();
         let mut rx = None;
-        // No room (limit 1 taken by an idle one) but idle: warm.
+        // No room (limit 1 taken by an idle one) but idle: warm, and busy
+        // from the decision on (the instance it takes is never uncounted).
         assert!(matches!(
             decide(&mut q, w, 1, &mut rx),
             Placement::Decided(Decision::Warm)
         ));
-        assert_eq!(q.counts(), (0, 0, 0));
+        assert_eq!(q.counts(), (0, 1, 0));
         assert!(rx.is_none());
+        q.forget(w);
+        assert_eq!(q.counts(), (0, 0, 0));
     }
 
     #[test]

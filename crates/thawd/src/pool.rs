@@ -1390,7 +1390,7 @@ impl Pools {
         if pool.retired.load(Ordering::SeqCst) {
             return Some(inst);
         }
-        let inst = q.hand_off(inst).err()?;
+        let inst = q.hand_off(inst, self.epoch.elapsed()).err()?;
         let mut idle = lock(&pool.idle);
         if pool.retired.load(Ordering::SeqCst) {
             return Some(inst);
