@@ -250,14 +250,18 @@ impl Accounts {
     }
 
     /// What can be refused before the body is read: a request with no
-    /// signature, a malformed one, or one by a key no account has.
-    pub fn precheck(&self, parts: &http::request::Parts) -> Result<(), Denied> {
+    /// signature, a malformed one, or one by a key no account has. What
+    /// passes is finished with [`Pending::verify`] once the body is read.
+    pub fn precheck(&self, parts: &http::request::Parts) -> Result<Pending<'_>, Denied> {
         let sig = Signature::of(parts)?;
-        if self.keys.contains_key(&sig.access_key_id) {
-            Ok(())
-        } else {
-            Err(Denied::unknown_key())
-        }
+        let Some((account, secret)) = self.keys.get(&sig.access_key_id) else {
+            return Err(Denied::unknown_key());
+        };
+        Ok(Pending {
+            sig,
+            account_id: &self.accounts[*account].id,
+            secret,
+        })
     }
 
     /// Verifies the signature of a request (`parts` and its whole `body`) at
@@ -268,15 +272,33 @@ impl Accounts {
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Caller, Denied> {
-        let sig = Signature::of(parts)?;
-        let Some((account, secret)) = self.keys.get(&sig.access_key_id) else {
-            return Err(Denied::unknown_key());
-        };
+        self.precheck(parts)?.verify(parts, body, now)
+    }
+}
+
+/// A request whose signature names a known key, not yet checked against
+/// its body ([`Accounts::precheck`]).
+pub struct Pending<'a> {
+    sig: Signature,
+    account_id: &'a str,
+    secret: &'a str,
+}
+
+impl Pending<'_> {
+    /// Checks the signature's time and its value over `parts` and the whole
+    /// `body` at `now`; who signed it, or why it is refused.
+    pub fn verify(
+        self,
+        parts: &http::request::Parts,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Caller, Denied> {
+        let sig = self.sig;
         sig.check_time(now)?;
-        let expected = sig.expected(parts, body, secret)?;
+        let expected = sig.expected(parts, body, self.secret)?;
         if bool::from(expected.as_bytes().ct_eq(sig.signature.as_bytes())) {
             Ok(Caller {
-                account_id: self.accounts[*account].id.clone(),
+                account_id: self.account_id.to_string(),
                 access_key_id: sig.access_key_id,
             })
         } else {

@@ -31,17 +31,7 @@ fn only_signed_requests_are_served() {
     // Raw requests: (headers signed at `at` for `signed_body`, body sent).
     let url = format!("{}/2015-03-31/functions/authfn/invocations", d.endpoint);
     let send = |signed_body: &[u8], sent: &'static [u8], at: SystemTime| {
-        let mut req = http::Request::post(&url)
-            .body(signed_body.to_vec())
-            .unwrap();
-        let host = req.uri().authority().unwrap().to_string();
-        req.headers_mut()
-            .insert(http::header::HOST, host.parse().unwrap());
-        thaw_api::auth::sign_request(&mut req, &test_credentials(), at).unwrap();
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in req.headers() {
-            headers.insert(k.clone(), v.clone());
-        }
+        let headers = signed_headers_at("POST", &url, signed_body, at);
         let r = reqwest::blocking::Client::new()
             .post(&url)
             .headers(headers)

@@ -677,9 +677,10 @@ pub async fn authenticate(
         e.status = d.status;
         ApiError(e).into_response()
     };
-    if let Err(d) = accounts.precheck(&parts) {
-        return refuse(d, &parts);
-    }
+    let pending = match accounts.precheck(&parts) {
+        Ok(p) => p,
+        Err(d) => return refuse(d, &parts),
+    };
     let limit = signed_body_limit(&parts.method, parts.uri.path());
     let bytes = match read_body(&parts.headers, body, limit, || {
         LambdaError::new(
@@ -692,7 +693,7 @@ pub async fn authenticate(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    match accounts.verify(&parts, &bytes, chrono::Utc::now()) {
+    match pending.verify(&parts, &bytes, chrono::Utc::now()) {
         Ok(caller) => {
             parts.extensions.insert(caller);
             next.run(Request::from_parts(parts, Body::from(bytes)))

@@ -246,22 +246,25 @@ mod tests {
         }
     }
 
+    /// A decision at time 0 under a limit of 1 instance.
     fn decide(
         q: &mut Queue<u32>,
         id: u64,
         idle: usize,
         rx: &mut Option<oneshot::Receiver<u32>>,
     ) -> Placement<u32> {
-        q.decide(
-            id,
-            Duration::ZERO,
-            idle,
-            Limits::instances(1),
-            false,
-            host(),
-            true,
-            rx,
-        )
+        decide_under(q, id, idle, Limits::instances(1), rx)
+    }
+
+    /// A decision at time 0 under `limits`.
+    fn decide_under(
+        q: &mut Queue<u32>,
+        id: u64,
+        idle: usize,
+        limits: Limits,
+        rx: &mut Option<oneshot::Receiver<u32>>,
+    ) -> Placement<u32> {
+        q.decide(id, Duration::ZERO, idle, limits, false, host(), true, rx)
     }
 
     #[test]
@@ -323,30 +326,12 @@ mod tests {
     /// Decision for a second request while a first one is busy, with room
     /// for 100 instances.
     fn second_request(q: &mut Queue<u32>) -> Decision {
-        let first = q.register();
         let limits = Limits::instances(100);
-        q.decide(
-            first,
-            Duration::ZERO,
-            0,
-            limits,
-            false,
-            host(),
-            true,
-            &mut None,
-        );
+        let first = q.register();
+        decide_under(q, first, 0, limits, &mut None);
         q.busy(first, Duration::ZERO);
         let second = q.register();
-        match q.decide(
-            second,
-            Duration::ZERO,
-            0,
-            limits,
-            false,
-            host(),
-            true,
-            &mut None,
-        ) {
+        match decide_under(q, second, 0, limits, &mut None) {
             Placement::Decided(d) => d,
             Placement::HandedOver(_) => panic!("nothing was released"),
         }

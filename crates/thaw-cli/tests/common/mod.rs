@@ -402,6 +402,16 @@ pub fn test_credentials() -> thaw_api::auth::Credentials {
 /// The headers that sign a request of `method` to `url` with `body` by the
 /// test key (for requests made without [`thaw_api::Client`]).
 pub fn signed_headers(method: &str, url: &str, body: &[u8]) -> reqwest::header::HeaderMap {
+    signed_headers_at(method, url, body, std::time::SystemTime::now())
+}
+
+/// [`signed_headers`] as signed at `at`.
+pub fn signed_headers_at(
+    method: &str,
+    url: &str,
+    body: &[u8],
+    at: std::time::SystemTime,
+) -> reqwest::header::HeaderMap {
     let mut req = http::Request::builder()
         .method(method)
         .uri(url)
@@ -410,8 +420,7 @@ pub fn signed_headers(method: &str, url: &str, body: &[u8]) -> reqwest::header::
     let host = req.uri().authority().unwrap().to_string();
     req.headers_mut()
         .insert(http::header::HOST, host.parse().unwrap());
-    thaw_api::auth::sign_request(&mut req, &test_credentials(), std::time::SystemTime::now())
-        .unwrap();
+    thaw_api::auth::sign_request(&mut req, &test_credentials(), at).unwrap();
     let mut out = reqwest::header::HeaderMap::new();
     for (k, v) in req.headers() {
         out.insert(k.clone(), v.clone());
