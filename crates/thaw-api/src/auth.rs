@@ -64,6 +64,57 @@ impl Credentials {
     }
 }
 
+/// An account as the account API lists it: its keys' ids, never their
+/// secrets (`GET /thaw/v1/accounts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AccountSummary {
+    /// Twelve digits.
+    pub account_id: String,
+    /// A name for people.
+    pub name: String,
+    /// The ids of its access keys, oldest first.
+    pub access_key_ids: Vec<String>,
+}
+
+/// `POST /thaw/v1/accounts`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateAccountRequest {
+    /// 1-64 of `[A-Za-z0-9+=,.@_-]`, unique.
+    pub name: String,
+}
+
+/// A new account's first key, or a new key of an account: the only time
+/// its secret is shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NewAccessKey {
+    /// The account.
+    pub account_id: String,
+    /// The key id.
+    pub access_key_id: String,
+    /// The secret.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for NewAccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccessKey")
+            .field("account_id", &self.account_id)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl NewAccessKey {
+    /// The key as credentials to sign with.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::new(&self.access_key_id, &self.secret_access_key)
+    }
+}
+
 /// `$HOME/.config/thaw/credentials.json`: where a daemon that generated its
 /// root key leaves it for the thaw CLI of the same user (mode 0600).
 pub fn local_credentials_file() -> Option<PathBuf> {

@@ -519,6 +519,43 @@ impl Client {
             })
     }
 
+    /// Creates an account (root account only; thaw extension): its id and
+    /// first access key, whose secret is shown only now.
+    pub fn create_account(&self, name: &str) -> Result<crate::auth::NewAccessKey, ClientError> {
+        let url = self.url(&["thaw", "v1", "accounts"]);
+        let body = crate::auth::CreateAccountRequest {
+            name: name.to_string(),
+        };
+        let resp = self.send(self.http.post(url.clone()).json(&body), &url)?;
+        decode(resp, &url)
+    }
+
+    /// The accounts and their key ids (root account only; thaw extension).
+    pub fn list_accounts(&self) -> Result<Vec<crate::auth::AccountSummary>, ClientError> {
+        let url = self.url(&["thaw", "v1", "accounts"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// Adds an access key to `account` (the caller's own, or any as root;
+    /// at most two at once: rotate by creating the new one, moving the
+    /// clients, deleting the old one).
+    pub fn create_access_key(
+        &self,
+        account: &str,
+    ) -> Result<crate::auth::NewAccessKey, ClientError> {
+        let url = self.url(&["thaw", "v1", "accounts", account, "keys"]);
+        let resp = self.send(self.http.post(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// Deletes access key `key` of `account` (not its only one).
+    pub fn delete_access_key(&self, account: &str, key: &str) -> Result<(), ClientError> {
+        let url = self.url(&["thaw", "v1", "accounts", account, "keys", key]);
+        self.send(self.http.delete(url.clone()), &url)?;
+        Ok(())
+    }
+
     /// Send a request; a non-2xx answer becomes [`ClientError::Api`].
     fn send(&self, req: RequestBuilder, url: &Url) -> Result<Response, ClientError> {
         let transport = |source| ClientError::Transport {

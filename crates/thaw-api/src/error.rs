@@ -42,6 +42,9 @@ pub enum ErrorCode {
     RequestTimeout,
     /// `UnknownOperationException` (404): no such route.
     UnknownOperation,
+    /// `AccessDeniedException` (403): the caller's account may not do this
+    /// (another account's function, an operator's operation).
+    AccessDenied,
     /// `ServiceException` (500): the platform failed.
     Service,
     /// Any code this crate does not know (seen by the client only).
@@ -50,7 +53,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this crate knows, for parsing.
-    const KNOWN: [ErrorCode; 13] = [
+    const KNOWN: [ErrorCode; 14] = [
         ErrorCode::ResourceNotFound,
         ErrorCode::ResourceConflict,
         ErrorCode::ProvisionedConcurrencyConfigNotFound,
@@ -63,6 +66,7 @@ impl ErrorCode {
         ErrorCode::TooManyRequests,
         ErrorCode::RequestTimeout,
         ErrorCode::UnknownOperation,
+        ErrorCode::AccessDenied,
         ErrorCode::Service,
     ];
 
@@ -83,6 +87,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TooManyRequestsException",
             ErrorCode::RequestTimeout => "RequestTimeoutException",
             ErrorCode::UnknownOperation => "UnknownOperationException",
+            ErrorCode::AccessDenied => "AccessDeniedException",
             ErrorCode::Service => "ServiceException",
             ErrorCode::Other(s) => s,
         }
@@ -113,6 +118,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::TooManyRequests => 429,
+            ErrorCode::AccessDenied => 403,
             ErrorCode::Service | ErrorCode::Other(_) => 500,
         }
     }
@@ -170,11 +176,20 @@ impl LambdaError {
         self
     }
 
-    /// `ResourceNotFoundException` for a function, with Lambda's message.
+    /// `ResourceNotFoundException` for a function of the root account, with
+    /// Lambda's message.
     pub fn function_not_found(name: &str) -> Self {
+        LambdaError::function_not_found_in(crate::function::ACCOUNT_ID, name)
+    }
+
+    /// `ResourceNotFoundException` for a function of `account`.
+    pub fn function_not_found_in(account: &str, name: &str) -> Self {
         LambdaError::new(
             ErrorCode::ResourceNotFound,
-            format!("Function not found: {}", crate::function_arn(name)),
+            format!(
+                "Function not found: {}",
+                crate::function::function_arn_in(account, name)
+            ),
         )
     }
 

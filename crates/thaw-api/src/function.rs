@@ -12,7 +12,8 @@ use crate::error::LambdaError;
 
 /// Region reported in ARNs.
 pub const REGION: &str = "us-east-1";
-/// Account id reported in ARNs (thaw has no accounts).
+/// The root account's id: the account of every function before accounts
+/// existed, and of functions the root account's keys create.
 pub const ACCOUNT_ID: &str = "000000000000";
 /// The only version thaw has.
 pub const LATEST: &str = "$LATEST";
@@ -67,9 +68,14 @@ const RESERVED_ENV_KEYS: &[&str] = &[
     "LAMBDA_RUNTIME_DIR",
 ];
 
-/// The ARN of a function's `$LATEST`: `arn:aws:lambda:us-east-1:000000000000:function:NAME`.
+/// The ARN of a root-account function: `arn:aws:lambda:us-east-1:000000000000:function:NAME`.
 pub fn function_arn(name: &str) -> String {
-    format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}")
+    function_arn_in(ACCOUNT_ID, name)
+}
+
+/// The ARN of a function of `account`: `arn:aws:lambda:us-east-1:ACCOUNT:function:NAME`.
+pub fn function_arn_in(account: &str, name: &str) -> String {
+    format!("arn:aws:lambda:{REGION}:{account}:function:{name}")
 }
 
 /// A validated function name: 1 to 64 characters of `[a-zA-Z0-9-_]`. Safe to
@@ -92,9 +98,14 @@ impl FunctionName {
         &self.0
     }
 
-    /// The function's ARN.
+    /// The function's ARN in the root account.
     pub fn arn(&self) -> String {
         function_arn(&self.0)
+    }
+
+    /// The function's ARN in `account`.
+    pub fn arn_in(&self, account: &str) -> String {
+        function_arn_in(account, &self.0)
     }
 
     /// The name as an owned string.
@@ -126,6 +137,8 @@ pub struct FunctionRef {
     pub name: FunctionName,
     /// A version or alias, if one was given.
     pub qualifier: Option<String>,
+    /// The account an ARN or partial ARN named, if it named one.
+    pub account: Option<String>,
 }
 
 impl FunctionRef {
@@ -138,6 +151,18 @@ impl FunctionRef {
     /// parameter, if any) names `$LATEST`: thaw has no versions or aliases, so
     /// any other qualifier names a function version that does not exist.
     pub fn latest(self, query_qualifier: Option<&str>) -> Result<FunctionName, LambdaError> {
+        let account = self.account.clone();
+        self.latest_in(account.as_deref().unwrap_or(ACCOUNT_ID), query_qualifier)
+    }
+
+    /// As [`FunctionRef::latest`], for a caller of `account` (whose ARNs
+    /// errors name). Whether the reference names another account is the
+    /// caller's to check ([`FunctionRef::account`]).
+    pub fn latest_in(
+        self,
+        account: &str,
+        query_qualifier: Option<&str>,
+    ) -> Result<FunctionName, LambdaError> {
         for q in [self.qualifier.as_deref(), query_qualifier]
             .into_iter()
             .flatten()
@@ -145,7 +170,7 @@ impl FunctionRef {
             if q != LATEST {
                 return Err(LambdaError::new(
                     crate::ErrorCode::ResourceNotFound,
-                    format!("Function not found: {}:{q}", self.name.arn()),
+                    format!("Function not found: {}:{q}", self.name.arn_in(account)),
                 ));
             }
         }
@@ -215,23 +240,22 @@ fn parse_ref(s: &str) -> Option<FunctionRef> {
         .enumerate()
         .position(|(i, p)| *p == "function" && i + 1 < parts.len() && i > 0)
         .or_else(|| (parts.len() > 1 && parts[0] == "function").then_some(0));
-    let rest = match marker {
+    let (account, rest) = match marker {
         Some(m) => {
-            let prefix_ok = match &parts[..m] {
-                [] => true,
-                [account] => is_account(account),
-                [region, account] => is_region(region) && is_account(account),
-                ["arn", partition, "lambda", region, account] => {
-                    is_partition(partition) && is_region(region) && is_account(account)
+            let account = match &parts[..m] {
+                [] => None,
+                [account] if is_account(account) => Some(*account),
+                [region, account] if is_region(region) && is_account(account) => Some(*account),
+                ["arn", partition, "lambda", region, account]
+                    if is_partition(partition) && is_region(region) && is_account(account) =>
+                {
+                    Some(*account)
                 }
-                _ => false,
+                _ => return None,
             };
-            if !prefix_ok {
-                return None;
-            }
-            &parts[m + 1..]
+            (account, &parts[m + 1..])
         }
-        None => &parts[..],
+        None => (None, &parts[..]),
     };
     let (name, qualifier) = match rest {
         [name] => (*name, None),
@@ -244,6 +268,7 @@ fn parse_ref(s: &str) -> Option<FunctionRef> {
     Some(FunctionRef {
         name: FunctionName(name.to_string()),
         qualifier,
+        account: account.map(str::to_string),
     })
 }
 

@@ -417,9 +417,19 @@ impl FunctionConfiguration {
     /// The configuration of a function's `$LATEST` with the fields that are
     /// constant in thaw filled in.
     pub fn latest(name: &FunctionName, settings: &FunctionSettings, code: CodeInfo) -> Self {
+        FunctionConfiguration::latest_in(crate::function::ACCOUNT_ID, name, settings, code)
+    }
+
+    /// [`FunctionConfiguration::latest`] of a function of `account`.
+    pub fn latest_in(
+        account: &str,
+        name: &FunctionName,
+        settings: &FunctionSettings,
+        code: CodeInfo,
+    ) -> Self {
         FunctionConfiguration {
             function_name: name.as_str().to_string(),
-            function_arn: name.arn(),
+            function_arn: name.arn_in(account),
             runtime: settings.runtime.as_str().to_string(),
             role: settings.role.clone(),
             handler: (!settings.handler.is_empty()).then(|| settings.handler.clone()),

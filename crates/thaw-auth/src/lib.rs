@@ -23,10 +23,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+pub use thaw_api::auth::AccountSummary;
 use thaw_api::auth::{Credentials, SERVICE};
 
 /// The root account's id (the account in the ARNs thaw has always returned).
@@ -91,7 +93,7 @@ pub struct AccessKey {
 }
 
 /// `accounts.json`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct AccountsFile {
     format_version: u32,
     accounts: Vec<Account>,
@@ -147,13 +149,31 @@ impl Denied {
     }
 }
 
-/// The accounts of one daemon and their keys.
+/// The accounts of one daemon and their keys. Shared by the request
+/// handlers: reads (every request's check) take a read lock; account and key
+/// changes are written to the file before they take effect.
 #[derive(Debug)]
 pub struct Accounts {
     path: PathBuf,
+    /// The root key given by the operator (not stored), if any.
+    root_given: Option<Credentials>,
+    state: RwLock<State>,
+}
+
+struct State {
     accounts: Vec<Account>,
     /// Access key id -> (account index, secret).
     keys: BTreeMap<String, (usize, String)>,
+}
+
+impl std::fmt::Debug for State {
+    /// Key ids, never secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("accounts", &self.accounts.len())
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// What opening the accounts did about the root key.
@@ -166,6 +186,44 @@ pub enum RootKey {
     /// Generated now and stored: tell the operator.
     Generated(Credentials),
 }
+
+/// Why an account or key could not be created or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// An account name must be 1-64 of `[A-Za-z0-9+=,.@_-]`.
+    #[error("an account name is 1 to 64 letters, digits or +=,.@_- (got {0:?})")]
+    InvalidName(String),
+    /// Another account has the name.
+    #[error("an account named {0:?} exists")]
+    NameTaken(String),
+    /// No account has the id.
+    #[error("no account {0}")]
+    NoSuchAccount(String),
+    /// The account has no such key.
+    #[error("account {account} has no access key {key}")]
+    NoSuchKey {
+        /// The account.
+        account: String,
+        /// The key asked for.
+        key: String,
+    },
+    /// An account has at most [`MAX_KEYS_PER_ACCOUNT`] keys.
+    #[error("account {0} has {MAX_KEYS_PER_ACCOUNT} access keys already: delete one first")]
+    TooManyKeys(String),
+    /// The account's only key cannot be deleted (nobody could sign for it).
+    #[error("{0} is the account's only access key: create another one first")]
+    LastKey(String),
+    /// The root key comes from the daemon's environment while it is given.
+    #[error("the root account's key is given by the daemon's environment (THAW_ROOT_ACCESS_KEY_ID): change it there")]
+    RootKeyGiven,
+    /// The change could not be stored (nothing changed).
+    #[error(transparent)]
+    Store(#[from] AccountsError),
+}
+
+/// The most access keys an account has at once (AWS's limit): enough to
+/// rotate (create the new key, move the clients, delete the old one).
+pub const MAX_KEYS_PER_ACCOUNT: usize = 2;
 
 impl Accounts {
     /// Opens the accounts of the daemon whose data directory is `data_dir`,
@@ -207,36 +265,40 @@ impl Accounts {
             save(&path, &file)?;
             how = RootKey::Generated(creds);
         }
-        let mut accounts = Accounts {
-            path,
-            accounts: file.accounts,
-            keys: BTreeMap::new(),
-        };
-        accounts.index(root);
-        Ok((accounts, how))
+        let state = State::new(file.accounts, root.as_ref());
+        Ok((
+            Accounts {
+                path,
+                root_given: root,
+                state: RwLock::new(state),
+            },
+            how,
+        ))
     }
 
-    fn index(&mut self, root: Option<Credentials>) {
-        self.keys.clear();
-        for (i, a) in self.accounts.iter().enumerate() {
-            if a.id == ROOT_ACCOUNT && root.is_some() {
-                continue;
-            }
-            for k in &a.keys {
-                self.keys.insert(
-                    k.credentials.access_key_id.clone(),
-                    (i, k.credentials.secret_access_key.clone()),
-                );
-            }
-        }
-        if let Some(r) = root {
-            let i = self
-                .accounts
-                .iter()
-                .position(|a| a.id == ROOT_ACCOUNT)
-                .unwrap_or(0);
-            self.keys.insert(r.access_key_id, (i, r.secret_access_key));
-        }
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `change` to a copy of the accounts, stores the copy, and only
+    /// then makes it the daemon's: a change that cannot be stored changes
+    /// nothing.
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<Account>) -> Result<T, ChangeError>,
+    ) -> Result<T, ChangeError> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut accounts = state.accounts.clone();
+        let out = change(&mut accounts)?;
+        save(
+            &self.path,
+            &AccountsFile {
+                format_version: FORMAT_VERSION,
+                accounts: accounts.clone(),
+            },
+        )?;
+        *state = State::new(accounts, self.root_given.as_ref());
+        Ok(out)
     }
 
     /// The accounts file.
@@ -244,23 +306,123 @@ impl Accounts {
         &self.path
     }
 
-    /// The accounts.
-    pub fn list(&self) -> &[Account] {
-        &self.accounts
+    /// The accounts, without secrets.
+    pub fn list(&self) -> Vec<AccountSummary> {
+        self.read()
+            .accounts
+            .iter()
+            .map(|a| AccountSummary {
+                account_id: a.id.clone(),
+                name: a.name.clone(),
+                access_key_ids: if a.id == ROOT_ACCOUNT && self.root_given.is_some() {
+                    self.root_given
+                        .iter()
+                        .map(|c| c.access_key_id.clone())
+                        .collect()
+                } else {
+                    a.keys
+                        .iter()
+                        .map(|k| k.credentials.access_key_id.clone())
+                        .collect()
+                },
+            })
+            .collect()
+    }
+
+    /// Creates an account named `name` with a new id and one new access
+    /// key; the account and the key's secret (shown only now).
+    pub fn create(&self, name: &str) -> Result<(AccountSummary, Credentials), ChangeError> {
+        check_name(name)?;
+        let creds = generate()?;
+        let id = new_account_id()?;
+        self.change(|accounts| {
+            if accounts.iter().any(|a| a.name == name) {
+                return Err(ChangeError::NameTaken(name.to_string()));
+            }
+            if accounts.iter().any(|a| a.id == id) {
+                // One in 10^12 per existing account; refuse rather than merge.
+                return Err(ChangeError::NameTaken(name.to_string()));
+            }
+            accounts.push(Account {
+                id: id.clone(),
+                name: name.to_string(),
+                keys: vec![AccessKey {
+                    credentials: creds.clone(),
+                    created: Utc::now().to_rfc3339(),
+                }],
+            });
+            Ok(())
+        })?;
+        Ok((
+            AccountSummary {
+                account_id: id,
+                name: name.to_string(),
+                access_key_ids: vec![creds.access_key_id.clone()],
+            },
+            creds,
+        ))
+    }
+
+    /// Adds a new access key to `account` (to rotate: create one, move the
+    /// clients to it, delete the old one); its secret is shown only now.
+    pub fn create_key(&self, account: &str) -> Result<Credentials, ChangeError> {
+        if account == ROOT_ACCOUNT && self.root_given.is_some() {
+            return Err(ChangeError::RootKeyGiven);
+        }
+        let creds = generate()?;
+        self.change(|accounts| {
+            let a = find_mut(accounts, account)?;
+            if a.keys.len() >= MAX_KEYS_PER_ACCOUNT {
+                return Err(ChangeError::TooManyKeys(account.to_string()));
+            }
+            a.keys.push(AccessKey {
+                credentials: creds.clone(),
+                created: Utc::now().to_rfc3339(),
+            });
+            Ok(())
+        })?;
+        Ok(creds)
+    }
+
+    /// Deletes `key` of `account`: requests signed with it are refused from
+    /// now on. An account's only key stays.
+    pub fn delete_key(&self, account: &str, key: &str) -> Result<(), ChangeError> {
+        if account == ROOT_ACCOUNT && self.root_given.is_some() {
+            return Err(ChangeError::RootKeyGiven);
+        }
+        self.change(|accounts| {
+            let a = find_mut(accounts, account)?;
+            let Some(i) = a
+                .keys
+                .iter()
+                .position(|k| k.credentials.access_key_id == key)
+            else {
+                return Err(ChangeError::NoSuchKey {
+                    account: account.to_string(),
+                    key: key.to_string(),
+                });
+            };
+            if a.keys.len() == 1 {
+                return Err(ChangeError::LastKey(key.to_string()));
+            }
+            a.keys.remove(i);
+            Ok(())
+        })
     }
 
     /// What can be refused before the body is read: a request with no
     /// signature, a malformed one, or one by a key no account has. What
     /// passes is finished with [`Pending::verify`] once the body is read.
-    pub fn precheck(&self, parts: &http::request::Parts) -> Result<Pending<'_>, Denied> {
+    pub fn precheck(&self, parts: &http::request::Parts) -> Result<Pending, Denied> {
         let sig = Signature::of(parts)?;
-        let Some((account, secret)) = self.keys.get(&sig.access_key_id) else {
+        let state = self.read();
+        let Some((account, secret)) = state.keys.get(&sig.access_key_id) else {
             return Err(Denied::unknown_key());
         };
         Ok(Pending {
+            account_id: state.accounts[*account].id.clone(),
+            secret: secret.clone(),
             sig,
-            account_id: &self.accounts[*account].id,
-            secret,
         })
     }
 
@@ -276,15 +438,69 @@ impl Accounts {
     }
 }
 
-/// A request whose signature names a known key, not yet checked against
-/// its body ([`Accounts::precheck`]).
-pub struct Pending<'a> {
-    sig: Signature,
-    account_id: &'a str,
-    secret: &'a str,
+impl State {
+    fn new(accounts: Vec<Account>, root: Option<&Credentials>) -> State {
+        let mut keys = BTreeMap::new();
+        for (i, a) in accounts.iter().enumerate() {
+            if a.id == ROOT_ACCOUNT && root.is_some() {
+                continue;
+            }
+            for k in &a.keys {
+                keys.insert(
+                    k.credentials.access_key_id.clone(),
+                    (i, k.credentials.secret_access_key.clone()),
+                );
+            }
+        }
+        if let Some(r) = root {
+            let i = accounts
+                .iter()
+                .position(|a| a.id == ROOT_ACCOUNT)
+                .unwrap_or(0);
+            keys.insert(r.access_key_id.clone(), (i, r.secret_access_key.clone()));
+        }
+        State { accounts, keys }
+    }
 }
 
-impl Pending<'_> {
+fn find_mut<'a>(accounts: &'a mut [Account], id: &str) -> Result<&'a mut Account, ChangeError> {
+    accounts
+        .iter_mut()
+        .find(|a| a.id == id)
+        .ok_or_else(|| ChangeError::NoSuchAccount(id.to_string()))
+}
+
+/// IAM's user name rule: 1-64 of `[A-Za-z0-9+=,.@_-]`.
+fn check_name(name: &str) -> Result<(), ChangeError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ChangeError::InvalidName(name.to_string()))
+    }
+}
+
+/// Twelve random digits, never the root's (and never starting with 0, so
+/// no id looks like the root's).
+fn new_account_id() -> Result<String, AccountsError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| AccountsError::Random(e.to_string()))?;
+    let n = u64::from_le_bytes(bytes) % 900_000_000_000 + 100_000_000_000;
+    Ok(n.to_string())
+}
+
+/// A request whose signature names a known key, not yet checked against
+/// its body ([`Accounts::precheck`]).
+pub struct Pending {
+    sig: Signature,
+    account_id: String,
+    secret: String,
+}
+
+impl Pending {
     /// Checks the signature's time and its value over `parts` and the whole
     /// `body` at `now`; who signed it, or why it is refused.
     pub fn verify(
@@ -295,10 +511,10 @@ impl Pending<'_> {
     ) -> Result<Caller, Denied> {
         let sig = self.sig;
         sig.check_time(now)?;
-        let expected = sig.expected(parts, body, self.secret)?;
+        let expected = sig.expected(parts, body, &self.secret)?;
         if bool::from(expected.as_bytes().ct_eq(sig.signature.as_bytes())) {
             Ok(Caller {
-                account_id: self.account_id.to_string(),
+                account_id: self.account_id,
                 access_key_id: sig.access_key_id,
             })
         } else {

@@ -235,3 +235,99 @@ fn a_damaged_or_newer_accounts_file_is_refused() {
     let e = Accounts::open(dir.path(), None).unwrap_err();
     assert!(e.to_string().contains("format version 2"), "{e}");
 }
+
+/// Accounts made at run time sign as themselves, are stored (0600) before
+/// they count, survive a restart, and rotate keys within the limits: a
+/// second key, never a third, never the last one deleted, a deleted key
+/// refused at once.
+#[test]
+fn accounts_and_keys_are_created_rotated_and_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    use thaw_auth::ChangeError;
+    let (dir, a) = accounts();
+    let (team, k1) = a.create("team-a").unwrap();
+    assert_eq!(team.account_id.len(), 12);
+    assert_ne!(team.account_id, ROOT_ACCOUNT);
+    let caller = verify(&a, signed(&k1, b"{}", SystemTime::now())).unwrap();
+    assert_eq!(caller.account_id, team.account_id);
+    assert!(matches!(a.create("team-a"), Err(ChangeError::NameTaken(_))));
+    assert!(matches!(
+        a.create("no spaces"),
+        Err(ChangeError::InvalidName(_))
+    ));
+    assert!(matches!(a.create(""), Err(ChangeError::InvalidName(_))));
+    let mode = std::fs::metadata(a.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Rotation.
+    let k2 = a.create_key(&team.account_id).unwrap();
+    assert!(matches!(
+        a.create_key(&team.account_id),
+        Err(ChangeError::TooManyKeys(_))
+    ));
+    a.delete_key(&team.account_id, &k1.access_key_id).unwrap();
+    let e = verify(&a, signed(&k1, b"{}", SystemTime::now())).unwrap_err();
+    assert_eq!(e.code, "UnrecognizedClientException");
+    assert_eq!(
+        verify(&a, signed(&k2, b"{}", SystemTime::now()))
+            .unwrap()
+            .account_id,
+        team.account_id
+    );
+    assert!(matches!(
+        a.delete_key(&team.account_id, &k2.access_key_id),
+        Err(ChangeError::LastKey(_))
+    ));
+    assert!(matches!(
+        a.delete_key(&team.account_id, "AKIDNOSUCHKEY0000001"),
+        Err(ChangeError::NoSuchKey { .. })
+    ));
+    assert!(matches!(
+        a.create_key("999999999999"),
+        Err(ChangeError::NoSuchAccount(_))
+    ));
+    // The root key is the environment's while it is given.
+    assert!(matches!(
+        a.create_key(ROOT_ACCOUNT),
+        Err(ChangeError::RootKeyGiven)
+    ));
+    let listed = a.list();
+    let listed_team = listed
+        .iter()
+        .find(|s| s.account_id == team.account_id)
+        .unwrap();
+    assert_eq!(listed_team.access_key_ids, vec![k2.access_key_id.clone()]);
+    let root_listed = listed
+        .iter()
+        .find(|s| s.account_id == ROOT_ACCOUNT)
+        .unwrap();
+    assert_eq!(root_listed.access_key_ids, vec![root().access_key_id]);
+
+    // A restart reads the same accounts and keys.
+    drop(a);
+    let (b, _) = Accounts::open(dir.path(), Some(root())).unwrap();
+    assert_eq!(
+        verify(&b, signed(&k2, b"{}", SystemTime::now()))
+            .unwrap()
+            .account_id,
+        team.account_id
+    );
+    assert!(verify(&b, signed(&k1, b"{}", SystemTime::now())).is_err());
+}
+
+/// A change that cannot be stored changes nothing.
+#[test]
+fn an_account_that_cannot_be_stored_does_not_exist() {
+    let (dir, a) = accounts();
+    // The data directory is gone and a file has its name: nothing can be
+    // written there.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path(), b"not a directory").unwrap();
+    assert!(matches!(
+        a.create("team-b"),
+        Err(thaw_auth::ChangeError::Store(_))
+    ));
+    assert!(a.list().iter().all(|s| s.name != "team-b"));
+    std::fs::remove_file(dir.path()).unwrap();
+    std::fs::create_dir(dir.path()).unwrap();
+}

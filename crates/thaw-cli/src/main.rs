@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+mod account;
 mod bench;
 mod bench_burst;
 mod bench_restore;
@@ -80,6 +81,9 @@ enum Command {
     /// snapshot), forget its snapshot, or inspect a snapshot directory.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
+    /// Accounts (each has its own functions) and their access keys.
+    #[command(subcommand)]
+    Account(account::AccountCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,6 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench_store::run(bench_store::StoreOptions { cache_dir }).map(|()| ExitCode::SUCCESS)
         }
         Command::Snapshot(cmd) => snapshot_cmd::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Account(cmd) => account::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -23,7 +23,11 @@
 //! | GET | `/thaw/v1/functions/{name}/code` | the uploaded zip |
 //! | GET | `/metrics`, `/healthz` | Prometheus metrics, liveness |
 //!
-//! Requests signed with AWS SigV4 are accepted; signatures are not checked.
+//! Every route but `/healthz` is reached only through [`authenticate`]
+//! (AWS SigV4); handlers act for the verified caller's account
+//! ([`crate::accounts::Scope`]): its own functions only, another account's
+//! ARN refused (403), `/metrics` and the store's caches the root
+//! account's. The account routes are in [`crate::accounts`].
 //!
 //! **Provisioned concurrency and versions.** Lambda configures provisioned
 //! concurrency on a published version or an alias and refuses `$LATEST`.
@@ -60,16 +64,17 @@ use thaw_api::invoke::{
 };
 use thaw_api::logs::{DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT};
 use thaw_api::{
-    CreateFunctionRequest, ErrorCode, FunctionCodeLocation, FunctionConfiguration, FunctionName,
-    FunctionRef, GetFunctionResponse, InvocationType, LambdaError, ListFunctionsResponse,
-    ServerTiming, UpdateFunctionCodeRequest, UpdateFunctionConfigurationRequest, ERROR_TYPE_HEADER,
+    CreateFunctionRequest, ErrorCode, FunctionCodeLocation, FunctionConfiguration, FunctionRef,
+    GetFunctionResponse, InvocationType, LambdaError, ListFunctionsResponse, ServerTiming,
+    UpdateFunctionCodeRequest, UpdateFunctionConfigurationRequest, ERROR_TYPE_HEADER,
 };
 use tracing::Instrument;
 
+use crate::accounts::{Scope, Target};
 use crate::instance::error_chain;
 use crate::invoke::{InvokeError, InvokeInput, InvokeOutcome};
 use crate::logs::LogRecord;
-use crate::registry::{FunctionRecord, Registry, RegistryError};
+use crate::registry::{CreateFunction, FunctionRecord, Registry, RegistryError};
 use crate::server::Platform;
 
 /// Largest management request body (a base64 zip of ~50 MiB plus JSON):
@@ -394,9 +399,16 @@ impl From<LambdaError> for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let lambda = match &e {
-            RegistryError::NotFound(name) => LambdaError::function_not_found(name),
-            RegistryError::AlreadyExists(_) => {
-                LambdaError::new(ErrorCode::ResourceConflict, e.to_string())
+            RegistryError::NotFound(key) => {
+                let (account, name) = crate::accounts::split_key(key);
+                LambdaError::function_not_found_in(account, name)
+            }
+            RegistryError::AlreadyExists(key) => {
+                let (_, name) = crate::accounts::split_key(key);
+                LambdaError::new(
+                    ErrorCode::ResourceConflict,
+                    format!("Function already exist: {name}"),
+                )
             }
             RegistryError::RevisionMismatch { .. } => LambdaError::new(
                 ErrorCode::PreconditionFailed,
@@ -508,11 +520,6 @@ impl QueryMap {
     fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
-}
-
-/// Resolve a path parameter to a `$LATEST` function name.
-fn target_name(target: FunctionRef, query: &QueryMap) -> Result<FunctionName, ApiError> {
-    Ok(target.latest(query.get("Qualifier"))?)
 }
 
 /// Read a request body of at most `limit` bytes. A larger body is drained
@@ -739,11 +746,11 @@ async fn with_registry<B: ApiBackend, T: Send + 'static>(
     }
 }
 
-fn lookup<B: ApiBackend>(backend: &B, name: &FunctionName) -> Result<FunctionRecord, ApiError> {
+fn lookup<B: ApiBackend>(backend: &B, target: &Target) -> Result<FunctionRecord, ApiError> {
     backend
         .registry()
-        .get(name.as_str())
-        .ok_or_else(|| ApiError(LambdaError::function_not_found(name.as_str())))
+        .get(&target.key)
+        .ok_or_else(|| ApiError(target.not_found()))
 }
 
 /// Lambda's view of a stored function.
@@ -751,7 +758,8 @@ fn configuration(r: &FunctionRecord) -> Result<FunctionConfiguration, ApiError> 
     let name = r.function_name();
     let settings = r.settings();
     match (name, settings) {
-        (Ok(name), Ok(settings)) => Ok(FunctionConfiguration::latest(
+        (Ok(name), Ok(settings)) => Ok(FunctionConfiguration::latest_in(
+            r.account(),
             &name,
             &settings,
             r.code_info(),
@@ -763,7 +771,7 @@ fn configuration(r: &FunctionRecord) -> Result<FunctionConfiguration, ApiError> 
     }
 }
 
-fn span(op: &'static str, name: &FunctionName) -> tracing::Span {
+fn span(op: &'static str, name: &Target) -> tracing::Span {
     tracing::info_span!("api", op, function = %name)
 }
 
@@ -776,6 +784,7 @@ fn new_request_id() -> String {
 
 async fn create_function<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -783,8 +792,10 @@ async fn create_function<B: ApiBackend>(
     let req: CreateFunctionRequest = parse_json(&bytes)?;
     drop(bytes);
     let new = req.validate()?;
-    let span = span("CreateFunction", &new.name);
-    let record = with_registry(&b, move |r| r.create(new.into()))
+    let span = span("CreateFunction", &scope.function(new.name.clone()));
+    let mut create = CreateFunction::from(new);
+    create.account = scope.account().to_string();
+    let record = with_registry(&b, move |r| r.create(create))
         .instrument(span)
         .await?;
     b.function_changed(&record);
@@ -793,6 +804,7 @@ async fn create_function<B: ApiBackend>(
 
 async fn list_functions<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     query: QueryMap,
 ) -> Result<Json<ListFunctionsResponse>, ApiError> {
     let max = match query.get("MaxItems") {
@@ -812,16 +824,18 @@ async fn list_functions<B: ApiBackend>(
         },
     };
     let marker = query.get("Marker").unwrap_or_default();
+    // The caller's functions, in name order; the marker is a name.
     let mut after: Vec<FunctionRecord> = b
         .registry()
         .list()
         .into_iter()
-        .filter(|f| f.name.as_str() > marker)
+        .filter(|f| scope.owns(&f.name) && f.short_name() > marker)
         .collect();
+    after.sort_by(|a, z| a.short_name().cmp(z.short_name()));
     let more = after.len() > max;
     after.truncate(max);
     let next_marker = if more {
-        after.last().map(|f| f.name.clone())
+        after.last().map(|f| f.short_name().to_string())
     } else {
         None
     };
@@ -837,11 +851,12 @@ async fn list_functions<B: ApiBackend>(
 
 async fn get_function<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
     headers: HeaderMap,
 ) -> Result<Json<GetFunctionResponse>, ApiError> {
-    let name = target_name(target, &query)?;
+    let name = scope.resolve(target, query.get("Qualifier"))?;
     let record = lookup(&b, &name)?;
     let host = headers
         .get(HOST)
@@ -852,7 +867,7 @@ async fn get_function<B: ApiBackend>(
         configuration: configuration(&record)?,
         code: FunctionCodeLocation {
             repository_type: "S3".into(),
-            location: format!("http://{host}/thaw/v1/functions/{name}/code"),
+            location: format!("http://{host}/thaw/v1/functions/{}/code", name.name),
         },
         concurrency: record.concurrency.reserved.map(|n| thaw_api::Concurrency {
             reserved_concurrent_executions: Some(n),
@@ -862,20 +877,22 @@ async fn get_function<B: ApiBackend>(
 
 async fn get_function_configuration<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
-    let name = target_name(target, &query)?;
+    let name = scope.resolve(target, query.get("Qualifier"))?;
     Ok(Json(configuration(&lookup(&b, &name)?)?))
 }
 
 async fn update_function_code<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     let bytes = read_management_body(&headers, body, "UpdateFunctionCode").await?;
     let mut req: UpdateFunctionCodeRequest = parse_json(&bytes)?;
     drop(bytes);
@@ -891,54 +908,56 @@ async fn update_function_code<B: ApiBackend>(
     let n = name.clone();
     let revision = req.revision_id.take();
     let record = with_registry(&b, move |r| {
-        r.update_code(n.as_str(), &zip, revision.as_deref())
+        r.update_code(n.key.as_str(), &zip, revision.as_deref())
     })
     .instrument(span.clone())
     .await?;
-    b.retire(name.as_str()).instrument(span).await;
+    b.retire(name.key.as_str()).instrument(span).await;
     b.function_changed(&record);
     Ok(Json(configuration(&record)?))
 }
 
 async fn update_function_configuration<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     let bytes = read_settings_body(&headers, body, "UpdateFunctionConfiguration").await?;
     let req: UpdateFunctionConfigurationRequest = parse_json(&bytes)?;
     let span = span("UpdateFunctionConfiguration", &name);
     let n = name.clone();
     let record = with_registry(&b, move |r| {
-        r.update_configuration(n.as_str(), req.revision_id.as_deref(), |cur| {
+        r.update_configuration(n.key.as_str(), req.revision_id.as_deref(), |cur| {
             req.apply_to(cur)
         })
     })
     .instrument(span.clone())
     .await?;
-    b.retire(name.as_str()).instrument(span).await;
+    b.retire(name.key.as_str()).instrument(span).await;
     b.function_changed(&record);
     Ok(Json(configuration(&record)?))
 }
 
 async fn delete_function<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<StatusCode, ApiError> {
-    let name = target_name(target, &query)?;
+    let name = scope.resolve(target, query.get("Qualifier"))?;
     let span = span("DeleteFunction", &name);
     let n = name.clone();
-    with_registry(&b, move |r| r.delete(n.as_str()))
+    with_registry(&b, move |r| r.delete(n.key.as_str()))
         .instrument(span.clone())
         .await?;
-    b.function_removed(name.as_str());
+    b.function_removed(name.key.as_str());
     async {
-        b.retire(name.as_str()).await;
-        b.delete_logs(name.as_str());
-        if let Err(e) = b.delete_snapshots(name.as_str()) {
+        b.retire(name.key.as_str()).await;
+        b.delete_logs(name.key.as_str());
+        if let Err(e) = b.delete_snapshots(name.key.as_str()) {
             tracing::warn!(error = %e, "cannot delete the function's snapshots");
         }
     }
@@ -971,18 +990,19 @@ fn set_aside(others: &[&FunctionRecord]) -> (u64, u64) {
 /// it off: every invocation is throttled).
 async fn put_function_concurrency<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<thaw_api::Concurrency>, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     let bytes = read_settings_body(&headers, body, "PutFunctionConcurrency").await?;
     let req: thaw_api::PutFunctionConcurrencyRequest = parse_json(&bytes)?;
     let n = req.validate()?;
     let limit = b.account_concurrency();
     let n2 = name.clone();
     let record = with_registry(&b, move |r| {
-        r.update_concurrency(n2.as_str(), |cur, others| {
+        r.update_concurrency(n2.key.as_str(), |cur, others| {
             let (reserved, provisioned) = set_aside(others);
             thaw_api::concurrency::check_reservation(limit, reserved, provisioned, n)?;
             if let Some(p) = &cur.provisioned {
@@ -1004,9 +1024,10 @@ async fn put_function_concurrency<B: ApiBackend>(
 /// `GetFunctionConcurrency`: `{}` when the function has no reservation.
 async fn get_function_concurrency<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
 ) -> Result<Json<thaw_api::Concurrency>, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     let record = lookup(&b, &name)?;
     Ok(Json(thaw_api::Concurrency {
         reserved_concurrent_executions: record.concurrency.reserved,
@@ -1017,13 +1038,14 @@ async fn get_function_concurrency<B: ApiBackend>(
 /// pool again.
 async fn delete_function_concurrency<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
 ) -> Result<StatusCode, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     let limit = b.account_concurrency();
     let n2 = name.clone();
     let record = with_registry(&b, move |r| {
-        r.update_concurrency(n2.as_str(), |cur, others| {
+        r.update_concurrency(n2.key.as_str(), |cur, others| {
             let mut c = cur.clone();
             c.reserved = None;
             // Its provisioned concurrency now comes out of the unreserved pool.
@@ -1056,18 +1078,24 @@ fn check_provisioned_unreserved(
     })
 }
 
-/// `GetAccountSettings`.
-async fn account_settings<B: ApiBackend>(State(b): State<B>) -> Json<thaw_api::AccountSettings> {
+/// `GetAccountSettings`. The concurrency limit and what is set aside from
+/// it are the daemon's (all accounts share its instances); the usage is
+/// the caller's account's.
+async fn account_settings<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+) -> Json<thaw_api::AccountSettings> {
     let all = b.registry().list();
     let refs: Vec<&FunctionRecord> = all.iter().collect();
     let (reserved, provisioned) = set_aside(&refs);
+    let own: Vec<&FunctionRecord> = all.iter().filter(|f| scope.owns(&f.name)).collect();
     Json(thaw_api::AccountSettings::new(
         b.account_concurrency(),
         reserved,
         provisioned,
         thaw_api::AccountUsage {
-            total_code_size: all.iter().map(|f| f.code_size).sum(),
-            function_count: all.len() as u64,
+            total_code_size: own.iter().map(|f| f.code_size).sum(),
+            function_count: own.len() as u64,
         },
     ))
 }
@@ -1093,12 +1121,13 @@ fn provisioned_config<B: ApiBackend>(
 /// or absent: see the module documentation.
 async fn put_provisioned_concurrency<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = target_name(target, &query)?;
+    let name = scope.resolve(target, query.get("Qualifier"))?;
     let bytes = read_settings_body(&headers, body, "PutProvisionedConcurrencyConfig").await?;
     let req: thaw_api::PutProvisionedConcurrencyConfigRequest = parse_json(&bytes)?;
     let n = req.validate()?;
@@ -1112,7 +1141,7 @@ async fn put_provisioned_concurrency<B: ApiBackend>(
     let limit = b.account_concurrency();
     let n2 = name.clone();
     let record = with_registry(&b, move |r| {
-        r.update_concurrency(n2.as_str(), |cur, others| {
+        r.update_concurrency(n2.key.as_str(), |cur, others| {
             match cur.reserved {
                 Some(reserved) => thaw_api::concurrency::check_provisioned(n, Some(reserved))?,
                 None => {
@@ -1140,11 +1169,12 @@ async fn put_provisioned_concurrency<B: ApiBackend>(
 /// `ListProvisionedConcurrencyConfigs` (one path, as in Lambda).
 async fn get_provisioned_concurrency<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<Response, ApiError> {
     if query.get("List").is_some() {
-        let name = target.latest(None)?;
+        let name = scope.resolve(target, None)?;
         if let Some(s) = query.get("MaxItems") {
             if !matches!(s.parse::<i64>(), Ok(1..=50)) {
                 return Err(LambdaError::validation(
@@ -1169,7 +1199,7 @@ async fn get_provisioned_concurrency<B: ApiBackend>(
         })
         .into_response());
     }
-    let name = target_name(target, &query)?;
+    let name = scope.resolve(target, query.get("Qualifier"))?;
     let record = lookup(&b, &name)?;
     let config = provisioned_config(&b, &record)
         .ok_or_else(|| ApiError(thaw_api::concurrency::provisioned_config_not_found()))?;
@@ -1180,13 +1210,14 @@ async fn get_provisioned_concurrency<B: ApiBackend>(
 /// idle and are reaped after the keep-alive like any others.
 async fn delete_provisioned_concurrency<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<StatusCode, ApiError> {
-    let name = target_name(target, &query)?;
+    let name = scope.resolve(target, query.get("Qualifier"))?;
     let n2 = name.clone();
     let record = with_registry(&b, move |r| {
-        r.update_concurrency(n2.as_str(), |cur, _| {
+        r.update_concurrency(n2.key.as_str(), |cur, _| {
             let mut c = cur.clone();
             c.provisioned = None;
             Ok(c)
@@ -1254,12 +1285,13 @@ fn set_header(resp: &mut Response, name: &str, value: &str) {
 
 async fn invoke<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = target_name(target, &query)?;
+    let name = scope.resolve(target, query.get("Qualifier"))?;
     let h = invoke_headers(&headers)?;
     let kind = h.kind;
     let payload = read_body(&headers, body, kind.max_payload_bytes(), || {
@@ -1432,19 +1464,25 @@ fn invoke_response(out: InvokeOutcome) -> Response {
 /// stands (queued, building and in which phase, ready, failed and why).
 async fn snapshot_status<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
 ) -> Result<Json<thaw_api::SnapshotStatus>, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     let f = lookup(&b, &name)?;
     Ok(Json(b.snapshot_status(&f)))
 }
 
-/// `GET /thaw/v1/snapshots`: every function's snapshot status.
-async fn list_snapshots<B: ApiBackend>(State(b): State<B>) -> Json<Vec<thaw_api::SnapshotStatus>> {
+/// `GET /thaw/v1/snapshots`: the snapshot status of each of the caller's
+/// functions.
+async fn list_snapshots<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+) -> Json<Vec<thaw_api::SnapshotStatus>> {
     let mut all: Vec<_> = b
         .registry()
         .list()
         .iter()
+        .filter(|f| scope.owns(&f.name))
         .map(|f| b.snapshot_status(f))
         .collect();
     all.sort_by(|a, z| a.function.cmp(&z.function));
@@ -1457,12 +1495,13 @@ async fn list_snapshots<B: ApiBackend>(State(b): State<B>) -> Json<Vec<thaw_api:
 /// and answer `202` with the status at once.
 async fn create_snapshot<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     let f = lookup(&b, &name)?;
     // Read and checked before anything starts: a bad event is the
     // caller's error and must not cost a sandbox.
@@ -1506,11 +1545,12 @@ async fn create_snapshot<B: ApiBackend>(
 /// invocation gets a new instance: for benchmarks and operators.
 async fn retire_instances<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
 ) -> Result<StatusCode, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     lookup(&b, &name)?;
-    b.drop_idle(name.as_str())
+    b.drop_idle(name.key.as_str())
         .instrument(span("RetireInstances", &name))
         .await;
     Ok(StatusCode::NO_CONTENT)
@@ -1519,11 +1559,12 @@ async fn retire_instances<B: ApiBackend>(
 /// `DELETE /thaw/v1/functions/{name}/snapshot`.
 async fn delete_snapshot<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
 ) -> Result<StatusCode, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     lookup(&b, &name)?;
-    let had = b.delete_snapshots(name.as_str()).map_err(|e| {
+    let had = b.delete_snapshots(name.key.as_str()).map_err(|e| {
         ApiError(LambdaError::new(
             ErrorCode::Service,
             format!("Cannot delete the snapshot: {e}"),
@@ -1534,7 +1575,7 @@ async fn delete_snapshot<B: ApiBackend>(
     } else {
         Err(ApiError(LambdaError::new(
             ErrorCode::ResourceNotFound,
-            format!("Function {} has no snapshot", name.as_str()),
+            format!("Function {} has no snapshot", name.name),
         )))
     }
 }
@@ -1544,9 +1585,10 @@ async fn delete_snapshot<B: ApiBackend>(
 /// demand, e.g. after the function's traffic changed).
 async fn rerecord_working_set<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
 ) -> Result<StatusCode, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     let f = lookup(&b, &name)?;
     let had = b.rerecord_working_set(&f).map_err(|e| {
         ApiError(LambdaError::new(
@@ -1559,17 +1601,18 @@ async fn rerecord_working_set<B: ApiBackend>(
     } else {
         Err(ApiError(LambdaError::new(
             ErrorCode::ResourceNotFound,
-            format!("Function {} has no working set", name.as_str()),
+            format!("Function {} has no working set", name.name),
         )))
     }
 }
 
 async fn function_logs<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<Json<Vec<thaw_api::LogRecord>>, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     lookup(&b, &name)?;
     let limit = match query.get("limit") {
         None => DEFAULT_LOG_LIMIT,
@@ -1591,7 +1634,7 @@ async fn function_logs<B: ApiBackend>(
         .map(str::to_string);
     let bg = b.clone();
     let records = tokio::task::spawn_blocking(move || {
-        bg.read_logs(name.as_str(), request_id.as_deref(), limit)
+        bg.read_logs(name.key.as_str(), request_id.as_deref(), limit)
     })
     .await
     .map_err(|e| {
@@ -1613,19 +1656,18 @@ async fn function_logs<B: ApiBackend>(
 
 async fn function_code<B: ApiBackend>(
     State(b): State<B>,
+    scope: Scope,
     FunctionPath(target): FunctionPath,
 ) -> Result<Response, ApiError> {
-    let name = target.latest(None)?;
+    let name = scope.resolve(target, None)?;
     let path = b
         .registry()
-        .code_zip_path(name.as_str())
-        .ok_or_else(|| ApiError(LambdaError::function_not_found(name.as_str())))?;
+        .code_zip_path(name.key.as_str())
+        .ok_or_else(|| ApiError(name.not_found()))?;
     match tokio::fs::read(&path).await {
         Ok(zip) => Ok(([(CONTENT_TYPE, "application/zip")], zip).into_response()),
         // Deleted between the lookup and the read.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(ApiError(LambdaError::function_not_found(name.as_str())))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError(name.not_found())),
         Err(e) => {
             tracing::error!(function = %name, path = %path.display(), error = %e, "cannot read code zip");
             Err(ApiError::internal("Cannot read the function's code"))
@@ -1633,16 +1675,24 @@ async fn function_code<B: ApiBackend>(
     }
 }
 
-async fn drop_store_caches<B: ApiBackend>(State(b): State<B>) -> Response {
-    axum::Json(serde_json::json!({ "store": b.drop_store_caches() })).into_response()
+/// `POST /thaw/v1/store/drop-caches` (root: the caches hold every
+/// account's snapshots).
+async fn drop_store_caches<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+) -> Result<Response, ApiError> {
+    scope.require_root("DropStoreCaches")?;
+    Ok(axum::Json(serde_json::json!({ "store": b.drop_store_caches() })).into_response())
 }
 
-async fn metrics<B: ApiBackend>(State(b): State<B>) -> Response {
-    (
+/// `GET /metrics` (root: the metrics name every account's functions).
+async fn metrics<B: ApiBackend>(State(b): State<B>, scope: Scope) -> Result<Response, ApiError> {
+    scope.require_root("GetMetrics")?;
+    Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         b.render_metrics(),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn unknown_operation(method: Method, uri: Uri) -> ApiError {

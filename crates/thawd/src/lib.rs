@@ -8,6 +8,7 @@
 //! Must not: implement sandboxing, the Runtime API or storage formats itself;
 //! those live in their own crates.
 
+pub mod accounts;
 pub mod admission;
 pub mod api;
 pub mod backend;

@@ -27,7 +27,6 @@ use crate::logs::{now_ms, LogRecord, LogStore};
 use crate::metrics::Metrics;
 use crate::placement::{Measured, Placement, Queue};
 use crate::registry::FunctionRecord;
-use crate::runtimes::REGION;
 use crate::scheduler::{self, Decision, HostLoad, Limits, MemoryRoom, StartChoice};
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -754,10 +753,7 @@ impl Pools {
         let inv = Invocation {
             request_id: uuid::Uuid::new_v4().to_string(),
             deadline_ms: now_ms() + timeout.as_millis() as u64,
-            invoked_function_arn: format!(
-                "arn:aws:lambda:{REGION}:000000000000:function:{}",
-                f.name
-            ),
+            invoked_function_arn: f.arn(),
             trace_id: None,
             client_context: None,
             cognito_identity: None,
@@ -993,10 +989,7 @@ impl Pools {
         let inv = Invocation {
             request_id: request_id.clone(),
             deadline_ms: now_ms() + timeout.as_millis() as u64,
-            invoked_function_arn: format!(
-                "arn:aws:lambda:{REGION}:000000000000:function:{}",
-                f.name
-            ),
+            invoked_function_arn: f.arn(),
             trace_id: Some(format!(
                 "Root=1-{:08x}-{};Sampled=0",
                 now_ms() / 1000,

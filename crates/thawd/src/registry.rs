@@ -127,9 +127,31 @@ pub struct ProvisionedSetting {
 }
 
 impl FunctionRecord {
-    /// The function's validated name.
+    /// The function's validated name within its account.
     pub fn function_name(&self) -> Result<FunctionName, LambdaError> {
-        FunctionName::parse(&self.name)
+        if !crate::accounts::valid_key(&self.name) {
+            return Err(LambdaError::new(
+                thaw_api::ErrorCode::Service,
+                format!("{:?} is not a function key", self.name),
+            ));
+        }
+        FunctionName::parse(self.short_name())
+    }
+
+    /// The account the function belongs to (`name` is the daemon's key:
+    /// see [`crate::accounts`]).
+    pub fn account(&self) -> &str {
+        crate::accounts::split_key(&self.name).0
+    }
+
+    /// The function's name within its account.
+    pub fn short_name(&self) -> &str {
+        crate::accounts::split_key(&self.name).1
+    }
+
+    /// The ARN of the function's `$LATEST`.
+    pub fn arn(&self) -> String {
+        thaw_api::function::function_arn_in(self.account(), self.short_name())
     }
 
     /// The function's configuration as `thaw-api` models it.
@@ -169,6 +191,8 @@ impl FunctionRecord {
 /// A function to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateFunction {
+    /// The account the function is created in.
+    pub account: String,
     pub name: FunctionName,
     pub settings: FunctionSettings,
     /// The code zip as uploaded.
@@ -178,6 +202,7 @@ pub struct CreateFunction {
 impl From<NewFunction> for CreateFunction {
     fn from(f: NewFunction) -> Self {
         CreateFunction {
+            account: thaw_auth::ROOT_ACCOUNT.to_string(),
             name: f.name,
             settings: f.settings,
             zip: f.zip,
@@ -403,7 +428,8 @@ impl Registry {
     /// persist it.
     pub fn create(&self, req: CreateFunction) -> Result<FunctionRecord, RegistryError> {
         req.settings.validate().map_err(RegistryError::Invalid)?;
-        let name = req.name.as_str();
+        let key = crate::accounts::function_key(&req.account, req.name.as_str());
+        let name = key.as_str();
         if self.lock().functions.contains_key(name) {
             return Err(RegistryError::AlreadyExists(name.to_string()));
         }
@@ -1227,6 +1253,7 @@ mod tests {
 
     fn new_fn(name: &str, zip: Vec<u8>) -> CreateFunction {
         CreateFunction {
+            account: thaw_auth::ROOT_ACCOUNT.to_string(),
             name: FunctionName::parse(name).unwrap(),
             settings: FunctionSettings::new(Runtime::Python311, "app.handler"),
             zip,

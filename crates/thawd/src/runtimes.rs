@@ -215,12 +215,12 @@ pub fn start_spec(
         ("AWS_REGION", REGION.into()),
         ("AWS_DEFAULT_REGION", REGION.into()),
         ("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", f.runtime)),
-        ("AWS_LAMBDA_FUNCTION_NAME", f.name.clone()),
+        ("AWS_LAMBDA_FUNCTION_NAME", f.short_name().to_string()),
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mb.to_string()),
         (
             "AWS_LAMBDA_LOG_GROUP_NAME",
-            format!("/aws/lambda/{}", f.name),
+            format!("/aws/lambda/{}", f.short_name()),
         ),
         (
             "AWS_LAMBDA_LOG_STREAM_NAME",

@@ -423,6 +423,7 @@ pub async fn serve_with(
     // Outermost first: the body deadline bounds every read of the body,
     // the signature check's included; only signed requests reach a route.
     let app = crate::api::router(platform.clone())
+        .merge(crate::accounts::router(platform.accounts.clone()))
         .layer(axum::middleware::from_fn(move |req, next| {
             crate::api::authenticate(accounts.clone(), req, next)
         }))

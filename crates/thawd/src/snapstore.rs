@@ -71,11 +71,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `f`'s tenant: its account's. Every function belongs to the root account
-/// today; nothing the function sets (its environment included) changes it.
+/// `f`'s tenant: its account's (the root account's is [`ROOT_TENANT`], any
+/// other's its id). Nothing the function sets (its environment included)
+/// changes it, so one account's functions never share chunks (or learn,
+/// by deduplication, what another's snapshots hold) with another's.
 pub fn tenant_of(f: &FunctionRecord) -> String {
-    let _ = f;
-    ROOT_TENANT.to_string()
+    match f.account() {
+        thaw_auth::ROOT_ACCOUNT => ROOT_TENANT.to_string(),
+        account => account.to_string(),
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> String {

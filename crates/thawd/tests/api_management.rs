@@ -130,10 +130,31 @@ fn api_with(invoke: Arc<InvokeFn>) -> Api {
         snapshots: Arc::default(),
     };
     Api {
-        app: router_with(fake.clone()),
+        app: router_with(fake.clone()).layer(axum::middleware::from_fn(as_caller)),
         fake,
         _dir: dir,
     }
+}
+
+/// The header naming the account a test request is made as (root without it).
+const TEST_ACCOUNT: &str = "x-test-account";
+
+/// Stands in for the daemon's signature check (which the end-to-end tests in
+/// `thaw-cli` exercise against a real daemon): it leaves the verified
+/// caller in the request, as the check does: the root account, or the one
+/// named in [`TEST_ACCOUNT`].
+async fn as_caller(mut req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let account = req
+        .headers()
+        .get(TEST_ACCOUNT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(thaw_auth::ROOT_ACCOUNT)
+        .to_string();
+    req.extensions_mut().insert(thaw_auth::Caller {
+        account_id: account,
+        access_key_id: "AKIDTHAWTEST00000001".into(),
+    });
+    next.run(req).await
 }
 
 fn api() -> Api {
@@ -188,16 +209,17 @@ impl Api {
     }
 
     async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> Reply {
+        self.call_as(thaw_auth::ROOT_ACCOUNT, method, uri, body)
+            .await
+    }
+
+    /// [`Api::call`] as `account`.
+    async fn call_as(&self, account: &str, method: &str, uri: &str, body: Option<Value>) -> Reply {
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
             .header("host", "thaw.test:9070")
-            // A SigV4 header as the AWS SDKs send it: accepted, not checked.
-            .header(
-                "authorization",
-                "AWS4-HMAC-SHA256 Credential=AKID/20240101/us-east-1/lambda/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc",
-            )
-            .header("x-amz-date", "20240101T000000Z");
+            .header(TEST_ACCOUNT, account);
         let body = match body {
             Some(v) => {
                 req = req.header("content-type", "application/json");
@@ -1323,4 +1345,174 @@ async fn a_body_that_never_ends_gets_408_and_closes_the_connection() {
     );
     assert_eq!(resp.headers().get("connection").unwrap(), "close");
     assert!(api.fake.invoked.lock().unwrap().is_empty());
+}
+
+/// Each account has its own namespace: the same name in two accounts is
+/// two functions; an account lists, reads, invokes and deletes only its
+/// own; another account's ARN is refused with 403; the operator-wide
+/// endpoints are the root account's.
+#[tokio::test]
+async fn accounts_have_their_own_functions() {
+    let api = api();
+    const A: &str = "123456789012";
+    const B: &str = "210987654321";
+    let create = |account: &'static str, body: &'static str| {
+        let api = &api;
+        async move {
+            let req = json!({
+                "FunctionName": "f",
+                "Runtime": "python3.11",
+                "Role": "arn:aws:iam::000000000000:role/thaw",
+                "Handler": "app.handler",
+                "Code": {"ZipFile": STANDARD.encode(app_zip(body))},
+            });
+            api.call_as(account, "POST", "/2015-03-31/functions", Some(req))
+                .await
+        }
+    };
+    let a = create(A, "def handler(e, c):\n    return 'a'\n").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    assert_eq!(a.json()["FunctionName"], "f");
+    assert_eq!(
+        a.json()["FunctionArn"],
+        format!("arn:aws:lambda:us-east-1:{A}:function:f")
+    );
+    let b = create(B, "def handler(e, c):\n    return 'b'\n").await;
+    assert_eq!(b.status, StatusCode::CREATED);
+    assert_eq!(
+        b.json()["FunctionArn"],
+        format!("arn:aws:lambda:us-east-1:{B}:function:f")
+    );
+    assert_ne!(a.json()["CodeSha256"], b.json()["CodeSha256"]);
+    // The same name again in A is a conflict, naming only the name.
+    let again = create(A, "x").await;
+    let msg = again.assert_error(409, "ResourceConflictException");
+    assert!(!msg.contains(B) && !msg.contains('.'), "{msg}");
+
+    // Each lists only its own; the root account has none.
+    for (account, arn_account) in [(A, A), (B, B)] {
+        let list = api
+            .call_as(account, "GET", "/2015-03-31/functions", None)
+            .await
+            .json();
+        let fns = list["Functions"].as_array().unwrap();
+        assert_eq!(fns.len(), 1, "{list}");
+        assert_eq!(
+            fns[0]["FunctionArn"],
+            format!("arn:aws:lambda:us-east-1:{arn_account}:function:f")
+        );
+    }
+    let root_list = api.call("GET", "/2015-03-31/functions", None).await.json();
+    assert_eq!(
+        root_list["Functions"].as_array().unwrap().len(),
+        0,
+        "{root_list}"
+    );
+    api.call("GET", "/2015-03-31/functions/f", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+
+    // By its own ARN: found; by the other account's ARN: 403, for every
+    // kind of operation, and nothing changes.
+    let own = api
+        .call_as(
+            A,
+            "GET",
+            &format!("/2015-03-31/functions/arn:aws:lambda:us-east-1:{A}:function:f"),
+            None,
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::OK);
+    assert_eq!(
+        own.json()["Configuration"]["FunctionArn"],
+        format!("arn:aws:lambda:us-east-1:{A}:function:f")
+    );
+    let other = format!("arn:aws:lambda:us-east-1:{B}:function:f");
+    for (method, path, body) in [
+        ("GET", format!("/2015-03-31/functions/{other}"), None),
+        (
+            "PUT",
+            format!("/2015-03-31/functions/{other}/configuration"),
+            Some(json!({"Timeout": 9})),
+        ),
+        ("DELETE", format!("/2015-03-31/functions/{other}"), None),
+        (
+            "POST",
+            format!("/2015-03-31/functions/{other}/invocations"),
+            Some(json!({})),
+        ),
+        ("GET", format!("/thaw/v1/functions/{other}/logs"), None),
+        ("GET", format!("/thaw/v1/functions/{other}/code"), None),
+        ("GET", format!("/2015-03-31/functions/{B}:function:f"), None),
+    ] {
+        api.call_as(A, method, &path, body)
+            .await
+            .assert_error(403, "AccessDeniedException");
+    }
+    assert!(api.fake.invoked.lock().unwrap().is_empty());
+    let b_cfg = api
+        .call_as(B, "GET", "/2015-03-31/functions/f/configuration", None)
+        .await
+        .json();
+    assert_eq!(b_cfg["Timeout"], 3, "{b_cfg}");
+
+    // Invocations reach each account's own function.
+    let r = api
+        .call_as(
+            B,
+            "POST",
+            "/2015-03-31/functions/f/invocations",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let invoked = api.fake.invoked.lock().unwrap().clone();
+    assert_eq!(invoked.len(), 1);
+    assert_eq!(invoked[0].0, format!("{B}.f"));
+
+    // Operator-wide endpoints are the root account's.
+    for (method, path) in [("GET", "/metrics"), ("POST", "/thaw/v1/store/drop-caches")] {
+        api.call_as(A, method, path, None)
+            .await
+            .assert_error(403, "AccessDeniedException");
+        assert_eq!(api.call(method, path, None).await.status, StatusCode::OK);
+    }
+
+    // Deleting A's function leaves B's.
+    let d = api
+        .call_as(A, "DELETE", "/2015-03-31/functions/f", None)
+        .await;
+    assert_eq!(d.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.fake.retired.lock().unwrap().last().unwrap(),
+        &format!("{A}.f")
+    );
+    api.call_as(A, "GET", "/2015-03-31/functions/f", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    assert_eq!(
+        api.call_as(B, "GET", "/2015-03-31/functions/f", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+/// A request that reached the routes without a verified caller (a
+/// router assembled without the signature check) is refused, not served
+/// as some account.
+#[tokio::test]
+async fn a_request_without_a_verified_caller_is_refused() {
+    let api = api();
+    let bare = router_with(api.fake.clone());
+    let resp = bare
+        .oneshot(
+            Request::builder()
+                .uri("/2015-03-31/functions")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }

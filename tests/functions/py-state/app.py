@@ -62,6 +62,8 @@ def handler(event, context):
             "request_id": context.aws_request_id,
             "remaining_ms": context.get_remaining_time_in_millis(),
             "function_name": context.function_name,
+            "function_arn": context.invoked_function_arn,
+            "env_function_name": os.environ.get("AWS_LAMBDA_FUNCTION_NAME"),
             "memory_limit_in_mb": context.memory_limit_in_mb,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
