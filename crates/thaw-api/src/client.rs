@@ -519,6 +519,28 @@ impl Client {
             })
     }
 
+    /// The function's platform settings (thaw extension).
+    pub fn get_function_settings(
+        &self,
+        name: &str,
+    ) -> Result<crate::PlatformSettings, ClientError> {
+        let url = self.url(&["thaw", "v1", "functions", name, "settings"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// Replaces the function's platform settings (thaw extension); new
+    /// instances use them.
+    pub fn put_function_settings(
+        &self,
+        name: &str,
+        settings: &crate::PlatformSettings,
+    ) -> Result<crate::PlatformSettings, ClientError> {
+        let url = self.url(&["thaw", "v1", "functions", name, "settings"]);
+        let resp = self.send(self.http.put(url.clone()).json(settings), &url)?;
+        decode(resp, &url)
+    }
+
     /// Creates an account (root account only; thaw extension): its id and
     /// first access key, whose secret is shown only now.
     pub fn create_account(&self, name: &str) -> Result<crate::auth::NewAccessKey, ClientError> {

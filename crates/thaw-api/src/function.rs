@@ -47,6 +47,53 @@ pub const EPHEMERAL_STORAGE_MB: u32 = 512;
 const NAME_PATTERN: &str = r"(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\d{1}:)?(\d{12}:)?(function:)?([a-zA-Z0-9-_]+)(:(\$LATEST|[a-zA-Z0-9-_]+))?";
 
 /// Environment variables a function may not set: Lambda reserves them.
+/// Variables that once chose platform settings from a function's
+/// environment and are now [`PlatformSettings`]: refused in an environment.
+pub const MOVED_TO_SETTINGS: &[&str] = &["THAW_MEMORY_MODE", "THAW_RESEED"];
+
+/// How restores may bring a snapshot's memory back
+/// ([`PlatformSettings::memory_mode`]).
+pub const MEMORY_MODES: &[&str] = &["eager", "lazy", "working-set"];
+
+/// A function's settings that are thaw's own (not Lambda's): how the
+/// platform runs its instances. Set with `PUT
+/// /thaw/v1/functions/NAME/settings`; unset fields take the daemon's
+/// defaults. Not part of the code revision (a change retires the
+/// function's instances; its snapshot stays).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct PlatformSettings {
+    /// How restores bring memory back: `eager`, `lazy` or `working-set`
+    /// (default: the daemon's `--memory-mode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mode: Option<String>,
+    /// Whether a restored instance gets new random state before it runs
+    /// (default: true; false only to show what reseeding prevents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reseed: Option<bool>,
+}
+
+impl PlatformSettings {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self == &PlatformSettings::default()
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), LambdaError> {
+        if let Some(m) = &self.memory_mode {
+            if !MEMORY_MODES.contains(&m.as_str()) {
+                return Err(LambdaError::validation(
+                    m,
+                    "memoryMode",
+                    &format!("Member must be one of [{}]", MEMORY_MODES.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 const RESERVED_ENV_KEYS: &[&str] = &[
     "_HANDLER",
     "_X_AMZN_TRACE_ID",
@@ -391,6 +438,14 @@ pub fn validate_environment(vars: &BTreeMap<String, String>) -> Result<(), Lambd
         return Err(LambdaError::invalid_parameter(format!(
             "Lambda was unable to configure your environment variables because the environment variables you have provided contains reserved keys that are currently not supported for modification. Reserved keys used in this request: {}",
             reserved.join(", ")
+        )));
+    }
+    if let Some(k) = vars
+        .keys()
+        .find(|k| MOVED_TO_SETTINGS.contains(&k.as_str()))
+    {
+        return Err(LambdaError::invalid_parameter(format!(
+            "{k} is not a variable any more: it is a function setting of thaw's (PUT /thaw/v1/functions/NAME/settings, `thaw settings NAME`)"
         )));
     }
     let size = serde_json::to_string(vars)

@@ -37,7 +37,9 @@ pub use concurrency::{
     PutFunctionConcurrencyRequest, PutProvisionedConcurrencyConfigRequest,
 };
 pub use error::{ErrorBody, ErrorCode, ErrorType, LambdaError, ERROR_TYPE_HEADER};
-pub use function::{function_arn, FunctionName, FunctionRef, FunctionSettings, Runtime};
+pub use function::{
+    function_arn, FunctionName, FunctionRef, FunctionSettings, PlatformSettings, Runtime,
+};
 pub use invoke::{
     InvocationType, MemoryInfo, ServerTiming, SnapshotReport, SnapshotState, SnapshotStatus,
     StartKind,

@@ -331,3 +331,49 @@ mod tests {
         assert!(parse_env("=x").is_err() && parse_env("x").is_err());
     }
 }
+
+/// Arguments of `thaw settings`.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// The function's name.
+    pub name: String,
+    /// How restores bring memory back: eager, lazy or working-set.
+    #[arg(long, value_parser = ["eager", "lazy", "working-set"])]
+    pub memory_mode: Option<String>,
+    /// Whether restored instances get new random state (true, the
+    /// default) or not (false: only to show what reseeding prevents).
+    #[arg(long)]
+    pub reseed: Option<bool>,
+    /// Forget every setting first (the daemon's defaults apply).
+    #[arg(long)]
+    pub clear: bool,
+}
+
+/// `thaw settings NAME [...]`: shows the function's thaw settings, after
+/// changing those given.
+pub fn settings(endpoint: &str, args: SettingsArgs) -> anyhow::Result<()> {
+    let c = client(endpoint)?;
+    let name = &args.name;
+    let mut s = if args.clear {
+        thaw_api::PlatformSettings::default()
+    } else {
+        c.get_function_settings(name)
+            .with_context(|| format!("cannot read the settings of {name}"))?
+    };
+    let changed = args.clear || args.memory_mode.is_some() || args.reseed.is_some();
+    if let Some(m) = args.memory_mode {
+        s.memory_mode = Some(m);
+    }
+    if let Some(r) = args.reseed {
+        s.reseed = Some(r);
+    }
+    if changed {
+        s = c
+            .put_function_settings(name, &s)
+            .with_context(|| format!("cannot change the settings of {name}"))?;
+    }
+    let show = |v: Option<String>| v.unwrap_or_else(|| "(daemon default)".into());
+    println!("memory mode: {}", show(s.memory_mode));
+    println!("reseed:      {}", show(s.reseed.map(|r| r.to_string())));
+    Ok(())
+}

@@ -81,6 +81,8 @@ enum Command {
     /// snapshot), forget its snapshot, or inspect a snapshot directory.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
+    /// Show or change a function's thaw settings (memory mode, reseeding).
+    Settings(functions::SettingsArgs),
     /// Accounts (each has its own functions) and their access keys.
     #[command(subcommand)]
     Account(account::AccountCommand),
@@ -289,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench_store::run(bench_store::StoreOptions { cache_dir }).map(|()| ExitCode::SUCCESS)
         }
         Command::Snapshot(cmd) => snapshot_cmd::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Settings(args) => functions::settings(endpoint, args).map(|()| ExitCode::SUCCESS),
         Command::Account(cmd) => account::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),
     }
 }

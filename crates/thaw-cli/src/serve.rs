@@ -23,8 +23,8 @@ pub struct ServeArgs {
     /// How restores bring a snapshot's memory back: `eager` (copied in
     /// before the runtime resumes), `lazy` (served on first touch) or
     /// `working-set` (lazy, with the pages the first restore touched
-    /// installed in one batch first). A function may choose its own with
-    /// the THAW_MEMORY_MODE variable.
+    /// installed in one batch first). A function may choose its own
+    /// (`thaw settings NAME --memory-mode ...`).
     #[arg(long, default_value = "working-set")]
     pub memory_mode: thawd::config::MemoryMode,
     /// How new instances of a function with a snapshot are made: `clone`

@@ -120,7 +120,15 @@ fn hooks_and_identity(
         );
     }
 
-    deploy_env(&c, "same", dir, runtime, handler, &[("THAW_RESEED", "0")]);
+    deploy_env(&c, "same", dir, runtime, handler, &[]);
+    c.put_function_settings(
+        "same",
+        &thaw_api::PlatformSettings {
+            reseed: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     c.create_snapshot("same", b"{}").unwrap();
     let runs: Vec<Value> = (0..5).map(|_| invoke_restored(&c, "same")).collect();
     assert_eq!(distinct(&runs, "instance_id"), 5);

@@ -161,14 +161,15 @@ fn a_tampered_chunk_never_reaches_an_instance() {
     let d = Daemon::start(&["--instances", "restore", "--standby", "0"]);
     let c = d.client();
     for (name, mode) in [("eager", "eager"), ("ws", "working-set")] {
-        deploy_env(
-            &c,
+        deploy_env(&c, name, "py-pages", "python3.11", "app.handler", &[]);
+        c.put_function_settings(
             name,
-            "py-pages",
-            "python3.11",
-            "app.handler",
-            &[("THAW_MEMORY_MODE", mode)],
-        );
+            &thaw_api::PlatformSettings {
+                memory_mode: Some(mode.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         snapshot(&c, name);
         let (start, _) = fresh_sum(&c, name, 0, 256);
         assert_eq!(start, Some(StartKind::Restored), "{name}");

@@ -145,14 +145,15 @@ fn each_function_may_choose_its_memory_mode() {
     let c = d.client();
     for mode in ["eager", "lazy", "working-set"] {
         let name = format!("pages-{mode}");
-        deploy_env(
-            &c,
+        deploy_env(&c, &name, "py-pages", "python3.11", "app.handler", &[]);
+        c.put_function_settings(
             &name,
-            "py-pages",
-            "python3.11",
-            "app.handler",
-            &[("THAW_MEMORY_MODE", mode)],
-        );
+            &thaw_api::PlatformSettings {
+                memory_mode: Some(mode.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         snapshot_pages(&c, &name, 0, 256);
         let m = restored_sum(&c, &name, 0, 512);
         assert_eq!(m.mode, mode, "{m}");

@@ -21,6 +21,7 @@
 //! | GET | `/2016-08-19/account-settings` | GetAccountSettings |
 //! | GET | `/thaw/v1/functions/{name}/logs` | log records (`request_id`, `limit`) |
 //! | GET | `/thaw/v1/functions/{name}/code` | the uploaded zip |
+//! | GET, PUT | `/thaw/v1/functions/{name}/settings` | thaw's own settings of the function ([`thaw_api::PlatformSettings`]) |
 //! | GET | `/metrics`, `/healthz` | Prometheus metrics, liveness |
 //!
 //! Every route but `/healthz` is reached only through [`authenticate`]
@@ -361,6 +362,10 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
             delete(rerecord_working_set::<B>),
         )
         .route("/thaw/v1/snapshots", get(list_snapshots::<B>))
+        .route(
+            "/thaw/v1/functions/{name}/settings",
+            get(get_function_settings::<B>).put(put_function_settings::<B>),
+        )
         .route(
             "/thaw/v1/functions/{name}/retire",
             post(retire_instances::<B>),
@@ -1673,6 +1678,44 @@ async fn function_code<B: ApiBackend>(
             Err(ApiError::internal("Cannot read the function's code"))
         }
     }
+}
+
+/// `GET /thaw/v1/functions/{name}/settings`: thaw's own settings of the
+/// function (unset ones take the daemon's defaults).
+async fn get_function_settings<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+    FunctionPath(target): FunctionPath,
+) -> Result<Json<thaw_api::PlatformSettings>, ApiError> {
+    let name = scope.resolve(target, None)?;
+    Ok(Json(lookup(&b, &name)?.platform))
+}
+
+/// `PUT /thaw/v1/functions/{name}/settings`: replaces them; the function's
+/// instances are retired so every new one runs with them (its snapshot
+/// stays: they decide how it is restored, not what it holds).
+async fn put_function_settings<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+    FunctionPath(target): FunctionPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<thaw_api::PlatformSettings>, ApiError> {
+    let name = scope.resolve(target, None)?;
+    let bytes = read_settings_body(&headers, body, "PutFunctionSettings").await?;
+    // An object (serde would also take a JSON array for a struct).
+    let object: serde_json::Map<String, serde_json::Value> = parse_json(&bytes)?;
+    let settings: thaw_api::PlatformSettings =
+        serde_json::from_value(serde_json::Value::Object(object))
+            .map_err(|e| ApiError(LambdaError::unparsable_body(e)))?;
+    settings.validate()?;
+    let span = span("PutFunctionSettings", &name);
+    let key = name.key.clone();
+    let record = with_registry(&b, move |r| r.update_platform(&key, settings))
+        .instrument(span.clone())
+        .await?;
+    b.retire(&name.key).instrument(span).await;
+    Ok(Json(record.platform))
 }
 
 /// `POST /thaw/v1/store/drop-caches` (root: the caches hold every

@@ -29,7 +29,7 @@ pub struct DaemonConfig {
     /// Size of each instance's private /tmp, bytes.
     pub tmp_size_bytes: u64,
     /// How restores bring a snapshot's memory back (a function may choose
-    /// its own with the `THAW_MEMORY_MODE` variable).
+    /// its own in its settings, [`thaw_api::PlatformSettings`]).
     pub memory_mode: MemoryMode,
     /// How new instances of a function with a snapshot are made.
     pub instances: InstanceMode,

@@ -81,22 +81,15 @@ pub enum SnapshotRunState {
     AtSnapshotPoint,
 }
 
-/// Name of the function variable that switches reseeding after a restore
-/// off (`0`); only useful to show what reseeding prevents.
-pub const RESEED_VARIABLE: &str = "THAW_RESEED";
-
-/// Name of the function variable that chooses how its restores bring
-/// memory back: `eager`, `lazy` or `working-set` (default: the daemon's
-/// `--memory-mode`).
-pub const MEMORY_MODE_VARIABLE: &str = "THAW_MEMORY_MODE";
-
 impl InstanceContext {
-    /// How restores of `f` bring memory back.
+    /// How restores of `f` bring memory back: its setting, else the
+    /// daemon's `--memory-mode`.
     pub fn memory_mode(&self, f: &FunctionRecord) -> MemoryMode {
-        match f.environment.get(MEMORY_MODE_VARIABLE) {
+        match &f.platform.memory_mode {
             None => self.memory_mode,
             Some(v) => v.parse().unwrap_or_else(|e| {
-                tracing::warn!(function = %f.name, error = %e, "ignoring {MEMORY_MODE_VARIABLE}");
+                // Validated when set; a record edited by hand is not.
+                tracing::warn!(function = %f.name, error = %e, "ignoring the function's memory mode");
                 self.memory_mode
             }),
         }
@@ -589,7 +582,7 @@ impl Instance {
                 after_restore: AfterRestore {
                     instance_id: id.clone(),
                     environment,
-                    reseed: f.environment.get(RESEED_VARIABLE).map(String::as_str) != Some("0"),
+                    reseed: f.platform.reseed != Some(false),
                 },
             });
         }

@@ -41,7 +41,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use thaw_api::{CodeInfo, FunctionName, FunctionSettings, LambdaError, NewFunction, Runtime};
+use thaw_api::{
+    CodeInfo, FunctionName, FunctionSettings, LambdaError, NewFunction, PlatformSettings, Runtime,
+};
 
 use crate::instance::error_chain;
 use crate::secrets::{EnvCipher, KeySource};
@@ -93,6 +95,12 @@ pub struct FunctionRecord {
     /// byte-compatible with older daemons.
     #[serde(default, skip_serializing_if = "ConcurrencyConfig::is_empty")]
     pub concurrency: ConcurrencyConfig,
+    /// thaw's own settings of the function (memory mode, reseeding). Left
+    /// out while nothing is set, as `concurrency`. Records written when
+    /// these were the function's `THAW_MEMORY_MODE` / `THAW_RESEED`
+    /// variables are moved here when loaded.
+    #[serde(default, skip_serializing_if = "PlatformSettings::is_empty")]
+    pub platform: PlatformSettings,
 }
 
 /// A function's concurrency controls as stored in `function.json`. Not part
@@ -460,6 +468,7 @@ impl Registry {
             revision_id: revision,
             uid,
             concurrency: ConcurrencyConfig::default(),
+            platform: PlatformSettings::default(),
         };
         record.apply_settings(req.settings);
         write_record(staging.path(), &record, &self.cipher)?;
@@ -604,6 +613,31 @@ impl Registry {
         state.functions.insert(name.to_string(), record.clone());
         drop(state);
         tracing::info!(function = %name, reserved = ?record.concurrency.reserved, provisioned = ?record.concurrency.provisioned.as_ref().map(|p| p.requested), "function concurrency updated");
+        Ok(record)
+    }
+
+    /// Replace the platform settings of `name` (not part of the code
+    /// revision: `revision_id` stays).
+    pub fn update_platform(
+        &self,
+        name: &str,
+        platform: PlatformSettings,
+    ) -> Result<FunctionRecord, RegistryError> {
+        platform.validate().map_err(RegistryError::Invalid)?;
+        let mut state = self.lock();
+        let current = state
+            .functions
+            .get(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        if current.platform == platform {
+            return Ok(current.clone());
+        }
+        let mut record = current.clone();
+        record.platform = platform;
+        write_record(&self.function_dir(name), &record, &self.cipher)?;
+        state.functions.insert(name.to_string(), record.clone());
+        drop(state);
+        tracing::info!(function = %name, settings = ?record.platform, "function settings updated");
         Ok(record)
     }
 
@@ -779,6 +813,30 @@ fn write_record(
     write_atomic(&path, &json)
 }
 
+/// Moves `THAW_MEMORY_MODE` and `THAW_RESEED` from a record's environment
+/// (where functions once set them) to its platform settings, keeping what
+/// they chose (an invalid memory mode, ignored then, is dropped with a
+/// warning); whether anything moved.
+fn move_settings_out_of_environment(record: &mut FunctionRecord) -> bool {
+    let mut moved = false;
+    if let Some(mode) = record.environment.remove("THAW_MEMORY_MODE") {
+        moved = true;
+        if thaw_api::function::MEMORY_MODES.contains(&mode.as_str()) {
+            record.platform.memory_mode.get_or_insert(mode);
+        } else {
+            tracing::warn!(function = %record.name, value = %mode, "dropping an invalid THAW_MEMORY_MODE");
+        }
+    }
+    if let Some(reseed) = record.environment.remove("THAW_RESEED") {
+        moved = true;
+        record.platform.reseed.get_or_insert(reseed != "0");
+    }
+    if moved {
+        tracing::info!(function = %record.name, settings = ?record.platform, "moved THAW_MEMORY_MODE / THAW_RESEED from the environment to the function's settings");
+    }
+    moved
+}
+
 /// Load one function directory, repair what can be repaired (a moved data
 /// directory, a missing code directory) and remove leftovers.
 fn load_function(
@@ -811,8 +869,10 @@ fn load_function(
         had_plaintext |= opened == *v;
         *v = opened;
     }
-    if had_plaintext {
-        // Written before values were sealed: seal them now.
+    let moved = move_settings_out_of_environment(&mut record);
+    if had_plaintext || moved {
+        // Written before values were sealed, or before the platform
+        // settings left the environment: store it as it is now.
         write_record(dir, &record, cipher)?;
     }
     record
@@ -1209,6 +1269,7 @@ pub(crate) fn test_record(name: &str, revision: &str) -> FunctionRecord {
         revision_id: revision.into(),
         uid: 0,
         concurrency: Default::default(),
+        platform: Default::default(),
     }
 }
 
@@ -1373,6 +1434,35 @@ mod tests {
         for f in ["function.json", "code.zip"] {
             fs::copy(reg.functions_dir.join("hello").join(f), out.join(f)).unwrap();
         }
+    }
+
+    /// A record written when the memory mode and reseeding were chosen by
+    /// the function's `THAW_MEMORY_MODE` / `THAW_RESEED` variables loads
+    /// with them as its settings, out of its environment, and is stored so.
+    #[test]
+    fn settings_once_in_the_environment_become_settings() {
+        let data = tempfile::tempdir().unwrap();
+        let mut create = new_fn("old", app_zip("def handler(e, c):\n    return e\n"));
+        create
+            .settings
+            .environment
+            .insert("KEEP".into(), "me".into());
+        open(data.path()).create(create).unwrap();
+        let json_path = data.path().join("functions/old/function.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&fs::read(&json_path).unwrap()).unwrap();
+        let env = v["environment"].as_object_mut().unwrap();
+        env.insert("THAW_MEMORY_MODE".into(), "eager".into());
+        env.insert("THAW_RESEED".into(), "0".into());
+        fs::write(&json_path, serde_json::to_vec(&v).unwrap()).unwrap();
+
+        let r = open(data.path()).get("old").unwrap();
+        assert_eq!(r.platform.memory_mode.as_deref(), Some("eager"));
+        assert_eq!(r.platform.reseed, Some(false));
+        assert_eq!(r.environment.keys().collect::<Vec<_>>(), vec!["KEEP"]);
+        let stored = String::from_utf8(fs::read(&json_path).unwrap()).unwrap();
+        assert!(!stored.contains("THAW_MEMORY_MODE"), "{stored}");
+        assert_eq!(open(data.path()).get("old").unwrap(), r);
     }
 
     fn open(dir: &Path) -> Registry {

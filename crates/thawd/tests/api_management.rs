@@ -1516,3 +1516,72 @@ async fn a_request_without_a_verified_caller_is_refused() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+/// thaw's own settings of a function are its settings, not variables:
+/// `THAW_MEMORY_MODE` and `THAW_RESEED` are refused in an environment and
+/// set with the settings route (validated, stored, a change retires the
+/// function's instances, the revision stays).
+#[tokio::test]
+async fn platform_settings_are_settings_not_variables() {
+    let api = api();
+    let r = api
+        .create(
+            "f",
+            json!({"Environment": {"Variables": {"THAW_MEMORY_MODE": "eager"}}}),
+        )
+        .await;
+    let msg = r.assert_error(400, "InvalidParameterValueException");
+    assert!(msg.contains("settings"), "{msg}");
+    let created = api.create("f", json!({})).await.json();
+    let r = api
+        .call(
+            "PUT",
+            "/2015-03-31/functions/f/configuration",
+            Some(json!({"Environment": {"Variables": {"THAW_RESEED": "0"}}})),
+        )
+        .await;
+    r.assert_error(400, "InvalidParameterValueException");
+
+    let get = api.call("GET", "/thaw/v1/functions/f/settings", None).await;
+    assert_eq!(get.status, StatusCode::OK);
+    assert_eq!(get.json(), json!({}));
+    let put = api
+        .call(
+            "PUT",
+            "/thaw/v1/functions/f/settings",
+            Some(json!({"MemoryMode": "eager", "Reseed": false})),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{:?}", put.body);
+    assert_eq!(put.json(), json!({"MemoryMode": "eager", "Reseed": false}));
+    assert_eq!(api.fake.retired.lock().unwrap().last().unwrap(), "f");
+    let record = api.fake.registry.get("f").unwrap();
+    assert_eq!(record.platform.memory_mode.as_deref(), Some("eager"));
+    assert_eq!(record.platform.reseed, Some(false));
+    assert_eq!(
+        record.revision_id, created["RevisionId"],
+        "the revision stays"
+    );
+    for bad in [
+        json!({"MemoryMode": "fast"}),
+        json!({"Speed": 1}),
+        json!([]),
+    ] {
+        let r = api
+            .call("PUT", "/thaw/v1/functions/f/settings", Some(bad))
+            .await;
+        assert!(r.status.is_client_error(), "{:?}", r.body);
+    }
+    api.call("PUT", "/thaw/v1/functions/nope/settings", Some(json!({})))
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    // Another account neither reads nor changes them.
+    api.call_as(
+        "123456789012",
+        "GET",
+        "/thaw/v1/functions/arn:aws:lambda:us-east-1:000000000000:function:f/settings",
+        None,
+    )
+    .await
+    .assert_error(403, "AccessDeniedException");
+}
