@@ -111,6 +111,15 @@ pub struct ServeArgs {
     /// on first use]; hosts sharing an S3 tier need the same key.
     #[arg(long)]
     pub store_key_file: Option<PathBuf>,
+    /// Below this many MiB free on the data directory's filesystem, deploys
+    /// and snapshot requests fail with a clear error (nothing is written)
+    /// and background work (snapshot builds, working-set upkeep) waits.
+    #[arg(long, default_value_t = thawd::pressure::DEFAULT_MIN_FREE_DISK_MB)]
+    pub min_free_disk_mb: u64,
+    /// Below this many MiB of available memory beyond the host's reserve,
+    /// background work waits.
+    #[arg(long, default_value_t = thawd::pressure::DEFAULT_MIN_FREE_MEMORY_MB)]
+    pub min_free_memory_mb: u64,
     /// Seconds a client has to send a request's headers; a keep-alive
     /// connection idle this long between requests is closed too.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -205,6 +214,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.store_memory_bytes = args.store_memory_mb << 20;
     config.store_disk_cache_bytes = args.store_disk_cache_mb << 20;
     config.store_key_file = args.store_key_file.clone();
+    config.min_free_disk_mb = args.min_free_disk_mb;
+    config.min_free_memory_mb = args.min_free_memory_mb;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

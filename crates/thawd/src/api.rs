@@ -151,6 +151,12 @@ pub trait ApiBackend: Clone + Send + Sync + 'static {
     fn function_changed(&self, function: &FunctionRecord) {
         let _ = function;
     }
+    /// Whether work a caller asks for may write to the data directory now
+    /// (`Err`: why not, [`crate::pressure`]).
+    fn room_on_disk(&self) -> Result<(), crate::pressure::Low> {
+        Ok(())
+    }
+
     /// The account's concurrent executions.
     fn account_concurrency(&self) -> u32 {
         thaw_api::concurrency::DEFAULT_ACCOUNT_CONCURRENCY
@@ -248,6 +254,10 @@ impl ApiBackend for Arc<Platform> {
 
     fn drop_idle(&self, name: &str) -> impl Future<Output = ()> + Send {
         self.pools.drop_idle(name)
+    }
+
+    fn room_on_disk(&self) -> Result<(), crate::pressure::Low> {
+        self.pools.room_on_disk()
     }
 
     fn account_concurrency(&self) -> u32 {
@@ -732,6 +742,23 @@ fn signed_body_limit(method: &Method, path: &str) -> usize {
     }
 }
 
+/// 503 `ServiceException` when the host is too short of disk for work that
+/// writes to it: nothing was changed, the caller may retry later.
+fn require_disk<B: ApiBackend>(b: &B, what: &str) -> Result<(), ApiError> {
+    b.room_on_disk().map_err(|low| {
+        tracing::warn!("{what} refused: {low}");
+        ApiError(
+            LambdaError::new(
+                ErrorCode::Service,
+                format!(
+                    "{low}: {what} was refused and nothing was changed; retry when room is freed"
+                ),
+            )
+            .with_status(503),
+        )
+    })
+}
+
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError(LambdaError::unparsable_body(e)))
 }
@@ -797,6 +824,7 @@ async fn create_function<B: ApiBackend>(
     let req: CreateFunctionRequest = parse_json(&bytes)?;
     drop(bytes);
     let new = req.validate()?;
+    require_disk(&b, "CreateFunction")?;
     let span = span("CreateFunction", &scope.function(new.name.clone()));
     let mut create = CreateFunction::from(new);
     create.account = scope.account().to_string();
@@ -910,6 +938,7 @@ async fn update_function_code<B: ApiBackend>(
             .await?;
         return Ok(Json(configuration(&record)?));
     }
+    require_disk(&b, "UpdateFunctionCode")?;
     let n = name.clone();
     let revision = req.revision_id.take();
     let record = with_registry(&b, move |r| {
@@ -1516,6 +1545,7 @@ async fn create_snapshot<B: ApiBackend>(
         b.queue_snapshot(&f)?;
         return Ok((StatusCode::ACCEPTED, Json(b.snapshot_status(&f))).into_response());
     }
+    require_disk(&b, "CreateSnapshot")?;
     let payload = if body.is_empty() {
         crate::pipeline::test_event(&f)
             .map_err(|e| ApiError(LambdaError::new(ErrorCode::InvalidParameterValue, e)))?

@@ -65,6 +65,13 @@ pub struct DaemonConfig {
     /// key file, `DATA/keys/store.key` unless set. Every host sharing an
     /// S3 tier needs the same key.
     pub store_key_file: Option<PathBuf>,
+    /// Below this many MiB free on the data directory's filesystem,
+    /// deploys and snapshot requests fail and background work waits
+    /// ([`crate::pressure`]).
+    pub min_free_disk_mb: u64,
+    /// Below this many MiB of available memory (beyond the host's
+    /// reserve), background work waits ([`crate::pressure`]).
+    pub min_free_memory_mb: u64,
     /// Limits of the HTTP server ([`HttpLimits`]).
     pub http: HttpLimits,
 }
@@ -133,6 +140,8 @@ impl DaemonConfig {
             store_memory_bytes: 256 << 20,
             store_disk_cache_bytes: 4 << 30,
             store_key_file: None,
+            min_free_disk_mb: crate::pressure::DEFAULT_MIN_FREE_DISK_MB,
+            min_free_memory_mb: crate::pressure::DEFAULT_MIN_FREE_MEMORY_MB,
             http: HttpLimits::default(),
         }
     }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod placement;
 pub mod pool;
+pub mod pressure;
 pub mod provisioned;
 pub mod registry;
 pub mod runtimes;

@@ -232,6 +232,13 @@ impl SnapshotBuilds {
         lock(&self.in_flight).contains_key(&(f.name.clone(), f.revision_id.clone()))
     }
 
+    /// A build of `f` is queued, waiting for room (`why`).
+    pub fn waiting(&self, f: &FunctionRecord, why: &str) {
+        self.set(f, SnapshotState::Queued, |s| {
+            s.phase = Some(format!("waiting: {why}"));
+        });
+    }
+
     /// A build of `f` is in `phase`.
     pub fn building(&self, f: &FunctionRecord, phase: &str) {
         self.set(f, SnapshotState::Building, |s| {

@@ -106,6 +106,9 @@ pub struct Pools {
     /// What the retired pools of each function measured (start costs,
     /// durations, instance memory): its next pool starts from them.
     measured: Mutex<HashMap<String, Measured>>,
+    /// Disk and memory thresholds of background work and of snapshot
+    /// requests (none: never short of room).
+    pressure: Option<crate::pressure::Pressure>,
 }
 
 /// What placing one request found for it.
@@ -175,6 +178,51 @@ impl Pools {
             starting: AtomicUsize::new(0),
             parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             measured: Mutex::new(HashMap::new()),
+            pressure: None,
+        }
+    }
+
+    /// The same pools holding background work back below these disk and
+    /// memory thresholds ([`crate::pressure`]).
+    pub fn with_pressure(mut self, pressure: crate::pressure::Pressure) -> Self {
+        self.pressure = Some(pressure);
+        self
+    }
+
+    /// Whether background work may start now.
+    pub fn room_for_background(&self) -> Result<(), crate::pressure::Low> {
+        self.pressure.as_ref().map_or(Ok(()), |p| p.check())
+    }
+
+    /// Whether work a caller asked for may write to the disk now.
+    pub fn room_on_disk(&self) -> Result<(), crate::pressure::Low> {
+        self.pressure.as_ref().map_or(Ok(()), |p| p.check_disk())
+    }
+
+    /// Waits (backing off) until background work on `f` may start; false
+    /// if it should not start at all any more (shutting down, or `wanted`
+    /// says its revision was replaced).
+    async fn wait_for_room(
+        &self,
+        f: &FunctionRecord,
+        wanted: &(dyn Fn() -> bool + Send + Sync),
+    ) -> bool {
+        let mut attempt = 0;
+        loop {
+            if self.is_shutting_down() || !wanted() {
+                return false;
+            }
+            match self.room_for_background() {
+                Ok(()) => return true,
+                Err(low) => {
+                    if attempt == 0 {
+                        tracing::warn!(function = %f.name, "snapshot build waits: {low}");
+                    }
+                    self.builds.waiting(f, &low.to_string());
+                    tokio::time::sleep(crate::pressure::backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
         }
     }
 
@@ -606,7 +654,9 @@ impl Pools {
     ) -> Result<SnapshotReport, InvokeError> {
         match self.builds.begin(f) {
             Turn::Lead(lease) => {
-                let outcome = self.lead_build(lease, f, move || Ok(Some(payload))).await;
+                let outcome = self
+                    .lead_build(lease, f, None, move || Ok(Some(payload)))
+                    .await;
                 outcome_result(outcome)
             }
             Turn::Join(rx) => {
@@ -616,23 +666,43 @@ impl Pools {
         }
     }
 
-    /// Runs the build `lease` leads: waits for the build slot, asks
-    /// `prepare` for the test event (`Ok(None)`: skip the build, its
-    /// revision is no longer wanted; `Err`: the build failed), builds,
-    /// records the outcome (status, metrics) and hands it to every request
-    /// that joined.
+    /// Runs the build `lease` leads: waits for the build slot and for room
+    /// on the host, asks `prepare` for the test event (`Ok(None)`: skip the
+    /// build, its revision is no longer wanted; `Err`: the build failed),
+    /// builds, records the outcome (status, metrics) and hands it to every
+    /// request that joined. A background build (`background`: whether it
+    /// is still wanted) waits while the host is short of disk or memory
+    /// ([`crate::pressure`]); a requested one fails at once when the disk
+    /// is short.
     pub async fn lead_build(
         &self,
         lease: BuildLease,
         f: &FunctionRecord,
+        background: Option<&(dyn Fn() -> bool + Send + Sync)>,
         prepare: impl FnOnce() -> Result<Option<Bytes>, String>,
     ) -> BuildOutcome {
         let Some(_slot) = self.builds.slot().await else {
             lease.finish(BuildOutcome::Skipped);
             return BuildOutcome::Skipped;
         };
+        let room = match background {
+            Some(wanted) => {
+                if self.wait_for_room(f, wanted).await {
+                    Ok(())
+                } else {
+                    lease.finish(BuildOutcome::Skipped);
+                    return BuildOutcome::Skipped;
+                }
+            }
+            None => self.room_on_disk(),
+        };
         let outcome = if self.is_shutting_down() {
             BuildOutcome::Skipped
+        } else if let Err(low) = room {
+            let e = format!("{low}; no snapshot was made");
+            self.metrics.count_snapshot_build(&f.name, "failed");
+            self.builds.failed(f, &e);
+            BuildOutcome::Failed(e)
         } else {
             match prepare() {
                 Ok(None) => BuildOutcome::Skipped,
@@ -1448,6 +1518,12 @@ impl Pools {
                 }
             }
         };
+        if let Err(low) = self.room_for_background() {
+            // Upkeep, not correctness: a later restore records or extends it.
+            tracing::info!(function = %f.name, "working-set upkeep skipped: {low}");
+            self.metrics.count_working_set(&f.name, "skipped");
+            return None;
+        }
         let d = dir.to_path_buf();
         let (metrics, name, faults) = (self.metrics.clone(), f.name.clone(), report.faults);
         let stored = self.stored(dir);

@@ -124,7 +124,12 @@ impl Platform {
             config.standby_per_function,
         )
         .with_account_concurrency(config.account_concurrency)
-        .with_scaling(config.scaling);
+        .with_scaling(config.scaling)
+        .with_pressure(crate::pressure::Pressure::new(
+            &data_dir,
+            config.min_free_disk_mb,
+            config.min_free_memory_mb,
+        ));
         Ok(Platform {
             config,
             registry,
@@ -245,7 +250,8 @@ impl Platform {
                     crate::pipeline::test_event(&f).map(Some)
                 };
                 let t0 = std::time::Instant::now();
-                match p.pools.lead_build(lease, &f, prepare).await {
+                let wanted = || current(&p);
+                match p.pools.lead_build(lease, &f, Some(&wanted), prepare).await {
                     crate::pipeline::BuildOutcome::Skipped => {}
                     crate::pipeline::BuildOutcome::Ready(_) if !current(&p) => {
                         tracing::info!("revision replaced during the build; snapshot discarded");
@@ -279,7 +285,15 @@ impl Platform {
                 // A lazy restore checks the whole snapshot once per daemon;
                 // do it now rather than on the first invocation's path.
                 let platform = self.clone();
-                tokio::spawn(async move { platform.pools.verify_snapshot(&f).await });
+                tokio::spawn(async move {
+                    match platform.pools.room_for_background() {
+                        Ok(()) => platform.pools.verify_snapshot(&f).await,
+                        // The first restore checks it on its own path.
+                        Err(low) => {
+                            tracing::info!(function = %f.name, "start-up snapshot check skipped: {low}")
+                        }
+                    }
+                });
             }
         }
     }
