@@ -21,6 +21,7 @@ mod local;
 mod logs;
 mod serve;
 mod snapshot_cmd;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -90,6 +91,25 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Soak: mixed traffic (invocations, async events, bursts, code
+    /// updates) against a `thaw serve` of its own, sampling the daemon's
+    /// memory, descriptors, threads, cgroups, processes and disk; passes
+    /// when every series is flat (its slope, after a warm-up, within
+    /// tolerance) and no request failed.
+    Soak {
+        /// How long, minutes.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// How long, seconds (instead of --minutes).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Concurrent requests of each burst.
+        #[arg(long, default_value_t = 20)]
+        burst: usize,
+        /// Write the samples and the verdict here as JSON.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// The cold-start baseline: per-phase median and p90 of cold starts and
     /// warm invocations, for hello-world and real-dependency functions.
     Cold {
@@ -285,6 +305,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             requests,
             cache_dir,
             quick,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Soak {
+            minutes,
+            seconds,
+            burst,
+            out,
+        }) => soak::run(soak::SoakOptions {
+            duration: std::time::Duration::from_secs(seconds.unwrap_or(minutes * 60)),
+            burst,
+            out,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Store { cache_dir }) => {
