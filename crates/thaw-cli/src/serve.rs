@@ -159,6 +159,7 @@ fn store_setting(args: &ServeArgs) -> anyhow::Result<thawd::config::StoreSetting
 
 /// Run the daemon on a multi-threaded runtime.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    thawd::server::limit_malloc_arenas();
     let init_binary = match args.init_binary.clone() {
         Some(p) => p,
         None => crate::local::init_binary()?,

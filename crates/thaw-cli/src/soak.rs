@@ -78,10 +78,12 @@ const SERIES: [Series; 6] = [
         share: 0.10,
     },
     Series {
+        // The async runtime's blocking threads come and go (they end after
+        // 10 s idle): a leak is many, not a few.
         name: "daemon threads",
         get: |s| s.threads,
-        abs: 6.0,
-        share: 0.10,
+        abs: 12.0,
+        share: 0.25,
     },
     Series {
         name: "cgroup directories",
@@ -390,7 +392,7 @@ pub fn run(opts: SoakOptions) -> anyhow::Result<()> {
                 });
             record(r, &mut ok, &mut failed);
         }
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             let r = c
                 .invoke(
                     name,
@@ -405,10 +407,14 @@ pub fn run(opts: SoakOptions) -> anyhow::Result<()> {
             record(r, &mut ok, &mut failed);
         }
         if tick % 10 == 5 {
+            // A client of its own, dropped after the burst: its connections
+            // close, so the daemon's descriptors at the next quiet point
+            // are not this burst's idle keep-alive connections.
+            let bc = daemon.client()?;
             let results: Vec<anyhow::Result<u16>> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..opts.burst)
                     .map(|_| {
-                        let c = &c;
+                        let c = &bc;
                         s.spawn(move || {
                             c.invoke(name, b"{}", &InvokeOptions::default())
                                 .map(|r| r.status)
@@ -450,7 +456,6 @@ pub fn run(opts: SoakOptions) -> anyhow::Result<()> {
         }
     }
     let stopped = daemon.stop();
-    drop(record);
 
     // The verdict, over the samples after the warm-up.
     let measured: Vec<&Sample> = samples
