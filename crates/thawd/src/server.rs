@@ -147,10 +147,22 @@ impl Platform {
 /// endpoint, where the thaw CLI of the same user finds it.
 fn announce_root_key(config: &DaemonConfig, creds: &thaw_api::auth::Credentials) {
     let endpoint = format!("http://{}", config.listen);
+    // A daemon on every address is reached on loopback by the local CLI.
+    let mut endpoints = vec![endpoint.clone()];
+    if config.listen.ip().is_unspecified() {
+        let port = config.listen.port();
+        endpoints.push(match config.listen {
+            std::net::SocketAddr::V4(_) => format!("http://127.0.0.1:{port}"),
+            std::net::SocketAddr::V6(_) => format!("http://[::1]:{port}"),
+        });
+        endpoints.push(format!("http://localhost:{port}"));
+    }
     let saved = thaw_api::auth::local_credentials_file().and_then(|path| {
         let mut file = thaw_api::auth::LocalCredentials::load(&path).unwrap_or_default();
         file.format_version = thaw_api::auth::LocalCredentials::FORMAT_VERSION;
-        file.endpoints.insert(endpoint.clone(), creds.clone());
+        for e in &endpoints {
+            file.endpoints.insert(e.clone(), creds.clone());
+        }
         let bytes = serde_json::to_vec_pretty(&file).ok()?;
         let dir = path.parent()?;
         std::fs::create_dir_all(dir).ok()?;
