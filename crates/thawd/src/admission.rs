@@ -22,6 +22,10 @@
 //!   invocation is throttled at once (`Reason:
 //!   ConcurrentInvocationLimitExceeded`).
 //!
+//! Every account has its own limit and its own unreserved pool (as every
+//! AWS account has its own): functions are counted in their account's
+//! ([`crate::accounts`]), so one account's load never throttles another's.
+//!
 //! An admitted invocation may still queue afterwards: the pool's per-function
 //! instance limit (`--max-instances`) makes it wait up to 10 s for a slot
 //! and then throttles it, as before. That queue is thaw's host capacity, not
@@ -72,18 +76,24 @@ struct Limits {
 struct State {
     limits: HashMap<String, Limits>,
     in_flight: HashMap<String, u32>,
-    /// Invocations that took a slot of the unreserved pool.
-    unreserved_in_flight: u32,
+    /// Invocations that took a slot of their account's unreserved pool,
+    /// by account.
+    unreserved_in_flight: HashMap<String, u32>,
 }
 
 impl State {
-    /// Everything that is not in the unreserved pool.
-    fn set_aside(&self) -> u64 {
+    /// Everything of `account`'s that is not in its unreserved pool.
+    fn set_aside(&self, account: &str) -> u64 {
         self.limits
-            .values()
-            .map(|l| u64::from(l.reserved.unwrap_or(l.provisioned)))
+            .iter()
+            .filter(|(name, _)| account_of(name) == account)
+            .map(|(_, l)| u64::from(l.reserved.unwrap_or(l.provisioned)))
             .sum()
     }
+}
+
+fn account_of(function: &str) -> &str {
+    crate::accounts::split_key(function).0
 }
 
 /// The daemon's admission control (one per daemon, shared by every
@@ -112,13 +122,19 @@ impl Drop for Admitted {
             }
         }
         if self.unreserved {
-            s.unreserved_in_flight = s.unreserved_in_flight.saturating_sub(1);
+            let account = account_of(&self.function);
+            if let Some(n) = s.unreserved_in_flight.get_mut(account) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.unreserved_in_flight.remove(account);
+                }
+            }
         }
     }
 }
 
 impl Admission {
-    /// Admission for an account of `account_limit` concurrent executions.
+    /// Admission for accounts of `account_limit` concurrent executions each.
     pub fn new(account_limit: u32) -> Self {
         Admission {
             account_limit: account_limit.max(1),
@@ -126,7 +142,7 @@ impl Admission {
         }
     }
 
-    /// The account's concurrent executions.
+    /// An account's concurrent executions.
     pub fn account_limit(&self) -> u32 {
         self.account_limit
     }
@@ -152,14 +168,14 @@ impl Admission {
         lock(&self.state).limits.remove(name);
     }
 
-    /// The size of the unreserved pool now.
-    pub fn unreserved_limit(&self) -> u32 {
+    /// The size of `account`'s unreserved pool now.
+    pub fn unreserved_limit(&self, account: &str) -> u32 {
         let s = lock(&self.state);
-        self.unreserved_of(&s)
+        self.unreserved_of(&s, account)
     }
 
-    fn unreserved_of(&self, s: &State) -> u32 {
-        let left = u64::from(self.account_limit).saturating_sub(s.set_aside());
+    fn unreserved_of(&self, s: &State, account: &str) -> u32 {
+        let left = u64::from(self.account_limit).saturating_sub(s.set_aside(account));
         u32::try_from(left).unwrap_or(u32::MAX)
     }
 
@@ -180,8 +196,10 @@ impl Admission {
             // Its provisioned concurrency is its own.
             None if running < limits.provisioned => false,
             None => {
-                let limit = self.unreserved_of(&s);
-                if s.unreserved_in_flight >= limit {
+                let account = account_of(name);
+                let limit = self.unreserved_of(&s, account);
+                let used = s.unreserved_in_flight.get(account).copied().unwrap_or(0);
+                if used >= limit {
                     return Err(Throttle::Account { limit });
                 }
                 true
@@ -189,7 +207,9 @@ impl Admission {
         };
         *s.in_flight.entry(name.to_string()).or_insert(0) += 1;
         if unreserved {
-            s.unreserved_in_flight += 1;
+            *s.unreserved_in_flight
+                .entry(account_of(name).to_string())
+                .or_insert(0) += 1;
         }
         Ok(Admitted {
             state: self.state.clone(),
@@ -239,14 +259,14 @@ mod tests {
         // Reserved 0: the function is off.
         a.set_function("off", &conc(Some(0), 0));
         assert_eq!(a.admit("off").unwrap_err(), Throttle::Reserved { limit: 0 });
-        assert_eq!(a.unreserved_limit(), 998);
+        assert_eq!(a.unreserved_limit(thaw_auth::ROOT_ACCOUNT), 998);
     }
 
     #[test]
     fn unreserved_pool_is_shared_and_excludes_reservations() {
         let a = Admission::new(3);
         a.set_function("r", &conc(Some(1), 0));
-        assert_eq!(a.unreserved_limit(), 2);
+        assert_eq!(a.unreserved_limit(thaw_auth::ROOT_ACCOUNT), 2);
         let x = a.admit("x").unwrap();
         let y = a.admit("y").unwrap();
         let e = a.admit("x").unwrap_err();
@@ -258,14 +278,14 @@ mod tests {
         let x2 = a.admit("x").unwrap();
         drop((y, r, x2));
         a.forget("r");
-        assert_eq!(a.unreserved_limit(), 3);
+        assert_eq!(a.unreserved_limit(thaw_auth::ROOT_ACCOUNT), 3);
     }
 
     #[test]
     fn provisioned_concurrency_of_an_unreserved_function_is_its_own() {
         let a = Admission::new(3);
         a.set_function("p", &conc(None, 2));
-        assert_eq!(a.unreserved_limit(), 1);
+        assert_eq!(a.unreserved_limit(thaw_auth::ROOT_ACCOUNT), 1);
         let p1 = a.admit("p").unwrap();
         let p2 = a.admit("p").unwrap();
         // Spill-over takes the one unreserved slot...
@@ -276,6 +296,27 @@ mod tests {
         let q = a.admit("q").unwrap();
         drop((p1, p2, q));
         a.set_function("p", &ConcurrencyConfig::default());
-        assert_eq!(a.unreserved_limit(), 3);
+        assert_eq!(a.unreserved_limit(thaw_auth::ROOT_ACCOUNT), 3);
+    }
+
+    #[test]
+    fn every_account_has_its_own_limit_and_pool() {
+        let a = Admission::new(2);
+        let (b1, b2) = ("123456789012.f", "123456789012.g");
+        a.set_function(b2, &conc(Some(1), 0));
+        assert_eq!(a.unreserved_limit("123456789012"), 1);
+        assert_eq!(a.unreserved_limit(thaw_auth::ROOT_ACCOUNT), 2);
+        // Root fills its pool; the other account still has its own.
+        let r1 = a.admit("f").unwrap();
+        let r2 = a.admit("g").unwrap();
+        assert_eq!(a.admit("f").unwrap_err(), Throttle::Account { limit: 2 });
+        let o = a.admit(b1).unwrap();
+        assert_eq!(a.admit(b1).unwrap_err(), Throttle::Account { limit: 1 });
+        let reserved = a.admit(b2).unwrap();
+        drop((r1, o));
+        let r3 = a.admit("f").unwrap();
+        let o2 = a.admit(b1).unwrap();
+        drop((r2, r3, o2, reserved));
+        assert!(lock(&a.state).unreserved_in_flight.is_empty());
     }
 }

@@ -1003,9 +1003,11 @@ async fn delete_function<B: ApiBackend>(
 // ---------------------------------------------------------------------------
 // Concurrency controls (reserved, provisioned, account settings)
 
-/// Reservations of the other functions, and the provisioned concurrency of
-/// those without one (both taken from the account's unreserved pool).
-fn set_aside(others: &[&FunctionRecord]) -> (u64, u64) {
+/// Reservations of `account`'s other functions, and the provisioned
+/// concurrency of those without one (both taken from the account's
+/// unreserved pool; every account has its own, [`crate::admission`]).
+fn set_aside(account: &str, others: &[&FunctionRecord]) -> (u64, u64) {
+    let others: Vec<&&FunctionRecord> = others.iter().filter(|f| f.account() == account).collect();
     let reserved = others
         .iter()
         .filter_map(|f| f.concurrency.reserved)
@@ -1037,7 +1039,7 @@ async fn put_function_concurrency<B: ApiBackend>(
     let n2 = name.clone();
     let record = with_registry(&b, move |r| {
         r.update_concurrency(n2.key.as_str(), |cur, others| {
-            let (reserved, provisioned) = set_aside(others);
+            let (reserved, provisioned) = set_aside(&n2.account, others);
             thaw_api::concurrency::check_reservation(limit, reserved, provisioned, n)?;
             if let Some(p) = &cur.provisioned {
                 thaw_api::concurrency::check_provisioned(p.requested, Some(n))?;
@@ -1084,7 +1086,7 @@ async fn delete_function_concurrency<B: ApiBackend>(
             c.reserved = None;
             // Its provisioned concurrency now comes out of the unreserved pool.
             if let Some(p) = &cur.provisioned {
-                let (reserved, provisioned) = set_aside(others);
+                let (reserved, provisioned) = set_aside(&n2.account, others);
                 check_provisioned_unreserved(limit, reserved, provisioned, p.requested)?;
             }
             Ok(c)
@@ -1112,17 +1114,15 @@ fn check_provisioned_unreserved(
     })
 }
 
-/// `GetAccountSettings`. The concurrency limit and what is set aside from
-/// it are the daemon's (all accounts share its instances); the usage is
-/// the caller's account's.
+/// `GetAccountSettings` of the caller's account: its limit, what its
+/// functions set aside from it, its usage.
 async fn account_settings<B: ApiBackend>(
     State(b): State<B>,
     scope: Scope,
 ) -> Json<thaw_api::AccountSettings> {
     let all = b.registry().list();
-    let refs: Vec<&FunctionRecord> = all.iter().collect();
-    let (reserved, provisioned) = set_aside(&refs);
     let own: Vec<&FunctionRecord> = all.iter().filter(|f| scope.owns(&f.name)).collect();
+    let (reserved, provisioned) = set_aside(scope.account(), &own);
     Json(thaw_api::AccountSettings::new(
         b.account_concurrency(),
         reserved,
@@ -1179,7 +1179,7 @@ async fn put_provisioned_concurrency<B: ApiBackend>(
             match cur.reserved {
                 Some(reserved) => thaw_api::concurrency::check_provisioned(n, Some(reserved))?,
                 None => {
-                    let (reserved, provisioned) = set_aside(others);
+                    let (reserved, provisioned) = set_aside(&n2.account, others);
                     check_provisioned_unreserved(limit, reserved, provisioned, n)?;
                 }
             }

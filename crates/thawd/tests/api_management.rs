@@ -1470,6 +1470,37 @@ async fn accounts_have_their_own_functions() {
     assert_eq!(invoked.len(), 1);
     assert_eq!(invoked[0].0, format!("{B}.f"));
 
+    // Concurrency is counted per account: A's reservation leaves B's
+    // unreserved pool whole.
+    let put = api
+        .call_as(
+            A,
+            "PUT",
+            "/2017-10-31/functions/f/concurrency",
+            Some(json!({"ReservedConcurrentExecutions": 900})),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{:?}", put.body);
+    let settings = |account: &'static str| {
+        let api = &api;
+        async move {
+            api.call_as(account, "GET", "/2016-08-19/account-settings", None)
+                .await
+                .json()
+        }
+    };
+    let a_settings = settings(A).await;
+    let b_settings = settings(B).await;
+    assert_eq!(
+        a_settings["AccountLimit"]["UnreservedConcurrentExecutions"], 100,
+        "{a_settings}"
+    );
+    assert_eq!(
+        b_settings["AccountLimit"]["UnreservedConcurrentExecutions"], 1000,
+        "{b_settings}"
+    );
+    assert_eq!(b_settings["AccountUsage"]["FunctionCount"], 1);
+
     // Operator-wide endpoints are the root account's.
     for (method, path) in [("GET", "/metrics"), ("POST", "/thaw/v1/store/drop-caches")] {
         api.call_as(A, method, path, None)
