@@ -116,6 +116,14 @@ pub struct ServeArgs {
     /// and background work (snapshot builds, working-set upkeep) waits.
     #[arg(long, default_value_t = thawd::pressure::DEFAULT_MIN_FREE_DISK_MB)]
     pub min_free_disk_mb: u64,
+    /// Seconds between collections of store chunks no snapshot references.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_gc_interval_secs: u64,
+    /// Seconds an unreferenced chunk is kept before it is collected (a
+    /// publish refreshes reused chunks older than half of it; keep it well
+    /// above the longest snapshot publish).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..))]
+    pub store_gc_grace_secs: u64,
     /// Below this many MiB of available memory beyond the host's reserve,
     /// background work waits.
     #[arg(long, default_value_t = thawd::pressure::DEFAULT_MIN_FREE_MEMORY_MB)]
@@ -216,6 +224,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.store_disk_cache_bytes = args.store_disk_cache_mb << 20;
     config.store_key_file = args.store_key_file.clone();
     config.min_free_disk_mb = args.min_free_disk_mb;
+    config.store_gc_interval = Duration::from_secs(args.store_gc_interval_secs);
+    config.store_gc_grace = Duration::from_secs(args.store_gc_grace_secs);
     config.min_free_memory_mb = args.min_free_memory_mb;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -58,6 +58,11 @@ pub struct DaemonConfig {
     pub store: StoreSetting,
     /// Bytes of verified chunks the store keeps in memory.
     pub store_memory_bytes: u64,
+    /// How often unreferenced store chunks are collected.
+    pub store_gc_interval: Duration,
+    /// How old an unreferenced chunk must be to be collected (a publish
+    /// refreshes the chunks it reuses that are older than half of it).
+    pub store_gc_grace: Duration,
     /// Bytes of sealed chunks the store keeps on local disk in front of an
     /// S3 tier (`DATA/store-cache`); 0: none.
     pub store_disk_cache_bytes: u64,
@@ -138,6 +143,8 @@ impl DaemonConfig {
             snapshot_clock_offset: Duration::ZERO,
             store: StoreSetting::default(),
             store_memory_bytes: 256 << 20,
+            store_gc_interval: Duration::from_secs(3600),
+            store_gc_grace: Duration::from_secs(3600),
             store_disk_cache_bytes: 4 << 30,
             store_key_file: None,
             min_free_disk_mb: crate::pressure::DEFAULT_MIN_FREE_DISK_MB,

@@ -203,6 +203,7 @@ fn open_store(
         .with_context(|| format!("cannot read the store key {}", key_file.display()))?;
     let mut store_config = thaw_store::StoreConfig {
         memory_budget: config.store_memory_bytes,
+        gc_grace: config.store_gc_grace,
         ..thaw_store::StoreConfig::default()
     };
     let store = match &config.store {
@@ -429,11 +430,14 @@ pub async fn serve_with(
     };
 
     // Chunks no snapshot references any more (deleted functions, replaced
-    // revisions and working sets) are collected once an hour; the grace
-    // period keeps any a publish is about to reference.
+    // revisions and working sets) are collected every
+    // `--store-gc-interval-secs` (an hour); the grace period keeps any a
+    // publish is about to reference. The disk therefore holds up to about
+    // interval + grace of replaced snapshots' chunks.
+    let gc_every = platform.config.store_gc_interval;
     let collector = platform.pools.ctx().store.clone().map(|store| {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            let mut tick = tokio::time::interval(gc_every);
             tick.tick().await;
             loop {
                 tick.tick().await;
