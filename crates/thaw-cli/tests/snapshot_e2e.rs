@@ -285,7 +285,10 @@ fn damaged(mode: &[&str]) {
     // read (and verified) before it, and would rightly restore from them.
     // Plain files: these are the engine's own checks of its files (the
     // store's tampered chunks are in snapshot_store.rs).
-    let mut args = vec!["--standby", "0", "--store", "off"];
+    // Eager scaling: the call made while the first instance is busy must
+    // get an instance of its own (the adaptive scheduler may rightly queue
+    // it for the busy one when starts look slow, as on a loaded host).
+    let mut args = vec!["--standby", "0", "--store", "off", "--scaling", "eager"];
     args.extend_from_slice(mode);
     let mut d = Daemon::start(&args);
     let c = d.client();
