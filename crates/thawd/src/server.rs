@@ -202,6 +202,19 @@ fn open_store(
         }
     }
     .context("cannot open the snapshot store")?;
+    // Tests and fault campaigns only: the object tier behind a wrapper that
+    // injects failures, delays and damaged reads.
+    let store = match thaw_store::FaultPlan::from_env()? {
+        None => store,
+        Some(plan) => {
+            tracing::warn!(
+                ?plan,
+                "{} is set: the snapshot store INJECTS FAULTS (tests only)",
+                thaw_store::faults::FAULTS_ENV
+            );
+            store.with_faults(plan)
+        }
+    };
     Ok(Some(Arc::new(crate::snapstore::SnapshotStore::new(store))))
 }
 
@@ -269,9 +282,31 @@ impl Platform {
         );
     }
 
+    /// Builds again, from now on, every snapshot the pools discard as
+    /// damaged (whether or not the pipeline is on: the function had a
+    /// snapshot), if its revision is still the function's current one.
+    fn rebuild_damaged_snapshots(self: &Arc<Self>) {
+        let mut rx = self.pools.damaged_snapshots();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                let Some(p) = weak.upgrade() else { return };
+                let current = p
+                    .registry
+                    .get(&f.name)
+                    .filter(|c| c.revision_id == f.revision_id);
+                if let Some(c) = current {
+                    tracing::info!(function = %c.name, revision = %c.revision_id, "rebuilding a damaged snapshot");
+                    p.queue_snapshot_build(&c);
+                }
+            }
+        });
+    }
+
     /// Queues builds for every function whose current revision has no
     /// snapshot (after a daemon start).
     pub fn schedule_missing_snapshots(self: &Arc<Self>) {
+        self.rebuild_damaged_snapshots();
         for f in self.registry.list() {
             if !self.pools.has_snapshot(&f) {
                 self.schedule_snapshot(&f);
