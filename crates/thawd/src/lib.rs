@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod placement;
 pub mod pool;
 pub mod provisioned;
+pub mod recovery;
 pub mod registry;
 pub mod runtimes;
 pub mod scheduler;

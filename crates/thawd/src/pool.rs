@@ -365,6 +365,11 @@ impl Pools {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The directory holding every function's snapshots.
+    pub fn snapshot_root(&self) -> &std::path::Path {
+        &self.ctx.snapshots
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)

@@ -220,6 +220,14 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
 
+    /// SIGKILL and reap (a crash: nothing of the daemon runs after this).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM and wait; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
