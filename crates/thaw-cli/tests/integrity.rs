@@ -51,7 +51,7 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 fn wait_ready(c: &thaw_api::Client, name: &str, within: Duration) -> thaw_api::SnapshotStatus {

@@ -424,7 +424,17 @@ impl Pools {
     /// is already gone (another instance found the damage first).
     async fn snapshot_damaged(&self, pool: &Arc<FunctionPool>, f: &FunctionRecord, why: &str) {
         let dir = self.snapshot_dir(f);
-        if !dir.join(crate::snapshots::META_FILE).is_file() {
+        let Some(parent) = dir.parent() else {
+            return;
+        };
+        // Moved aside at once (no restore starts from it from now on); a
+        // second caller finds it gone. A daemon killed before the task
+        // below ends leaves a `.tmp-` directory, which its next start
+        // removes.
+        let moved = parent.join(format!(".tmp-damaged-{}", uuid::Uuid::new_v4().simple()));
+        if !dir.join(crate::snapshots::META_FILE).is_file()
+            || std::fs::rename(&dir, &moved).is_err()
+        {
             return;
         }
         tracing::error!(function = %f.name, revision = %f.revision_id, error = why, "snapshot failed an integrity check; discarding it and building it again");
@@ -435,18 +445,32 @@ impl Pools {
         }
         destroy_all(self.take_standby(&f.name, pool)).await;
         lock(&self.verified).remove(&dir);
-        if let Some((store, blobs)) = self.stored(&dir) {
-            // Every damaged chunk of the image is found now, so that the
-            // rebuild writes each again instead of trusting the stored copy.
-            if let Ok(m) = store.memory_manifest(&blobs.memory).await {
-                let bad = store.store().scrub(&m).await;
-                tracing::warn!(function = %f.name, bad_chunks = bad, "scrubbed the damaged snapshot's memory image");
+        let stored = self.ctx.store.clone().zip(
+            crate::snapshots::SnapshotMeta::read(&moved)
+                .ok()
+                .and_then(|m| m.store),
+        );
+        let rebuild = lock(&self.rebuilds).clone();
+        let f = f.clone();
+        // Off the request's path (its retry does not wait for this).
+        tokio::spawn(async move {
+            if let Some((store, blobs)) = stored {
+                // Every damaged chunk of the image is found now, so that
+                // the rebuild writes each again instead of trusting the
+                // stored copy.
+                if let Ok(m) = store.memory_manifest(&blobs.memory).await {
+                    let bad = store.store().scrub(&m).await;
+                    tracing::warn!(function = %f.name, bad_chunks = bad, "scrubbed the damaged snapshot's memory image");
+                }
+                store.remove(&blobs).await;
             }
-        }
-        self.discard_snapshot_dir(&dir);
-        if let Some(tx) = lock(&self.rebuilds).as_ref() {
-            let _ = tx.send(f.clone());
-        }
+            if let Err(e) = tokio::fs::remove_dir_all(&moved).await {
+                tracing::warn!(function = %f.name, error = %e, "cannot remove a damaged snapshot");
+            }
+            if let Some(tx) = rebuild {
+                let _ = tx.send(f);
+            }
+        });
     }
 
     /// A new instance restored (or cloned) from `f`'s snapshot, if it has
