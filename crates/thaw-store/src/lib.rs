@@ -20,11 +20,13 @@
 pub mod cache;
 pub mod chunk;
 pub mod chunker;
+pub mod faults;
 pub mod garage;
 pub mod manifest;
 pub mod store;
 
 pub use chunker::Chunking;
+pub use faults::{FaultPlan, FaultyStore};
 pub use manifest::{Manifest, TenantKeys};
 pub use store::{BlobRef, GcReport, PutReport, S3Config, Store, StoreConfig, TierStats};
 
@@ -71,4 +73,14 @@ pub enum StoreError {
     /// Compression or encryption failed.
     #[error("{0}")]
     Codec(String),
+}
+
+impl StoreError {
+    /// Whether the stored bytes themselves are bad (a chunk or manifest
+    /// that does not authenticate or is missing), as opposed to a tier
+    /// that failed or did not answer: reading again will not help, the
+    /// blob must be written again.
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, StoreError::Corrupt { .. } | StoreError::Missing(_))
+    }
 }

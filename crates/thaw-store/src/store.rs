@@ -186,6 +186,9 @@ pub struct Store {
     memory: MemoryCache,
     disk: Option<Arc<DiskCache>>,
     counters: [Counters; 3],
+    /// Chunks whose stored copy failed authentication: a publish writes
+    /// them again even when the object store says it has them.
+    suspect: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -200,6 +203,23 @@ impl std::fmt::Debug for Store {
 const MEMORY: usize = 0;
 const DISK: usize = 1;
 const OBJECT: usize = 2;
+
+/// Reads of one chunk from the object store before it is given up.
+const OBJECT_ATTEMPTS: u32 = 2;
+
+/// Whether asking the object store again may help: a failed request or
+/// bytes that did not authenticate (not a missing object, nor a tier that
+/// did not answer within its time limit: that limit bounds the read).
+fn retryable(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::ObjectStore { .. } | StoreError::Corrupt { .. }
+    )
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn chunk_path(id: &str) -> Path {
     Path::from(format!("chunks/{}/{id}", &id[..2.min(id.len())]))
@@ -249,6 +269,7 @@ impl Store {
             disk,
             config,
             counters: Default::default(),
+            suspect: Default::default(),
         })
     }
 
@@ -284,6 +305,17 @@ impl Store {
                 source,
             })?;
         Store::new(Arc::new(remote), master, config)
+    }
+
+    /// This store with its object tier wrapped in a [`FaultyStore`] that
+    /// injects `plan`'s faults (tests and fault campaigns only).
+    ///
+    /// [`FaultyStore`]: crate::faults::FaultyStore
+    pub fn with_faults(self, plan: crate::faults::FaultPlan) -> Store {
+        Store {
+            remote: Arc::new(crate::faults::FaultyStore::new(self.remote.clone(), plan)),
+            ..self
+        }
     }
 
     /// The keys of `tenant`.
@@ -329,6 +361,7 @@ impl Store {
             .map(|r| {
                 let plain = data[r.clone()].to_vec();
                 let remote = self.remote.clone();
+                let suspect = &self.suspect;
                 async move {
                     let (id, key, sealed) = tokio::task::spawn_blocking(move || {
                         let key = chunk::convergent_key(&salt, &plain);
@@ -343,7 +376,8 @@ impl Store {
                         Err(object_store::Error::NotFound { .. }) => (false, false),
                         Err(e) => return Err(Self::remote_err(path.to_string())(e)),
                     };
-                    let uploaded = if fresh {
+                    let rewrite = lock(suspect).contains(&id);
+                    let uploaded = if fresh && !rewrite {
                         0
                     } else {
                         let n = sealed.len() as u64;
@@ -351,6 +385,9 @@ impl Store {
                             .put(&path, sealed.into())
                             .await
                             .map_err(Self::remote_err(path.to_string()))?;
+                        if rewrite {
+                            lock(suspect).remove(&id);
+                        }
                         n
                     };
                     Ok::<_, StoreError>((
@@ -485,6 +522,44 @@ impl Store {
                 }
             }
         }
+        // The object store is the last word, but one failed request or one
+        // read that does not authenticate (a flipped bit on the way) is
+        // asked once more before the chunk is given up.
+        let mut attempt = 1;
+        let (plain, sealed) = loop {
+            match self.object_chunk(c, key).await {
+                Ok(x) => break x,
+                Err(e) if attempt < OBJECT_ATTEMPTS && retryable(&e) => {
+                    debug!(chunk = %c.id, attempt, error = %e, "object store read failed; asking again");
+                    attempt += 1;
+                }
+                Err(e) => {
+                    if matches!(e, StoreError::Corrupt { .. }) {
+                        // A later publish of this chunk writes it again
+                        // instead of trusting the damaged copy.
+                        lock(&self.suspect).insert(c.id.clone());
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        if let Some(disk) = &self.disk {
+            if let Err(e) = disk.put(&c.id, &sealed) {
+                warn!(chunk = %c.id, error = %e, "cannot fill the disk cache");
+            }
+        }
+        let plain = Arc::new(plain);
+        self.memory.put(&c.id, plain.clone());
+        Ok(plain)
+    }
+
+    /// One read of chunk `c` from the object store: its plaintext
+    /// (authenticated, of the manifest's length) and sealed bytes.
+    async fn object_chunk(
+        &self,
+        c: &ChunkRef,
+        key: [u8; 32],
+    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
         let t = Instant::now();
         let o = &self.counters[OBJECT];
         let path = chunk_path(&c.id);
@@ -522,22 +597,42 @@ impl Store {
                 return Err(e);
             }
         };
-        o.bytes.fetch_add(n, Ordering::Relaxed);
-        o.add(&o.hits, 1, t);
         if plain.len() != c.len as usize {
+            o.add(&o.errors, 1, t);
             return Err(StoreError::Corrupt {
                 what: format!("chunk {}", c.id),
                 why: "length differs from the manifest".into(),
             });
         }
-        if let Some(disk) = &self.disk {
-            if let Err(e) = disk.put(&c.id, &sealed) {
-                warn!(chunk = %c.id, error = %e, "cannot fill the disk cache");
-            }
-        }
-        let plain = Arc::new(plain);
-        self.memory.put(&c.id, plain.clone());
-        Ok(plain)
+        o.bytes.fetch_add(n, Ordering::Relaxed);
+        o.add(&o.hits, 1, t);
+        Ok((plain, sealed))
+    }
+
+    /// Reads every chunk of `m` from the object store (not the caches,
+    /// which may hold good copies of damaged objects) and marks each one
+    /// that does not authenticate or is missing, so that the next publish
+    /// of it writes it again. Returns how many were bad.
+    pub async fn scrub(&self, m: &Manifest) -> usize {
+        let bad: Vec<bool> = futures::stream::iter(m.chunks.iter().cloned())
+            .map(|c| async move {
+                let Ok(key) = c.key_bytes() else {
+                    return true;
+                };
+                for _ in 0..OBJECT_ATTEMPTS {
+                    match self.object_chunk(&c, key).await {
+                        Ok(_) => return false,
+                        Err(StoreError::Missing(_)) => return true,
+                        Err(_) => {}
+                    }
+                }
+                lock(&self.suspect).insert(c.id.clone());
+                true
+            })
+            .buffered(self.config.parallelism.max(1))
+            .collect()
+            .await;
+        bad.into_iter().filter(|b| *b).count()
     }
 
     /// The whole content of `blob`, its chunks fetched and opened in

@@ -260,6 +260,10 @@ pub struct Instance {
     /// A standby sandbox's runtime, cloned from the template and held
     /// stopped by the templates' thread until [`Instance::resume`].
     pending: Option<(crate::templates::Templates, crate::templates::PendingId)>,
+    /// A restore whose memory comes through the page socket from the
+    /// snapshot store: its first failed read (the page server then kills
+    /// the runtime; that is the platform's failure, not the function's).
+    memory_fault: Option<crate::snapstore::MemoryFaultCell>,
 }
 
 impl Instance {
@@ -443,6 +447,7 @@ impl Instance {
         let meta = crate::snapshots::SnapshotMeta::read(snapshot_dir)
             .map_err(|e| StartError::Platform(e.to_string()))?;
         let clone = standby && ctx.templates.is_some();
+        let memory_fault = crate::snapstore::MemoryFaultCell::default();
         // A stored snapshot: the host needs its state and working set, and
         // the restore reads the memory image from the store (a clone's
         // sandbox reads only the state; its memory is the template's).
@@ -466,7 +471,12 @@ impl Instance {
                     .and_then(|()| UnixStream::from_std(ours))
                     .map_err(|e| StartError::Platform(format!("page socket: {e}")))?;
                 // Fetching what the host lacks overlaps building the sandbox.
-                store.serve_restore(ours, snapshot_dir.to_path_buf(), blobs.clone());
+                store.serve_restore(
+                    ours,
+                    snapshot_dir.to_path_buf(),
+                    blobs.clone(),
+                    memory_fault.clone(),
+                );
                 Some(OwnedFd::from(theirs))
             }
             (Some(_), None)
@@ -480,6 +490,7 @@ impl Instance {
             }
             _ => None,
         };
+        let pages_from_store = pages.is_some();
         let (mut inst, mut t) = Self::launch(
             f,
             ctx,
@@ -488,6 +499,9 @@ impl Instance {
             pages,
         )
         .await?;
+        if pages_from_store {
+            inst.memory_fault = Some(memory_fault);
+        }
         if let Some(fds) = inst.clone_fds.take() {
             // The clone is made now, while the sandbox waits as a standby.
             match inst.prepare_clone(f, ctx, fds).await {
@@ -628,6 +642,7 @@ impl Instance {
             snapshot_dir: restore.map(|(dir, _, _)| dir.to_path_buf()),
             clone_fds: None,
             pending: None,
+            memory_fault: None,
         };
         match inst.finish_start(t0, f, spec, standby).await {
             Ok(t) => {
@@ -932,6 +947,12 @@ impl Instance {
     /// (`None` before, afterwards, and for instances started cold).
     pub fn take_memory_report(&mut self) -> Option<(MemoryReport, Vec<u64>)> {
         self.memory.take()
+    }
+
+    /// Why this restored instance's memory could not be served, if a read
+    /// of it failed (its runtime was then killed by its page server).
+    pub fn memory_failure(&self) -> Option<crate::snapstore::MemoryFault> {
+        self.memory_fault.as_ref()?.get().cloned()
     }
 
     /// The snapshot directory a restored instance came from.

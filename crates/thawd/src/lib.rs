@@ -23,6 +23,7 @@ pub mod placement;
 pub mod pool;
 pub mod pressure;
 pub mod provisioned;
+pub mod recovery;
 pub mod registry;
 pub mod runtimes;
 pub mod scheduler;

@@ -25,6 +25,8 @@ pub struct Metrics {
     working_sets: IntCounterVec,
     templates: IntGaugeVec,
     throttles: IntCounterVec,
+    snapshot_damaged: IntCounterVec,
+    memory_failures: IntCounterVec,
     decisions: IntCounterVec,
     queue: HistogramVec,
 }
@@ -100,6 +102,22 @@ impl Metrics {
             &["function", "reason"],
         )?;
         registry.register(Box::new(throttles.clone()))?;
+        let snapshot_damaged = IntCounterVec::new(
+            Opts::new(
+                "thaw_snapshots_damaged_total",
+                "Snapshots discarded because a chunk or page failed its integrity check (each is built again)",
+            ),
+            &["function"],
+        )?;
+        registry.register(Box::new(snapshot_damaged.clone()))?;
+        let memory_failures = IntCounterVec::new(
+            Opts::new(
+                "thaw_restore_memory_failures_total",
+                "Restored instances lost during an invocation because their memory could not be served (integrity: the bytes were bad; store: the store failed); the invocation is retried once on a cold start",
+            ),
+            &["function", "cause"],
+        )?;
+        registry.register(Box::new(memory_failures.clone()))?;
         let decisions = IntCounterVec::new(
             Opts::new(
                 "thaw_scheduler_decisions_total",
@@ -128,6 +146,8 @@ impl Metrics {
             working_sets,
             templates,
             throttles,
+            snapshot_damaged,
+            memory_failures,
             decisions,
             queue,
         })
@@ -224,6 +244,20 @@ impl Metrics {
     pub fn count_throttle(&self, function: &str, reason: &str) {
         self.throttles.with_label_values(&[function, reason]).inc();
         self.count_rejected(function, "throttled");
+    }
+
+    /// Count one snapshot discarded as damaged.
+    pub fn count_snapshot_damaged(&self, function: &str) {
+        self.snapshot_damaged.with_label_values(&[function]).inc();
+    }
+
+    /// Count one restored instance lost because its memory could not be
+    /// served (`integrity`: the stored bytes were bad).
+    pub fn count_memory_failure(&self, function: &str, integrity: bool) {
+        let cause = if integrity { "integrity" } else { "store" };
+        self.memory_failures
+            .with_label_values(&[function, cause])
+            .inc();
     }
 
     /// Count one decision of the scheduler.

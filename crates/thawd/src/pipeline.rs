@@ -260,6 +260,18 @@ impl SnapshotBuilds {
         });
     }
 
+    /// `f`'s snapshot failed an integrity check and was discarded; a
+    /// rebuild follows. The status says `failed` with why until that
+    /// build starts (`thaw_snapshots_damaged_total` keeps the count).
+    pub fn damaged(&self, f: &FunctionRecord, why: &str) {
+        let msg =
+            format!("the snapshot failed an integrity check and was discarded ({why}); rebuilding");
+        self.set(f, SnapshotState::Failed, |s| {
+            s.error = Some(msg.clone());
+            s.report = None;
+        });
+    }
+
     /// `f` has no snapshot any more (deleted, or the function is gone).
     pub fn none(&self, f: &FunctionRecord) {
         self.set(f, SnapshotState::None, |s| s.report = None);

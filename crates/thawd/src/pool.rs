@@ -109,6 +109,9 @@ pub struct Pools {
     /// Disk and memory thresholds of background work and of snapshot
     /// requests (none: never short of room).
     pressure: Option<crate::pressure::Pressure>,
+    /// Where functions whose snapshot was found damaged are sent to have
+    /// it built again (see [`Pools::damaged_snapshots`]).
+    rebuilds: Mutex<Option<tokio::sync::mpsc::UnboundedSender<FunctionRecord>>>,
 }
 
 /// What placing one request found for it.
@@ -178,6 +181,7 @@ impl Pools {
             starting: AtomicUsize::new(0),
             parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             measured: Mutex::new(HashMap::new()),
+            rebuilds: Mutex::new(None),
             pressure: None,
         }
     }
@@ -408,6 +412,11 @@ impl Pools {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The directory holding every function's snapshots.
+    pub fn snapshot_root(&self) -> &std::path::Path {
+        &self.ctx.snapshots
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
@@ -439,6 +448,78 @@ impl Pools {
         }
     }
 
+    /// The functions whose snapshot was found damaged from now on, one
+    /// record per discarded snapshot: the receiver builds them again (the
+    /// server queues a build). Replaces an earlier receiver.
+    pub fn damaged_snapshots(&self) -> tokio::sync::mpsc::UnboundedReceiver<FunctionRecord> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *lock(&self.rebuilds) = Some(tx);
+        rx
+    }
+
+    /// What a read found damaged in the memory image of the stored
+    /// snapshot in `dir` since the last call, if anything.
+    fn integrity_failure(&self, dir: &std::path::Path) -> Option<String> {
+        let (store, blobs) = self.stored(dir)?;
+        store.take_integrity_failure(&blobs.memory.digest)
+    }
+
+    /// `f`'s snapshot failed an integrity check (`why`): it is never
+    /// restored again. It is counted, its status says so, its standby
+    /// sandboxes and template go, the snapshot is removed (directory and
+    /// blobs), and a rebuild is requested. Does nothing when the snapshot
+    /// is already gone (another instance found the damage first).
+    async fn snapshot_damaged(&self, pool: &Arc<FunctionPool>, f: &FunctionRecord, why: &str) {
+        let dir = self.snapshot_dir(f);
+        let Some(parent) = dir.parent() else {
+            return;
+        };
+        // Moved aside at once (no restore starts from it from now on); a
+        // second caller finds it gone. A daemon killed before the task
+        // below ends leaves a `.tmp-` directory, which its next start
+        // removes.
+        let moved = parent.join(format!(".tmp-damaged-{}", uuid::Uuid::new_v4().simple()));
+        if !dir.join(crate::snapshots::META_FILE).is_file()
+            || std::fs::rename(&dir, &moved).is_err()
+        {
+            return;
+        }
+        tracing::error!(function = %f.name, revision = %f.revision_id, error = why, "snapshot failed an integrity check; discarding it and building it again");
+        self.metrics.count_snapshot_damaged(&f.name);
+        self.builds.damaged(f, why);
+        if let Some(t) = &self.ctx.templates {
+            t.forget(&f.name, None);
+        }
+        destroy_all(self.take_standby(&f.name, pool)).await;
+        lock(&self.verified).remove(&dir);
+        let stored = self.ctx.store.clone().zip(
+            crate::snapshots::SnapshotMeta::read(&moved)
+                .ok()
+                .and_then(|m| m.store),
+        );
+        let rebuild = lock(&self.rebuilds).clone();
+        let f = f.clone();
+        // Off the request's path (its retry does not wait for this).
+        tokio::spawn(async move {
+            if let Some((store, blobs)) = stored {
+                // Every damaged chunk of the image is found now, so that
+                // the rebuild writes each again instead of trusting the
+                // stored copy.
+                if let Ok(m) = store.memory_manifest(&blobs.memory).await {
+                    let bad = store.store().scrub(&m).await;
+                    tracing::warn!(function = %f.name, bad_chunks = bad, "scrubbed the damaged snapshot's memory image");
+                }
+                store.remove(&blobs).await;
+            }
+            if let Err(e) = tokio::fs::remove_dir_all(&moved).await {
+                tracing::warn!(function = %f.name, error = %e, "cannot remove a damaged snapshot");
+            }
+            if let Some(tx) = rebuild {
+                let _ = tx.send(f);
+            }
+        });
+    }
+
     /// A new instance restored (or cloned) from `f`'s snapshot, if it has
     /// one and the restore works, and whether it went into a ready standby
     /// sandbox; a failed restore is logged and counted, and the caller
@@ -460,6 +541,9 @@ impl Pools {
                 self.metrics.count_instance_start(&f.name, "restore_error");
                 tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %e, "snapshot failed verification; starting cold instead");
                 destroy_all(self.take_standby(&f.name, pool)).await;
+                if let Some(why) = self.integrity_failure(&dir) {
+                    self.snapshot_damaged(pool, f, &why).await;
+                }
                 return None;
             }
         }
@@ -495,6 +579,10 @@ impl Pools {
                 Err(e) => {
                     self.metrics.count_instance_start(&f.name, "restore_error");
                     tracing::warn!(function = %f.name, error = %start_error_text(&e), "clone failed; restoring a new instance");
+                    if let Some(why) = self.integrity_failure(&dir) {
+                        self.snapshot_damaged(pool, f, &why).await;
+                        return None;
+                    }
                 }
             }
         }
@@ -507,6 +595,9 @@ impl Pools {
             Err(e) => {
                 self.metrics.count_instance_start(&f.name, "restore_error");
                 tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %start_error_text(&e), "restore failed; starting cold instead");
+                if let Some(why) = self.integrity_failure(&dir) {
+                    self.snapshot_damaged(pool, f, &why).await;
+                }
                 None
             }
         }
@@ -1043,7 +1134,7 @@ impl Pools {
             id: lock(&pool.queue).register(),
             pool: pool.clone(),
         };
-        let (mut inst, start, mut timings) = match self
+        let (mut inst, mut start, mut timings) = match self
             .place(&pool, f, ticket.id, &request_id, input.tail_logs)
             .await?
         {
@@ -1056,20 +1147,70 @@ impl Pools {
 
         let start_line = format!("START RequestId: {request_id} Version: $LATEST");
         let timeout = Duration::from_secs(u64::from(f.timeout_s));
-        let inv = Invocation {
-            request_id: request_id.clone(),
-            deadline_ms: now_ms() + timeout.as_millis() as u64,
-            invoked_function_arn: f.arn(),
-            trace_id: Some(format!(
-                "Root=1-{:08x}-{};Sampled=0",
-                now_ms() / 1000,
-                &uuid::Uuid::new_v4().simple().to_string()[..24]
-            )),
-            client_context: input.client_context.clone(),
-            cognito_identity: None,
+        let mut retried = false;
+        let (ran, result, out_lines, invoke_ms) = loop {
+            let inv = Invocation {
+                request_id: request_id.clone(),
+                deadline_ms: now_ms() + timeout.as_millis() as u64,
+                invoked_function_arn: f.arn(),
+                trace_id: Some(format!(
+                    "Root=1-{:08x}-{};Sampled=0",
+                    now_ms() / 1000,
+                    &uuid::Uuid::new_v4().simple().to_string()[..24]
+                )),
+                client_context: input.client_context.clone(),
+                cognito_identity: None,
+            };
+            let ran = Instant::now();
+            let (result, out_lines, invoke_ms) = inst.run(inv, &input.payload, timeout, f).await;
+            // A restored runtime whose memory could not be served was
+            // killed by its page server: the platform's failure, never the
+            // function's. The instance goes, a damaged snapshot is
+            // discarded and built again, and the invocation runs once more
+            // on a cold start.
+            let lost = matches!(result, RunResult::Crashed { .. } | RunResult::Broken(_));
+            let Some(fault) = inst.memory_failure().filter(|_| lost) else {
+                break (ran, result, out_lines, invoke_ms);
+            };
+            tracing::error!(instance = %inst.id, error = %fault.message, integrity = fault.integrity, "a restored instance's memory could not be served; discarding it");
+            self.metrics.count_memory_failure(&f.name, fault.integrity);
+            inst.destroy().await;
+            if fault.integrity {
+                self.snapshot_damaged(&pool, f, &fault.message).await;
+            }
+            if retried || self.shutting_down.load(Ordering::SeqCst) {
+                self.metrics.add_instances(&f.name, "busy", -1);
+                self.metrics.count_rejected(&f.name, "platform_error");
+                return Err(InvokeError::InstanceLost(
+                    "its memory could not be read from the function's snapshot".into(),
+                ));
+            }
+            retried = true;
+            let placed = {
+                self.starting.fetch_add(1, Ordering::SeqCst);
+                let _starting = Starting {
+                    pools: self,
+                    function: f.name.clone(),
+                };
+                self.metrics.add_instances(&f.name, "starting", 1);
+                self.start_new(&pool, f, &request_id, input.tail_logs, true)
+                    .await
+            };
+            match placed {
+                Ok(Placed::Ready(i, s, t)) => {
+                    tracing::info!(instance = %i.id, "retrying the invocation on a cold start");
+                    (inst, start, timings) = (i, s, t);
+                }
+                Ok(Placed::InitFailed(outcome)) => {
+                    self.metrics.add_instances(&f.name, "busy", -1);
+                    return Ok(outcome);
+                }
+                Err(e) => {
+                    self.metrics.add_instances(&f.name, "busy", -1);
+                    return Err(e);
+                }
+            }
         };
-        let ran = Instant::now();
-        let (result, out_lines, invoke_ms) = inst.run(inv, &input.payload, timeout, f).await;
         timings.invoke_ms = invoke_ms;
         {
             // The request stays counted as busy until its instance is
@@ -1283,7 +1424,7 @@ impl Pools {
                         function: f.name.clone(),
                     };
                     self.metrics.add_instances(&f.name, "starting", 1);
-                    return self.start_new(pool, f, request_id, tail_logs).await;
+                    return self.start_new(pool, f, request_id, tail_logs, false).await;
                 }
                 Decision::Wait { expected } => {
                     let left = QUEUE_WAIT.saturating_sub(arrived.elapsed());
@@ -1377,10 +1518,16 @@ impl Pools {
         f: &FunctionRecord,
         request_id: &str,
         tail_logs: bool,
+        cold: bool,
     ) -> Result<Placed, InvokeError> {
         let sharing = self.starting.load(Ordering::SeqCst);
         let began = Instant::now();
-        let (inst, start, timings, from_standby) = match self.restore(pool, f).await {
+        let restored = if cold {
+            None
+        } else {
+            self.restore(pool, f).await
+        };
+        let (inst, start, timings, from_standby) = match restored {
             Some((inst, t, from_standby)) => (inst, StartKind::Restored, t, from_standby),
             None => match Instance::start(f, &self.ctx).await {
                 Ok((inst, t)) => {

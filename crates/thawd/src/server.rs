@@ -84,6 +84,16 @@ impl Platform {
         let logs = Arc::new(LogStore::open(data_dir.join("logs"))?);
         let metrics = Arc::new(Metrics::new()?);
         let registry = Registry::open(&data_dir).context("cannot load the function registry")?;
+        let swept = crate::recovery::sweep_temporaries(
+            &data_dir,
+            matches!(config.store, crate::config::StoreSetting::Local),
+        );
+        if swept > 0 {
+            tracing::warn!(
+                count = swept,
+                "removed temporary files left by a previous daemon"
+            );
+        }
         let store = open_store(&config, &data_dir)?;
         let runtimes = HostRuntimes::discover();
         let templates = match config.instances {
@@ -220,6 +230,19 @@ fn open_store(
         }
     }
     .context("cannot open the snapshot store")?;
+    // Tests and fault campaigns only: the object tier behind a wrapper that
+    // injects failures, delays and damaged reads.
+    let store = match thaw_store::FaultPlan::from_env()? {
+        None => store,
+        Some(plan) => {
+            tracing::warn!(
+                ?plan,
+                "{} is set: the snapshot store INJECTS FAULTS (tests only)",
+                thaw_store::faults::FAULTS_ENV
+            );
+            store.with_faults(plan)
+        }
+    };
     Ok(Some(Arc::new(crate::snapstore::SnapshotStore::new(store))))
 }
 
@@ -288,9 +311,60 @@ impl Platform {
         );
     }
 
+    /// Removes snapshots no function will restore (after a daemon start):
+    /// those of functions that are gone and of revisions that are not
+    /// their function's current one (a daemon killed between a delete or
+    /// an update and the removal of the old snapshot leaves them), with
+    /// their blobs.
+    fn remove_orphan_snapshots(&self) {
+        let root = self.pools.snapshot_root();
+        let Ok(rd) = std::fs::read_dir(root) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            match self.registry.get(&name) {
+                Some(f) => self.pools.remove_other_snapshots(&name, &f.revision_id),
+                None => {
+                    let Ok(revs) = std::fs::read_dir(e.path()) else {
+                        continue;
+                    };
+                    for r in revs.flatten() {
+                        tracing::info!(function = %name, snapshot = %r.path().display(), "removing the snapshot of a deleted function");
+                        self.pools.discard_snapshot_dir(&r.path());
+                    }
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+
+    /// Builds again, from now on, every snapshot the pools discard as
+    /// damaged (whether or not the pipeline is on: the function had a
+    /// snapshot), if its revision is still the function's current one.
+    fn rebuild_damaged_snapshots(self: &Arc<Self>) {
+        let mut rx = self.pools.damaged_snapshots();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                let Some(p) = weak.upgrade() else { return };
+                let current = p
+                    .registry
+                    .get(&f.name)
+                    .filter(|c| c.revision_id == f.revision_id);
+                if let Some(c) = current {
+                    tracing::info!(function = %c.name, revision = %c.revision_id, "rebuilding a damaged snapshot");
+                    p.queue_snapshot_build(&c);
+                }
+            }
+        });
+    }
+
     /// Queues builds for every function whose current revision has no
     /// snapshot (after a daemon start).
     pub fn schedule_missing_snapshots(self: &Arc<Self>) {
+        self.rebuild_damaged_snapshots();
+        self.remove_orphan_snapshots();
         for f in self.registry.list() {
             if !self.pools.has_snapshot(&f) {
                 self.schedule_snapshot(&f);

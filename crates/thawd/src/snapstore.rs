@@ -57,7 +57,26 @@ pub struct SnapshotStore {
     verified: Mutex<std::collections::HashSet<String>>,
     /// Memory images (by digest) a restore could not read a range of.
     damaged: Mutex<std::collections::HashSet<String>>,
+    /// Memory images (by digest) a read found damaged (a chunk that did not
+    /// authenticate or is missing), with what was wrong: the snapshot is
+    /// bad and must be built again.
+    integrity: Arc<Mutex<HashMap<String, String>>>,
 }
+
+/// Why a restore's memory could not be served (see
+/// [`SnapshotStore::serve_restore`]): set at the first failed read of one
+/// restore's page socket.
+#[derive(Debug, Clone)]
+pub struct MemoryFault {
+    /// What failed (no host path: blob and chunk names only).
+    pub message: String,
+    /// The stored bytes are bad (as opposed to a store that failed or did
+    /// not answer): the snapshot must be built again.
+    pub integrity: bool,
+}
+
+/// Where a restore's page socket reports its first failure.
+pub type MemoryFaultCell = Arc<std::sync::OnceLock<MemoryFault>>;
 
 impl std::fmt::Debug for SnapshotStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,6 +119,7 @@ impl SnapshotStore {
             manifests: Mutex::new(HashMap::new()),
             verified: Mutex::default(),
             damaged: Mutex::default(),
+            integrity: Arc::default(),
         }
     }
 
@@ -126,6 +146,19 @@ impl SnapshotStore {
             lock(&self.verified).remove(digest);
         }
         damaged
+    }
+
+    /// What a read found damaged in the memory image with `digest` since
+    /// the last call (which clears it), if anything.
+    pub fn take_integrity_failure(&self, digest: &str) -> Option<String> {
+        lock(&self.integrity).remove(digest)
+    }
+
+    /// Records that a read found the memory image with `digest` damaged.
+    fn note_integrity(integrity: &Mutex<HashMap<String, String>>, digest: &str, why: &str) {
+        lock(integrity)
+            .entry(digest.to_string())
+            .or_insert_with(|| why.to_string());
     }
 
     /// Forgets every opened manifest and the store's memory tier
@@ -269,6 +302,7 @@ impl SnapshotStore {
         sock: tokio::net::UnixStream,
         dir: std::path::PathBuf,
         blobs: StoredBlobs,
+        fault: MemoryFaultCell,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -281,8 +315,12 @@ impl SnapshotStore {
             }
             .await;
             match ready {
-                Ok(m) => this.serve_pages(sock, m),
+                Ok(m) => this.serve_pages(sock, m, fault),
                 Err(e) => {
+                    let _ = fault.set(MemoryFault {
+                        message: format!("cannot prepare the restore: {e}"),
+                        integrity: false,
+                    });
                     tracing::warn!(snapshot = %dir.display(), error = %e, "cannot prepare a restore from the store");
                     let mut sock = sock;
                     let mut req = [0u8; 12];
@@ -317,7 +355,12 @@ impl SnapshotStore {
     /// `m`, until the sandbox closes its end. Errors are answered (the
     /// engine fails the restore, or the page server kills the runtime);
     /// the task ends with the socket.
-    pub fn serve_pages(self: &Arc<Self>, sock: tokio::net::UnixStream, m: Arc<Manifest>) {
+    pub fn serve_pages(
+        self: &Arc<Self>,
+        sock: tokio::net::UnixStream,
+        m: Arc<Manifest>,
+        fault: MemoryFaultCell,
+    ) {
         let this = self.clone();
         // The rest of the image is loaded into the memory tier in the
         // background (a few chunks at a time), so the misses of this
@@ -361,6 +404,13 @@ impl SnapshotStore {
                             // first (and starts cold if it stays damaged).
                             lock(&this.damaged).insert(m.digest.clone());
                             let msg = thaw_runtime::error_chain(&e);
+                            if e.is_integrity() {
+                                Self::note_integrity(&this.integrity, &m.digest, &msg);
+                            }
+                            let _ = fault.set(MemoryFault {
+                                message: msg.clone(),
+                                integrity: e.is_integrity(),
+                            });
                             tracing::warn!(blob = %m.name, offset, len, error = %msg, "cannot serve a restore's memory");
                             thaw_runtime::control::pages::answer(Err(&msg))
                         }
@@ -380,6 +430,7 @@ impl SnapshotStore {
             store: self.store.clone(),
             manifest: m,
             handle: tokio::runtime::Handle::current(),
+            integrity: self.integrity.clone(),
         }
     }
 
@@ -420,6 +471,7 @@ pub struct StorePages {
     store: Arc<Store>,
     manifest: Arc<Manifest>,
     handle: tokio::runtime::Handle,
+    integrity: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for StorePages {
@@ -435,7 +487,13 @@ impl PageSource for StorePages {
         let bytes = self
             .handle
             .block_on(self.store.read_range(&self.manifest, offset, buf.len()))
-            .map_err(std::io::Error::other)?;
+            .map_err(|e| {
+                if e.is_integrity() {
+                    let why = thaw_runtime::error_chain(&e);
+                    SnapshotStore::note_integrity(&self.integrity, &self.manifest.digest, &why);
+                }
+                std::io::Error::other(e)
+            })?;
         buf.copy_from_slice(&bytes);
         Ok(())
     }

@@ -105,16 +105,34 @@ impl Daemon {
     }
 
     fn spawn(data_dir: &Path, extra: &[&str], leak_fds: bool) -> Daemon {
-        Daemon::spawn_as(data_dir, extra, leak_fds, None)
+        Daemon::spawn_as(data_dir, extra, leak_fds, None, &[])
+    }
+
+    /// Start a daemon with a fresh data directory and extra environment
+    /// variables (the test-only switches, such as injected store faults).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("thaw-e2e-")
+            .tempdir()
+            .unwrap();
+        let mut d = Daemon::spawn_as(tmp.path(), extra, false, None, env);
+        d._tmp = Some(tmp);
+        d
     }
 
     /// Start a daemon given no root key (it generates one and leaves it for
     /// the CLI under `home`, its `HOME`).
     pub fn start_generating_key(data_dir: &Path, home: &Path) -> Daemon {
-        Daemon::spawn_as(data_dir, &[], false, Some(home))
+        Daemon::spawn_as(data_dir, &[], false, Some(home), &[])
     }
 
-    fn spawn_as(data_dir: &Path, extra: &[&str], leak_fds: bool, home: Option<&Path>) -> Daemon {
+    fn spawn_as(
+        data_dir: &Path,
+        extra: &[&str],
+        leak_fds: bool,
+        home: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -148,6 +166,7 @@ impl Daemon {
                 .env("HOME", home),
         };
         let child = cmd
+            .envs(env.iter().copied())
             .args(["serve", "--listen", &listen, "--data-dir"])
             .arg(data_dir)
             .args(pipeline)
@@ -199,6 +218,14 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL and reap (a crash: nothing of the daemon runs after this).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM and wait; returns whether it exited successfully.
