@@ -22,6 +22,8 @@
 
 pub mod api;
 pub mod control;
+pub mod page_requests;
+pub mod runtime_api;
 pub mod sigv4;
 pub mod snapshot;
 pub mod store;
@@ -30,6 +32,8 @@ pub mod zip_package;
 
 pub use api::api_request;
 pub use control::control_frames;
+pub use page_requests::page_requests;
+pub use runtime_api::runtime_api;
 pub use sigv4::sigv4;
 pub use snapshot::snapshot_state;
 pub use store::{store_chunk, store_manifest};
@@ -50,6 +54,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("store_chunk", store_chunk),
     ("store_manifest", store_manifest),
     ("control_frames", control_frames),
+    ("page_requests", page_requests),
+    ("runtime_api", runtime_api),
 ];
 
 /// Splits `data` into its first byte (flags; 0 when empty) and the rest.
@@ -69,4 +75,27 @@ pub(crate) fn split_prefixed(data: &[u8]) -> (&[u8], &[u8]) {
     let n = usize::from(u16::from_le_bytes([data[0], data[1]]));
     let rest = &data[2..];
     rest.split_at(n.min(rest.len()))
+}
+
+/// Builds an HTTP request from `data`: `METHOD URI\n`, one `name: value\n`
+/// per header, `\n`, the body ([`sigv4::encode_request`] writes it). `None`
+/// when a line is not a valid method, URI or header.
+pub(crate) fn request(data: &[u8]) -> Option<http::Request<Vec<u8>>> {
+    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&data[..i], &data[i + 2..]),
+        None => (data, &[][..]),
+    };
+    let mut lines = head.split(|&b| b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let (method, uri) = match first.iter().position(|&b| b == b' ') {
+        Some(i) => (&first[..i], &first[i + 1..]),
+        None => (first, &b"/"[..]),
+    };
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    for line in lines {
+        let i = line.iter().position(|&b| b == b':')?;
+        let value = line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..]);
+        builder = builder.header(&line[..i], value);
+    }
+    builder.body(body.to_vec()).ok()
 }

@@ -49,29 +49,10 @@ pub fn encode_request(req: &http::Request<Vec<u8>>) -> Vec<u8> {
     out
 }
 
-/// Builds a request from `data` (see [`encode_request`]; a line that is not
-/// a valid method, URI or header ends the input there) and verifies it
+/// Builds a request from `data` (see [`encode_request`]) and verifies it
 /// against the root key at [`SIGNED_AT`].
 pub fn sigv4(data: &[u8]) {
-    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
-        Some(i) => (&data[..i], &data[i + 2..]),
-        None => (data, &[][..]),
-    };
-    let mut lines = head.split(|&b| b == b'\n');
-    let first = lines.next().unwrap_or_default();
-    let (method, uri) = match first.iter().position(|&b| b == b' ') {
-        Some(i) => (&first[..i], &first[i + 1..]),
-        None => (first, &b"/"[..]),
-    };
-    let mut builder = http::Request::builder().method(method).uri(uri);
-    for line in lines {
-        let Some(i) = line.iter().position(|&b| b == b':') else {
-            return;
-        };
-        let value = line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..]);
-        builder = builder.header(&line[..i], value);
-    }
-    let Ok(req) = builder.body(body.to_vec()) else {
+    let Some(req) = crate::request(data) else {
         return;
     };
     let (parts, body) = req.into_parts();

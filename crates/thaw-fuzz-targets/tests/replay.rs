@@ -58,6 +58,55 @@ fn the_corpus_and_the_regressions_replay() {
     assert!(ran >= TARGETS.len(), "only {ran} inputs replayed");
 }
 
+/// The Runtime API harness reaches the routes: the normal seed session
+/// answers two invocations and has its late init error refused.
+#[test]
+fn the_runtime_api_session_reaches_the_routes() {
+    use thaw_runtime::control::FromSupervisor;
+    let data = std::fs::read(fuzz_dir().join("corpus/runtime_api/seed-normal")).unwrap();
+    let mut rest = &data[1..];
+    let mut requests = Vec::new();
+    while rest.len() >= 2 {
+        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+        let text = &rest[2..2 + n];
+        rest = &rest[2 + n..];
+        let (head, body) = text.split_at(text.windows(2).position(|w| w == b"\n\n").unwrap());
+        let first = std::str::from_utf8(head.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        let (method, uri) = first.split_once(' ').unwrap();
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for line in head.split(|&b| b == b'\n').skip(1) {
+            let line = std::str::from_utf8(line).unwrap();
+            let (k, v) = line.split_once(": ").unwrap();
+            b = b.header(k, v);
+        }
+        requests.push(b.body(axum::body::Body::from(body[2..].to_vec())).unwrap());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let s = rt.block_on(thaw_runtime::fuzzing::session(
+        thaw_runtime::fuzzing::Mode::Normal,
+        requests,
+    ));
+    assert_eq!(
+        s.statuses,
+        [200, 202, 200, 202, 400, 403, 404].map(Some).to_vec()
+    );
+    let kinds: Vec<_> = s.reports.iter().map(|(m, _)| m.clone()).collect();
+    assert_eq!(
+        kinds,
+        [
+            FromSupervisor::Response {
+                request_id: "inv-0".into()
+            },
+            FromSupervisor::Error {
+                request_id: "inv-1".into(),
+                error_type: "Runtime.Unhandled".into()
+            },
+        ]
+    );
+}
+
 mod seeds {
     use std::path::Path;
     use std::time::{Duration, SystemTime};
@@ -373,6 +422,78 @@ mod seeds {
         put("control_frames", "page-answers", &answers);
     }
 
+    fn page_requests() {
+        let reqs: [(u64, u32); 7] = [
+            (pages::LENGTH, 0),
+            (0, 4096),
+            (5999, 2),
+            (45_056, 4096),
+            (49_999, 2),
+            (u64::MAX - 1, 5),
+            (0, pages::MAX_REQUEST + 1),
+        ];
+        let mut out = Vec::new();
+        for (offset, len) in reqs {
+            pages::request(&mut out, offset, len).unwrap();
+        }
+        put("page_requests", "requests", &out);
+    }
+
+    fn runtime_sessions() {
+        use thaw_fuzz_targets::runtime_api::encode_session;
+        let base = "/2018-06-01/runtime";
+        let get = |p: &str| {
+            http::Request::get(format!("{base}{p}"))
+                .body(Vec::new())
+                .unwrap()
+        };
+        let post = |p: &str, body: &[u8]| {
+            http::Request::post(format!("{base}{p}"))
+                .header("content-type", "application/json")
+                .body(body.to_vec())
+                .unwrap()
+        };
+        let mut next = get("/invocation/next");
+        next.headers_mut().insert(
+            "x-thaw-function-init-ms",
+            http::HeaderValue::from_static("12.5"),
+        );
+        let mut error = post(
+            "/invocation/inv-1/error",
+            br#"{"errorType":"ValueError","errorMessage":"x"}"#,
+        );
+        error.headers_mut().insert(
+            "lambda-runtime-function-error-type",
+            http::HeaderValue::from_static("Runtime.Unhandled"),
+        );
+        let normal = [
+            next,
+            post("/invocation/inv-0/response", br#"{"ok":true}"#),
+            get("/invocation/next"),
+            error,
+            post("/invocation/inv-1/response", b"again"),
+            post("/init/error", br#"{"errorType":"Init"}"#),
+            get("/nowhere"),
+        ];
+        put("runtime_api", "normal", &encode_session(0, &normal));
+        let snapshot_run = [
+            get("/invocation/next"),
+            post("/invocation/inv-0/response", b"{}"),
+            get("/restore/next"),
+        ];
+        put(
+            "runtime_api",
+            "snapshot-run",
+            &encode_session(1, &snapshot_run),
+        );
+        let restored = [
+            get("/restore/next"),
+            post("/restore/error", br#"{"errorType":"Hook"}"#),
+            get("/invocation/next"),
+        ];
+        put("runtime_api", "restored", &encode_session(2, &restored));
+    }
+
     /// Writes the seed inputs into `fuzz/corpus/<target>/seed-*`.
     #[test]
     #[ignore = "writes the fuzz corpus seeds; run once by hand"]
@@ -384,5 +505,7 @@ mod seeds {
         working_sets();
         chunks();
         frames();
+        page_requests();
+        runtime_sessions();
     }
 }
