@@ -58,6 +58,15 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("runtime_api", runtime_api),
 ];
 
+/// A temporary directory for a target's files: in `/dev/shm` when there is
+/// one (a file written on every run costs less in memory), else in the
+/// system's temporary directory.
+pub(crate) fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("temporary directory")
+}
+
 /// Splits `data` into its first byte (flags; 0 when empty) and the rest.
 pub(crate) fn flags(data: &[u8]) -> (u8, &[u8]) {
     match data.split_first() {

@@ -23,7 +23,7 @@ pub const BLOB_BYTES: usize = 50_000;
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let dir = crate::tempdir();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

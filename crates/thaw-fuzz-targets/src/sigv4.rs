@@ -23,7 +23,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let dir = crate::tempdir();
         let (accounts, _) =
             Accounts::open(dir.path(), Some(Credentials::new(ROOT_KEY_ID, ROOT_SECRET)))
                 .expect("accounts open");

@@ -42,7 +42,7 @@ impl PageSource for Bytes {
 pub(crate) fn scratch_dir() -> &'static PathBuf {
     static D: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &D.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let dir = crate::tempdir();
         let path = dir.path().to_owned();
         (dir, path)
     })

@@ -162,7 +162,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let dir = crate::tempdir();
         let snap_dir = dir.path().join("snapshot");
         let mut data = Vec::new();
         for &(addr, pages, _) in &RUNS {

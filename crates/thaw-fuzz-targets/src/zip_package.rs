@@ -16,7 +16,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let dir = crate::tempdir();
         let data = dir.path().join("data");
         let registry = Registry::open(&data).expect("an empty registry opens");
         Fixture {
