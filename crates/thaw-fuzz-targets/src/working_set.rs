@@ -209,7 +209,7 @@ pub fn ws_file(counts_and_body: &[u8]) -> Vec<u8> {
     let table = runs
         .checked_mul(16)
         .and_then(|r| recorded.checked_mul(8)?.checked_add(r))
-        .map(|b| b.div_ceil(PAGE_SIZE) * PAGE_SIZE);
+        .and_then(|b| b.div_ceil(PAGE_SIZE).checked_mul(PAGE_SIZE));
     if let Some(len) = table.and_then(|t| data.checked_mul(PAGE_SIZE)?.checked_add(t)) {
         if len <= 1 << 20 {
             body.resize(len as usize, 0);
