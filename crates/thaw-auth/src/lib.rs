@@ -727,6 +727,12 @@ impl Signature {
         use aws_sigv4::http_request::{
             sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
         };
+        // An authority-form target (`CONNECT host:port`, or any request line
+        // whose target is `host:port`) has no path: nothing a client signs,
+        // and `aws-sigv4` panics on it (found by fuzzing).
+        if parts.uri.path().is_empty() {
+            return Err(incomplete("The request target has no path."));
+        }
         let query = parts.uri.query().unwrap_or("");
         let uri = if self.presigned_expiry.is_some() {
             let rest: Vec<&str> = query

@@ -18,6 +18,8 @@
 mod api;
 pub mod bootstraps;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod init;
 mod process;
 pub mod restore;

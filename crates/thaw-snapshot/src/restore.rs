@@ -565,30 +565,52 @@ fn install_working_set(uffd: BorrowedFd<'_>, ws: &WorkingSet) -> Result<u64, Res
 /// every return to user space). In address order.
 pub fn pages_before_resume(snap: &Snapshot, ranges: &[(u64, u64)]) -> Vec<u64> {
     let st = snap.state();
-    let mut rseq: Vec<u64> = st
-        .process
-        .threads
-        .iter()
-        .filter(|t| t.rseq.abi_pointer != 0)
-        .flat_map(|t| {
-            let first = t.rseq.abi_pointer & !(PAGE_SIZE - 1);
-            let last =
-                (t.rseq.abi_pointer + u64::from(t.rseq.abi_size).max(1) - 1) & !(PAGE_SIZE - 1);
-            (first..=last).step_by(PAGE_SIZE as usize)
-        })
-        .collect();
-    rseq.sort_unstable();
-    rseq.dedup();
+    let rseq = rseq_spans(&st.process.threads);
     let mut out = Vec::new();
     for run in &st.memory.runs {
         for i in 0..run.pages {
             let addr = run.addr + i * PAGE_SIZE;
-            if !in_ranges(ranges, addr) || rseq.binary_search(&addr).is_ok() {
+            if !in_ranges(ranges, addr) || in_spans(&rseq, addr) {
                 out.push(addr);
             }
         }
     }
     out
+}
+
+/// The pages holding the threads' rseq areas, as sorted, disjoint spans
+/// of page addresses (first, last), both included. The state is
+/// checksummed, not authenticated: a forged pointer near the top of the
+/// address space must not overflow (it did: a panic in debug builds),
+/// and a forged size must not make a list of every page it claims (it
+/// did: 2^20 entries per thread for a 4 GiB size). Both found while
+/// writing the `snapshot_state` fuzz target.
+fn rseq_spans(threads: &[ThreadImage]) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = threads
+        .iter()
+        .filter(|t| t.rseq.abi_pointer != 0)
+        .map(|t| {
+            let size = u64::from(t.rseq.abi_size).max(1);
+            let first = t.rseq.abi_pointer & !(PAGE_SIZE - 1);
+            let last = t.rseq.abi_pointer.saturating_add(size - 1) & !(PAGE_SIZE - 1);
+            (first, last)
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (first, last) in spans {
+        match merged.last_mut() {
+            Some((_, end)) if first <= *end => *end = (*end).max(last),
+            _ => merged.push((first, last)),
+        }
+    }
+    merged
+}
+
+/// Whether page `addr` is in one of `spans` (see [`rseq_spans`]).
+fn in_spans(spans: &[(u64, u64)], addr: u64) -> bool {
+    let i = spans.partition_point(|&(first, _)| first <= addr);
+    i > 0 && addr <= spans[i - 1].1
 }
 
 /// The anonymous mappings served lazily: those holding saved pages.
@@ -1652,5 +1674,57 @@ mod tests {
         assert_eq!(find_hole(&mut occ, 0x1000), Some(0x1000_3000));
         let mut occ = vec![(0, TASK_SIZE)];
         assert_eq!(find_hole(&mut occ, 0x1000), None);
+    }
+
+    fn thread_with_rseq(abi_pointer: u64, abi_size: u32) -> ThreadImage {
+        ThreadImage {
+            tid: 1,
+            comm: String::new(),
+            regs: Default::default(),
+            xstate: vec![],
+            sigmask: Default::default(),
+            sigaltstack: Default::default(),
+            rseq: crate::ptrace::RseqConfiguration {
+                abi_pointer,
+                abi_size,
+                ..Default::default()
+            },
+            robust_list: Default::default(),
+            clear_child_tid: 0,
+        }
+    }
+
+    #[test]
+    fn rseq_spans_cover_the_areas_pages() {
+        let p = PAGE_SIZE;
+        let threads = [
+            thread_with_rseq(10 * p + 64, 32),
+            // Straddles a page boundary.
+            thread_with_rseq(20 * p - 16, 32),
+            thread_with_rseq(0, 32),
+            // Same page as the first.
+            thread_with_rseq(10 * p + 128, 32),
+        ];
+        let spans = rseq_spans(&threads);
+        assert_eq!(spans, [(10 * p, 10 * p), (19 * p, 20 * p)]);
+        let hits: Vec<u64> = (0..30)
+            .map(|i| i * p)
+            .filter(|&a| in_spans(&spans, a))
+            .collect();
+        assert_eq!(hits, [10 * p, 19 * p, 20 * p]);
+    }
+
+    /// Forged rseq areas (`fuzz/regressions/snapshot_state`).
+    #[test]
+    fn forged_rseq_areas_neither_overflow_nor_allocate() {
+        let top = !(PAGE_SIZE - 1);
+        let spans = rseq_spans(&[thread_with_rseq(u64::MAX - 8, 32)]);
+        assert_eq!(spans, [(top, top)]);
+        // A 4 GiB area of 10 000 threads is one span, not 10^10 pages.
+        let threads = vec![thread_with_rseq(PAGE_SIZE, u32::MAX); 10_000];
+        let spans = rseq_spans(&threads);
+        assert_eq!(spans.len(), 1);
+        assert!(in_spans(&spans, PAGE_SIZE << 19));
+        assert!(!in_spans(&spans, PAGE_SIZE << 21));
     }
 }

@@ -274,9 +274,12 @@ impl WorkingSet {
         }
     }
 
-    /// The bytes of page `addr` if it is one of the pages copied in
-    /// before the resume that this working set carries.
+    /// The bytes of the page holding `addr` if it is one of the pages
+    /// copied in before the resume that this working set carries.
     pub fn direct_page(&self, addr: u64) -> Option<&[u8]> {
+        // An address inside a page means that page (found by fuzzing: an
+        // unaligned one used to slice past the page, or past the file).
+        let addr = addr & !(PAGE_SIZE - 1);
         let i = self
             .runs
             .partition_point(|r| r.addr <= addr)

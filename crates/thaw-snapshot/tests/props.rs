@@ -577,6 +577,8 @@ proptest! {
                 if let Some(dp) = dp {
                     prop_assert!(dp == &page_bytes(a)[..]);
                 }
+                // Any address inside the page finds the same page.
+                prop_assert_eq!(ws.direct_page(a + PAGE_SIZE - 1), dp);
             }
         }
         prop_assert!(got.iter().copied().eq(want.iter().copied()), "runs cover {:x?}, want {:x?}", got, want);

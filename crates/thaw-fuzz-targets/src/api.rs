@@ -1,0 +1,54 @@
+//! Lambda API request bodies and path/header values (`thaw-api`): what
+//! `thawd`'s handlers parse and validate before acting on a request.
+
+use thaw_api::{
+    CreateFunctionRequest, FunctionName, FunctionRef, FunctionSettings, InvocationType,
+    PutFunctionConcurrencyRequest, PutProvisionedConcurrencyConfigRequest, Runtime,
+    UpdateFunctionCodeRequest, UpdateFunctionConfigurationRequest,
+};
+
+/// Parses `data` as each request body the API accepts (as `thawd` does:
+/// `serde_json::from_slice`, then the request's validation) and, when it is
+/// UTF-8, as a function name, a function reference with a qualifier and an
+/// invocation type. A settings update that validates must give settings
+/// that validate again.
+pub fn api_request(data: &[u8]) {
+    if let Ok(req) = serde_json::from_slice::<CreateFunctionRequest>(data) {
+        if let Ok(new) = req.validate() {
+            new.settings
+                .validate()
+                .expect("validated settings validate again");
+            FunctionName::parse(new.name.as_str()).expect("a validated name parses again");
+        }
+    }
+    if let Ok(req) = serde_json::from_slice::<UpdateFunctionConfigurationRequest>(data) {
+        let current = FunctionSettings::new(Runtime::Python311, "app.handler");
+        if let Ok(s) = req.apply_to(&current) {
+            s.validate().expect("applied settings validate again");
+        }
+    }
+    if let Ok(mut req) = serde_json::from_slice::<UpdateFunctionCodeRequest>(data) {
+        let _ = req.take_zip();
+    }
+    if let Ok(req) = serde_json::from_slice::<PutFunctionConcurrencyRequest>(data) {
+        let _ = req.validate();
+    }
+    if let Ok(req) = serde_json::from_slice::<PutProvisionedConcurrencyConfigRequest>(data) {
+        let _ = req.validate();
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Ok(name) = FunctionName::parse(s) {
+            let _ = name.arn();
+        }
+        // A path segment, then a `Qualifier` query value after a NUL.
+        let (path, qualifier) = match s.split_once('\0') {
+            Some((p, q)) => (p, Some(q)),
+            None => (s, None),
+        };
+        if let Ok(r) = FunctionRef::parse(path) {
+            let _ = r.latest(qualifier);
+        }
+        let _ = InvocationType::parse(s);
+        let _ = Runtime::parse(s);
+    }
+}
