@@ -5,8 +5,8 @@
 # ended by a SIGKILL of the daemon or of one of its sandbox processes and a
 # restart on the same data directory, checking after every restart that no
 # process, cgroup, mount or temporary file of the old daemon is left, that
-# every function is consistent and answers right, and counting accepted
-# Event invocations that were lost. Prints the figures at the end.
+# every function is consistent and answers right, and at the end that every
+# accepted Event invocation ran to its end. Prints the figures at the end.
 #
 # Needs root and the built binaries; not run in CI (about 8 s per round).
 #   scripts/kill-campaign.sh [ITERATIONS]        (THAW_KILL_SEED=N to vary)

@@ -428,6 +428,47 @@ impl Client {
         decode(resp, &url)
     }
 
+    fn event_config_url(&self, name: &str) -> Url {
+        self.url(&["2019-09-25", "functions", name, "event-invoke-config"])
+    }
+
+    /// `PutFunctionEventInvokeConfig`: replaces the function's retry,
+    /// maximum age and destination settings for `Event` invocations.
+    pub fn put_function_event_invoke_config(
+        &self,
+        name: &str,
+        config: &crate::events::PutFunctionEventInvokeConfigRequest,
+    ) -> Result<crate::events::FunctionEventInvokeConfig, ClientError> {
+        let url = self.event_config_url(name);
+        let resp = self.send(self.http.put(url.clone()).json(config), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `GetFunctionEventInvokeConfig`.
+    pub fn get_function_event_invoke_config(
+        &self,
+        name: &str,
+    ) -> Result<crate::events::FunctionEventInvokeConfig, ClientError> {
+        let url = self.event_config_url(name);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `DeleteFunctionEventInvokeConfig`.
+    pub fn delete_function_event_invoke_config(&self, name: &str) -> Result<(), ClientError> {
+        let url = self.event_config_url(name);
+        self.send(self.http.delete(url.clone()), &url)?;
+        Ok(())
+    }
+
+    /// The function's event queue: how many events wait, and its failed
+    /// events (thaw extension).
+    pub fn event_queue(&self, name: &str) -> Result<crate::events::EventQueueView, ClientError> {
+        let url = self.url(&["thaw", "v1", "functions", name, "events"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        decode(resp, &url)
+    }
+
     /// thaw's log endpoint: the last `limit` log lines of `name`, optionally
     /// only those of one request.
     pub fn logs(

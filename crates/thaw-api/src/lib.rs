@@ -14,6 +14,7 @@
 //! | [`invoke`] | Invoke headers, limits, `Server-Timing` |
 //! | [`logs`] | thaw's log records |
 //! | [`concurrency`] | reserved and provisioned concurrency, account settings |
+//! | [`events`] | asynchronous invocation: event invoke configs, destination records |
 //! | [`client`] | the blocking client |
 //! | [`package`] | zipping a code directory |
 
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod client;
 pub mod concurrency;
 pub mod error;
+pub mod events;
 pub mod function;
 pub mod invoke;
 pub mod logs;

@@ -377,3 +377,68 @@ pub fn settings(endpoint: &str, args: SettingsArgs) -> anyhow::Result<()> {
     println!("reseed:      {}", show(s.reseed.map(|r| r.to_string())));
     Ok(())
 }
+
+/// Arguments of `thaw events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// The function's name.
+    pub name: String,
+    /// Print the failed events' records as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `thaw events NAME`: the function's `Event` invocations waiting to run,
+/// its retry and destination settings, and the events that failed with no
+/// destination to go to.
+pub fn events(endpoint: &str, args: EventsArgs) -> anyhow::Result<()> {
+    let c = client(endpoint)?;
+    let name = &args.name;
+    let view = c
+        .event_queue(name)
+        .with_context(|| format!("cannot read the event queue of {name}"))?;
+    if args.json {
+        for r in &view.failed {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    match c.get_function_event_invoke_config(name) {
+        Ok(cfg) => {
+            let dest = cfg.destination_config.clone().unwrap_or_default();
+            println!(
+                "retries: {}, maximum age: {} s, on success: {}, on failure: {}",
+                cfg.retries(),
+                cfg.max_age_secs(),
+                dest.on_success_arn().unwrap_or("-"),
+                dest.on_failure_arn().unwrap_or("-"),
+            );
+        }
+        Err(e) if e.is_not_found() => println!(
+            "retries: {}, maximum age: {} s (Lambda's defaults; no event invoke config)",
+            thaw_api::events::DEFAULT_MAXIMUM_RETRY_ATTEMPTS,
+            thaw_api::events::DEFAULT_MAXIMUM_EVENT_AGE_SECS
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read the event invoke config of {name}"))
+        }
+    }
+    println!("queued: {}", view.queued);
+    println!("failed: {}", view.failed.len());
+    for r in &view.failed {
+        let error = r
+            .response_context
+            .as_ref()
+            .and_then(|c| c.function_error.clone())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {}  {}  {}  runs {}  error {}",
+            r.timestamp,
+            r.request_context.request_id,
+            r.request_context.condition,
+            r.request_context.approximate_invoke_count,
+            error
+        );
+    }
+    Ok(())
+}

@@ -48,7 +48,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon in the foreground (needs root).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create a function, or update its code and configuration if it exists.
     Deploy(functions::DeployArgs),
     /// Invoke a function and print its response.
@@ -84,6 +84,8 @@ enum Command {
     Snapshot(snapshot_cmd::SnapshotCommand),
     /// Show or change a function's thaw settings (memory mode, reseeding).
     Settings(functions::SettingsArgs),
+    /// A function's queued and failed asynchronous (`Event`) invocations.
+    Events(functions::EventsArgs),
     /// Accounts (each has its own functions) and their access keys.
     #[command(subcommand)]
     Account(account::AccountCommand),
@@ -234,7 +236,7 @@ fn init_tracing(daemon: bool) {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let endpoint = cli.endpoint.as_str();
     match cli.command {
-        Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Deploy(args) => functions::deploy(endpoint, args).map(|()| ExitCode::SUCCESS),
         Command::Invoke(args) => invoke::run(endpoint, args),
         Command::List => functions::list(endpoint).map(|()| ExitCode::SUCCESS),
@@ -323,6 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Snapshot(cmd) => snapshot_cmd::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),
         Command::Settings(args) => functions::settings(endpoint, args).map(|()| ExitCode::SUCCESS),
+        Command::Events(args) => functions::events(endpoint, args).map(|()| ExitCode::SUCCESS),
         Command::Account(cmd) => account::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),
     }
 }

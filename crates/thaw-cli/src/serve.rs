@@ -124,6 +124,14 @@ pub struct ServeArgs {
     /// above the longest snapshot publish).
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..))]
     pub store_gc_grace_secs: u64,
+    /// Most `Event` invocations queued at once; more are refused with 429
+    /// before they are accepted.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_events: u64,
+    /// Seconds before the first retry of an `Event` invocation whose
+    /// function failed (the second waits twice as long): Lambda's 60.
+    #[arg(long, default_value_t = 60.0)]
+    pub async_retry_delay_secs: f64,
     /// Below this many MiB of available memory beyond the host's reserve,
     /// background work waits.
     #[arg(long, default_value_t = thawd::pressure::DEFAULT_MIN_FREE_MEMORY_MB)]
@@ -227,6 +235,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.store_gc_interval = Duration::from_secs(args.store_gc_interval_secs);
     config.store_gc_grace = Duration::from_secs(args.store_gc_grace_secs);
     config.min_free_memory_mb = args.min_free_memory_mb;
+    config.events.max_queued = usize::try_from(args.max_queued_events).unwrap_or(usize::MAX);
+    if !(args.async_retry_delay_secs.is_finite() && args.async_retry_delay_secs >= 0.0) {
+        anyhow::bail!("--async-retry-delay-secs must be a number of seconds, 0 or more");
+    }
+    config.events.retry_delay = Duration::from_secs_f64(args.async_retry_delay_secs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -79,6 +79,8 @@ pub struct DaemonConfig {
     pub min_free_memory_mb: u64,
     /// Limits of the HTTP server ([`HttpLimits`]).
     pub http: HttpLimits,
+    /// The durable queue of `Event` invocations ([`crate::events`]).
+    pub events: crate::events::QueueConfig,
 }
 
 /// How long the HTTP server waits for clients, and how many it serves.
@@ -150,6 +152,7 @@ impl DaemonConfig {
             min_free_disk_mb: crate::pressure::DEFAULT_MIN_FREE_DISK_MB,
             min_free_memory_mb: crate::pressure::DEFAULT_MIN_FREE_MEMORY_MB,
             http: HttpLimits::default(),
+            events: crate::events::QueueConfig::default(),
         }
     }
 }

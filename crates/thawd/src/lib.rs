@@ -14,6 +14,7 @@ pub mod api;
 pub mod backend;
 pub mod capacity;
 pub mod config;
+pub mod events;
 pub mod instance;
 pub mod invoke;
 pub mod logs;

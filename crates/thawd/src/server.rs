@@ -31,6 +31,8 @@ pub struct Platform {
     pub provisioner: crate::provisioned::Provisioner,
     /// The accounts and their keys: every request is signed by one.
     pub accounts: Arc<thaw_auth::Accounts>,
+    /// Accepted `Event` invocations, on disk until settled ([`crate::events`]).
+    pub events: Arc<crate::events::EventQueue>,
 }
 
 impl Platform {
@@ -82,6 +84,8 @@ impl Platform {
             announce_root_key(&config, creds);
         }
         let logs = Arc::new(LogStore::open(data_dir.join("logs"))?);
+        let events = crate::events::EventQueue::open(&data_dir.join("events.redb"), config.events)
+            .context("cannot open the event queue")?;
         let metrics = Arc::new(Metrics::new()?);
         let registry = Registry::open(&data_dir).context("cannot load the function registry")?;
         let swept = crate::recovery::sweep_temporaries(
@@ -148,6 +152,7 @@ impl Platform {
             logs,
             provisioner: crate::provisioned::Provisioner::default(),
             accounts: Arc::new(accounts),
+            events,
         })
     }
 }
@@ -491,6 +496,8 @@ pub async fn serve_with(
     for f in platform.registry.list() {
         platform.concurrency_changed(&f);
     }
+    // Events accepted before this start (and not settled) run again.
+    let delivery = crate::api::start_event_delivery(platform.clone());
     let reaper = {
         let p = platform.clone();
         let every = (keep_alive / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
@@ -539,10 +546,14 @@ pub async fn serve_with(
     let stopping = platform.clone();
     let shutdown = async move {
         shutdown.await;
+        // Queued events stay on disk for the next start.
+        stopping.events.stop();
         stopping.pools.shutdown().await;
     };
     let served = serve_http(listener, app, limits, shutdown).await;
     reaper.abort();
+    platform.events.stop();
+    delivery.abort();
     if let Some(c) = collector {
         c.abort();
     }

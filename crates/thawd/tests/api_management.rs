@@ -35,11 +35,16 @@ struct Fake {
     logs_deleted: Arc<Mutex<Vec<String>>>,
     /// Snapshot builds asked for: (function, event).
     snapshots: Arc<Mutex<Vec<(String, Bytes)>>>,
+    events: Arc<thawd::events::EventQueue>,
 }
 
 impl ApiBackend for Fake {
     fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    fn events(&self) -> &Arc<thawd::events::EventQueue> {
+        &self.events
     }
 
     async fn invoke(
@@ -128,7 +133,16 @@ fn api_with(invoke: Arc<InvokeFn>) -> Api {
         retired: Arc::default(),
         logs_deleted: Arc::default(),
         snapshots: Arc::default(),
+        events: thawd::events::EventQueue::open(
+            &dir.path().join("events.redb"),
+            thawd::events::QueueConfig {
+                retry_delay: Duration::from_millis(50),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
     };
+    thawd::api::start_event_delivery(fake.clone());
     Api {
         app: router_with(fake.clone()).layer(axum::middleware::from_fn(as_caller)),
         fake,
@@ -1615,4 +1629,197 @@ async fn platform_settings_are_settings_not_variables() {
     )
     .await
     .assert_error(403, "AccessDeniedException");
+}
+
+/// Fails every invocation whose payload says so; echoes the others.
+fn fail_when_asked(f: &FunctionRecord, input: &InvokeInput) -> Result<InvokeOutcome, InvokeError> {
+    let mut out = echo(f, input)?;
+    if input.payload.windows(4).any(|w| w == b"fail") {
+        out.payload = Bytes::from_static(br#"{"errorMessage":"asked to","errorType":"Exception"}"#);
+        out.function_error = Some("Unhandled".into());
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn event_invoke_configs_and_the_queue() {
+    let api = api_with(Arc::new(fail_when_asked));
+    for f in ["f", "dlq"] {
+        assert_eq!(api.create(f, json!({})).await.status, StatusCode::CREATED);
+    }
+    let path = "/2019-09-25/functions/f/event-invoke-config";
+    let arn = |f: &str| format!("arn:aws:lambda:us-east-1:000000000000:function:{f}");
+
+    // None yet.
+    api.call("GET", path, None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    api.call("POST", path, Some(json!({"MaximumRetryAttempts": 1})))
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    // Lambda's bounds and destinations thaw can reach.
+    for body in [
+        json!({"MaximumRetryAttempts": 3}),
+        json!({"MaximumEventAgeInSeconds": 59}),
+        json!({"MaximumEventAgeInSeconds": 21601}),
+    ] {
+        api.call("PUT", path, Some(body))
+            .await
+            .assert_error(400, "ValidationException");
+    }
+    for dest in [
+        "arn:aws:sqs:us-east-1:000000000000:q".to_string(),
+        arn("missing"),
+        arn("f"),
+        "arn:aws:lambda:us-east-1:123456789012:function:dlq".to_string(),
+        "dlq".to_string(),
+    ] {
+        let msg = api
+            .call(
+                "PUT",
+                path,
+                Some(json!({"DestinationConfig": {"OnFailure": {"Destination": dest}}})),
+            )
+            .await
+            .assert_error(400, "InvalidParameterValueException");
+        assert!(msg.contains("destination"), "{msg}");
+    }
+    api.call(
+        "PUT",
+        "/2019-09-25/functions/nope/event-invoke-config",
+        Some(json!({})),
+    )
+    .await
+    .assert_error(404, "ResourceNotFoundException");
+
+    // Put, update (merge), get, list.
+    let r = api
+        .call(
+            "PUT",
+            path,
+            Some(json!({"MaximumRetryAttempts": 0,
+                        "DestinationConfig": {"OnFailure": {"Destination": arn("dlq")}}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let c = r.json();
+    assert_eq!(c["FunctionArn"], format!("{}:$LATEST", arn("f")));
+    assert_eq!(c["MaximumRetryAttempts"], 0);
+    assert!(c["LastModified"].as_f64().unwrap() > 1.7e9);
+    let r = api
+        .call("POST", path, Some(json!({"MaximumEventAgeInSeconds": 600})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let c = api.call("GET", path, None).await.json();
+    assert_eq!(
+        (
+            &c["MaximumRetryAttempts"],
+            &c["MaximumEventAgeInSeconds"],
+            &c["DestinationConfig"]["OnFailure"]["Destination"]
+        ),
+        (&json!(0), &json!(600), &json!(arn("dlq")))
+    );
+    let l = api.call("GET", &format!("{path}/list"), None).await.json();
+    assert_eq!(l["FunctionEventInvokeConfigs"].as_array().unwrap().len(), 1);
+    // Another account does not see it.
+    api.call_as("123456789012", "GET", path, None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+
+    // A failing event goes to the failure destination with Lambda's record.
+    let r = api
+        .invoke(
+            "f",
+            br#"{"please":"fail"}"#.to_vec(),
+            &[("X-Amz-Invocation-Type", "Event")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let id = r.header("X-Amzn-RequestId").unwrap().to_string();
+    let mut waited = Duration::ZERO;
+    let record = loop {
+        let dlq: Vec<Bytes> = api
+            .fake
+            .invoked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(f, _)| f == "dlq")
+            .map(|(_, i)| i.payload.clone())
+            .collect();
+        if let Some(p) = dlq.first() {
+            break serde_json::from_slice::<Value>(p).unwrap();
+        }
+        assert!(waited < Duration::from_secs(10), "no destination record");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    };
+    assert_eq!(record["requestContext"]["requestId"], id);
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 1);
+    assert_eq!(record["requestPayload"], json!({"please": "fail"}));
+    assert_eq!(record["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(record["responsePayload"]["errorMessage"], "asked to");
+
+    // Without a destination: kept in the failed events, readable.
+    api.call("DELETE", path, None).await;
+    api.call("GET", path, None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    api.call("PUT", path, Some(json!({"MaximumRetryAttempts": 1})))
+        .await;
+    let r = api
+        .invoke(
+            "f",
+            br#"{"fail":1}"#.to_vec(),
+            &[("X-Amz-Invocation-Type", "Event")],
+        )
+        .await;
+    let id = r.header("X-Amzn-RequestId").unwrap().to_string();
+    let mut waited = Duration::ZERO;
+    let view = loop {
+        let v = api
+            .call("GET", "/thaw/v1/functions/f/events", None)
+            .await
+            .json();
+        if v["Failed"].as_array().is_some_and(|a| !a.is_empty()) {
+            break v;
+        }
+        assert!(waited < Duration::from_secs(10), "no failed event: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    };
+    assert_eq!(view["Queued"], 0);
+    let failed = &view["Failed"][0];
+    assert_eq!(failed["requestContext"]["requestId"], id);
+    assert_eq!(
+        failed["requestContext"]["approximateInvokeCount"], 2,
+        "one retry"
+    );
+    let runs = api
+        .fake
+        .invoked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, i)| i.request_id.as_deref() == Some(id.as_str()))
+        .count();
+    assert_eq!(runs, 2, "the retry keeps the request id");
+
+    // Deleting the function takes its configuration and failed events along.
+    assert_eq!(
+        api.call("DELETE", "/2015-03-31/functions/f", None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(api.create("f", json!({})).await.status, StatusCode::CREATED);
+    api.call("GET", path, None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    let v = api
+        .call("GET", "/thaw/v1/functions/f/events", None)
+        .await
+        .json();
+    assert_eq!(v["Failed"], json!([]));
 }

@@ -78,6 +78,9 @@ use crate::logs::LogRecord;
 use crate::registry::{CreateFunction, FunctionRecord, Registry, RegistryError};
 use crate::server::Platform;
 
+mod events;
+pub use events::start_event_delivery;
+
 /// Largest management request body (a base64 zip of ~50 MiB plus JSON):
 /// CreateFunction and UpdateFunctionCode.
 pub const MAX_MANAGEMENT_BODY_BYTES: usize = 70 * 1024 * 1024;
@@ -99,6 +102,8 @@ const MAX_LIST_PAGE: usize = 50;
 pub trait ApiBackend: Clone + Send + Sync + 'static {
     /// The function registry.
     fn registry(&self) -> &Registry;
+    /// The durable queue of `Event` invocations.
+    fn events(&self) -> &Arc<crate::events::EventQueue>;
     /// Run one invocation.
     fn invoke(
         &self,
@@ -211,6 +216,10 @@ impl ApiBackend for Arc<Platform> {
         &self.registry
     }
 
+    fn events(&self) -> &Arc<crate::events::EventQueue> {
+        &self.events
+    }
+
     fn create_snapshot(
         &self,
         function: &FunctionRecord,
@@ -306,6 +315,7 @@ impl ApiBackend for Arc<Platform> {
 
     fn render_metrics(&self) -> String {
         let mut text = self.metrics.render();
+        text.push_str(&self.events.render_metrics());
         if let Some(store) = &self.pools.ctx().store {
             text.push_str(&crate::metrics::render_store_stats(&store.store().stats()));
         }
@@ -357,6 +367,21 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
             get(get_provisioned_concurrency::<B>)
                 .put(put_provisioned_concurrency::<B>)
                 .delete(delete_provisioned_concurrency::<B>),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            get(events::get_config::<B>)
+                .put(events::put_config::<B>)
+                .post(events::update_config::<B>)
+                .delete(events::delete_config::<B>),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config/list",
+            get(events::list_configs::<B>),
+        )
+        .route(
+            "/thaw/v1/functions/{name}/events",
+            get(events::queue_view::<B>),
         )
         .route("/2016-08-19/account-settings", get(account_settings::<B>))
         .route("/thaw/v1/functions/{name}/logs", get(function_logs::<B>))
@@ -989,6 +1014,9 @@ async fn delete_function<B: ApiBackend>(
         .await?;
     b.function_removed(name.key.as_str());
     async {
+        if let Err(e) = b.events().remove_function(name.key.as_str()).await {
+            tracing::error!(error = %e, "cannot remove the function's queued events");
+        }
         b.retire(name.key.as_str()).await;
         b.delete_logs(name.key.as_str());
         if let Err(e) = b.delete_snapshots(name.key.as_str()) {
@@ -1340,7 +1368,7 @@ async fn invoke<B: ApiBackend>(
     } else {
         payload
     };
-    let mut input = InvokeInput {
+    let input = InvokeInput {
         payload,
         client_context: h.client_context,
         tail_logs: h.tail && kind == InvocationType::RequestResponse,
@@ -1354,29 +1382,7 @@ async fn invoke<B: ApiBackend>(
             set_header(&mut resp, REQUEST_ID_HEADER, &new_request_id());
             Ok(resp)
         }
-        InvocationType::Event => {
-            let request_id = new_request_id();
-            input.request_id = Some(request_id.clone());
-            let bg = b.clone();
-            let bg_span = tracing::info_span!(parent: &span, "event", api_request_id = %request_id);
-            tokio::spawn(
-                async move {
-                    match bg.invoke(&record, input).await {
-                        Ok(out) => tracing::info!(
-                            request_id = %out.request_id,
-                            function_error = out.function_error.as_deref(),
-                            start = out.start.as_str(),
-                            "event invocation finished"
-                        ),
-                        Err(e) => log_invoke_error(&e, "event invocation dropped"),
-                    }
-                }
-                .instrument(bg_span),
-            );
-            let mut resp = StatusCode::ACCEPTED.into_response();
-            set_header(&mut resp, REQUEST_ID_HEADER, &request_id);
-            Ok(resp)
-        }
+        InvocationType::Event => events::accept(&b, &name, input).instrument(span).await,
         InvocationType::RequestResponse => {
             // Its own task: a client that hangs up must not cancel an invocation
             // halfway (the instance would be dropped mid-use).

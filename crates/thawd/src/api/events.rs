@@ -1,0 +1,352 @@
+//! Asynchronous invocation over HTTP: accepting an `Event` invocation into
+//! the durable queue, the event invoke configuration operations, thaw's
+//! view of a function's queue, and how the queue's dispatcher runs events
+//! through the backend.
+
+use super::*;
+use crate::events::{Attempt, Deliver, EventQueue, InvokeConfig, QueueError, QueuedEvent};
+use thaw_api::events::{
+    FunctionEventInvokeConfig, ListFunctionEventInvokeConfigsResponse,
+    PutFunctionEventInvokeConfigRequest,
+};
+
+/// Accepts an `Event` invocation: on disk before the 202.
+pub(super) async fn accept<B: ApiBackend>(
+    b: &B,
+    name: &Target,
+    input: InvokeInput,
+) -> Result<Response, ApiError> {
+    let request_id = new_request_id();
+    if let Err(low) = b.room_on_disk() {
+        tracing::warn!("event refused: {low}");
+        return Err(ApiError(
+            LambdaError::new(
+                ErrorCode::Service,
+                "The event cannot be accepted now: the host is low on disk space",
+            )
+            .with_status(503),
+        ));
+    }
+    let payload = String::from_utf8(input.payload.to_vec()).map_err(|_| {
+        ApiError(LambdaError::new(
+            ErrorCode::InvalidRequestContent,
+            "Could not parse request body into json: not UTF-8",
+        ))
+    })?;
+    match b
+        .events()
+        .accept(
+            name.key.as_str(),
+            request_id.clone(),
+            payload,
+            input.client_context,
+        )
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(api_request_id = %request_id, "event accepted");
+            let mut resp = StatusCode::ACCEPTED.into_response();
+            set_header(&mut resp, REQUEST_ID_HEADER, &request_id);
+            Ok(resp)
+        }
+        Err(QueueError::Full(n)) => Err(ApiError(
+            LambdaError::new(
+                ErrorCode::TooManyRequests,
+                format!("Rate exceeded: {n} events are waiting to run; try again later"),
+            )
+            .with_reason("EventQueueFull"),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot queue the event");
+            Err(ApiError(
+                LambdaError::new(ErrorCode::Service, "The event could not be queued")
+                    .with_status(503),
+            ))
+        }
+    }
+}
+
+/// Starts running queued events through `backend` (the daemon calls it
+/// once at start; tests of the router too).
+pub fn start_event_delivery<B: ApiBackend>(backend: B) -> tokio::task::JoinHandle<()> {
+    let queue = backend.events().clone();
+    queue.start(Delivery(backend))
+}
+
+/// The queue's deliverer: the backend's invoke path.
+struct Delivery<B>(B);
+
+impl<B: ApiBackend> Deliver for Delivery<B> {
+    async fn run(&self, ev: &QueuedEvent) -> Attempt {
+        let Some(record) = self.0.registry().get(&ev.function) else {
+            return Attempt::Gone;
+        };
+        let input = InvokeInput {
+            payload: Bytes::from(ev.payload.clone()),
+            client_context: ev.client_context.clone(),
+            tail_logs: false,
+            request_id: Some(ev.request_id.clone()),
+        };
+        match self.0.invoke(&record, input).await {
+            Ok(out) => {
+                tracing::info!(
+                    function_error = out.function_error.as_deref(),
+                    start = out.start.as_str(),
+                    "event invocation finished"
+                );
+                Attempt::Ran {
+                    payload: out.payload,
+                    function_error: out.function_error,
+                }
+            }
+            Err(InvokeError::ShuttingDown) => Attempt::Stopping,
+            // Instances are torn down under a stopping daemon: not a failure.
+            Err(_) if self.0.events().stopping() => Attempt::Stopping,
+            Err(e) => {
+                log_invoke_error(&e, "event invocation not run");
+                Attempt::NotRun(e.to_string())
+            }
+        }
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        self.0.registry().get(key).is_some()
+    }
+
+    fn arn(&self, key: &str) -> String {
+        let (account, name) = crate::accounts::split_key(key);
+        thaw_api::function::function_arn_in(account, name)
+    }
+}
+
+fn queue_error(e: QueueError) -> ApiError {
+    tracing::error!(error = %e, "event queue");
+    ApiError::internal("The event queue failed")
+}
+
+/// The function key a destination ARN names: a function of the caller's
+/// account other than `source`, that exists.
+fn destination<B: ApiBackend>(
+    b: &B,
+    scope: &Scope,
+    source: &Target,
+    arn: &str,
+) -> Result<String, ApiError> {
+    let parsed = arn
+        .starts_with("arn:")
+        .then(|| FunctionRef::parse(arn).ok())
+        .flatten()
+        .filter(|r| {
+            r.qualifier
+                .as_deref()
+                .is_none_or(|q| q == thaw_api::function::LATEST)
+        })
+        .filter(|r| r.account.as_deref() == Some(scope.account()))
+        .ok_or_else(|| ApiError(thaw_api::events::unsupported_destination(arn)))?;
+    let key = crate::accounts::function_key(scope.account(), parsed.name.as_str());
+    if key == source.key {
+        return Err(ApiError(LambdaError::invalid_parameter(format!(
+            "The destination ARN {arn} is the function itself: its events would loop"
+        ))));
+    }
+    if b.registry().get(&key).is_none() {
+        return Err(ApiError(LambdaError::invalid_parameter(format!(
+            "The destination ARN {arn} is invalid: the function does not exist"
+        ))));
+    }
+    Ok(key)
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0)
+}
+
+/// `PutFunctionEventInvokeConfig` (replace) and
+/// `UpdateFunctionEventInvokeConfig` (merge into the current one).
+async fn put_or_update<B: ApiBackend>(
+    b: &B,
+    scope: &Scope,
+    name: &Target,
+    req: PutFunctionEventInvokeConfigRequest,
+    merge: bool,
+) -> Result<Json<FunctionEventInvokeConfig>, ApiError> {
+    req.validate()?;
+    lookup(b, name)?;
+    let current = b.events().invoke_config(&name.key).map_err(queue_error)?;
+    if merge && current.is_none() {
+        return Err(ApiError(no_config(name)));
+    }
+    let base = current.filter(|_| merge);
+    let mut config = base.as_ref().map(|c| c.config.clone()).unwrap_or_default();
+    let (mut on_success, mut on_failure) = base
+        .map(|c| (c.on_success, c.on_failure))
+        .unwrap_or_default();
+    if let Some(n) = req.maximum_retry_attempts {
+        config.maximum_retry_attempts = Some(n as u32);
+    }
+    if let Some(n) = req.maximum_event_age_in_seconds {
+        config.maximum_event_age_in_seconds = Some(n as u32);
+    }
+    if let Some(d) = req.destination_config {
+        let mut merged = config.destination_config.take().unwrap_or_default();
+        if let Some(t) = d.on_success {
+            on_success = match t.destination.as_deref() {
+                Some(arn) => Some(destination(b, scope, name, arn)?),
+                None => None,
+            };
+            merged.on_success = t.destination.is_some().then_some(t);
+        }
+        if let Some(t) = d.on_failure {
+            on_failure = match t.destination.as_deref() {
+                Some(arn) => Some(destination(b, scope, name, arn)?),
+                None => None,
+            };
+            merged.on_failure = t.destination.is_some().then_some(t);
+        }
+        config.destination_config = Some(merged);
+    }
+    config.function_arn = format!("{}:{}", name.arn(), thaw_api::function::LATEST);
+    config.last_modified = now_secs();
+    b.events()
+        .put_invoke_config(
+            &name.key,
+            InvokeConfig {
+                config: config.clone(),
+                on_success,
+                on_failure,
+            },
+        )
+        .await
+        .map_err(queue_error)?;
+    Ok(Json(config))
+}
+
+fn no_config(name: &Target) -> LambdaError {
+    LambdaError::new(
+        ErrorCode::ResourceNotFound,
+        format!(
+            "The function {}:{} doesn't have an EventInvokeConfig",
+            name.arn(),
+            thaw_api::function::LATEST
+        ),
+    )
+}
+
+async fn read_config_request(
+    headers: &HeaderMap,
+    body: Body,
+    op: &str,
+) -> Result<PutFunctionEventInvokeConfigRequest, ApiError> {
+    let bytes = read_settings_body(headers, body, op).await?;
+    if bytes.is_empty() {
+        return Ok(PutFunctionEventInvokeConfigRequest::default());
+    }
+    parse_json(&bytes)
+}
+
+pub(super) async fn put_config<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<FunctionEventInvokeConfig>, ApiError> {
+    let name = scope.resolve(target, query.get("Qualifier"))?;
+    let req = read_config_request(&headers, body, "PutFunctionEventInvokeConfig").await?;
+    put_or_update(&b, &scope, &name, req, false)
+        .instrument(span("PutFunctionEventInvokeConfig", &name))
+        .await
+}
+
+pub(super) async fn update_config<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<FunctionEventInvokeConfig>, ApiError> {
+    let name = scope.resolve(target, query.get("Qualifier"))?;
+    let req = read_config_request(&headers, body, "UpdateFunctionEventInvokeConfig").await?;
+    put_or_update(&b, &scope, &name, req, true)
+        .instrument(span("UpdateFunctionEventInvokeConfig", &name))
+        .await
+}
+
+pub(super) async fn get_config<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+) -> Result<Json<FunctionEventInvokeConfig>, ApiError> {
+    let name = scope.resolve(target, query.get("Qualifier"))?;
+    lookup(&b, &name)?;
+    match b.events().invoke_config(&name.key).map_err(queue_error)? {
+        Some(c) => Ok(Json(c.config)),
+        None => Err(ApiError(no_config(&name))),
+    }
+}
+
+pub(super) async fn delete_config<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+    FunctionPath(target): FunctionPath,
+    query: QueryMap,
+) -> Result<StatusCode, ApiError> {
+    let name = scope.resolve(target, query.get("Qualifier"))?;
+    lookup(&b, &name)?;
+    if b.events()
+        .invoke_config(&name.key)
+        .map_err(queue_error)?
+        .is_none()
+    {
+        return Err(ApiError(no_config(&name)));
+    }
+    b.events()
+        .delete_invoke_config(&name.key)
+        .instrument(span("DeleteFunctionEventInvokeConfig", &name))
+        .await
+        .map_err(queue_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `ListFunctionEventInvokeConfigs`: thaw has `$LATEST` only, so at most one.
+pub(super) async fn list_configs<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+    FunctionPath(target): FunctionPath,
+) -> Result<Json<ListFunctionEventInvokeConfigsResponse>, ApiError> {
+    let name = scope.resolve(target, None)?;
+    lookup(&b, &name)?;
+    let configs = b
+        .events()
+        .invoke_config(&name.key)
+        .map_err(queue_error)?
+        .map(|c| c.config)
+        .into_iter()
+        .collect();
+    Ok(Json(ListFunctionEventInvokeConfigsResponse {
+        function_event_invoke_configs: configs,
+        next_marker: None,
+    }))
+}
+
+/// thaw extension: how many of the function's events wait, and its failed
+/// events (`thaw events NAME`).
+pub(super) async fn queue_view<B: ApiBackend>(
+    State(b): State<B>,
+    scope: Scope,
+    FunctionPath(target): FunctionPath,
+) -> Result<Json<thaw_api::events::EventQueueView>, ApiError> {
+    let name = scope.resolve(target, None)?;
+    lookup(&b, &name)?;
+    let events: Arc<EventQueue> = b.events().clone();
+    let key = name.key.clone();
+    match tokio::task::spawn_blocking(move || events.view(&key)).await {
+        Ok(r) => r.map(Json).map_err(queue_error),
+        Err(_) => Err(ApiError::internal("The event queue task failed")),
+    }
+}
