@@ -9,6 +9,7 @@
 
 mod account;
 mod bench;
+mod bench_async;
 mod bench_burst;
 mod bench_restore;
 mod bench_store;
@@ -93,6 +94,17 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// The price of durable asynchronous invocation: events accepted per
+    /// second, accept and end-to-end latency (median, p99) with the event
+    /// queue on disk and in memory, side by side.
+    Async {
+        /// Event invocations per daemon.
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+        /// Concurrent senders.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
     /// Soak: mixed traffic (invocations, async events, bursts, code
     /// updates) against a `thaw serve` of its own, sampling the daemon's
     /// memory, descriptors, threads, cgroups, processes and disk; passes
@@ -320,6 +332,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
         })
         .map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Async { events, clients }) => {
+            bench_async::run(bench_async::AsyncOptions { events, clients })
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Store { cache_dir }) => {
             bench_store::run(bench_store::StoreOptions { cache_dir }).map(|()| ExitCode::SUCCESS)
         }

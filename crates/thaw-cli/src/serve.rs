@@ -128,6 +128,11 @@ pub struct ServeArgs {
     /// before they are accepted.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_events: u64,
+    /// Where accepted `Event` invocations wait: `disk` (durable, the
+    /// default) or `memory` (lost with the daemon; only to measure what
+    /// durability costs).
+    #[arg(long, default_value = "disk", value_parser = ["disk", "memory"])]
+    pub event_queue: String,
     /// Seconds before the first retry of an `Event` invocation whose
     /// function failed (the second waits twice as long): Lambda's 60.
     #[arg(long, default_value_t = 60.0)]
@@ -240,6 +245,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--async-retry-delay-secs must be a number of seconds, 0 or more");
     }
     config.events.retry_delay = Duration::from_secs_f64(args.async_retry_delay_secs);
+    config.events.durable = args.event_queue == "disk";
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -83,6 +83,10 @@ pub struct QueueConfig {
     pub backoff_cap: Duration,
     /// Failed events kept per function; the oldest go first (logged).
     pub max_failed_per_function: usize,
+    /// Whether the queue is on disk (the default). `false` keeps it in
+    /// memory, lost with the daemon: only to measure what durability
+    /// costs (`thaw bench async`).
+    pub durable: bool,
 }
 
 impl Default for QueueConfig {
@@ -93,6 +97,7 @@ impl Default for QueueConfig {
             retry_delay: Duration::from_secs(60),
             backoff_cap: Duration::from_secs(300),
             max_failed_per_function: 1000,
+            durable: true,
         }
     }
 }
@@ -249,6 +254,10 @@ enum Op {
 /// its `Add`s, in order).
 struct Job {
     ops: Vec<Op>,
+    /// Whether the commit must be on disk before `done` (accepts and
+    /// configuration changes); settlements may wait for the next one
+    /// ([`writer`]).
+    durable: bool,
     done: oneshot::Sender<Result<Vec<u64>, QueueError>>,
 }
 
@@ -291,7 +300,14 @@ impl EventQueue {
     /// Opens (or creates) the queue at `path`, with every event it holds
     /// due again (those running when a previous daemon died run again).
     pub fn open(path: &Path, config: QueueConfig) -> Result<Arc<EventQueue>, QueueError> {
-        let database = Database::create(path).map_err(db)?;
+        let database = if config.durable {
+            Database::create(path).map_err(db)?
+        } else {
+            tracing::warn!("the event queue is in memory: accepted events are lost with the daemon (benchmarks only)");
+            Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(db)?
+        };
         let txn = database.begin_write().map_err(db)?;
         let mut next_seq = 0u64;
         let mut index = Index::default();
@@ -350,10 +366,22 @@ impl EventQueue {
         &self.config
     }
 
+    /// Commits `ops` and waits until they are on disk.
     async fn commit(&self, ops: Vec<Op>) -> Result<Vec<u64>, QueueError> {
+        self.send(ops, true).await
+    }
+
+    /// Commits a settlement: visible at once, on disk with the next
+    /// durable commit or within [`LAZY_SYNC`] (a crash before that runs
+    /// the event again: delivery is at least once).
+    async fn commit_settlement(&self, ops: Vec<Op>) -> Result<Vec<u64>, QueueError> {
+        self.send(ops, false).await
+    }
+
+    async fn send(&self, ops: Vec<Op>, durable: bool) -> Result<Vec<u64>, QueueError> {
         let (done, rx) = oneshot::channel();
         let sent = match &*self.writer.lock().unwrap() {
-            Some(tx) => tx.send(Job { ops, done }).is_ok(),
+            Some(tx) => tx.send(Job { ops, durable, done }).is_ok(),
             None => false,
         };
         if !sent {
@@ -809,7 +837,10 @@ impl EventQueue {
                 tracing::info!(destination = %dest, condition, "event settled: record sent to its destination");
                 self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 // One commit: the event leaves the queue as its record enters it.
-                match self.commit(vec![Op::Remove(seq), Op::Add(forwarded)]).await {
+                match self
+                    .commit_settlement(vec![Op::Remove(seq), Op::Add(forwarded)])
+                    .await
+                {
                     Ok(seqs) => Settled::Gone(Some((seqs[0], dest))),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot settle the event; it runs again later");
@@ -845,7 +876,7 @@ impl EventQueue {
     }
 
     async fn write_or_retry(&self, ops: Vec<Op>, then: Settled) -> Settled {
-        match self.commit(ops).await {
+        match self.commit_settlement(ops).await {
             Ok(_) => then,
             Err(QueueError::Closed) => Settled::Kept,
             Err(e) => {
@@ -873,15 +904,36 @@ enum Settled {
     Kept,
 }
 
-/// The writer thread: commits pending jobs together (group commit), every
-/// commit durable.
+/// How long a settlement may stay off the disk when nothing else is
+/// committed (the writer then syncs on its own).
+pub const LAZY_SYNC: Duration = Duration::from_millis(200);
+
+/// The writer thread: commits pending jobs together (group commit). A
+/// commit that holds an accept or a configuration change is synced before
+/// anyone is answered; one of settlements only is not (redb's
+/// `Durability::None`), and is synced by the next durable commit or after
+/// [`LAZY_SYNC`] of quiet, so settling costs no fsync of its own.
 fn writer(
     database: Arc<Database>,
     rx: std::sync::mpsc::Receiver<Job>,
     mut next_seq: u64,
     max_failed: usize,
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut unsynced = false;
+    loop {
+        let first = match rx.recv_timeout(LAZY_SYNC) {
+            Ok(j) => j,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if unsynced {
+                    match apply(&database, &[], &mut next_seq, max_failed, true) {
+                        Ok(_) => unsynced = false,
+                        Err(e) => tracing::error!(error = %e, "event queue sync failed"),
+                    }
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut jobs = vec![first];
         while jobs.len() < 256 {
             match rx.try_recv() {
@@ -889,10 +941,12 @@ fn writer(
                 Err(_) => break,
             }
         }
+        let durable = jobs.iter().any(|j| j.durable);
         let start_seq = next_seq;
-        let result = apply(&database, &jobs, &mut next_seq, max_failed);
+        let result = apply(&database, &jobs, &mut next_seq, max_failed, durable);
         match result {
             Ok(seqs) => {
+                unsynced = !durable;
                 let mut seqs = seqs.into_iter();
                 for j in jobs {
                     let n = j.ops.iter().filter(|o| matches!(o, Op::Add(_))).count();
@@ -914,6 +968,9 @@ fn writer(
             }
         }
     }
+    if unsynced {
+        let _ = apply(&database, &[], &mut next_seq, max_failed, true);
+    }
 }
 
 fn apply(
@@ -921,8 +978,12 @@ fn apply(
     jobs: &[Job],
     next_seq: &mut u64,
     max_failed: usize,
+    durable: bool,
 ) -> Result<Vec<u64>, QueueError> {
-    let txn = database.begin_write().map_err(db)?;
+    let mut txn = database.begin_write().map_err(db)?;
+    if !durable {
+        txn.set_durability(redb::Durability::None).map_err(db)?;
+    }
     let mut added = Vec::new();
     {
         let mut queued = txn.open_table(QUEUED).map_err(db)?;
