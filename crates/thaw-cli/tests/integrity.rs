@@ -241,3 +241,100 @@ fn a_daemon_with_injected_store_faults_never_serves_a_wrong_answer() {
         ),
     );
 }
+
+/// The same with snapshots in plain local files (`--store off`): the
+/// supervisor's page server finds a page whose chunk fails the engine's
+/// own checksum, kills the runtime and tells the daemon why; the caller
+/// still gets the function's answer from a cold start, and the snapshot is
+/// built again.
+#[test]
+fn a_damaged_page_of_a_local_snapshot_is_a_service_failure_too() {
+    if !can_run("a_damaged_page_of_a_local_snapshot_is_a_service_failure_too") {
+        return;
+    }
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let d = Daemon::start(&[
+        "--instances",
+        "restore",
+        "--standby",
+        "0",
+        "--memory-mode",
+        "lazy",
+        "--store",
+        "off",
+    ]);
+    let c = d.client();
+    deploy_env(&c, "pages", "py-pages", "python3.11", "app.handler", &[]);
+    c.create_snapshot(
+        "pages",
+        json!({"from": 0, "to": 256}).to_string().as_bytes(),
+    )
+    .unwrap();
+    c.retire_instances("pages").unwrap();
+    let (r, v) = invoke(&c, "pages", json!({"from": 0, "to": 256}));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+
+    // One byte of every MiB of the memory image, changed in place (the
+    // page server reads the same file).
+    let memory = snapshot_dir(&d, "pages").join("memory.thaw");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&memory)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    assert!(len > 4 << 20, "{len} bytes");
+    let mut at = 1 << 20;
+    while at + 4096 < len {
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(at + 2048)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        b[0] ^= 0x10;
+        f.seek(SeekFrom::Start(at + 2048)).unwrap();
+        f.write_all(&b).unwrap();
+        at += 1 << 20;
+    }
+    f.sync_all().unwrap();
+    drop(f);
+
+    let r = c
+        .invoke(
+            "pages",
+            json!({"from": 3000, "to": 6000}).to_string().as_bytes(),
+            &Default::default(),
+        )
+        .expect("the invocation is answered");
+    let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap_or_default();
+    assert!(
+        r.function_error.is_none(),
+        "no function error (never Runtime.*): {v}"
+    );
+    assert_eq!(v["sum"], json!(pages_sum(3000, 6000)), "{v}");
+    assert_eq!(r.start, Some(StartKind::Cold), "retried on a cold start");
+    let text = metrics_text(&d);
+    assert_eq!(
+        sample(
+            &text,
+            "thaw_restore_memory_failures_total",
+            &["cause=\"integrity\"", "function=\"pages\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "thaw_snapshots_damaged_total",
+            &["function=\"pages\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    // Built again; restores answer right.
+    wait_ready(&c, "pages", Duration::from_secs(120));
+    c.retire_instances("pages").unwrap();
+    let (r, v) = invoke(&c, "pages", json!({"from": 3000, "to": 6000}));
+    assert!(r.function_error.is_none(), "{v}");
+    assert_eq!(v["sum"], json!(pages_sum(3000, 6000)), "{v}");
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+}

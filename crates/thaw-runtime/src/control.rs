@@ -364,6 +364,11 @@ pub enum FromSupervisor {
         request_id: Option<String>,
         stream: LogStream,
     },
+    /// A lazily restored runtime's page server could not serve its memory
+    /// and killed it (sent right before `Exited`). `integrity`: the
+    /// snapshot's bytes failed their checks (it must be built again), as
+    /// opposed to a read or a userfaultfd request that failed.
+    MemoryFailure { integrity: bool, message: String },
     /// The runtime process exited (the supervisor exits right after).
     Exited {
         code: Option<i32>,

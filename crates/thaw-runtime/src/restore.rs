@@ -127,10 +127,19 @@ impl thaw_snapshot::image::PageSource for SocketPages {
     }
 }
 
+/// Why a lazily restored runtime's page server failed (it then killed the
+/// runtime): `(integrity, message)`, `integrity` when the snapshot's bytes
+/// failed their checks (the snapshot is bad) rather than a read or a
+/// userfaultfd request. One page server per supervisor process.
+static PAGE_SERVER_FAILURE: std::sync::OnceLock<(bool, String)> = std::sync::OnceLock::new();
+/// The page server's thread, to know when it has said why it stopped.
+static PAGE_SERVER: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(None);
+
 /// Serves a lazily restored runtime's memory on a thread of its own, until
 /// the runtime exits. If serving fails the page server kills the runtime
-/// (it cannot run on without its memory) and the supervisor reports the
-/// exit as usual.
+/// (it cannot run on without its memory), records why
+/// ([`page_server_failure`]) and the supervisor reports both.
 pub fn serve_lazy_memory(
     pid: Pid,
     snap: Snapshot,
@@ -138,13 +147,43 @@ pub fn serve_lazy_memory(
     opts: ServeOptions,
 ) -> std::io::Result<()> {
     let pidfd = thaw_snapshot::sys::pidfd_open(pid.as_raw()).map_err(std::io::Error::from)?;
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("page-server".into())
         .spawn(move || match thaw_snapshot::lazy::serve_with(&snap, memory, pidfd.as_fd(), &opts) {
             Ok(stats) => tracing::debug!(?stats, "page server done"),
-            Err(e) => tracing::error!(error = %error_chain(&e), "page server failed; the runtime was killed"),
+            Err(e) => {
+                let integrity = matches!(
+                    &e,
+                    thaw_snapshot::lazy::LazyError::Image(
+                        thaw_snapshot::image::ImageError::Checksum { .. }
+                            | thaw_snapshot::image::ImageError::Truncated { .. }
+                    )
+                );
+                let message = error_chain(&e);
+                tracing::error!(error = %message, integrity, "page server failed; the runtime was killed");
+                let _ = PAGE_SERVER_FAILURE.set((integrity, message));
+            }
         })?;
+    if let Ok(mut slot) = PAGE_SERVER.lock() {
+        *slot = Some(thread);
+    }
     Ok(())
+}
+
+/// After the runtime exited: why its page server failed, if it did. Waits
+/// up to `wait` for the page server to finish (it ends with the runtime).
+pub async fn page_server_failure(wait: std::time::Duration) -> Option<(bool, String)> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let done = PAGE_SERVER
+            .lock()
+            .ok()
+            .is_none_or(|t| t.as_ref().is_none_or(std::thread::JoinHandle::is_finished));
+        if done || Instant::now() >= deadline {
+            return PAGE_SERVER_FAILURE.get().cloned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
 }
 
 /// Restores the runtime from the snapshot in `r` (called as root inside the

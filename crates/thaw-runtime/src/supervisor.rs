@@ -404,6 +404,18 @@ async fn finish(
 ) -> Result<ExitReason, SupervisorError> {
     tracing::info!(?code, ?signal, "runtime exited");
     send_output(wr, output.drain(), tag).await?;
+    // A runtime killed by its page server: say why first, so that the
+    // daemon takes it for the platform's failure, not the function's.
+    if let Some((integrity, message)) =
+        crate::restore::page_server_failure(std::time::Duration::from_millis(500)).await
+    {
+        send(
+            wr,
+            &FromSupervisor::MemoryFailure { integrity, message },
+            &[],
+        )
+        .await?;
+    }
     send(wr, &FromSupervisor::Exited { code, signal }, &[]).await?;
     Ok(ExitReason::RuntimeExited { code, signal })
 }

@@ -755,6 +755,14 @@ impl Instance {
                     });
                 }
                 Event::Frame(FromSupervisor::Waiting, _) => {}
+                Event::Frame(FromSupervisor::MemoryFailure { integrity, message }, _) => {
+                    // Its memory could not be served during the restore's
+                    // own work: the platform's failure, not the function's.
+                    self.record_memory_failure(integrity, message.clone());
+                    return Err(StartError::Platform(format!(
+                        "the restored runtime's memory could not be served: {message}"
+                    )));
+                }
                 Event::Frame(FromSupervisor::Standby { clone_fds, .. }, _) if standby => {
                     timings.sandbox_ms = ms(t0.elapsed());
                     if !clone_fds.is_empty() {
@@ -924,6 +932,10 @@ impl Instance {
                 Event::Frame(FromSupervisor::Fatal { message }, _) => {
                     break RunResult::Broken(format!("supervisor failed: {message}"));
                 }
+                Event::Frame(FromSupervisor::MemoryFailure { integrity, message }, _) => {
+                    // The `Exited` that follows is the platform's failure.
+                    self.record_memory_failure(integrity, message);
+                }
                 Event::Frame(FromSupervisor::Memory(report), body) => {
                     let pages = body
                         .chunks_exact(8)
@@ -947,6 +959,14 @@ impl Instance {
     /// (`None` before, afterwards, and for instances started cold).
     pub fn take_memory_report(&mut self) -> Option<(MemoryReport, Vec<u64>)> {
         self.memory.take()
+    }
+
+    /// Records why this restored instance's memory could not be served, as
+    /// its supervisor's page server reported it (a restore from local
+    /// files; the store's page socket records its own).
+    fn record_memory_failure(&mut self, integrity: bool, message: String) {
+        let cell = self.memory_fault.get_or_insert_with(Default::default);
+        let _ = cell.set(crate::snapstore::MemoryFault { message, integrity });
     }
 
     /// Why this restored instance's memory could not be served, if a read

@@ -541,7 +541,12 @@ impl Pools {
                 self.metrics.count_instance_start(&f.name, "restore_error");
                 tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %e, "snapshot failed verification; starting cold instead");
                 destroy_all(self.take_standby(&f.name, pool)).await;
-                if let Some(why) = self.integrity_failure(&dir) {
+                // A snapshot of local files that fails verification is bad
+                // (its checksums, or a file missing): built again.
+                let why = self
+                    .integrity_failure(&dir)
+                    .or_else(|| self.stored(&dir).is_none().then(|| e.clone()));
+                if let Some(why) = why {
                     self.snapshot_damaged(pool, f, &why).await;
                 }
                 return None;
