@@ -463,9 +463,14 @@ pub struct SnapshotReport {
     #[serde(default)]
     pub warmed_up: bool,
     /// The validation: an instance restored from the new snapshot served the
-    /// test invocation; its first response, milliseconds.
+    /// test invocation; its first response, milliseconds (an init-only
+    /// snapshot: its restore until the runtime asked for an invocation).
     #[serde(default)]
     pub validation_ms: f64,
+    /// Set when the snapshot was taken right after init, with no test
+    /// invocation, because the test invocation failed: why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_only: Option<String>,
 }
 
 /// Where a function's snapshot stands (`GET /thaw/v1/functions/{name}/snapshot`,
@@ -479,6 +484,10 @@ pub enum SnapshotState {
     Building,
     /// New instances of this revision are restored from the snapshot.
     Ready,
+    /// New instances are restored from a snapshot taken right after init,
+    /// before any invocation, because the test invocation failed (see
+    /// `error`): what the first invocation loads is not in it.
+    InitOnly,
     /// The last build failed (see `error`); instances start cold.
     Failed,
     /// No snapshot and none being built; instances start cold.

@@ -114,7 +114,7 @@ pub fn run(endpoint: &str, cmd: SnapshotCommand) -> anyhow::Result<()> {
             let last = follow_build(&client, &name, &status.revision_id)?;
             print_outcome(&last);
             match last.state {
-                thaw_api::SnapshotState::Ready => Ok(()),
+                thaw_api::SnapshotState::Ready | thaw_api::SnapshotState::InitOnly => Ok(()),
                 _ => anyhow::bail!("the snapshot of {name} was not built"),
             }
         }
@@ -167,6 +167,7 @@ fn state_text(s: thaw_api::SnapshotState) -> &'static str {
         S::Queued => "queued",
         S::Building => "building",
         S::Ready => "ready",
+        S::InitOnly => "init-only",
         S::Failed => "failed",
         S::None => "none",
     }
@@ -218,6 +219,13 @@ pub fn print_outcome(s: &thaw_api::SnapshotStatus) {
             r.checkpoint_ms,
             r.validation_ms,
             if r.handshake { " (SnapStart handshake)" } else { "" }
+        ),
+        (thaw_api::SnapshotState::InitOnly, Some(r), why) => println!(
+            "snapshot of {} taken right after init (no test invocation: {}): {:.1} MiB, validated by a restore in {:.0} ms",
+            s.function,
+            why.as_deref().unwrap_or("it failed"),
+            r.size_bytes as f64 / f64::from(1 << 20),
+            r.validation_ms,
         ),
         (thaw_api::SnapshotState::Failed, _, Some(e)) => {
             println!("snapshot of {} failed: {e}; instances start cold", s.function)

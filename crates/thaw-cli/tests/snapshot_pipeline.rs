@@ -50,7 +50,10 @@ fn settled(c: &Client, name: &str) -> SnapshotStatus {
     let t0 = Instant::now();
     loop {
         let s = c.snapshot_status(name).unwrap();
-        if matches!(s.state, SnapshotState::Ready | SnapshotState::Failed) {
+        if matches!(
+            s.state,
+            SnapshotState::Ready | SnapshotState::Failed | SnapshotState::InitOnly
+        ) {
             return s;
         }
         assert!(
@@ -147,6 +150,45 @@ fn failed_build_is_reported_and_instances_start_cold() {
     let metrics = common::metrics_text(&d);
     assert!(
         metrics.contains(r#"thaw_snapshot_builds_total{function="bad",outcome="failed"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// A handler that fails on the test event (`{}`: it reads `event["n"]`)
+/// still gets a snapshot, taken right after init (as Lambda SnapStart
+/// snapshots after init), and its instances are restored, not started
+/// cold; the status says `init-only` and why.
+#[test]
+fn a_handler_that_fails_on_the_test_event_gets_an_init_only_snapshot() {
+    if !can_run("a_handler_that_fails_on_the_test_event_gets_an_init_only_snapshot") {
+        return;
+    }
+    let d = Daemon::start(&["--auto-snapshot", "true"]);
+    let c = d.client();
+    common::deploy(
+        &c,
+        "picky",
+        "py-events",
+        "python3.11",
+        "app.handler",
+        256,
+        10,
+    );
+    let s = settled(&c, "picky");
+    assert_eq!(s.state, SnapshotState::InitOnly, "{s:?}");
+    let why = s.error.clone().unwrap_or_default();
+    assert!(why.contains("KeyError"), "{why}");
+    let report = s.report.expect("a report");
+    assert_eq!(report.init_only.as_deref(), Some(why.as_str()));
+    assert!(!report.warmed_up && report.handshake, "{report:?}");
+    c.retire_instances("picky").unwrap();
+    let (r, v) = invoke(&c, "picky", json!({"n": 7}));
+    assert!(r.function_error.is_none(), "{v}");
+    assert_eq!(v, json!(7));
+    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    let metrics = common::metrics_text(&d);
+    assert!(
+        metrics.contains(r#"thaw_snapshot_builds_total{function="picky",outcome="ready"} 1"#),
         "{metrics}"
     );
 }

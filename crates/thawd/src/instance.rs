@@ -227,6 +227,15 @@ impl LogTail {
     }
 }
 
+/// What a snapshot run does between init and the snapshot point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SnapshotRun {
+    /// One test invocation first (what it loads is in the snapshot).
+    WithTestInvocation,
+    /// Nothing: the snapshot is taken right after init.
+    InitOnly,
+}
+
 enum Event {
     Frame(FromSupervisor, Vec<u8>),
     Log(Option<String>, String),
@@ -273,20 +282,27 @@ impl Instance {
         f: &FunctionRecord,
         ctx: &InstanceContext,
     ) -> Result<(Instance, PhaseTimings), StartError> {
-        Self::launch(f, ctx, None, false, None).await
+        Self::launch(f, ctx, None, None, None).await
     }
 
     /// Start a new instance of `f` to be snapshotted: its runtime runs with
     /// `AWS_LAMBDA_INITIALIZATION_TYPE=snap-start` (and, for thaw's
-    /// bootstraps, `THAW_SNAPSHOT_TEST_INVOKE=1`: one test invocation before
-    /// the handshake), and the Runtime API takes `GET /runtime/restore/next`
-    /// as the snapshot point. `env` replaces the function's environment
-    /// (the caller leaves out what must not be in a snapshot).
+    /// bootstraps when `test_invoke`, `THAW_SNAPSHOT_TEST_INVOKE=1`: one
+    /// test invocation before the handshake; without it the runtime goes
+    /// from init straight to the handshake), and the Runtime API takes
+    /// `GET /runtime/restore/next` as the snapshot point. Secrets are left
+    /// out of its environment.
     pub async fn start_for_snapshot(
         f: &FunctionRecord,
         ctx: &InstanceContext,
+        test_invoke: bool,
     ) -> Result<(Instance, PhaseTimings), StartError> {
-        Self::launch(f, ctx, None, true, None).await
+        let snapshot_run = if test_invoke {
+            SnapshotRun::WithTestInvocation
+        } else {
+            SnapshotRun::InitOnly
+        };
+        Self::launch(f, ctx, None, Some(snapshot_run), None).await
     }
 
     /// Start a new instance of `f` whose runtime is restored from the
@@ -495,7 +511,7 @@ impl Instance {
             f,
             ctx,
             Some((snapshot_dir, meta.resume, standby)),
-            false,
+            None,
             pages,
         )
         .await?;
@@ -521,7 +537,7 @@ impl Instance {
         f: &FunctionRecord,
         ctx: &InstanceContext,
         restore: Option<(&Path, ResumePoint, bool)>,
-        snapshot_run: bool,
+        snapshot_run: Option<SnapshotRun>,
         pages: Option<OwnedFd>,
     ) -> Result<(Instance, PhaseTimings), StartError> {
         let standby = restore.is_some_and(|r| r.2);
@@ -543,7 +559,7 @@ impl Instance {
         spec.runtime
             .env
             .retain(|(k, _)| k != crate::secrets::SECRETS_VARIABLE);
-        if snapshot_run {
+        if let Some(run) = snapshot_run {
             // Whatever the snapshotted process holds ends up in every copy
             // of the snapshot: no secrets there.
             spec.runtime.env.retain(|(k, _)| !secret.contains_key(k));
@@ -555,7 +571,9 @@ impl Instance {
                 "AWS_LAMBDA_INITIALIZATION_TYPE",
                 "snap-start",
             );
-            set_env(&mut spec.runtime.env, "THAW_SNAPSHOT_TEST_INVOKE", "1");
+            if run == SnapshotRun::WithTestInvocation {
+                set_env(&mut spec.runtime.env, "THAW_SNAPSHOT_TEST_INVOKE", "1");
+            }
         }
         if let Some((dir, resume, standby)) = restore {
             spec.sandbox.binds.push(BindMount {

@@ -249,7 +249,14 @@ impl SnapshotBuilds {
 
     /// `f`'s snapshot is in use.
     pub fn ready(&self, f: &FunctionRecord, report: SnapshotReport) {
-        self.set(f, SnapshotState::Ready, |s| s.report = Some(report));
+        let (state, why) = match &report.init_only {
+            Some(why) => (SnapshotState::InitOnly, Some(why.clone())),
+            None => (SnapshotState::Ready, None),
+        };
+        self.set(f, state, |s| {
+            s.error = why;
+            s.report = Some(report);
+        });
     }
 
     /// `f`'s build failed; instances start cold.
@@ -353,6 +360,7 @@ mod tests {
             handshake: true,
             warmed_up: true,
             validation_ms: 6.0,
+            init_only: None,
         }
     }
 

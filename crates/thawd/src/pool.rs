@@ -809,7 +809,10 @@ impl Pools {
                 }
                 Ok(Some(payload)) => match self.build_snapshot(f, payload).await {
                     Ok(report) => {
-                        self.seed_duration(f, report.test_invoke_ms);
+                        // An init-only snapshot ran no invocation to time.
+                        if report.init_only.is_none() {
+                            self.seed_duration(f, report.test_invoke_ms);
+                        }
                         self.metrics.count_snapshot_build(&f.name, "ready");
                         self.builds.ready(f, report.clone());
                         BuildOutcome::Ready(report)
@@ -845,32 +848,55 @@ impl Pools {
                 names.join(", ")
             )));
         }
+        match self.build_once(f, &payload, None).await {
+            Err(BuildFailure::TestInvocation(why)) => {
+                // As Lambda SnapStart: a snapshot after init, never cold
+                // starts because the test event does not suit the handler.
+                tracing::warn!(function = %f.name, error = %why, "the test invocation failed; snapshotting right after init instead");
+                self.build_once(f, &payload, Some(why))
+                    .await
+                    .map_err(|e| fail(e.into_message()))
+            }
+            r => r.map_err(|e| fail(e.into_message())),
+        }
+    }
+
+    /// One build: with the test invocation, or (`init_only`: why not) right
+    /// after init.
+    async fn build_once(
+        &self,
+        f: &FunctionRecord,
+        payload: &Bytes,
+        init_only: Option<String>,
+    ) -> Result<SnapshotReport, BuildFailure> {
         self.builds.building(f, phase::INIT);
-        let (mut inst, t) =
-            Instance::start_for_snapshot(f, &self.ctx)
-                .await
-                .map_err(|e| match e {
-                    StartError::Platform(m) => fail(m),
-                    StartError::Init {
-                        error_type,
-                        payload,
-                        ..
-                    } => fail(format!(
-                        "function init failed: {error_type}: {}",
-                        String::from_utf8_lossy(&payload)
-                    )),
-                })?;
-        let result = self.checkpoint_after_test(&mut inst, f, &payload).await;
+        let (mut inst, t) = Instance::start_for_snapshot(f, &self.ctx, init_only.is_none())
+            .await
+            .map_err(|e| match e {
+                StartError::Platform(m) => BuildFailure::Other(m),
+                StartError::Init {
+                    error_type,
+                    payload,
+                    ..
+                } => BuildFailure::Other(format!(
+                    "function init failed: {error_type}: {}",
+                    String::from_utf8_lossy(&payload)
+                )),
+            })?;
+        let result = self.checkpoint_after_test(&mut inst, f, payload).await;
         inst.destroy().await;
-        let (test_invoke_ms, stats, size_bytes, meta) = result.map_err(fail)?;
+        let (test_invoke_ms, stats, size_bytes, meta) = result?;
         // Never publish a snapshot that does not restore: restore one
         // instance from it and give it the test invocation.
         self.builds.building(f, phase::VALIDATION);
-        let validation_ms = match self.validate_snapshot(f, &payload).await {
+        let test = init_only.is_none().then_some(payload.as_ref());
+        let validation_ms = match self.validate_snapshot(f, test).await {
             Ok(ms) => ms,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(self.snapshot_dir(f));
-                return Err(fail(format!("the new snapshot does not restore: {e}")));
+                return Err(BuildFailure::Other(format!(
+                    "the new snapshot does not restore: {e}"
+                )));
             }
         };
         // Standbys prepared from an older snapshot would restore it:
@@ -911,6 +937,7 @@ impl Pools {
             handshake: meta.resume == ResumePoint::RestoreNext,
             warmed_up: meta.warmed_up,
             validation_ms,
+            init_only,
         })
     }
 
@@ -958,7 +985,7 @@ impl Pools {
         inst: &mut Instance,
         f: &FunctionRecord,
         payload: &[u8],
-    ) -> Result<(f64, CheckpointStats, u64, SnapshotMeta), String> {
+    ) -> Result<(f64, CheckpointStats, u64, SnapshotMeta), BuildFailure> {
         let state = |e: CheckpointFailure| match e {
             CheckpointFailure::Runtime { .. } => {
                 format!("the runtime failed before the snapshot: {e}")
@@ -970,7 +997,9 @@ impl Pools {
             SnapshotRunState::AtSnapshotPoint => (false, 0.0, first),
             SnapshotRunState::Waiting => {
                 self.builds.building(f, phase::TEST_INVOCATION);
-                let ms = Self::run_test_invocation(inst, f, payload).await?;
+                let ms = Self::run_test_invocation(inst, f, payload)
+                    .await
+                    .map_err(BuildFailure::TestInvocation)?;
                 self.builds.building(f, phase::HOOKS);
                 (true, ms, inst.snapshot_run_state().await.map_err(state)?)
             }
@@ -995,12 +1024,12 @@ impl Pools {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
-                return Err(format!("checkpoint failed: {e}"));
+                return Err(format!("checkpoint failed: {e}").into());
             }
         };
         if let Err(e) = meta.write(&tmp) {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e.to_string());
+            return Err(e.to_string().into());
         }
         let size = dir_size(&tmp);
         self.discard_snapshot_dir(&dir);
@@ -1013,12 +1042,22 @@ impl Pools {
     }
 
     /// Restores one instance from `f`'s new snapshot and gives it the test
-    /// invocation; the milliseconds to its response, or why it failed.
-    async fn validate_snapshot(&self, f: &FunctionRecord, payload: &[u8]) -> Result<f64, String> {
+    /// invocation (`None`, an init-only snapshot: none, the restore must
+    /// only reach the runtime's first request for an invocation); the
+    /// milliseconds to its response, or why it failed.
+    async fn validate_snapshot(
+        &self,
+        f: &FunctionRecord,
+        payload: Option<&[u8]>,
+    ) -> Result<f64, String> {
         let t0 = std::time::Instant::now();
         let (mut inst, _) = Instance::restore(f, &self.ctx, &self.snapshot_dir(f))
             .await
             .map_err(|e| start_error_text(&e))?;
+        let Some(payload) = payload else {
+            inst.destroy().await;
+            return Ok(t0.elapsed().as_secs_f64() * 1000.0);
+        };
         let r = Self::run_test_invocation(&mut inst, f, payload).await;
         // This first restore of the snapshot records its working set.
         if r.is_ok() {
@@ -2029,5 +2068,29 @@ mod tests {
         assert!(t.ends_with("línea 1999\n"));
         let short = tail(&["a".into(), "b".into()]);
         assert_eq!(short, "a\nb\n");
+    }
+}
+
+/// Why one snapshot build failed.
+#[derive(Debug)]
+enum BuildFailure {
+    /// The test invocation failed (the function's answer to the test
+    /// event): the build is made again without it.
+    TestInvocation(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl BuildFailure {
+    fn into_message(self) -> String {
+        match self {
+            BuildFailure::TestInvocation(m) | BuildFailure::Other(m) => m,
+        }
+    }
+}
+
+impl From<String> for BuildFailure {
+    fn from(m: String) -> Self {
+        BuildFailure::Other(m)
     }
 }
