@@ -83,8 +83,11 @@ node = client.create_function(
     Role="arn:aws:iam::000000000000:role/thaw",
     Handler="index.handler",
     Code={"ZipFile": zip_dir("node-state")},
+    Tags={"created": "with-tags"},
 )
 check(node["MemorySize"] == 128 and node["Timeout"] == 3, "create node function with Lambda defaults")
+check(client.get_function(FunctionName="boto-node")["Tags"] == {"created": "with-tags"},
+      "tags given to create_function are kept")
 
 got = client.get_function(FunctionName="boto-py")
 check(got["Configuration"]["CodeSha256"] == py["CodeSha256"], "get function")
@@ -157,6 +160,19 @@ cfg = client.update_function_configuration(
 check(cfg["MemorySize"] == 512 and cfg["Timeout"] == 7, "update function configuration")
 check(client.get_function_configuration(FunctionName="boto-py")["Environment"]["Variables"] == {"A": "1"},
       "configuration persisted")
+
+# --- Tags ------------------------------------------------------------------
+arn = client.get_function(FunctionName="boto-py")["Configuration"]["FunctionArn"]
+client.tag_resource(Resource=arn, Tags={"team": "a", "env": "test"})
+check(client.list_tags(Resource=arn)["Tags"] == {"team": "a", "env": "test"}, "tag_resource, list_tags")
+client.untag_resource(Resource=arn, TagKeys=["env"])
+check(client.list_tags(Resource=arn)["Tags"] == {"team": "a"}, "untag_resource")
+check(client.get_function(FunctionName="boto-py").get("Tags") == {"team": "a"}, "get_function returns Tags")
+code, status = error_code(client.tag_resource, Resource=arn, Tags={"aws:x": "1"})
+check(code == "InvalidParameterValueException", "a tag key with the reserved aws: prefix is refused")
+code, status = error_code(client.tag_resource, Resource=arn, Tags={f"k{i}": "v" for i in range(50)})
+check(code == "InvalidParameterValueException", "more than 50 tags are refused")
+check(client.list_tags(Resource=arn)["Tags"] == {"team": "a"}, "a refused tagging changes nothing")
 
 # --- Delete ----------------------------------------------------------------
 client.delete_function(FunctionName="boto-py")

@@ -15,6 +15,7 @@
 //! | [`logs`] | thaw's log records |
 //! | [`concurrency`] | reserved and provisioned concurrency, account settings |
 //! | [`events`] | asynchronous invocation: event invoke configs, destination records |
+//! | [`tags`] | function tags and their limits |
 //! | [`client`] | the blocking client |
 //! | [`package`] | zipping a code directory |
 
@@ -29,6 +30,7 @@ pub mod function;
 pub mod invoke;
 pub mod logs;
 pub mod package;
+pub mod tags;
 pub mod types;
 
 pub use client::{Client, ClientError, InvokeOptions, InvokeResult};

@@ -123,7 +123,7 @@ pub struct CreateFunctionRequest {
     /// Must be empty: thaw has no layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<String>>,
-    /// Accepted and ignored.
+    /// The function's tags (at most 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, String>>,
 }
@@ -137,6 +137,8 @@ pub struct NewFunction {
     pub settings: FunctionSettings,
     /// The code zip (not yet checked to be a valid zip).
     pub zip: Vec<u8>,
+    /// Its tags, checked.
+    pub tags: BTreeMap<String, String>,
 }
 
 impl CreateFunctionRequest {
@@ -178,10 +180,14 @@ impl CreateFunctionRequest {
         settings.description = self.description.unwrap_or_default();
         settings.role = self.role.unwrap_or_default();
         settings.validate()?;
+        let tags = self.tags.unwrap_or_default();
+        crate::tags::validate(&tags)?;
+        crate::tags::check_count(tags.len())?;
         Ok(NewFunction {
             name: target.name,
             settings,
             zip,
+            tags,
         })
     }
 }
@@ -489,6 +495,9 @@ pub struct GetFunctionResponse {
     /// The function's reserved concurrency; absent when it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<crate::concurrency::Concurrency>,
+    /// The function's tags; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
 }
 
 /// `ListFunctions` response.

@@ -101,6 +101,10 @@ pub struct FunctionRecord {
     /// variables are moved here when loaded.
     #[serde(default, skip_serializing_if = "PlatformSettings::is_empty")]
     pub platform: PlatformSettings,
+    /// The function's tags (not part of the code revision). Left out while
+    /// there are none, as `concurrency`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A function's concurrency controls as stored in `function.json`. Not part
@@ -205,6 +209,8 @@ pub struct CreateFunction {
     pub settings: FunctionSettings,
     /// The code zip as uploaded.
     pub zip: Vec<u8>,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
 }
 
 impl From<NewFunction> for CreateFunction {
@@ -214,6 +220,7 @@ impl From<NewFunction> for CreateFunction {
             name: f.name,
             settings: f.settings,
             zip: f.zip,
+            tags: f.tags,
         }
     }
 }
@@ -469,6 +476,7 @@ impl Registry {
             uid,
             concurrency: ConcurrencyConfig::default(),
             platform: PlatformSettings::default(),
+            tags: req.tags,
         };
         record.apply_settings(req.settings);
         write_record(staging.path(), &record, &self.cipher)?;
@@ -638,6 +646,32 @@ impl Registry {
         state.functions.insert(name.to_string(), record.clone());
         drop(state);
         tracing::info!(function = %name, settings = ?record.platform, "function settings updated");
+        Ok(record)
+    }
+
+    /// Changes the tags of `name` with `change` (not part of the code
+    /// revision: `revision_id` stays); `Invalid` when the result has too
+    /// many.
+    pub fn update_tags(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut BTreeMap<String, String>),
+    ) -> Result<FunctionRecord, RegistryError> {
+        let mut state = self.lock();
+        let current = state
+            .functions
+            .get(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let mut record = current.clone();
+        change(&mut record.tags);
+        thaw_api::tags::check_count(record.tags.len()).map_err(RegistryError::Invalid)?;
+        if record.tags == current.tags {
+            return Ok(record);
+        }
+        write_record(&self.function_dir(name), &record, &self.cipher)?;
+        state.functions.insert(name.to_string(), record.clone());
+        drop(state);
+        tracing::info!(function = %name, tags = record.tags.len(), "function tags updated");
         Ok(record)
     }
 
@@ -1318,6 +1352,7 @@ mod tests {
             name: FunctionName::parse(name).unwrap(),
             settings: FunctionSettings::new(Runtime::Python311, "app.handler"),
             zip,
+            tags: BTreeMap::new(),
         }
     }
 

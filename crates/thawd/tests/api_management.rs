@@ -1823,3 +1823,64 @@ async fn event_invoke_configs_and_the_queue() {
         .json();
     assert_eq!(v["Failed"], json!([]));
 }
+
+#[tokio::test]
+async fn tags_are_kept_per_function_and_account() {
+    let api = api();
+    assert_eq!(
+        api.create("f", json!({"Tags": {"a": "1"}})).await.status,
+        StatusCode::CREATED
+    );
+    let arn = "arn:aws:lambda:us-east-1:000000000000:function:f";
+    let path = format!("/2017-03-31/tags/{}", arn.replace(':', "%3A"));
+    assert_eq!(
+        api.call("GET", &path, None).await.json(),
+        json!({"Tags": {"a": "1"}})
+    );
+    let r = api
+        .call("POST", &path, Some(json!({"Tags": {"b": "2"}})))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api
+        .call("DELETE", &format!("{path}?tagKeys=a&tagKeys=zz"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.call("GET", &path, None).await.json(),
+        json!({"Tags": {"b": "2"}})
+    );
+    api.call("DELETE", &path, None)
+        .await
+        .assert_error(400, "ValidationException");
+    // The revision (and so the instances and snapshot) stays.
+    let before = api
+        .call("GET", "/2015-03-31/functions/f", None)
+        .await
+        .json();
+    api.call("POST", &path, Some(json!({"Tags": {"c": "3"}})))
+        .await;
+    let after = api
+        .call("GET", "/2015-03-31/functions/f", None)
+        .await
+        .json();
+    assert_eq!(
+        before["Configuration"]["RevisionId"],
+        after["Configuration"]["RevisionId"]
+    );
+    assert_eq!(after["Tags"], json!({"b": "2", "c": "3"}));
+    // Another account cannot read or change them.
+    api.call_as("123456789012", "GET", &path, None)
+        .await
+        .assert_error(403, "AccessDeniedException");
+    api.call_as(
+        "123456789012",
+        "POST",
+        &path,
+        Some(json!({"Tags": {"x": "1"}})),
+    )
+    .await
+    .assert_error(403, "AccessDeniedException");
+    api.call("GET", "/2017-03-31/tags/nope", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+}

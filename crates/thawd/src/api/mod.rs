@@ -79,6 +79,7 @@ use crate::registry::{CreateFunction, FunctionRecord, Registry, RegistryError};
 use crate::server::Platform;
 
 mod events;
+mod tags;
 pub use events::start_event_delivery;
 
 /// Largest management request body (a base64 zip of ~50 MiB plus JSON):
@@ -382,6 +383,12 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
         .route(
             "/thaw/v1/functions/{name}/events",
             get(events::queue_view::<B>),
+        )
+        .route(
+            "/2017-03-31/tags/{name}",
+            get(tags::list::<B>)
+                .post(tags::tag::<B>)
+                .delete(tags::untag::<B>),
         )
         .route("/2016-08-19/account-settings", get(account_settings::<B>))
         .route("/thaw/v1/functions/{name}/logs", get(function_logs::<B>))
@@ -930,6 +937,7 @@ async fn get_function<B: ApiBackend>(
         concurrency: record.concurrency.reserved.map(|n| thaw_api::Concurrency {
             reserved_concurrent_executions: Some(n),
         }),
+        tags: (!record.tags.is_empty()).then(|| record.tags.clone()),
     }))
 }
 
