@@ -1304,6 +1304,7 @@ pub(crate) fn test_record(name: &str, revision: &str) -> FunctionRecord {
         uid: 0,
         concurrency: Default::default(),
         platform: Default::default(),
+        tags: Default::default(),
     }
 }
 
