@@ -145,7 +145,24 @@ pub struct QueuedEvent {
     /// The function's last error document and kind, after a failed run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<(String, String)>,
+    /// For a destination record: how many destinations it passed through
+    /// (records are not forwarded past [`MAX_HOPS`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hops: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Destinations a chain of records goes through at most (Lambda stops a
+/// recursive loop after about 16 invocations): A's success destination B
+/// whose success destination is A would forward for ever otherwise.
+pub const MAX_HOPS: u32 = 16;
+
+/// Largest payload of a destination record; a bigger record carries its
+/// payloads as a note instead.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 
 /// A function's event invoke configuration as stored: Lambda's document
 /// and the function keys its destinations name.
@@ -244,8 +261,14 @@ enum Op {
     Add(QueuedEvent),
     Replace(u64, QueuedEvent),
     Remove(u64),
+    /// The event leaves the queue and its destination record enters it,
+    /// only if it was still queued (its function may have been deleted
+    /// while it ran).
+    Forward(u64, QueuedEvent),
     Fail(u64, String, FailedEvent),
-    DropFunction(String),
+    /// A deleted function: its queued events (by seq), failed events and
+    /// configuration.
+    DropFunction(String, Vec<u64>),
     PutConfig(String, StoredConfig),
     DeleteConfig(String),
 }
@@ -281,6 +304,8 @@ pub struct EventQueue {
     index: Mutex<Index>,
     wake: Notify,
     writer: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    /// The writer thread, joined by [`EventQueue::close`].
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Counters,
 }
 
@@ -301,7 +326,7 @@ impl EventQueue {
     /// due again (those running when a previous daemon died run again).
     pub fn open(path: &Path, config: QueueConfig) -> Result<Arc<EventQueue>, QueueError> {
         let database = if config.durable {
-            Database::create(path).map_err(db)?
+            open_file(path)?
         } else {
             tracing::warn!("the event queue is in memory: accepted events are lost with the daemon (benchmarks only)");
             Database::builder()
@@ -343,20 +368,21 @@ impl EventQueue {
         }
         let database = Arc::new(database);
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        {
+        let thread = {
             let database = database.clone();
             let max_failed = config.max_failed_per_function;
             std::thread::Builder::new()
                 .name("thaw-events".into())
                 .spawn(move || writer(database, rx, next_seq, max_failed))
-                .map_err(|e| QueueError::Db(redb::Error::Io(e)))?;
-        }
+                .map_err(|e| QueueError::Db(redb::Error::Io(e)))?
+        };
         Ok(Arc::new(EventQueue {
             db: database,
             config,
             index: Mutex::new(index),
             wake: Notify::new(),
             writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
             counters: Counters::default(),
         }))
     }
@@ -391,8 +417,27 @@ impl EventQueue {
     }
 
     /// Accepts an event for `function`: on disk when this returns `Ok`.
-    /// `Full` when the queue holds its limit (nothing written).
+    /// `Full` when the queue holds its limit (nothing written). Runs to its
+    /// end in a task of its own, so a caller that goes away (a client that
+    /// hangs up) cannot leave a written event out of the dispatcher's index.
     pub async fn accept(
+        self: &Arc<Self>,
+        function: &str,
+        request_id: String,
+        payload: String,
+        client_context: Option<String>,
+    ) -> Result<(), QueueError> {
+        let q = self.clone();
+        let function = function.to_string();
+        tokio::spawn(async move {
+            q.accept_inner(&function, request_id, payload, client_context)
+                .await
+        })
+        .await
+        .unwrap_or(Err(QueueError::Closed))
+    }
+
+    async fn accept_inner(
         &self,
         function: &str,
         request_id: String,
@@ -421,11 +466,12 @@ impl EventQueue {
             deferrals: 0,
             next_ms: now,
             last_error: None,
+            hops: 0,
         };
         let r = self.commit(vec![Op::Add(ev)]).await;
         let mut ix = self.index.lock().unwrap();
         ix.total -= 1;
-        let seq = r?[0];
+        let seq = *r?.first().ok_or(QueueError::Closed)?;
         ix.add(seq, function, now);
         drop(ix);
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -436,10 +482,20 @@ impl EventQueue {
     /// Forgets function `key`'s queued and failed events and its
     /// configuration (it was deleted). Returns how many queued events were
     /// discarded.
-    pub async fn remove_function(&self, key: &str) -> Result<u64, QueueError> {
-        let dropped = {
+    pub async fn remove_function(self: &Arc<Self>, key: &str) -> Result<u64, QueueError> {
+        // In a task of its own: the index and the disk change together
+        // even if the caller goes away.
+        let q = self.clone();
+        let key = key.to_string();
+        tokio::spawn(async move { q.remove_function_inner(&key).await })
+            .await
+            .unwrap_or(Err(QueueError::Closed))
+    }
+
+    async fn remove_function_inner(&self, key: &str) -> Result<u64, QueueError> {
+        let (dropped, seqs) = {
             let mut ix = self.index.lock().unwrap();
-            let seqs: Vec<u64> = ix
+            let seqs: std::collections::HashSet<u64> = ix
                 .function_of
                 .iter()
                 .filter(|(_, f)| f.as_str() == key)
@@ -449,9 +505,10 @@ impl EventQueue {
             for s in &seqs {
                 ix.forget(*s);
             }
-            seqs.len() as u64
+            (seqs.len() as u64, seqs.into_iter().collect::<Vec<u64>>())
         };
-        self.commit(vec![Op::DropFunction(key.to_string())]).await?;
+        self.commit(vec![Op::DropFunction(key.to_string(), seqs)])
+            .await?;
         if dropped > 0 {
             self.counters
                 .discarded
@@ -603,7 +660,19 @@ impl EventQueue {
             for seq in ready {
                 let (q, d) = (self.clone(), deliver.clone());
                 tokio::spawn(async move {
-                    let settled = q.run_one(&*d, seq).await;
+                    use futures::FutureExt;
+                    // A panic while running one event must not leave it
+                    // counted as running (and out of the due set) for good.
+                    let settled = std::panic::AssertUnwindSafe(q.run_one(&*d, seq))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            tracing::error!(
+                                seq,
+                                "running a queued event panicked; it runs again later"
+                            );
+                            Settled::Again(now_ms() + 5_000)
+                        });
                     let mut ix = q.index.lock().unwrap();
                     ix.running -= 1;
                     match settled {
@@ -781,13 +850,22 @@ impl EventQueue {
         response: Option<(Bytes, Option<String>)>,
     ) -> Settled {
         let success = condition == CONDITION_SUCCESS;
-        let dest = cfg.as_ref().and_then(|c| {
-            if success {
-                c.on_success.clone()
-            } else {
-                c.on_failure.clone()
-            }
-        });
+        let dest = cfg
+            .as_ref()
+            .and_then(|c| {
+                if success {
+                    c.on_success.clone()
+                } else {
+                    c.on_failure.clone()
+                }
+            })
+            .filter(|d| {
+                let looping = ev.hops >= MAX_HOPS;
+                if looping {
+                    tracing::warn!(destination = %d, hops = ev.hops, "a chain of destination records is too long (a loop?): not forwarded");
+                }
+                !looping
+            });
         let response = response.or_else(|| {
             ev.last_error
                 .clone()
@@ -813,12 +891,16 @@ impl EventQueue {
                 executed_version: thaw_api::function::LATEST.into(),
                 function_error: kind.clone(),
             }),
-            response_payload: response.as_ref().map(|(p, _)| {
-                serde_json::from_slice(p).unwrap_or_else(|_| {
-                    serde_json::Value::String(String::from_utf8_lossy(p).into_owned())
-                })
-            }),
+            response_payload: response
+                .as_ref()
+                .filter(|(p, _)| !p.is_empty())
+                .map(|(p, _)| {
+                    serde_json::from_slice(p).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(p).into_owned())
+                    })
+                }),
         };
+        let record = bounded(record);
         match dest {
             Some(dest) if deliver.exists(&dest) => {
                 let now = now_ms();
@@ -833,15 +915,16 @@ impl EventQueue {
                     deferrals: 0,
                     next_ms: now,
                     last_error: None,
+                    hops: ev.hops + 1,
                 };
                 tracing::info!(destination = %dest, condition, "event settled: record sent to its destination");
                 self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 // One commit: the event leaves the queue as its record enters it.
                 match self
-                    .commit_settlement(vec![Op::Remove(seq), Op::Add(forwarded)])
+                    .commit_settlement(vec![Op::Forward(seq, forwarded)])
                     .await
                 {
-                    Ok(seqs) => Settled::Gone(Some((seqs[0], dest))),
+                    Ok(seqs) => Settled::Gone(seqs.first().map(|s| (*s, dest))),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot settle the event; it runs again later");
                         Settled::Again(now_ms() + 5_000)
@@ -886,12 +969,53 @@ impl EventQueue {
         }
     }
 
-    /// Stops the writer (after the last commit) — for tests that reopen the
-    /// same database in one process.
+    /// Stops the dispatcher and the writer, after its last commit and a
+    /// final sync (the daemon's shutdown: settlements made just before are
+    /// on disk, so a clean stop runs nothing twice). Blocks until the
+    /// writer thread has ended. Later commits fail with `Closed`.
     pub fn close(&self) {
         self.stop();
         self.writer.lock().unwrap().take();
+        if let Some(t) = self.writer_thread.lock().unwrap().take() {
+            let _ = t.join();
+        }
     }
+}
+
+/// Opens (or creates) the database file. Another queue of this process
+/// that is still letting go of it (a daemon restarted in the same process,
+/// as the benchmarks do) is waited for, up to 10 s.
+fn open_file(path: &Path) -> Result<Database, QueueError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Database::create(path) {
+            Ok(d) => return Ok(d),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(db(e)),
+        }
+    }
+}
+
+/// `record`, with its payloads replaced by a note when it would be larger
+/// than [`MAX_RECORD_BYTES`].
+fn bounded(mut record: DestinationRecord) -> DestinationRecord {
+    let size = |r: &DestinationRecord| serde_json::to_vec(r).map_or(0, |v| v.len());
+    let note = |what: &str| {
+        serde_json::Value::String(format!(
+            "({what} omitted: the record would exceed {MAX_RECORD_BYTES} bytes)"
+        ))
+    };
+    if size(&record) > MAX_RECORD_BYTES && record.response_payload.is_some() {
+        record.response_payload = Some(note("responsePayload"));
+    }
+    if size(&record) > MAX_RECORD_BYTES {
+        record.request_payload = note("requestPayload");
+    }
+    record
 }
 
 /// What became of a run, for the dispatcher's index.
@@ -945,12 +1069,9 @@ fn writer(
         let start_seq = next_seq;
         let result = apply(&database, &jobs, &mut next_seq, max_failed, durable);
         match result {
-            Ok(seqs) => {
+            Ok(per_job) => {
                 unsynced = !durable;
-                let mut seqs = seqs.into_iter();
-                for j in jobs {
-                    let n = j.ops.iter().filter(|o| matches!(o, Op::Add(_))).count();
-                    let mine: Vec<u64> = seqs.by_ref().take(n).collect();
+                for (j, mine) in jobs.into_iter().zip(per_job) {
                     let _ = j.done.send(Ok(mine));
                 }
             }
@@ -979,99 +1100,107 @@ fn apply(
     next_seq: &mut u64,
     max_failed: usize,
     durable: bool,
-) -> Result<Vec<u64>, QueueError> {
+) -> Result<Vec<Vec<u64>>, QueueError> {
     let mut txn = database.begin_write().map_err(db)?;
     if !durable {
         txn.set_durability(redb::Durability::None).map_err(db)?;
     }
-    let mut added = Vec::new();
+    let mut per_job = Vec::with_capacity(jobs.len());
     {
         let mut queued = txn.open_table(QUEUED).map_err(db)?;
         let mut failed = txn.open_table(FAILED).map_err(db)?;
         let mut configs = txn.open_table(CONFIGS).map_err(db)?;
-        for op in jobs.iter().flat_map(|j| j.ops.iter()) {
-            match op {
-                Op::Add(ev) => {
-                    let seq = *next_seq;
-                    *next_seq += 1;
-                    queued
-                        .insert(seq, serde_json::to_vec(ev)?.as_slice())
-                        .map_err(db)?;
-                    added.push(seq);
-                }
-                Op::Replace(seq, ev) => {
-                    // Not if it left meanwhile (its function was deleted).
-                    if queued.get(*seq).map_err(db)?.is_some() {
+        for job in jobs {
+            let mut added = Vec::new();
+            for op in &job.ops {
+                match op {
+                    Op::Add(ev) => {
+                        let seq = *next_seq;
+                        *next_seq += 1;
                         queued
-                            .insert(*seq, serde_json::to_vec(ev)?.as_slice())
+                            .insert(seq, serde_json::to_vec(ev)?.as_slice())
                             .map_err(db)?;
+                        added.push(seq);
                     }
-                }
-                Op::Remove(seq) => {
-                    queued.remove(*seq).map_err(db)?;
-                }
-                Op::Fail(seq, function, record) => {
-                    if queued.remove(*seq).map_err(db)?.is_none() {
-                        continue;
-                    }
-                    failed
-                        .insert(
-                            (function.as_str(), *seq),
-                            serde_json::to_vec(record)?.as_slice(),
-                        )
-                        .map_err(db)?;
-                    let keys: Vec<u64> = failed
-                        .range((function.as_str(), 0)..=(function.as_str(), u64::MAX))
-                        .map_err(db)?
-                        .map(|e| e.map(|(k, _)| k.value().1))
-                        .collect::<Result<_, _>>()
-                        .map_err(db)?;
-                    if keys.len() > max_failed {
-                        for k in &keys[..keys.len() - max_failed] {
-                            tracing::warn!(function = %function, "more failed events than kept: the oldest is removed");
-                            failed.remove((function.as_str(), *k)).map_err(db)?;
+                    Op::Forward(seq, ev) => {
+                        if queued.remove(*seq).map_err(db)?.is_some() {
+                            let new = *next_seq;
+                            *next_seq += 1;
+                            queued
+                                .insert(new, serde_json::to_vec(ev)?.as_slice())
+                                .map_err(db)?;
+                            added.push(new);
                         }
                     }
-                }
-                Op::DropFunction(function) => {
-                    let seqs: Vec<u64> = queued
-                        .iter()
-                        .map_err(db)?
-                        .filter_map(|e| {
-                            let (k, v) = e.ok()?;
-                            let ev: QueuedEvent = serde_json::from_slice(v.value()).ok()?;
-                            (ev.function == *function).then(|| k.value())
-                        })
-                        .collect();
-                    for s in seqs {
-                        queued.remove(s).map_err(db)?;
+                    Op::Replace(seq, ev) => {
+                        // Not if it left meanwhile (its function was deleted).
+                        if queued.get(*seq).map_err(db)?.is_some() {
+                            queued
+                                .insert(*seq, serde_json::to_vec(ev)?.as_slice())
+                                .map_err(db)?;
+                        }
                     }
-                    let keys: Vec<u64> = failed
-                        .range((function.as_str(), 0)..=(function.as_str(), u64::MAX))
-                        .map_err(db)?
-                        .map(|e| e.map(|(k, _)| k.value().1))
-                        .collect::<Result<_, _>>()
-                        .map_err(db)?;
-                    for k in keys {
-                        failed.remove((function.as_str(), k)).map_err(db)?;
+                    Op::Remove(seq) => {
+                        queued.remove(*seq).map_err(db)?;
                     }
-                    configs.remove(function.as_str()).map_err(db)?;
-                }
-                Op::PutConfig(function, c) => {
-                    configs
-                        .insert(function.as_str(), serde_json::to_vec(c)?.as_slice())
-                        .map_err(db)?;
-                }
-                Op::DeleteConfig(function) => {
-                    configs.remove(function.as_str()).map_err(db)?;
+                    Op::Fail(seq, function, record) => {
+                        if queued.remove(*seq).map_err(db)?.is_none() {
+                            continue;
+                        }
+                        failed
+                            .insert(
+                                (function.as_str(), *seq),
+                                serde_json::to_vec(record)?.as_slice(),
+                            )
+                            .map_err(db)?;
+                        let keys: Vec<u64> = failed
+                            .range((function.as_str(), 0)..=(function.as_str(), u64::MAX))
+                            .map_err(db)?
+                            .map(|e| e.map(|(k, _)| k.value().1))
+                            .collect::<Result<_, _>>()
+                            .map_err(db)?;
+                        if keys.len() > max_failed {
+                            for k in &keys[..keys.len() - max_failed] {
+                                tracing::warn!(function = %function, "more failed events than kept: the oldest is removed");
+                                failed.remove((function.as_str(), *k)).map_err(db)?;
+                            }
+                        }
+                    }
+                    Op::DropFunction(function, seqs) => {
+                        // The dispatcher's index knows every queued event; one
+                        // accepted meanwhile runs, finds its function gone and
+                        // is discarded.
+                        for s in seqs {
+                            queued.remove(*s).map_err(db)?;
+                        }
+                        let keys: Vec<u64> = failed
+                            .range((function.as_str(), 0)..=(function.as_str(), u64::MAX))
+                            .map_err(db)?
+                            .map(|e| e.map(|(k, _)| k.value().1))
+                            .collect::<Result<_, _>>()
+                            .map_err(db)?;
+                        for k in keys {
+                            failed.remove((function.as_str(), k)).map_err(db)?;
+                        }
+                        configs.remove(function.as_str()).map_err(db)?;
+                    }
+                    Op::PutConfig(function, c) => {
+                        configs
+                            .insert(function.as_str(), serde_json::to_vec(c)?.as_slice())
+                            .map_err(db)?;
+                    }
+                    Op::DeleteConfig(function) => {
+                        configs.remove(function.as_str()).map_err(db)?;
+                    }
                 }
             }
+            per_job.push(added);
         }
         let mut meta = txn.open_table(META).map_err(db)?;
         meta.insert("next_seq", *next_seq).map_err(db)?;
     }
     txn.commit().map_err(db)?;
-    Ok(added)
+    Ok(per_job)
 }
 
 #[cfg(test)]

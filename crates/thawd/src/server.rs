@@ -559,6 +559,9 @@ pub async fn serve_with(
     }
     // Stop instances even if serving failed.
     platform.pools.shutdown().await;
+    // The queue's last settlements are synced before the process ends.
+    let events = platform.events.clone();
+    let _ = tokio::task::spawn_blocking(move || events.close()).await;
     tracing::info!("all instances stopped");
     served.context("HTTP server failed")
 }

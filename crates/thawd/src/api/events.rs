@@ -87,7 +87,13 @@ impl<B: ApiBackend> Deliver for Delivery<B> {
             tail_logs: false,
             request_id: Some(ev.request_id.clone()),
         };
-        match self.0.invoke(&record, input).await {
+        let result = self.0.invoke(&record, input).await;
+        // Instances are torn down under a stopping daemon: whatever that
+        // did to this run, it is not the function's failure.
+        if self.0.events().stopping() {
+            return Attempt::Stopping;
+        }
+        match result {
             Ok(out) => {
                 tracing::info!(
                     function_error = out.function_error.as_deref(),
@@ -100,8 +106,6 @@ impl<B: ApiBackend> Deliver for Delivery<B> {
                 }
             }
             Err(InvokeError::ShuttingDown) => Attempt::Stopping,
-            // Instances are torn down under a stopping daemon: not a failure.
-            Err(_) if self.0.events().stopping() => Attempt::Stopping,
             Err(e) => {
                 log_invoke_error(&e, "event invocation not run");
                 Attempt::NotRun(e.to_string())

@@ -1021,18 +1021,23 @@ async fn delete_function<B: ApiBackend>(
         .instrument(span.clone())
         .await?;
     b.function_removed(name.key.as_str());
-    async {
-        if let Err(e) = b.events().remove_function(name.key.as_str()).await {
+    // Its own task: a client that hangs up must not leave the clean-up
+    // half done (queued events, instances, logs, snapshots).
+    let key = name.key.clone();
+    let cleanup = async move {
+        if let Err(e) = b.events().remove_function(&key).await {
             tracing::error!(error = %e, "cannot remove the function's queued events");
         }
-        b.retire(name.key.as_str()).await;
-        b.delete_logs(name.key.as_str());
-        if let Err(e) = b.delete_snapshots(name.key.as_str()) {
+        b.retire(&key).await;
+        b.delete_logs(&key);
+        if let Err(e) = b.delete_snapshots(&key) {
             tracing::warn!(error = %e, "cannot delete the function's snapshots");
         }
     }
-    .instrument(span)
-    .await;
+    .instrument(span);
+    if tokio::spawn(cleanup).await.is_err() {
+        tracing::error!("the clean-up of a deleted function failed");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

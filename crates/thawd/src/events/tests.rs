@@ -384,16 +384,18 @@ async fn reads_the_format_1_fixture() {
     let v = q.view("f").unwrap();
     assert_eq!(v.failed.len(), 1);
     assert_eq!(v.failed[0].request_context.request_id, "golden-failed");
-    let s = Arc::new(Script::default());
-    q.start(s.clone());
-    settled(&q).await;
-    let mut runs = s.runs.lock().unwrap().clone();
-    runs.sort();
+    // The queued events as written (not run: their age depends on when the
+    // fixture was made).
+    let mut events: Vec<(String, String)> = (0..4)
+        .filter_map(|seq| q.read(seq).unwrap())
+        .map(|e| (e.request_id, e.payload))
+        .collect();
+    events.sort();
     assert_eq!(
-        runs,
+        events,
         vec![
-            ("f".into(), "golden-1".into(), "{\"n\":1}".into()),
-            ("f".into(), "golden-2".into(), "{\"n\":2}".into()),
+            ("golden-1".into(), "{\"n\":1}".into()),
+            ("golden-2".into(), "{\"n\":2}".into()),
         ]
     );
 }
@@ -444,6 +446,7 @@ async fn write_events_fixture() {
         deferrals: 0,
         next_ms: 0,
         last_error: None,
+        hops: 0,
     })])
     .await
     .unwrap();
@@ -463,4 +466,58 @@ async fn write_events_fixture() {
             .unwrap();
     }
     q.close();
+}
+
+#[tokio::test]
+async fn an_accept_whose_caller_goes_away_still_runs_and_frees_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = QueueConfig {
+        max_queued: 1,
+        ..quick()
+    };
+    let q = EventQueue::open(&dir.path().join("q.redb"), config).unwrap();
+    let s = Arc::new(Script::default());
+    q.start(s.clone());
+    // The caller gives up at once (a client that hung up).
+    let _ = tokio::time::timeout(
+        Duration::ZERO,
+        q.accept("f", "r1".into(), "{}".into(), None),
+    )
+    .await;
+    // (`timeout` polls the accept once, which hands it to its own task.)
+    for _ in 0..500 {
+        if !s.runs.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    settled(&q).await;
+    assert_eq!(s.runs.lock().unwrap().len(), 1, "written, so run once");
+    // Its place is free again.
+    q.accept("f", "r2".into(), "{}".into(), None).await.unwrap();
+    settled(&q).await;
+}
+
+#[tokio::test]
+async fn a_loop_of_destinations_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = EventQueue::open(&dir.path().join("q.redb"), quick()).unwrap();
+    let s = Arc::new(Script::default());
+    for (from, to) in [("f", "g"), ("g", "f")] {
+        q.put_invoke_config(
+            from,
+            InvokeConfig {
+                config: FunctionEventInvokeConfig::default(),
+                on_success: Some(to.into()),
+                on_failure: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    q.start(s.clone());
+    q.accept("f", "r1".into(), "{}".into(), None).await.unwrap();
+    settled(&q).await;
+    let runs = s.runs.lock().unwrap().len() as u32;
+    assert_eq!(runs, MAX_HOPS + 1, "the event and {MAX_HOPS} records");
 }
