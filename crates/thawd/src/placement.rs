@@ -115,9 +115,18 @@ impl<T> Queue<T> {
         adaptive: bool,
         rx: &mut Option<oneshot::Receiver<T>>,
     ) -> Placement<T> {
-        if let Some(inst) = rx.as_mut().and_then(|r| r.try_recv().ok()) {
-            *rx = None;
-            return Placement::HandedOver(inst);
+        if let Some(r) = rx.as_mut() {
+            match r.try_recv() {
+                Ok(inst) => {
+                    *rx = None;
+                    return Placement::HandedOver(inst);
+                }
+                // Its place was dropped ([`Queue::wake_all`]): the receiver
+                // is spent (polling it again panics); a new one below if
+                // it waits again.
+                Err(oneshot::error::TryRecvError::Closed) => *rx = None,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
         }
         let ahead = self
             .waiters
@@ -308,6 +317,27 @@ mod tests {
         // b's caller went away: its instance goes idle instead.
         drop(rx_b);
         assert_eq!(q.hand_off(8, Duration::ZERO), Err(8));
+    }
+
+    #[test]
+    fn a_waiter_woken_by_wake_all_gets_a_new_place_when_it_waits_again() {
+        let (mut q, w, mut rx) = one_busy_one_waiting();
+        // Retired (or stopping): every place is dropped while w sleeps
+        // between re-checks, not polling its receiver.
+        q.wake_all();
+        assert!(matches!(
+            decide(&mut q, w, 0, &mut rx),
+            Placement::Decided(Decision::Wait { .. })
+        ));
+        // A live receiver again (the spent one, polled, panicked).
+        let mut r = rx.take().expect("a new place");
+        assert_eq!(r.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        rx = Some(r);
+        assert_eq!(q.hand_off(5, Duration::ZERO), Ok(()));
+        assert!(matches!(
+            decide(&mut q, w, 0, &mut rx),
+            Placement::HandedOver(5)
+        ));
     }
 
     /// A queue whose only instance is busy and one request `w` waiting
