@@ -36,6 +36,21 @@ pub fn api_request(data: &[u8]) {
     if let Ok(req) = serde_json::from_slice::<PutProvisionedConcurrencyConfigRequest>(data) {
         let _ = req.validate();
     }
+    if let Ok(req) =
+        serde_json::from_slice::<thaw_api::events::PutFunctionEventInvokeConfigRequest>(data)
+    {
+        if req.validate().is_ok() {
+            // What validates is within Lambda's bounds.
+            if let Some(n) = req.maximum_retry_attempts {
+                assert!((0..=2).contains(&n), "{n}");
+            }
+        }
+    }
+    if let Ok(req) = serde_json::from_slice::<thaw_api::tags::Tags>(data) {
+        let _ = thaw_api::tags::validate(&req.tags);
+    }
+    // A queued event's record as the event queue stores it.
+    let _ = serde_json::from_slice::<thaw_api::events::DestinationRecord>(data);
     if let Ok(s) = std::str::from_utf8(data) {
         if let Ok(name) = FunctionName::parse(s) {
             let _ = name.arn();
