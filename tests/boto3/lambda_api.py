@@ -88,6 +88,38 @@ node = client.create_function(
 check(node["MemorySize"] == 128 and node["Timeout"] == 3, "create node function with Lambda defaults")
 check(client.get_function(FunctionName="boto-node")["Tags"] == {"created": "with-tags"},
       "tags given to create_function are kept")
+cfg = client.get_function_configuration(FunctionName="boto-node")
+check(cfg["TracingConfig"] == {"Mode": "PassThrough"}, "TracingConfig defaults to PassThrough")
+check(cfg["SnapStart"] == {"ApplyOn": "None", "OptimizationStatus": "Off"}, "SnapStart default")
+check(cfg["LoggingConfig"] == {"LogFormat": "Text", "LogGroup": "/aws/lambda/boto-node"},
+      "LoggingConfig default")
+cfg = client.update_function_configuration(
+    FunctionName="boto-node",
+    TracingConfig={"Mode": "Active"},
+    KMSKeyArn="arn:aws:kms:us-east-1:000000000000:key/thaw",
+    VpcConfig={"SubnetIds": ["subnet-1"], "SecurityGroupIds": ["sg-1"]},
+    SnapStart={"ApplyOn": "PublishedVersions"},
+    LoggingConfig={"LogFormat": "JSON", "ApplicationLogLevel": "DEBUG"},
+    DeadLetterConfig={"TargetArn": "arn:aws:sqs:us-east-1:000000000000:dlq"},
+)
+got = client.get_function_configuration(FunctionName="boto-node")
+check(got["TracingConfig"] == {"Mode": "Active"}, "TracingConfig kept")
+check(got["KMSKeyArn"] == "arn:aws:kms:us-east-1:000000000000:key/thaw", "KMSKeyArn kept")
+check(got["VpcConfig"]["SubnetIds"] == ["subnet-1"] and got["VpcConfig"]["SecurityGroupIds"] == ["sg-1"],
+      "VpcConfig kept")
+check(got["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "Off"},
+      "SnapStart kept ($LATEST is never optimized)")
+check(got["LoggingConfig"]["LogFormat"] == "JSON" and got["LoggingConfig"]["ApplicationLogLevel"] == "DEBUG",
+      "LoggingConfig kept")
+check(got["DeadLetterConfig"] == {"TargetArn": "arn:aws:sqs:us-east-1:000000000000:dlq"}, "DeadLetterConfig kept")
+code, status = error_code(client.update_function_configuration, FunctionName="boto-node",
+                          TracingConfig={"Mode": "Loud"})
+check(code == "ValidationException", "an unknown TracingConfig mode is refused")
+code, status = error_code(client.update_function_configuration, FunctionName="boto-node",
+                          LoggingConfig={"LogFormat": "Text", "ApplicationLogLevel": "INFO"})
+check(code == "InvalidParameterValueException", "log levels need LogFormat JSON")
+check(client.get_function_configuration(FunctionName="boto-node")["TracingConfig"] == {"Mode": "Active"},
+      "a refused update changes nothing")
 
 got = client.get_function(FunctionName="boto-py")
 check(got["Configuration"]["CodeSha256"] == py["CodeSha256"], "get function")

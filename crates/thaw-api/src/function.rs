@@ -476,6 +476,8 @@ pub struct FunctionSettings {
     pub description: String,
     /// Execution role ARN (recorded, not used: thaw has no IAM).
     pub role: String,
+    /// What Lambda returns that thaw keeps without acting on it.
+    pub kept: crate::kept::Kept,
 }
 
 impl FunctionSettings {
@@ -489,12 +491,14 @@ impl FunctionSettings {
             environment: BTreeMap::new(),
             description: String::new(),
             role: String::new(),
+            kept: crate::kept::Kept::default(),
         }
     }
 
     /// Check every rule, including those that tie fields together (a handler
     /// is required unless the runtime is custom).
     pub fn validate(&self) -> Result<(), LambdaError> {
+        self.kept.validate()?;
         validate_memory_size(i64::from(self.memory_mb))?;
         validate_timeout(i64::from(self.timeout_s))?;
         validate_environment(&self.environment)?;

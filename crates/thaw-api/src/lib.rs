@@ -16,6 +16,7 @@
 //! | [`concurrency`] | reserved and provisioned concurrency, account settings |
 //! | [`events`] | asynchronous invocation: event invoke configs, destination records |
 //! | [`tags`] | function tags and their limits |
+//! | [`kept`] | configuration Lambda returns that thaw keeps without acting on it |
 //! | [`client`] | the blocking client |
 //! | [`package`] | zipping a code directory |
 
@@ -28,6 +29,7 @@ pub mod error;
 pub mod events;
 pub mod function;
 pub mod invoke;
+pub mod kept;
 pub mod logs;
 pub mod package;
 pub mod tags;

@@ -105,6 +105,10 @@ pub struct FunctionRecord {
     /// there are none, as `concurrency`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Configuration Lambda returns that thaw keeps without acting on it
+    /// (`thaw_api::kept`). Left out while nothing is set.
+    #[serde(default, skip_serializing_if = "thaw_api::kept::Kept::is_empty")]
+    pub kept: thaw_api::kept::Kept,
 }
 
 /// A function's concurrency controls as stored in `function.json`. Not part
@@ -176,6 +180,7 @@ impl FunctionRecord {
             environment: self.environment.clone(),
             description: self.description.clone(),
             role: self.role.clone(),
+            kept: self.kept.clone(),
         })
     }
 
@@ -197,6 +202,7 @@ impl FunctionRecord {
         self.environment = s.environment;
         self.description = s.description;
         self.role = s.role;
+        self.kept = s.kept;
     }
 }
 
@@ -477,6 +483,7 @@ impl Registry {
             concurrency: ConcurrencyConfig::default(),
             platform: PlatformSettings::default(),
             tags: req.tags,
+            kept: Default::default(),
         };
         record.apply_settings(req.settings);
         write_record(staging.path(), &record, &self.cipher)?;
@@ -1305,6 +1312,7 @@ pub(crate) fn test_record(name: &str, revision: &str) -> FunctionRecord {
         concurrency: Default::default(),
         platform: Default::default(),
         tags: Default::default(),
+        kept: Default::default(),
     }
 }
 
