@@ -132,10 +132,27 @@ fn python_lifecycle_warm_reuse_timeout_crash_and_oom() {
         lines.contains(&"line 0") && lines.contains(&"line 2"),
         "{lines:?}"
     );
+    // As Lambda writes them: START, the function's lines, END, REPORT
+    // with the most memory the instance used.
+    let at = |p: &str| lines.iter().position(|l| l.starts_with(p));
+    let (start, first, end, report) = (
+        at("START RequestId"),
+        at("line 0"),
+        at("END RequestId"),
+        at("REPORT RequestId"),
+    );
     assert!(
-        lines.iter().any(|l| l.starts_with("REPORT RequestId")),
+        start.is_some() && start < first && first < end && end < report,
         "{lines:?}"
     );
+    let report = lines[report.unwrap()];
+    let used: u64 = report
+        .split("Max Memory Used: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Max Memory Used: {report}"));
+    assert!(used > 1 && used <= 128, "{report}");
 
     // Metrics carry the phases.
     let metrics = metrics_text(&d);

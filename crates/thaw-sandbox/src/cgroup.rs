@@ -318,6 +318,17 @@ impl Cgroup {
         fs::read_to_string(file).ok()?.trim().parse().ok()
     }
 
+    /// The most memory ever charged to the cgroup, in bytes (cgroup v1
+    /// `memory.max_usage_in_bytes`, v2 `memory.peak` on kernels that have
+    /// it).
+    pub fn memory_peak_bytes(&self) -> Option<u64> {
+        let file = match self.dirs {
+            Dirs::V1 { ref memory, .. } => memory.join("memory.max_usage_in_bytes"),
+            Dirs::V2(ref dir) => dir.join("memory.peak"),
+        };
+        fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
     /// Host pids currently in the cgroup or below it, sorted.
     pub fn pids(&self) -> Vec<u32> {
         let mut pids = BTreeSet::new();

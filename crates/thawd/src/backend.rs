@@ -54,6 +54,12 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
     /// Bytes of memory charged to it now, if known.
     fn memory_bytes(&self) -> Option<u64>;
 
+    /// The most bytes of memory ever charged to it, if known (Lambda's
+    /// `Max Memory Used`); the current charge when the backend cannot tell.
+    fn memory_peak_bytes(&self) -> Option<u64> {
+        self.memory_bytes()
+    }
+
     /// Changes its limits while it runs (enlarge or shrink its boundary).
     fn set_limits(&self, limits: &Limits) -> Result<(), String>;
 
@@ -164,6 +170,11 @@ impl Sandbox for ProcessSandbox {
 
     fn memory_bytes(&self) -> Option<u64> {
         self.cgroup.as_ref()?.memory_usage_bytes()
+    }
+
+    fn memory_peak_bytes(&self) -> Option<u64> {
+        let c = self.cgroup.as_ref()?;
+        c.memory_peak_bytes().or_else(|| c.memory_usage_bytes())
     }
 
     fn set_limits(&self, limits: &Limits) -> Result<(), String> {

@@ -1069,6 +1069,12 @@ impl Instance {
         self.sandbox.as_ref().and_then(|s| s.memory_bytes())
     }
 
+    /// The most host memory the instance's sandbox was ever charged for,
+    /// when the backend can tell (Lambda's `Max Memory Used`).
+    pub fn memory_peak_bytes(&self) -> Option<u64> {
+        self.sandbox.as_ref().and_then(|s| s.memory_peak_bytes())
+    }
+
     fn oom_kills(&self) -> u64 {
         self.sandbox.as_ref().map(|s| s.oom_kills()).unwrap_or(0)
     }

@@ -1190,6 +1190,10 @@ impl Pools {
         self.metrics.add_instances(&f.name, "busy", 1);
 
         let start_line = format!("START RequestId: {request_id} Version: $LATEST");
+        // Logged before the function runs, as Lambda does: the function's
+        // own lines come after it.
+        self.logs
+            .append(&f.name, &[platform_line(&request_id, start_line.clone())]);
         let timeout = Duration::from_secs(u64::from(f.timeout_s));
         let mut retried = false;
         let (ran, result, out_lines, invoke_ms) = loop {
@@ -1345,6 +1349,9 @@ impl Pools {
             timings.invoke_ms.ceil() as u64,
             f.memory_mb
         );
+        if let Some(peak) = inst.memory_peak_bytes() {
+            report.push_str(&format!("\tMax Memory Used: {} MB", peak.div_ceil(1 << 20)));
+        }
         if start == StartKind::Restored {
             report.push_str(&format!(
                 "\tRestore Duration: {:.2} ms\tSandbox Duration: {:.2} ms",
@@ -1366,7 +1373,6 @@ impl Pools {
         self.logs.append(
             &f.name,
             &[
-                platform_line(&request_id, start_line),
                 platform_line(&request_id, end_line),
                 platform_line(&request_id, report),
             ],
