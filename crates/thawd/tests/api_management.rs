@@ -1884,3 +1884,147 @@ async fn tags_are_kept_per_function_and_account() {
         .await
         .assert_error(404, "ResourceNotFoundException");
 }
+
+/// Members of `FunctionConfiguration` in botocore's service model
+/// (`lambda/2015-03-31/service-2.json`), which boto3 parses.
+const LAMBDA_CONFIGURATION_MEMBERS: &[&str] = &[
+    "FunctionName",
+    "FunctionArn",
+    "Runtime",
+    "Role",
+    "Handler",
+    "CodeSize",
+    "Description",
+    "Timeout",
+    "MemorySize",
+    "LastModified",
+    "CodeSha256",
+    "Version",
+    "VpcConfig",
+    "DeadLetterConfig",
+    "Environment",
+    "KMSKeyArn",
+    "TracingConfig",
+    "MasterArn",
+    "RevisionId",
+    "Layers",
+    "State",
+    "StateReason",
+    "StateReasonCode",
+    "LastUpdateStatus",
+    "LastUpdateStatusReason",
+    "LastUpdateStatusReasonCode",
+    "FileSystemConfigs",
+    "PackageType",
+    "ImageConfigResponse",
+    "SigningProfileVersionArn",
+    "SigningJobArn",
+    "Architectures",
+    "EphemeralStorage",
+    "SnapStart",
+    "RuntimeVersionConfig",
+    "LoggingConfig",
+];
+
+/// Every member thaw returns is one of Lambda's, spelled as Lambda spells
+/// it, with the nested shapes of the kept configuration; the members Lambda
+/// always returns for a zip function are there.
+#[tokio::test]
+async fn get_function_has_lambdas_shape() {
+    let api = api();
+    let r = api
+        .create(
+            "f",
+            json!({
+                "Environment": {"Variables": {"A": "1"}},
+                "VpcConfig": {"SubnetIds": ["subnet-1"], "SecurityGroupIds": ["sg-1"]},
+                "DeadLetterConfig": {"TargetArn": "arn:aws:sns:us-east-1:000000000000:t"},
+                "TracingConfig": {"Mode": "Active"},
+                "KMSKeyArn": "arn:aws:kms:us-east-1:000000000000:key/k",
+                "SnapStart": {"ApplyOn": "PublishedVersions"},
+                "LoggingConfig": {"LogFormat": "JSON", "SystemLogLevel": "WARN"},
+                "Tags": {"t": "1"},
+            }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let v = api
+        .call("GET", "/2015-03-31/functions/f", None)
+        .await
+        .json();
+    let c = v["Configuration"].as_object().unwrap();
+    for k in c.keys() {
+        assert!(
+            LAMBDA_CONFIGURATION_MEMBERS.contains(&k.as_str()),
+            "{k} is not a member of Lambda's FunctionConfiguration"
+        );
+    }
+    for k in [
+        "FunctionName",
+        "FunctionArn",
+        "Runtime",
+        "Role",
+        "Handler",
+        "CodeSize",
+        "Description",
+        "Timeout",
+        "MemorySize",
+        "LastModified",
+        "CodeSha256",
+        "Version",
+        "TracingConfig",
+        "RevisionId",
+        "State",
+        "LastUpdateStatus",
+        "PackageType",
+        "Architectures",
+        "EphemeralStorage",
+        "SnapStart",
+        "LoggingConfig",
+    ] {
+        assert!(c.contains_key(k), "{k} missing: {v}");
+    }
+    assert_eq!(
+        c["VpcConfig"],
+        json!({"SubnetIds": ["subnet-1"], "SecurityGroupIds": ["sg-1"], "VpcId": ""})
+    );
+    assert_eq!(
+        c["DeadLetterConfig"],
+        json!({"TargetArn": "arn:aws:sns:us-east-1:000000000000:t"})
+    );
+    assert_eq!(c["TracingConfig"], json!({"Mode": "Active"}));
+    assert_eq!(c["KMSKeyArn"], "arn:aws:kms:us-east-1:000000000000:key/k");
+    assert_eq!(
+        c["SnapStart"],
+        json!({"ApplyOn": "PublishedVersions", "OptimizationStatus": "Off"})
+    );
+    assert_eq!(
+        c["LoggingConfig"],
+        json!({"LogFormat": "JSON", "SystemLogLevel": "WARN", "LogGroup": "/aws/lambda/f"})
+    );
+    assert_eq!(v["Tags"], json!({"t": "1"}));
+    assert_eq!(
+        v["Code"]["RepositoryType"], "S3",
+        "GetFunction's Code location: {v}"
+    );
+    // Refused as Lambda refuses, nothing created.
+    for (extra, code) in [
+        (
+            json!({"TracingConfig": {"Mode": "Loud"}}),
+            "ValidationException",
+        ),
+        (
+            json!({"DeadLetterConfig": {"TargetArn": "arn:aws:lambda:us-east-1:000000000000:function:f"}}),
+            "InvalidParameterValueException",
+        ),
+        (
+            json!({"LoggingConfig": {"ApplicationLogLevel": "INFO"}}),
+            "InvalidParameterValueException",
+        ),
+    ] {
+        api.create("g", extra).await.assert_error(400, code);
+    }
+    api.call("GET", "/2015-03-31/functions/g", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+}
