@@ -72,8 +72,10 @@ pub struct LoggingConfig {
     pub log_group: Option<String>,
 }
 
-/// The kept fields of one function, as given.
+/// The kept fields of one function, with Lambda's member names (request
+/// and response documents flatten it; the function record stores it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Kept {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_config: Option<VpcConfig>,
@@ -81,7 +83,7 @@ pub struct Kept {
     pub dead_letter_config: Option<DeadLetterConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing_config: Option<TracingConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "KMSKeyArn", skip_serializing_if = "Option::is_none")]
     pub kms_key_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snap_start: Option<SnapStart>,
@@ -211,6 +213,19 @@ impl Kept {
                 .logging_config
                 .clone()
                 .or_else(|| self.logging_config.clone()),
+        }
+    }
+
+    /// The fields as a function's configuration returns them: each
+    /// `*_returned` below, `DeadLetterConfig` and `KMSKeyArn` as set.
+    pub fn returned(&self, function: &str) -> Kept {
+        Kept {
+            vpc_config: self.vpc_returned(),
+            dead_letter_config: self.dead_letter_config.clone(),
+            tracing_config: Some(self.tracing_returned()),
+            kms_key_arn: self.kms_key_arn.clone(),
+            snap_start: Some(self.snap_start_returned()),
+            logging_config: Some(self.logging_returned(function)),
         }
     }
 

@@ -123,24 +123,10 @@ pub struct CreateFunctionRequest {
     /// Must be empty: thaw has no layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<String>>,
-    /// Kept and returned; no effect in thaw ([`crate::kept`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vpc_config: Option<crate::kept::VpcConfig>,
-    /// Kept and returned; no effect in thaw.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter_config: Option<crate::kept::DeadLetterConfig>,
-    /// Kept and returned; no effect in thaw.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracing_config: Option<crate::kept::TracingConfig>,
-    /// Kept and returned; no effect in thaw.
-    #[serde(default, rename = "KMSKeyArn", skip_serializing_if = "Option::is_none")]
-    pub kms_key_arn: Option<String>,
-    /// Kept and returned; thaw snapshots `$LATEST` whatever it says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snap_start: Option<crate::kept::SnapStart>,
-    /// Kept and returned; no effect in thaw.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logging_config: Option<crate::kept::LoggingConfig>,
+    /// Configuration thaw keeps and returns without acting on it
+    /// (`VpcConfig`, `TracingConfig`, ...: [`crate::kept`]).
+    #[serde(flatten)]
+    pub kept: crate::kept::Kept,
     /// The function's tags (at most 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, String>>,
@@ -197,14 +183,7 @@ impl CreateFunctionRequest {
         }
         settings.description = self.description.unwrap_or_default();
         settings.role = self.role.unwrap_or_default();
-        settings.kept = crate::kept::Kept {
-            vpc_config: self.vpc_config,
-            dead_letter_config: self.dead_letter_config,
-            tracing_config: self.tracing_config,
-            kms_key_arn: self.kms_key_arn,
-            snap_start: self.snap_start,
-            logging_config: self.logging_config,
-        };
+        settings.kept = self.kept;
         settings.validate()?;
         let tags = self.tags.unwrap_or_default();
         crate::tags::validate(&tags)?;
@@ -359,24 +338,10 @@ pub struct UpdateFunctionConfigurationRequest {
     /// Must be empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<String>>,
-    /// Kept and returned; no effect in thaw ([`crate::kept`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vpc_config: Option<crate::kept::VpcConfig>,
-    /// Kept and returned; no effect in thaw.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter_config: Option<crate::kept::DeadLetterConfig>,
-    /// Kept and returned; no effect in thaw.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracing_config: Option<crate::kept::TracingConfig>,
-    /// Kept and returned; no effect in thaw.
-    #[serde(default, rename = "KMSKeyArn", skip_serializing_if = "Option::is_none")]
-    pub kms_key_arn: Option<String>,
-    /// Kept and returned; thaw snapshots `$LATEST` whatever it says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snap_start: Option<crate::kept::SnapStart>,
-    /// Kept and returned; no effect in thaw.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logging_config: Option<crate::kept::LoggingConfig>,
+    /// Configuration thaw keeps and returns without acting on it
+    /// (`VpcConfig`, `TracingConfig`, ...: [`crate::kept`]).
+    #[serde(flatten)]
+    pub kept: crate::kept::Kept,
     /// Only update if the function's revision is still this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision_id: Option<String>,
@@ -411,14 +376,7 @@ impl UpdateFunctionConfigurationRequest {
         if let Some(d) = &self.description {
             s.description.clone_from(d);
         }
-        s.kept = s.kept.merged(&crate::kept::Kept {
-            vpc_config: self.vpc_config.clone(),
-            dead_letter_config: self.dead_letter_config.clone(),
-            tracing_config: self.tracing_config.clone(),
-            kms_key_arn: self.kms_key_arn.clone(),
-            snap_start: self.snap_start.clone(),
-            logging_config: self.logging_config.clone(),
-        });
+        s.kept = s.kept.merged(&self.kept);
         s.validate()?;
         Ok(s)
     }
@@ -469,24 +427,10 @@ pub struct FunctionConfiguration {
     /// Size of `/tmp`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ephemeral_storage: Option<EphemeralStorage>,
-    /// As set ([`crate::kept`]), with an empty `VpcId`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vpc_config: Option<crate::kept::VpcConfig>,
-    /// As set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter_config: Option<crate::kept::DeadLetterConfig>,
-    /// As set, `PassThrough` by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracing_config: Option<crate::kept::TracingConfig>,
-    /// As set.
-    #[serde(default, rename = "KMSKeyArn", skip_serializing_if = "Option::is_none")]
-    pub kms_key_arn: Option<String>,
-    /// `ApplyOn` as set, `OptimizationStatus` `Off` (`$LATEST`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snap_start: Option<crate::kept::SnapStart>,
-    /// As set, `Text` to `/aws/lambda/NAME` by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logging_config: Option<crate::kept::LoggingConfig>,
+    /// The kept configuration as Lambda returns it (with its defaults:
+    /// [`crate::kept::Kept::returned`]).
+    #[serde(flatten)]
+    pub kept: crate::kept::Kept,
 }
 
 impl FunctionConfiguration {
@@ -527,12 +471,7 @@ impl FunctionConfiguration {
             ephemeral_storage: Some(EphemeralStorage {
                 size: i64::from(EPHEMERAL_STORAGE_MB),
             }),
-            vpc_config: settings.kept.vpc_returned(),
-            dead_letter_config: settings.kept.dead_letter_config.clone(),
-            tracing_config: Some(settings.kept.tracing_returned()),
-            kms_key_arn: settings.kept.kms_key_arn.clone(),
-            snap_start: Some(settings.kept.snap_start_returned()),
-            logging_config: Some(settings.kept.logging_returned(name.as_str())),
+            kept: settings.kept.returned(name.as_str()),
         }
     }
 }
