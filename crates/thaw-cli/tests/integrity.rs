@@ -66,43 +66,28 @@ fn wait_ready(c: &thaw_api::Client, name: &str, within: Duration) -> thaw_api::S
     }
 }
 
-#[test]
-fn a_damaged_page_is_a_service_failure_retried_cold_and_the_snapshot_rebuilt() {
-    if !can_run("a_damaged_page_is_a_service_failure_retried_cold_and_the_snapshot_rebuilt") {
-        return;
-    }
-    // Lazy restores with no memory tier: every page fault reads the store.
-    let d = Daemon::start(&[
-        "--instances",
-        "restore",
-        "--standby",
-        "0",
-        "--memory-mode",
-        "lazy",
-        "--store-memory-mb",
-        "0",
-    ]);
+/// A daemon started with `args` (lazy restores, no standby) with `pages`
+/// deployed, snapshotted, and one restored instance idle after its first
+/// invocation: the pages it has not touched yet are still to be served.
+fn pages_restored_and_idle(args: &[&str]) -> Daemon {
+    let d = Daemon::start(args);
     let c = d.client();
     deploy_env(&c, "pages", "py-pages", "python3.11", "app.handler", &[]);
     let payload = json!({"from": 0, "to": 256}).to_string();
     c.create_snapshot("pages", payload.as_bytes()).unwrap();
     c.retire_instances("pages").unwrap();
-    // A restored instance, idle after its first invocation: the pages it
-    // has not touched yet are still in the store.
     let (r, v) = invoke(&c, "pages", json!({"from": 0, "to": 256}));
     assert_eq!(r.start, Some(StartKind::Restored), "{v}");
-    let first_dir = snapshot_dir(&d, "pages");
+    d
+}
 
-    // Now every chunk of the memory image is damaged: the warm instance's
-    // next page faults read damaged chunks, and its page server kills it.
-    let chunks = memory_chunks(&d.data_dir, &first_dir);
-    assert!(chunks.len() > 2, "{} chunks", chunks.len());
-    for (f, _) in &chunks {
-        let mut b = std::fs::read(f).unwrap();
-        let i = b.len() / 2;
-        b[i] ^= 0x10;
-        std::fs::write(f, b).unwrap();
-    }
+/// After `pages`' memory image was damaged under its idle instance: the
+/// next invocation, which faults on damaged pages, is answered right from
+/// a cold start with no function error, and the failure is counted as an
+/// integrity failure of the platform with the snapshot discarded. Returns
+/// the metrics then.
+fn damaged_page_answered_cold(d: &Daemon) -> String {
+    let c = d.client();
     let t0 = Instant::now();
     let r = c
         .invoke(
@@ -111,7 +96,7 @@ fn a_damaged_page_is_a_service_failure_retried_cold_and_the_snapshot_rebuilt() {
             &Default::default(),
         )
         .expect("the invocation is answered");
-    let text = metrics_text(&d);
+    let text = metrics_text(d);
     eprintln!("answered in {:?}: {:?}", t0.elapsed(), r.start);
     let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap_or_default();
     assert!(
@@ -138,6 +123,50 @@ fn a_damaged_page_is_a_service_failure_retried_cold_and_the_snapshot_rebuilt() {
         1.0,
         "{text}"
     );
+    text
+}
+
+/// New instances restored from `pages`' snapshot answer each range right.
+fn restores_answer_right(c: &thaw_api::Client, ranges: &[(u64, u64)]) {
+    for &(from, to) in ranges {
+        c.retire_instances("pages").unwrap();
+        let (r, v) = invoke(c, "pages", json!({"from": from, "to": to}));
+        assert!(r.function_error.is_none(), "{v}");
+        assert_eq!(v["sum"], json!(pages_sum(from, to)), "{v}");
+        assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    }
+}
+
+#[test]
+fn a_damaged_page_is_a_service_failure_retried_cold_and_the_snapshot_rebuilt() {
+    if !can_run("a_damaged_page_is_a_service_failure_retried_cold_and_the_snapshot_rebuilt") {
+        return;
+    }
+    // Lazy restores with no memory tier: every page fault reads the store.
+    let d = pages_restored_and_idle(&[
+        "--instances",
+        "restore",
+        "--standby",
+        "0",
+        "--memory-mode",
+        "lazy",
+        "--store-memory-mb",
+        "0",
+    ]);
+    let c = d.client();
+    let first_dir = snapshot_dir(&d, "pages");
+
+    // Now every chunk of the memory image is damaged: the warm instance's
+    // next page faults read damaged chunks, and its page server kills it.
+    let chunks = memory_chunks(&d.data_dir, &first_dir);
+    assert!(chunks.len() > 2, "{} chunks", chunks.len());
+    for (f, _) in &chunks {
+        let mut b = std::fs::read(f).unwrap();
+        let i = b.len() / 2;
+        b[i] ^= 0x10;
+        std::fs::write(f, b).unwrap();
+    }
+    let text = damaged_page_answered_cold(&d);
     assert!(
         !text.contains("outcome=\"crash\""),
         "no invocation counted as the function's crash:\n{text}"
@@ -158,14 +187,7 @@ fn a_damaged_page_is_a_service_failure_retried_cold_and_the_snapshot_rebuilt() {
     );
     // The rebuilt snapshot's chunks are intact (the damaged ones were
     // written again) and restores work again.
-    c.retire_instances("pages").unwrap();
-    for (from, to) in [(0, 256), (3000, 6000)] {
-        c.retire_instances("pages").unwrap();
-        let (r, v) = invoke(&c, "pages", json!({"from": from, "to": to}));
-        assert!(r.function_error.is_none(), "{v}");
-        assert_eq!(v["sum"], json!(pages_sum(from, to)), "{v}");
-        assert_eq!(r.start, Some(StartKind::Restored), "{v}");
-    }
+    restores_answer_right(&c, &[(0, 256), (3000, 6000)]);
     let text = metrics_text(&d);
     assert_eq!(
         sample(
@@ -253,7 +275,7 @@ fn a_damaged_page_of_a_local_snapshot_is_a_service_failure_too() {
         return;
     }
     use std::io::{Read, Seek, SeekFrom, Write};
-    let d = Daemon::start(&[
+    let d = pages_restored_and_idle(&[
         "--instances",
         "restore",
         "--standby",
@@ -264,15 +286,6 @@ fn a_damaged_page_of_a_local_snapshot_is_a_service_failure_too() {
         "off",
     ]);
     let c = d.client();
-    deploy_env(&c, "pages", "py-pages", "python3.11", "app.handler", &[]);
-    c.create_snapshot(
-        "pages",
-        json!({"from": 0, "to": 256}).to_string().as_bytes(),
-    )
-    .unwrap();
-    c.retire_instances("pages").unwrap();
-    let (r, v) = invoke(&c, "pages", json!({"from": 0, "to": 256}));
-    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
 
     // One byte of every MiB of the memory image, changed in place (the
     // page server reads the same file).
@@ -297,44 +310,8 @@ fn a_damaged_page_of_a_local_snapshot_is_a_service_failure_too() {
     f.sync_all().unwrap();
     drop(f);
 
-    let r = c
-        .invoke(
-            "pages",
-            json!({"from": 3000, "to": 6000}).to_string().as_bytes(),
-            &Default::default(),
-        )
-        .expect("the invocation is answered");
-    let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap_or_default();
-    assert!(
-        r.function_error.is_none(),
-        "no function error (never Runtime.*): {v}"
-    );
-    assert_eq!(v["sum"], json!(pages_sum(3000, 6000)), "{v}");
-    assert_eq!(r.start, Some(StartKind::Cold), "retried on a cold start");
-    let text = metrics_text(&d);
-    assert_eq!(
-        sample(
-            &text,
-            "thaw_restore_memory_failures_total",
-            &["cause=\"integrity\"", "function=\"pages\""]
-        ),
-        1.0,
-        "{text}"
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "thaw_snapshots_damaged_total",
-            &["function=\"pages\""]
-        ),
-        1.0,
-        "{text}"
-    );
+    damaged_page_answered_cold(&d);
     // Built again; restores answer right.
     wait_ready(&c, "pages", Duration::from_secs(120));
-    c.retire_instances("pages").unwrap();
-    let (r, v) = invoke(&c, "pages", json!({"from": 3000, "to": 6000}));
-    assert!(r.function_error.is_none(), "{v}");
-    assert_eq!(v["sum"], json!(pages_sum(3000, 6000)), "{v}");
-    assert_eq!(r.start, Some(StartKind::Restored), "{v}");
+    restores_answer_right(&c, &[(3000, 6000)]);
 }
