@@ -15,7 +15,7 @@ pub const REGION: &str = "us-east-1";
 /// The root account's id: the account of every function before accounts
 /// existed, and of functions the root account's keys create.
 pub const ACCOUNT_ID: &str = "000000000000";
-/// The only version thaw has.
+/// The function's unpublished version.
 pub const LATEST: &str = "$LATEST";
 
 /// Smallest `MemorySize`, MB.
@@ -222,6 +222,29 @@ impl FunctionRef {
             }
         }
         Ok(self.name)
+    }
+}
+
+impl FunctionRef {
+    /// The function name and what the reference and a `Qualifier` query
+    /// parameter, if any, qualify it with (`$LATEST` when neither does).
+    /// Both given and different: `InvalidParameterValueException`, as Lambda
+    /// answers.
+    pub fn qualified(
+        self,
+        query_qualifier: Option<&str>,
+    ) -> Result<(FunctionName, crate::versions::Qualifier), LambdaError> {
+        use crate::versions::Qualifier;
+        let q = match (self.qualifier.as_deref(), query_qualifier) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(LambdaError::invalid_parameter(
+                    "The derived qualifier from the function name does not match the specified qualifier.",
+                ))
+            }
+            (Some(q), _) | (None, Some(q)) => Qualifier::parse(q)?,
+            (None, None) => Qualifier::Latest,
+        };
+        Ok((self.name, q))
     }
 }
 

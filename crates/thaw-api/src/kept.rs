@@ -241,6 +241,12 @@ impl Kept {
         }
     }
 
+    /// Whether `SnapStart` applies to published versions (`ApplyOn:
+    /// PublishedVersions`).
+    pub fn snap_start_applies(&self) -> bool {
+        self.snap_start.as_ref().and_then(|s| s.apply_on.as_deref()) == Some("PublishedVersions")
+    }
+
     /// `SnapStart` as returned for `$LATEST`: `ApplyOn` as set (`None` by
     /// default); `OptimizationStatus` `Off` (SnapStart applies to
     /// published versions, never to `$LATEST`).

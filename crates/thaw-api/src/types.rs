@@ -108,7 +108,7 @@ pub struct CreateFunctionRequest {
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Accepted; thaw has no versions, so nothing is published.
+    /// Also publish the new function as version 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<bool>,
     /// `Zip` only.
@@ -279,7 +279,7 @@ pub struct UpdateFunctionCodeRequest {
     /// Not supported by thaw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_uri: Option<String>,
-    /// Accepted; nothing is published.
+    /// Also publish the new code as a version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<bool>,
     /// Validate the code without changing the function.
@@ -409,7 +409,7 @@ pub struct FunctionConfiguration {
     pub last_modified: String,
     /// Base64 SHA-256 of the code zip.
     pub code_sha256: String,
-    /// Always `$LATEST`.
+    /// `$LATEST`, or the number of a published version.
     pub version: String,
     /// Present when the function has environment variables.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -473,6 +473,29 @@ impl FunctionConfiguration {
             }),
             kept: settings.kept.returned(name.as_str()),
         }
+    }
+}
+
+impl FunctionConfiguration {
+    /// The configuration of published version `version` of a function of
+    /// `account`: its ARN is qualified with the number, and SnapStart's
+    /// `OptimizationStatus` is `On` when it applies to published versions.
+    pub fn version_in(
+        account: &str,
+        name: &FunctionName,
+        settings: &FunctionSettings,
+        code: CodeInfo,
+        version: u32,
+    ) -> Self {
+        let mut c = FunctionConfiguration::latest_in(account, name, settings, code);
+        c.function_arn = format!("{}:{version}", c.function_arn);
+        c.version = version.to_string();
+        if settings.kept.snap_start_applies() {
+            if let Some(s) = c.kept.snap_start.as_mut() {
+                s.optimization_status = Some("On".into());
+            }
+        }
+        c
     }
 }
 

@@ -49,6 +49,31 @@ pub fn api_request(data: &[u8]) {
     if let Ok(req) = serde_json::from_slice::<thaw_api::tags::Tags>(data) {
         let _ = thaw_api::tags::validate(&req.tags);
     }
+    if let Ok(req) = serde_json::from_slice::<thaw_api::versions::PublishVersionRequest>(data) {
+        let _ = req.validate();
+    }
+    // Alias routing as CreateAlias and UpdateAlias check it: what passes
+    // has at most one additional version, a weight in [0, 1], and routes
+    // every roll to a version.
+    if let Ok(req) = serde_json::from_slice::<thaw_api::versions::CreateAliasRequest>(data) {
+        use thaw_api::versions::{route, Qualifier};
+        if let (Ok(primary), Some(routing)) = (
+            Qualifier::parse_version(&req.function_version),
+            req.routing_config.as_ref(),
+        ) {
+            if let Ok(weights) = routing.check(&primary) {
+                assert!(weights.len() <= 1);
+                for (v, w) in &weights {
+                    assert!((0.0..=1.0).contains(w), "{w}");
+                    assert_ne!(Qualifier::Version(*v), primary);
+                }
+                for roll in [0.0, 0.5, 0.999_999] {
+                    let _ = route(&primary, &weights, roll);
+                }
+            }
+        }
+    }
+    let _ = serde_json::from_slice::<thaw_api::versions::UpdateAliasRequest>(data);
     // A queued event's record as the event queue stores it.
     let _ = serde_json::from_slice::<thaw_api::events::DestinationRecord>(data);
     if let Ok(s) = std::str::from_utf8(data) {
@@ -61,7 +86,12 @@ pub fn api_request(data: &[u8]) {
             None => (s, None),
         };
         if let Ok(r) = FunctionRef::parse(path) {
-            let _ = r.latest(qualifier);
+            let _ = r.clone().latest(qualifier);
+            if let Ok((_, q)) = r.qualified(qualifier) {
+                // A qualifier that parses prints back as itself.
+                let printed = q.to_string();
+                assert_eq!(thaw_api::versions::Qualifier::parse(&printed).ok(), Some(q));
+            }
         }
         let _ = InvocationType::parse(s);
         let _ = Runtime::parse(s);

@@ -141,6 +141,25 @@ impl Scope {
         let name = target.latest_in(&self.account, query_qualifier)?;
         Ok(self.function(name))
     }
+
+    /// What `target` names for the caller and its qualifier (from the
+    /// name or ARN, or the `Qualifier` query parameter; `$LATEST` when
+    /// neither has one): an ARN of another account is refused.
+    pub fn resolve_qualified(
+        &self,
+        target: FunctionRef,
+        query_qualifier: Option<&str>,
+    ) -> Result<(Target, thaw_api::versions::Qualifier), ApiError> {
+        if let Some(other) = target.account.as_deref().filter(|a| *a != self.account) {
+            let arn = target.name.arn_in(other);
+            return Err(denied(
+                &self.account,
+                &format!("lambda:* on resource: {arn}"),
+            ));
+        }
+        let (name, q) = target.qualified(query_qualifier)?;
+        Ok((self.function(name), q))
+    }
 }
 
 fn denied(account: &str, action: &str) -> ApiError {

@@ -149,6 +149,10 @@ pub struct QueuedEvent {
     /// (records are not forwarded past [`MAX_HOPS`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hops: u32,
+    /// The version or alias invoked (resolved when the event runs);
+    /// `None`: `$LATEST`. Absent from records written before versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qualifier: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -427,10 +431,23 @@ impl EventQueue {
         payload: String,
         client_context: Option<String>,
     ) -> Result<(), QueueError> {
+        self.accept_qualified(function, None, request_id, payload, client_context)
+            .await
+    }
+
+    /// [`EventQueue::accept`] for a version or alias of the function.
+    pub async fn accept_qualified(
+        self: &Arc<Self>,
+        function: &str,
+        qualifier: Option<String>,
+        request_id: String,
+        payload: String,
+        client_context: Option<String>,
+    ) -> Result<(), QueueError> {
         let q = self.clone();
         let function = function.to_string();
         tokio::spawn(async move {
-            q.accept_inner(&function, request_id, payload, client_context)
+            q.accept_inner(&function, qualifier, request_id, payload, client_context)
                 .await
         })
         .await
@@ -440,6 +457,7 @@ impl EventQueue {
     async fn accept_inner(
         &self,
         function: &str,
+        qualifier: Option<String>,
         request_id: String,
         payload: String,
         client_context: Option<String>,
@@ -467,6 +485,7 @@ impl EventQueue {
             next_ms: now,
             last_error: None,
             hops: 0,
+            qualifier,
         };
         let r = self.commit(vec![Op::Add(ev)]).await;
         let mut ix = self.index.lock().unwrap();
@@ -916,6 +935,7 @@ impl EventQueue {
                     next_ms: now,
                     last_error: None,
                     hops: ev.hops + 1,
+                    qualifier: None,
                 };
                 tracing::info!(destination = %dest, condition, "event settled: record sent to its destination");
                 self.counters.forwarded.fetch_add(1, Ordering::Relaxed);

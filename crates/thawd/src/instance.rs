@@ -442,7 +442,7 @@ impl Instance {
             limits: limits_for(f, ctx),
         };
         let key = crate::templates::TemplateKey {
-            function: f.name.clone(),
+            function: f.instance_key(),
             revision: f.revision_id.clone(),
             dir,
         };

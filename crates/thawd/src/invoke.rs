@@ -39,6 +39,9 @@ pub struct InvokeInput {
     /// The request id to use (an `Event` invocation's id is returned to the
     /// caller before the invocation runs); a new one when `None`.
     pub request_id: Option<String>,
+    /// The ARN the caller invoked (an alias's, a version's); `None`: the
+    /// function's ARN, qualified with its version for a published one.
+    pub invoked_arn: Option<String>,
 }
 
 /// The result of an invocation that reached a function instance.

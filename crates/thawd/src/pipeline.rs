@@ -201,7 +201,12 @@ impl SnapshotBuilds {
         state: SnapshotState,
         update: impl FnOnce(&mut SnapshotStatus),
     ) {
-        set(&self.statuses, (&f.name, &f.revision_id), state, update);
+        set(
+            &self.statuses,
+            (&f.instance_key(), &f.revision_id),
+            state,
+            update,
+        );
     }
 
     /// A build of `f`'s current revision was requested: the caller leads
@@ -209,7 +214,7 @@ impl SnapshotBuilds {
     /// flight, which the caller then joins (the status is left alone: it
     /// is that build's).
     pub fn begin(&self, f: &FunctionRecord) -> Turn {
-        let key = (f.name.clone(), f.revision_id.clone());
+        let key = (f.instance_key(), f.revision_id.clone());
         let mut in_flight = lock(&self.in_flight);
         if let Some(rx) = in_flight.get(&key) {
             return Turn::Join(rx.clone());
@@ -229,7 +234,7 @@ impl SnapshotBuilds {
 
     /// Whether a build of `f`'s current revision is in flight.
     pub fn in_flight(&self, f: &FunctionRecord) -> bool {
-        lock(&self.in_flight).contains_key(&(f.name.clone(), f.revision_id.clone()))
+        lock(&self.in_flight).contains_key(&(f.instance_key(), f.revision_id.clone()))
     }
 
     /// A build of `f` is queued, waiting for room (`why`).
@@ -292,11 +297,11 @@ impl SnapshotBuilds {
     /// The status of `f`'s current revision; `ready_on_disk` says whether a
     /// snapshot of it exists (one built by an earlier daemon).
     pub fn status(&self, f: &FunctionRecord, ready_on_disk: bool) -> SnapshotStatus {
-        let known = self.statuses().get(&f.name).cloned();
+        let known = self.statuses().get(&f.instance_key()).cloned();
         match known {
             Some(s) if s.revision_id == f.revision_id => s,
             _ => SnapshotStatus {
-                function: f.name.clone(),
+                function: f.instance_key(),
                 revision_id: f.revision_id.clone(),
                 state: if ready_on_disk {
                     SnapshotState::Ready

@@ -289,7 +289,7 @@ impl Pools {
             Some((inst, _, _)) => (inst, StartKind::Restored),
             None => match Instance::start(f, &self.ctx).await {
                 Ok((inst, _)) => {
-                    self.metrics.count_instance_start(&f.name, "ok");
+                    self.metrics.count_instance_start(&f.instance_key(), "ok");
                     (inst, StartKind::Cold)
                 }
                 Err(e) => {
@@ -297,7 +297,7 @@ impl Pools {
                         StartError::Init { .. } => "init_error",
                         StartError::Platform(_) => "platform_error",
                     };
-                    self.metrics.count_instance_start(&f.name, result);
+                    self.metrics.count_instance_start(&f.instance_key(), result);
                     return Err(start_error_text(&e));
                 }
             },
@@ -319,7 +319,7 @@ impl Pools {
 
     fn pool_for(&self, f: &FunctionRecord) -> Arc<FunctionPool> {
         let mut map = lock(&self.functions);
-        if let Some(p) = map.get(&f.name) {
+        if let Some(p) = map.get(&f.instance_key()) {
             // Same revision, or a request that read the function before an
             // update landed: serve it with the newer revision rather than let it
             // retire the new instances and start the old code again.
@@ -328,12 +328,12 @@ impl Pools {
                 return p.clone();
             }
             // The function changed under us: retire the old revision's instances.
-            let old = map.remove(&f.name);
+            let old = map.remove(&f.instance_key());
             if let Some(old) = old {
-                self.retire_pool(&f.name, old);
+                self.retire_pool(&f.instance_key(), old);
             }
         }
-        let measured = lock(&self.measured).get(&f.name).copied();
+        let measured = lock(&self.measured).get(&f.instance_key()).copied();
         let p = Arc::new(FunctionPool {
             record: f.clone(),
             queue: Mutex::new(Queue::with_measurements(measured.unwrap_or_default())),
@@ -342,13 +342,16 @@ impl Pools {
             filling: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         });
-        map.insert(f.name.clone(), p.clone());
+        map.insert(f.instance_key(), p.clone());
         p
     }
 
     /// The snapshot directory of `f`'s current revision.
     pub fn snapshot_dir(&self, f: &FunctionRecord) -> PathBuf {
-        self.ctx.snapshots.join(&f.name).join(&f.revision_id)
+        self.ctx
+            .snapshots
+            .join(f.instance_key())
+            .join(&f.revision_id)
     }
 
     /// What instances are started with.
@@ -485,12 +488,12 @@ impl Pools {
             return;
         }
         tracing::error!(function = %f.name, revision = %f.revision_id, error = why, "snapshot failed an integrity check; discarding it and building it again");
-        self.metrics.count_snapshot_damaged(&f.name);
+        self.metrics.count_snapshot_damaged(&f.instance_key());
         self.builds.damaged(f, why);
         if let Some(t) = &self.ctx.templates {
-            t.forget(&f.name, None);
+            t.forget(&f.instance_key(), None);
         }
-        destroy_all(self.take_standby(&f.name, pool)).await;
+        destroy_all(self.take_standby(&f.instance_key(), pool)).await;
         lock(&self.verified).remove(&dir);
         let stored = self.ctx.store.clone().zip(
             crate::snapshots::SnapshotMeta::read(&moved)
@@ -538,9 +541,10 @@ impl Pools {
             // damaged snapshot would fail an invocation instead of the
             // restore: check the whole snapshot once per version of its files.
             if let Err(e) = self.verified(&dir).await {
-                self.metrics.count_instance_start(&f.name, "restore_error");
+                self.metrics
+                    .count_instance_start(&f.instance_key(), "restore_error");
                 tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %e, "snapshot failed verification; starting cold instead");
-                destroy_all(self.take_standby(&f.name, pool)).await;
+                destroy_all(self.take_standby(&f.instance_key(), pool)).await;
                 // A snapshot of local files that fails verification is bad
                 // (its checksums, or a file missing): built again.
                 let why = self
@@ -557,7 +561,7 @@ impl Pools {
         let standby = lock(&pool.standby).pop();
         self.replenish(pool);
         if let Some(mut inst) = standby {
-            self.metrics.add_instances(&f.name, "standby", -1);
+            self.metrics.add_instances(&f.instance_key(), "standby", -1);
             let how = if inst.is_clone() {
                 "cloned"
             } else {
@@ -565,24 +569,27 @@ impl Pools {
             };
             match inst.resume(f).await {
                 Ok(t) => {
-                    self.metrics.count_instance_start(&f.name, how);
+                    self.metrics.count_instance_start(&f.instance_key(), how);
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "{how} a standby instance");
                     return Some((inst, t, true));
                 }
                 Err(e) => {
-                    self.metrics.count_instance_start(&f.name, "restore_error");
+                    self.metrics
+                        .count_instance_start(&f.instance_key(), "restore_error");
                     tracing::warn!(function = %f.name, error = %start_error_text(&e), "standby {how} failed; restoring a new instance");
                 }
             }
         } else if self.ctx.templates.is_some() {
             match Instance::clone_new(f, &self.ctx, &dir).await {
                 Ok((inst, t)) => {
-                    self.metrics.count_instance_start(&f.name, "cloned");
+                    self.metrics
+                        .count_instance_start(&f.instance_key(), "cloned");
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "cloned");
                     return Some((inst, t, false));
                 }
                 Err(e) => {
-                    self.metrics.count_instance_start(&f.name, "restore_error");
+                    self.metrics
+                        .count_instance_start(&f.instance_key(), "restore_error");
                     tracing::warn!(function = %f.name, error = %start_error_text(&e), "clone failed; restoring a new instance");
                     if let Some(why) = self.integrity_failure(&dir) {
                         self.snapshot_damaged(pool, f, &why).await;
@@ -593,12 +600,14 @@ impl Pools {
         }
         match Instance::restore(f, &self.ctx, &dir).await {
             Ok((inst, t)) => {
-                self.metrics.count_instance_start(&f.name, "restored");
+                self.metrics
+                    .count_instance_start(&f.instance_key(), "restored");
                 tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "restored");
                 Some((inst, t, false))
             }
             Err(e) => {
-                self.metrics.count_instance_start(&f.name, "restore_error");
+                self.metrics
+                    .count_instance_start(&f.instance_key(), "restore_error");
                 tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %start_error_text(&e), "restore failed; starting cold instead");
                 if let Some(why) = self.integrity_failure(&dir) {
                     self.snapshot_damaged(pool, f, &why).await;
@@ -638,7 +647,7 @@ impl Pools {
                             destroy_all(vec![inst]).await;
                         } else {
                             standby.push(inst);
-                            metrics.add_instances(&f.name, "standby", 1);
+                            metrics.add_instances(&f.instance_key(), "standby", 1);
                         }
                     }
                     Err(e) => {
@@ -796,14 +805,16 @@ impl Pools {
             BuildOutcome::Skipped
         } else if let Err(low) = room {
             let e = format!("{low}; no snapshot was made");
-            self.metrics.count_snapshot_build(&f.name, "failed");
+            self.metrics
+                .count_snapshot_build(&f.instance_key(), "failed");
             self.builds.failed(f, &e);
             BuildOutcome::Failed(e)
         } else {
             match prepare() {
                 Ok(None) => BuildOutcome::Skipped,
                 Err(e) => {
-                    self.metrics.count_snapshot_build(&f.name, "failed");
+                    self.metrics
+                        .count_snapshot_build(&f.instance_key(), "failed");
                     self.builds.failed(f, &e);
                     BuildOutcome::Failed(e)
                 }
@@ -813,12 +824,14 @@ impl Pools {
                         if report.init_only.is_none() {
                             self.seed_duration(f, report.test_invoke_ms);
                         }
-                        self.metrics.count_snapshot_build(&f.name, "ready");
+                        self.metrics
+                            .count_snapshot_build(&f.instance_key(), "ready");
                         self.builds.ready(f, report.clone());
                         BuildOutcome::Ready(report)
                     }
                     Err(e) => {
-                        self.metrics.count_snapshot_build(&f.name, "failed");
+                        self.metrics
+                            .count_snapshot_build(&f.instance_key(), "failed");
                         self.builds.failed(f, &error_chain(&e));
                         BuildOutcome::Failed(match e {
                             InvokeError::Sandbox(a) => format!("{a:#}"),
@@ -902,7 +915,7 @@ impl Pools {
         // Standbys prepared from an older snapshot would restore it:
         // replace them, and have a sandbox ready for the first restore.
         let pool = self.pool_for(f);
-        destroy_all(self.take_standby(&f.name, &pool)).await;
+        destroy_all(self.take_standby(&f.instance_key(), &pool)).await;
         if let Some(store) = &self.ctx.store {
             // Into the store: restores read the memory image from there.
             self.builds.building(f, phase::PUBLISH);
@@ -923,7 +936,7 @@ impl Pools {
         }
         self.replenish(&pool);
         Ok(SnapshotReport {
-            function: f.name.clone(),
+            function: f.instance_key(),
             revision_id: f.revision_id.clone(),
             cold_start_ms: t.sandbox_ms + t.runtime_ms + t.init_ms,
             test_invoke_ms,
@@ -946,7 +959,7 @@ impl Pools {
         let inv = Invocation {
             request_id: uuid::Uuid::new_v4().to_string(),
             deadline_ms: now_ms() + timeout.as_millis() as u64,
-            invoked_function_arn: f.arn(),
+            invoked_function_arn: f.qualified_arn(),
             trace_id: None,
             client_context: None,
             cognito_identity: None,
@@ -1106,9 +1119,9 @@ impl Pools {
                 });
             }
         }
-        let pool = lock(&self.functions).get(&f.name).cloned();
+        let pool = lock(&self.functions).get(&f.instance_key()).cloned();
         if let Some(pool) = pool {
-            let standby = self.take_standby(&f.name, &pool);
+            let standby = self.take_standby(&f.instance_key(), &pool);
             if !standby.is_empty() {
                 tokio::spawn(destroy_all(standby));
             }
@@ -1187,20 +1200,27 @@ impl Pools {
         };
         let mut lines = LogTail::default();
         lock(&pool.queue).busy(ticket.id, self.epoch.elapsed());
-        self.metrics.add_instances(&f.name, "busy", 1);
+        self.metrics.add_instances(&f.instance_key(), "busy", 1);
 
-        let start_line = format!("START RequestId: {request_id} Version: $LATEST");
+        let start_line = format!(
+            "START RequestId: {request_id} Version: {}",
+            f.version_label()
+        );
         // Logged before the function runs, as Lambda does: the function's
         // own lines come after it.
         self.logs
             .append(&f.name, &[platform_line(&request_id, start_line.clone())]);
         let timeout = Duration::from_secs(u64::from(f.timeout_s));
+        let invoked_arn = input
+            .invoked_arn
+            .clone()
+            .unwrap_or_else(|| f.qualified_arn());
         let mut retried = false;
         let (ran, result, out_lines, invoke_ms) = loop {
             let inv = Invocation {
                 request_id: request_id.clone(),
                 deadline_ms: now_ms() + timeout.as_millis() as u64,
-                invoked_function_arn: f.arn(),
+                invoked_function_arn: invoked_arn.clone(),
                 trace_id: Some(format!(
                     "Root=1-{:08x}-{};Sampled=0",
                     now_ms() / 1000,
@@ -1221,14 +1241,16 @@ impl Pools {
                 break (ran, result, out_lines, invoke_ms);
             };
             tracing::error!(instance = %inst.id, error = %fault.message, integrity = fault.integrity, "a restored instance's memory could not be served; discarding it");
-            self.metrics.count_memory_failure(&f.name, fault.integrity);
+            self.metrics
+                .count_memory_failure(&f.instance_key(), fault.integrity);
             inst.destroy().await;
             if fault.integrity {
                 self.snapshot_damaged(&pool, f, &fault.message).await;
             }
             if retried || self.shutting_down.load(Ordering::SeqCst) {
-                self.metrics.add_instances(&f.name, "busy", -1);
-                self.metrics.count_rejected(&f.name, "platform_error");
+                self.metrics.add_instances(&f.instance_key(), "busy", -1);
+                self.metrics
+                    .count_rejected(&f.instance_key(), "platform_error");
                 return Err(InvokeError::InstanceLost(
                     "its memory could not be read from the function's snapshot".into(),
                 ));
@@ -1238,9 +1260,9 @@ impl Pools {
                 self.starting.fetch_add(1, Ordering::SeqCst);
                 let _starting = Starting {
                     pools: self,
-                    function: f.name.clone(),
+                    function: f.instance_key(),
                 };
-                self.metrics.add_instances(&f.name, "starting", 1);
+                self.metrics.add_instances(&f.instance_key(), "starting", 1);
                 self.start_new(&pool, f, &request_id, input.tail_logs, true)
                     .await
             };
@@ -1250,11 +1272,11 @@ impl Pools {
                     (inst, start, timings) = (i, s, t);
                 }
                 Ok(Placed::InitFailed(outcome)) => {
-                    self.metrics.add_instances(&f.name, "busy", -1);
+                    self.metrics.add_instances(&f.instance_key(), "busy", -1);
                     return Ok(outcome);
                 }
                 Err(e) => {
-                    self.metrics.add_instances(&f.name, "busy", -1);
+                    self.metrics.add_instances(&f.instance_key(), "busy", -1);
                     return Err(e);
                 }
             }
@@ -1285,7 +1307,8 @@ impl Pools {
                     // Written in the background, off this response's path.
                     drop(self.after_first_invocation(f, &dir, &report, pages));
                 } else {
-                    self.metrics.observe_restore_memory(&f.name, &report);
+                    self.metrics
+                        .observe_restore_memory(&f.instance_key(), &report);
                 }
                 Some(report)
             }
@@ -1327,21 +1350,22 @@ impl Pools {
                 (payload, Some("Unhandled".into()), false, "crash")
             }
             RunResult::Broken(_) if self.shutting_down.load(Ordering::SeqCst) => {
-                self.metrics.add_instances(&f.name, "busy", -1);
+                self.metrics.add_instances(&f.instance_key(), "busy", -1);
                 inst.destroy().await;
                 return Err(InvokeError::ShuttingDown);
             }
             RunResult::Broken(why) => {
                 tracing::error!(instance = %inst.id, why, "instance broke during an invocation");
-                self.metrics.add_instances(&f.name, "busy", -1);
+                self.metrics.add_instances(&f.instance_key(), "busy", -1);
                 inst.destroy().await;
-                self.metrics.count_rejected(&f.name, "platform_error");
+                self.metrics
+                    .count_rejected(&f.instance_key(), "platform_error");
                 return Err(InvokeError::InstanceLost(why));
             }
         };
         self.metrics
-            .observe_invocation(&f.name, start, &timings, outcome);
-        self.metrics.add_instances(&f.name, "busy", -1);
+            .observe_invocation(&f.instance_key(), start, &timings, outcome);
+        self.metrics.add_instances(&f.instance_key(), "busy", -1);
 
         let mut report = format!(
             "REPORT RequestId: {request_id}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
@@ -1456,24 +1480,26 @@ impl Pools {
                 }
                 Placement::Decided(d) => d,
             };
-            self.metrics.count_decision(&f.name, decision.label());
+            self.metrics
+                .count_decision(&f.instance_key(), decision.label());
             match decision {
                 Decision::Warm => {
                     let popped = lock(&pool.idle).pop();
                     if let Some(inst) = popped {
-                        self.metrics.add_instances(&f.name, "idle", -1);
+                        self.metrics.add_instances(&f.instance_key(), "idle", -1);
                         if let Some(placed) = self.take_warm(f, inst, arrived).await {
                             return Ok(placed);
                         }
                     }
                 }
                 Decision::NewWorker | Decision::NewSandbox => {
-                    self.metrics.observe_queue(&f.name, arrived.elapsed());
+                    self.metrics
+                        .observe_queue(&f.instance_key(), arrived.elapsed());
                     let _starting = Starting {
                         pools: self,
-                        function: f.name.clone(),
+                        function: f.instance_key(),
                     };
-                    self.metrics.add_instances(&f.name, "starting", 1);
+                    self.metrics.add_instances(&f.instance_key(), "starting", 1);
                     return self.start_new(pool, f, request_id, tail_logs, false).await;
                 }
                 Decision::Wait { expected } => {
@@ -1486,8 +1512,9 @@ impl Pools {
                                 return Ok(placed);
                             }
                         }
-                        self.metrics.observe_queue(&f.name, arrived.elapsed());
-                        self.metrics.count_rejected(&f.name, "throttled");
+                        self.metrics
+                            .observe_queue(&f.instance_key(), arrived.elapsed());
+                        self.metrics.count_rejected(&f.instance_key(), "throttled");
                         return Err(InvokeError::TooManyRequests(self.max_instances));
                     };
                     tokio::select! {
@@ -1503,8 +1530,9 @@ impl Pools {
                     }
                 }
                 Decision::Reject(_) => {
-                    self.metrics.observe_queue(&f.name, arrived.elapsed());
-                    self.metrics.count_rejected(&f.name, "throttled");
+                    self.metrics
+                        .observe_queue(&f.instance_key(), arrived.elapsed());
+                    self.metrics.count_rejected(&f.instance_key(), "throttled");
                     return Err(InvokeError::TooManyRequests(self.max_instances));
                 }
             }
@@ -1520,7 +1548,8 @@ impl Pools {
         arrived: Instant,
     ) -> Option<Placed> {
         if inst.is_usable() {
-            self.metrics.observe_queue(&f.name, arrived.elapsed());
+            self.metrics
+                .observe_queue(&f.instance_key(), arrived.elapsed());
             return Some(Placed::Ready(
                 inst,
                 StartKind::Warm,
@@ -1581,7 +1610,7 @@ impl Pools {
             Some((inst, t, from_standby)) => (inst, StartKind::Restored, t, from_standby),
             None => match Instance::start(f, &self.ctx).await {
                 Ok((inst, t)) => {
-                    self.metrics.count_instance_start(&f.name, "ok");
+                    self.metrics.count_instance_start(&f.instance_key(), "ok");
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, runtime_ms = t.runtime_ms, init_ms = t.init_ms, "cold start");
                     (inst, StartKind::Cold, t, false)
                 }
@@ -1591,9 +1620,10 @@ impl Pools {
                     log,
                     timings,
                 }) => {
-                    self.metrics.count_instance_start(&f.name, "init_error");
+                    self.metrics
+                        .count_instance_start(&f.instance_key(), "init_error");
                     self.metrics.observe_invocation(
-                        &f.name,
+                        &f.instance_key(),
                         StartKind::Cold,
                         &timings,
                         "function_error",
@@ -1618,8 +1648,10 @@ impl Pools {
                     }));
                 }
                 Err(StartError::Platform(msg)) => {
-                    self.metrics.count_instance_start(&f.name, "platform_error");
-                    self.metrics.count_rejected(&f.name, "platform_error");
+                    self.metrics
+                        .count_instance_start(&f.instance_key(), "platform_error");
+                    self.metrics
+                        .count_rejected(&f.instance_key(), "platform_error");
                     return Err(InvokeError::Sandbox(anyhow::anyhow!(msg)));
                 }
             },
@@ -1656,7 +1688,8 @@ impl Pools {
             return Some(inst);
         }
         idle.push(inst);
-        self.metrics.add_instances(&pool.record.name, "idle", 1);
+        self.metrics
+            .add_instances(&pool.record.instance_key(), "idle", 1);
         None
     }
 
@@ -1675,7 +1708,8 @@ impl Pools {
         report: &thaw_runtime::control::MemoryReport,
         pages: Vec<u64>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        self.metrics.observe_restore_memory(&f.name, report);
+        self.metrics
+            .observe_restore_memory(&f.instance_key(), report);
         if !report.lazy || self.ctx.memory_mode(f) != MemoryMode::WorkingSet {
             return None;
         }
@@ -1685,7 +1719,7 @@ impl Pools {
         } else {
             match report.working_set.as_str() {
                 "used" => {
-                    self.metrics.count_working_set(&f.name, "used");
+                    self.metrics.count_working_set(&f.instance_key(), "used");
                     let drifted = report.faults >= DRIFT_MIN_FAULTS
                         && report.faults as f64 > DRIFT_SHARE * report.prefetched_pages as f64;
                     if !drifted {
@@ -1694,7 +1728,7 @@ impl Pools {
                     WsJob::Extend
                 }
                 "invalid" => {
-                    self.metrics.count_working_set(&f.name, "invalid");
+                    self.metrics.count_working_set(&f.instance_key(), "invalid");
                     tracing::warn!(function = %f.name, error = report.working_set_error.as_deref().unwrap_or(""), "removing a refused working set; the next restore records a new one");
                     if let Err(e) = std::fs::remove_file(&path) {
                         tracing::warn!(function = %f.name, error = %e, "cannot remove the refused working set");
@@ -1710,7 +1744,7 @@ impl Pools {
                     return None;
                 }
                 other => {
-                    self.metrics.count_working_set(&f.name, other);
+                    self.metrics.count_working_set(&f.instance_key(), other);
                     return None;
                 }
             }
@@ -1718,11 +1752,11 @@ impl Pools {
         if let Err(low) = self.room_for_background() {
             // Upkeep, not correctness: a later restore records or extends it.
             tracing::info!(function = %f.name, "working-set upkeep skipped: {low}");
-            self.metrics.count_working_set(&f.name, "skipped");
+            self.metrics.count_working_set(&f.instance_key(), "skipped");
             return None;
         }
         let d = dir.to_path_buf();
-        let (metrics, name, faults) = (self.metrics.clone(), f.name.clone(), report.faults);
+        let (metrics, name, faults) = (self.metrics.clone(), f.instance_key(), report.faults);
         let stored = self.stored(dir);
         Some(tokio::spawn(async move {
             let source: Option<Box<dyn thaw_snapshot::image::PageSource>> = match &stored {
@@ -1802,10 +1836,10 @@ impl Pools {
         }
         let d = Duration::from_secs_f64(ms / 1000.0);
         lock(&self.measured)
-            .entry(f.name.clone())
+            .entry(f.instance_key())
             .or_default()
             .seed_duration(d);
-        let pool = lock(&self.functions).get(&f.name).cloned();
+        let pool = lock(&self.functions).get(&f.instance_key()).cloned();
         if let Some(pool) = pool {
             lock(&pool.queue).seed_duration(d);
         }

@@ -41,12 +41,16 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use thaw_api::versions::Qualifier;
 use thaw_api::{
     CodeInfo, FunctionName, FunctionSettings, LambdaError, NewFunction, PlatformSettings, Runtime,
 };
 
 use crate::instance::error_chain;
 use crate::secrets::{EnvCipher, KeySource};
+
+mod versions;
+pub use versions::PublishOutcome;
 
 /// First uid (and gid) handed to functions; function `n` gets `UID_BASE + n`.
 pub const UID_BASE: u32 = 61000;
@@ -109,7 +113,43 @@ pub struct FunctionRecord {
     /// (`thaw_api::kept`). Left out while nothing is set.
     #[serde(default, skip_serializing_if = "thaw_api::kept::Kept::is_empty")]
     pub kept: thaw_api::kept::Kept,
+    /// The published version this record is; `None` for `$LATEST`. A
+    /// version's record is a frozen copy of `$LATEST` at its publication
+    /// (`versions/<n>.json`, see [`versions`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The number of the last version published (`$LATEST` only): numbers
+    /// are never reused, even after a version is deleted. Left out while 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_version: u32,
+    /// The function's aliases by name (`$LATEST` only; not part of the
+    /// code revision). Left out while there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aliases: BTreeMap<String, AliasRecord>,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// An alias as stored: the version it points to and its weighted routing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AliasRecord {
+    /// `None`: `$LATEST`; else a published version.
+    pub version: Option<u32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Additional version and the share of invocations it gets (checked
+    /// to be in [0, 1] by `thaw_api::versions`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routing: Vec<(u32, f64)>,
+    /// Changes on every update of the alias.
+    pub revision_id: String,
+}
+
+// Weights are checked to lie in [0, 1] before they are stored, so they are
+// never NaN and equality is reflexive.
+impl Eq for AliasRecord {}
 
 /// A function's concurrency controls as stored in `function.json`. Not part
 /// of the code revision: changing them does not change `revision_id`, so
@@ -165,9 +205,41 @@ impl FunctionRecord {
         crate::accounts::split_key(&self.name).1
     }
 
-    /// The ARN of the function's `$LATEST`.
+    /// The ARN of the function (unqualified: what `$LATEST` reports).
     pub fn arn(&self) -> String {
         thaw_api::function::function_arn_in(self.account(), self.short_name())
+    }
+
+    /// The ARN of this version (`$LATEST`: unqualified, as Lambda reports it).
+    pub fn qualified_arn(&self) -> String {
+        match self.version {
+            None => self.arn(),
+            Some(n) => format!("{}:{n}", self.arn()),
+        }
+    }
+
+    /// The key this record's instances, snapshots and templates are kept
+    /// under: the function's key for `$LATEST`, `KEY:N` for version N (two
+    /// versions never share an instance, even at the same revision).
+    pub fn instance_key(&self) -> String {
+        match self.version {
+            None => self.name.clone(),
+            Some(n) => format!("{}:{n}", self.name),
+        }
+    }
+
+    /// Which version this record is.
+    pub fn qualifier(&self) -> Qualifier {
+        match self.version {
+            None => Qualifier::Latest,
+            Some(n) => Qualifier::Version(n),
+        }
+    }
+
+    /// `$LATEST` or the version's number, as Lambda reports the version
+    /// that ran (`X-Amz-Executed-Version`, `START ... Version:`).
+    pub fn version_label(&self) -> String {
+        self.qualifier().to_string()
     }
 
     /// The function's configuration as `thaw-api` models it.
@@ -333,7 +405,21 @@ struct Retired {
 
 struct State {
     functions: BTreeMap<String, FunctionRecord>,
+    /// Published versions by function key, then number.
+    versions: BTreeMap<String, BTreeMap<u32, FunctionRecord>>,
     retired: Vec<Retired>,
+}
+
+impl State {
+    /// Whether `$LATEST` or a published version of `name` runs the code
+    /// in `dir`.
+    fn code_in_use(&self, name: &str, dir: &Path) -> bool {
+        self.functions.get(name).is_some_and(|f| f.code_dir == dir)
+            || self
+                .versions
+                .get(name)
+                .is_some_and(|vs| vs.values().any(|v| v.code_dir == dir))
+    }
 }
 
 /// The set of deployed functions. Shared (`&self`) by every request; safe to
@@ -370,6 +456,7 @@ impl Registry {
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let functions_dir = fs::canonicalize(&dir).map_err(io_err("resolve", &dir))?;
         let mut functions = BTreeMap::new();
+        let mut versions = BTreeMap::new();
         let entries = fs::read_dir(&functions_dir).map_err(io_err("read", &functions_dir))?;
         for entry in entries {
             let entry = entry.map_err(io_err("read", &functions_dir))?;
@@ -383,7 +470,10 @@ impl Registry {
                 continue;
             }
             match load_function(&path, &file_name, &cipher) {
-                Ok(record) => {
+                Ok((record, published)) => {
+                    if !published.is_empty() {
+                        versions.insert(record.name.clone(), published);
+                    }
                     functions.insert(record.name.clone(), record);
                 }
                 Err(e @ (RegistryError::Secrets { .. } | RegistryError::NewerFormat { .. })) => {
@@ -409,6 +499,7 @@ impl Registry {
             functions_dir,
             state: Mutex::new(State {
                 functions,
+                versions,
                 retired: Vec::new(),
             }),
             grace: RETIRE_GRACE,
@@ -484,6 +575,9 @@ impl Registry {
             platform: PlatformSettings::default(),
             tags: req.tags,
             kept: Default::default(),
+            version: None,
+            last_version: 0,
+            aliases: BTreeMap::new(),
         };
         record.apply_settings(req.settings);
         write_record(staging.path(), &record, &self.cipher)?;
@@ -553,7 +647,8 @@ impl Registry {
             return Err(e);
         }
         state.functions.insert(name.to_string(), record.clone());
-        if old_code_dir != record.code_dir {
+        // Published versions keep running the old code.
+        if old_code_dir != record.code_dir && !state.code_in_use(name, &old_code_dir) {
             state.retired.push(Retired {
                 path: old_code_dir,
                 since: Instant::now(),
@@ -705,6 +800,7 @@ impl Registry {
             Err(e) => return Err(io_err("rename", &dir)(e)),
         }
         state.functions.remove(name);
+        state.versions.remove(name);
         state.retired.push(Retired {
             path: grave,
             since: Instant::now(),
@@ -839,7 +935,16 @@ fn write_record(
     record: &FunctionRecord,
     cipher: &EnvCipher,
 ) -> Result<(), RegistryError> {
-    let path = dir.join("function.json");
+    write_record_at(&dir.join("function.json"), record, cipher)
+}
+
+/// Writes a record to `path` with every environment value sealed.
+fn write_record_at(
+    path: &Path,
+    record: &FunctionRecord,
+    cipher: &EnvCipher,
+) -> Result<(), RegistryError> {
+    let path = path.to_path_buf();
     let mut stored = StoredRecord {
         format_version: RECORD_FORMAT_VERSION,
         record: record.clone(),
@@ -878,23 +983,58 @@ fn move_settings_out_of_environment(record: &mut FunctionRecord) -> bool {
     moved
 }
 
-/// Load one function directory, repair what can be repaired (a moved data
-/// directory, a missing code directory) and remove leftovers.
+/// Load one function directory and its published versions, repair what can
+/// be repaired (a moved data directory, a missing code directory) and
+/// remove leftovers.
 fn load_function(
     dir: &Path,
     dir_name: &str,
     cipher: &EnvCipher,
+) -> Result<(FunctionRecord, BTreeMap<u32, FunctionRecord>), RegistryError> {
+    let json_path = dir.join("function.json");
+    let mut record = load_record(dir, &json_path, dir_name, &dir.join("code.zip"), cipher)?;
+    let published = versions::load(dir, &mut record, cipher)?;
+    versions::remove_stray_zips(dir, &published);
+    let in_use: BTreeSet<PathBuf> = std::iter::once(record.code_dir.clone())
+        .chain(published.values().map(|v| v.code_dir.clone()))
+        .collect();
+    for entry in fs::read_dir(dir).map_err(io_err("read", dir))? {
+        let entry = entry.map_err(io_err("read", dir))?;
+        let n = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if n.starts_with("code-") && !in_use.contains(&path) {
+            remove_dir_logged(&path);
+        } else if n.starts_with('.') && n.contains(".tmp-") {
+            if path.is_dir() {
+                remove_dir_logged(&path);
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    Ok((record, published))
+}
+
+/// Load one record (`$LATEST`'s `function.json` or a version's) of the
+/// function in `dir`, opening its sealed values, and repair what can be
+/// repaired: a moved data directory, a missing code directory (extracted
+/// again from `zip`).
+fn load_record(
+    dir: &Path,
+    json_path: &Path,
+    dir_name: &str,
+    zip_path: &Path,
+    cipher: &EnvCipher,
 ) -> Result<FunctionRecord, RegistryError> {
     let corrupt = |why: String| RegistryError::Corrupt {
-        path: dir.to_path_buf(),
+        path: json_path.to_path_buf(),
         source: why.into(),
     };
-    let json_path = dir.join("function.json");
-    let json = fs::read(&json_path).map_err(io_err("read", &json_path))?;
-    let mut record = parse_record(&json_path, &json)?;
+    let json = fs::read(json_path).map_err(io_err("read", json_path))?;
+    let mut record = parse_record(json_path, &json)?;
     if record.name != dir_name {
         return Err(corrupt(format!(
-            "function.json names {:?}, not {dir_name:?}",
+            "the record names {:?}, not {dir_name:?}",
             record.name
         )));
     }
@@ -914,7 +1054,7 @@ fn load_function(
     if had_plaintext || moved {
         // Written before values were sealed, or before the platform
         // settings left the environment: store it as it is now.
-        write_record(dir, &record, cipher)?;
+        write_record_at(json_path, &record, cipher)?;
     }
     record
         .function_name()
@@ -930,12 +1070,11 @@ fn load_function(
     if record.code_dir != expected {
         // The data directory was moved: keep the record pointing into it.
         record.code_dir = expected;
-        write_record(dir, &record, cipher)?;
+        write_record_at(json_path, &record, cipher)?;
     }
     if !record.code_dir.is_dir() {
-        let zip_path = dir.join("code.zip");
-        let zip = fs::read(&zip_path).map_err(io_err("read", &zip_path))?;
-        tracing::warn!(function = %record.name, "code directory missing; extracting code.zip again");
+        let zip = fs::read(zip_path).map_err(io_err("read", zip_path))?;
+        tracing::warn!(function = %record.name, version = ?record.version, "code directory missing; extracting the code zip again");
         let tmp = dir.join(format!(
             ".{code_name}.tmp-{}",
             uuid::Uuid::new_v4().simple()
@@ -945,20 +1084,6 @@ fn load_function(
         if let Err(e) = unpacked {
             remove_dir_logged(&tmp);
             return Err(e);
-        }
-    }
-    for entry in fs::read_dir(dir).map_err(io_err("read", dir))? {
-        let entry = entry.map_err(io_err("read", dir))?;
-        let n = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if n.starts_with("code-") && n != code_name {
-            remove_dir_logged(&path);
-        } else if n.starts_with('.') && n.contains(".tmp-") {
-            if path.is_dir() {
-                remove_dir_logged(&path);
-            } else {
-                let _ = fs::remove_file(&path);
-            }
         }
     }
     Ok(record)
@@ -1313,11 +1438,14 @@ pub(crate) fn test_record(name: &str, revision: &str) -> FunctionRecord {
         platform: Default::default(),
         tags: Default::default(),
         kept: Default::default(),
+        version: None,
+        last_version: 0,
+        aliases: Default::default(),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use thaw_api::ErrorCode;
@@ -1351,11 +1479,11 @@ mod tests {
         z.finish().unwrap().into_inner()
     }
 
-    fn app_zip(body: &str) -> Vec<u8> {
+    pub(crate) fn app_zip(body: &str) -> Vec<u8> {
         make_zip(&[E::File("app.py", body.as_bytes(), 0o644)])
     }
 
-    fn new_fn(name: &str, zip: Vec<u8>) -> CreateFunction {
+    pub(crate) fn new_fn(name: &str, zip: Vec<u8>) -> CreateFunction {
         CreateFunction {
             account: thaw_auth::ROOT_ACCOUNT.to_string(),
             name: FunctionName::parse(name).unwrap(),
@@ -1509,7 +1637,7 @@ mod tests {
         assert_eq!(open(data.path()).get("old").unwrap(), r);
     }
 
-    fn open(dir: &Path) -> Registry {
+    pub(crate) fn open(dir: &Path) -> Registry {
         Registry::open(dir).unwrap()
     }
 

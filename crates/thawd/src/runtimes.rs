@@ -216,7 +216,7 @@ pub fn start_spec(
         ("AWS_DEFAULT_REGION", REGION.into()),
         ("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", f.runtime)),
         ("AWS_LAMBDA_FUNCTION_NAME", f.short_name().to_string()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", f.version_label()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mb.to_string()),
         (
             "AWS_LAMBDA_LOG_GROUP_NAME",
@@ -224,7 +224,7 @@ pub fn start_spec(
         ),
         (
             "AWS_LAMBDA_LOG_STREAM_NAME",
-            format!("{today}/[$LATEST]{short}"),
+            format!("{today}/[{}]{short}", f.version_label()),
         ),
         ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into()),
         // thaw's own: unique per instance (restored ones get theirs after

@@ -257,8 +257,12 @@ impl Platform {
     /// revision that is no longer current when its turn comes is skipped,
     /// and a snapshot that finishes after its revision was replaced is
     /// removed again, so an update never serves a stale snapshot.
+    ///
+    /// A published version whose `SnapStart` applies to published versions
+    /// is snapshotted whether or not the pipeline is on, as Lambda does when
+    /// it publishes one.
     pub fn schedule_snapshot(self: &Arc<Self>, f: &FunctionRecord) {
-        if self.config.auto_snapshot {
+        if self.config.auto_snapshot || (f.version.is_some() && f.kept.snap_start_applies()) {
             self.queue_snapshot_build(f);
         }
     }
@@ -279,9 +283,11 @@ impl Platform {
         let span = tracing::info_span!("snapshot", function = %f.name, revision = %f.revision_id);
         tokio::spawn(
             async move {
+                // `$LATEST` still at this revision, or the version still
+                // published (versions never change).
                 let current = |p: &Platform| {
                     p.registry
-                        .get(&f.name)
+                        .instance(&f.instance_key())
                         .is_some_and(|c| c.revision_id == f.revision_id)
                 };
                 let prepare = || {
@@ -299,7 +305,8 @@ impl Platform {
                         p.pools.discard_snapshot_dir(&p.pools.snapshot_dir(&f));
                     }
                     crate::pipeline::BuildOutcome::Ready(r) => {
-                        p.pools.remove_other_snapshots(&f.name, &f.revision_id);
+                        p.pools
+                            .remove_other_snapshots(&f.instance_key(), &f.revision_id);
                         tracing::info!(
                             build_ms = t0.elapsed().as_millis() as u64,
                             checkpoint_ms = r.checkpoint_ms,
@@ -327,8 +334,9 @@ impl Platform {
             return;
         };
         for e in rd.flatten() {
+            // A function's key, or `KEY:N` for its version N.
             let name = e.file_name().to_string_lossy().into_owned();
-            match self.registry.get(&name) {
+            match self.registry.instance(&name) {
                 Some(f) => self.pools.remove_other_snapshots(&name, &f.revision_id),
                 None => {
                     let Ok(revs) = std::fs::read_dir(e.path()) else {
@@ -355,7 +363,7 @@ impl Platform {
                 let Some(p) = weak.upgrade() else { return };
                 let current = p
                     .registry
-                    .get(&f.name)
+                    .instance(&f.instance_key())
                     .filter(|c| c.revision_id == f.revision_id);
                 if let Some(c) = current {
                     tracing::info!(function = %c.name, revision = %c.revision_id, "rebuilding a damaged snapshot");
@@ -370,7 +378,7 @@ impl Platform {
     pub fn schedule_missing_snapshots(self: &Arc<Self>) {
         self.rebuild_damaged_snapshots();
         self.remove_orphan_snapshots();
-        for f in self.registry.list() {
+        for f in self.registry.list_all() {
             if !self.pools.has_snapshot(&f) {
                 self.schedule_snapshot(&f);
             } else {

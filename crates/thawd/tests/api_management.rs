@@ -56,7 +56,7 @@ impl ApiBackend for Fake {
         self.invoked
             .lock()
             .unwrap()
-            .push((function.name.clone(), input));
+            .push((function.instance_key(), input));
         out
     }
 
@@ -761,7 +761,7 @@ async fn malformed_requests_get_lambda_errors() {
     )
     .await
     .assert_error(400, "ValidationException");
-    // thaw has only $LATEST: another qualifier names a version that does not exist.
+    // A version or alias that does not exist.
     api.call("GET", "/2015-03-31/functions/f:1", None)
         .await
         .assert_error(404, "ResourceNotFoundException");
@@ -2027,4 +2027,304 @@ async fn get_function_has_lambdas_shape() {
     api.call("GET", "/2015-03-31/functions/g", None)
         .await
         .assert_error(404, "ResourceNotFoundException");
+}
+
+#[tokio::test]
+async fn versions_and_aliases() {
+    let api = api();
+    // Publish=True on create answers with version 1.
+    let v1 = api.create("f", json!({"Publish": true})).await;
+    assert_eq!(v1.status, StatusCode::CREATED, "{:?}", v1.body);
+    let v1 = v1.json();
+    assert_eq!(v1["Version"], "1");
+    assert_eq!(
+        v1["FunctionArn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:f:1"
+    );
+    // Nothing changed since: publishing again returns version 1.
+    let again = api
+        .call("POST", "/2015-03-31/functions/f/versions", Some(json!({})))
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.json()["Version"], "1");
+    // New code, then a version with its own description; preconditions.
+    let zip2 = app_zip("def handler(e, c):\n    return {'v': 2}\n");
+    let latest = api
+        .call(
+            "PUT",
+            "/2015-03-31/functions/f/code",
+            Some(json!({"ZipFile": STANDARD.encode(&zip2)})),
+        )
+        .await
+        .json();
+    api.call(
+        "POST",
+        "/2015-03-31/functions/f/versions",
+        Some(json!({"CodeSha256": v1["CodeSha256"]})),
+    )
+    .await
+    .assert_error(412, "PreconditionFailedException");
+    api.call(
+        "POST",
+        "/2015-03-31/functions/f/versions",
+        Some(json!({"RevisionId": v1["RevisionId"]})),
+    )
+    .await
+    .assert_error(412, "PreconditionFailedException");
+    let v2 = api
+        .call(
+            "POST",
+            "/2015-03-31/functions/f/versions",
+            Some(json!({"Description": "second", "CodeSha256": latest["CodeSha256"]})),
+        )
+        .await
+        .json();
+    assert_eq!(
+        (v2["Version"].as_str(), v2["Description"].as_str()),
+        (Some("2"), Some("second"))
+    );
+
+    // Listed $LATEST first, in pages.
+    let list = |q: &'static str| {
+        let api = &api;
+        async move {
+            let r = api
+                .call("GET", &format!("/2015-03-31/functions/f/versions{q}"), None)
+                .await
+                .json();
+            let vs: Vec<String> = r["Versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["Version"].as_str().unwrap().to_string())
+                .collect();
+            (vs, r["NextMarker"].as_str().map(str::to_string))
+        }
+    };
+    assert_eq!(
+        list("").await,
+        (vec!["$LATEST".into(), "1".into(), "2".into()], None)
+    );
+    assert_eq!(
+        list("?MaxItems=2").await,
+        (vec!["$LATEST".into(), "1".into()], Some("1".into()))
+    );
+    assert_eq!(list("?Marker=1").await, (vec!["2".into()], None));
+
+    // A version's configuration and code are its own.
+    for path in ["f:1/configuration", "f/configuration?Qualifier=1"] {
+        let c = api
+            .call("GET", &format!("/2015-03-31/functions/{path}"), None)
+            .await
+            .json();
+        assert_eq!(
+            (c["Version"].as_str(), &c["CodeSha256"]),
+            (Some("1"), &v1["CodeSha256"]),
+            "{path}"
+        );
+    }
+    let g = api
+        .call("GET", "/2015-03-31/functions/f?Qualifier=1", None)
+        .await
+        .json();
+    let location = g["Code"]["Location"].as_str().unwrap();
+    assert!(
+        location.ends_with("/thaw/v1/functions/f/code?Qualifier=1"),
+        "{location}"
+    );
+    let code1 = api
+        .call("GET", "/thaw/v1/functions/f/code?Qualifier=1", None)
+        .await;
+    assert_eq!(
+        code1.body.as_ref(),
+        app_zip("def handler(e, c):\n    return e\n").as_slice()
+    );
+    api.call("GET", "/2015-03-31/functions/f:1?Qualifier=2", None)
+        .await
+        .assert_error(400, "InvalidParameterValueException");
+    api.call("GET", "/2015-03-31/functions/f:9", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+
+    // Invoking a version runs that version's instances.
+    let r = api.invoke("f:1", b"{}".to_vec(), &[]).await;
+    assert_eq!(r.header("x-amz-executed-version"), Some("1"));
+    let r = api.invoke("f:$LATEST", b"{}".to_vec(), &[]).await;
+    assert_eq!(r.header("x-amz-executed-version"), Some("$LATEST"));
+
+    // Aliases: checked, then routed.
+    let alias = |body: Value| api.call("POST", "/2015-03-31/functions/f/aliases", Some(body));
+    alias(json!({"Name": "123", "FunctionVersion": "1"}))
+        .await
+        .assert_error(400, "ValidationException");
+    alias(json!({"Name": "live", "FunctionVersion": "7"}))
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    alias(json!({"Name": "live", "FunctionVersion": "$LATEST",
+                 "RoutingConfig": {"AdditionalVersionWeights": {"2": 0.5}}}))
+    .await
+    .assert_error(400, "InvalidParameterValueException");
+    let live = alias(
+        json!({"Name": "live", "FunctionVersion": "1", "Description": "prod",
+                            "RoutingConfig": {"AdditionalVersionWeights": {"2": 1.0}}}),
+    )
+    .await;
+    assert_eq!(live.status, StatusCode::CREATED, "{:?}", live.body);
+    let live = live.json();
+    assert_eq!(
+        live["AliasArn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:f:live"
+    );
+    assert_eq!(live["RoutingConfig"]["AdditionalVersionWeights"]["2"], 1.0);
+    alias(json!({"Name": "live", "FunctionVersion": "2"}))
+        .await
+        .assert_error(409, "ResourceConflictException");
+    alias(json!({"Name": "dev", "FunctionVersion": "$LATEST"})).await;
+    // Weight 1.0 sends every invocation to version 2; the function sees the
+    // alias's ARN.
+    api.fake.invoked.lock().unwrap().clear();
+    let r = api.invoke("f:live", b"{}".to_vec(), &[]).await;
+    assert_eq!(r.header("x-amz-executed-version"), Some("2"));
+    {
+        let invoked = api.fake.invoked.lock().unwrap();
+        assert_eq!(invoked[0].0, "f:2");
+        assert_eq!(
+            invoked[0].1.invoked_arn.as_deref(),
+            Some("arn:aws:lambda:us-east-1:000000000000:function:f:live")
+        );
+    }
+    let c = api
+        .call("GET", "/2015-03-31/functions/f:live/configuration", None)
+        .await
+        .json();
+    assert_eq!(
+        (c["Version"].as_str(), c["FunctionArn"].as_str()),
+        (
+            Some("1"),
+            Some("arn:aws:lambda:us-east-1:000000000000:function:f:live")
+        )
+    );
+    let names = |r: Reply| -> Vec<String> {
+        r.json()["Aliases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["Name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(
+            api.call("GET", "/2015-03-31/functions/f/aliases", None)
+                .await
+        ),
+        ["dev", "live"]
+    );
+    assert_eq!(
+        names(
+            api.call(
+                "GET",
+                "/2015-03-31/functions/f/aliases?FunctionVersion=1",
+                None
+            )
+            .await
+        ),
+        ["live"]
+    );
+    // Versions an alias uses cannot be deleted; $LATEST only with the function.
+    api.call("DELETE", "/2015-03-31/functions/f?Qualifier=2", None)
+        .await
+        .assert_error(409, "ResourceConflictException");
+    api.call(
+        "DELETE",
+        "/2015-03-31/functions/f?Qualifier=%24LATEST",
+        None,
+    )
+    .await
+    .assert_error(400, "InvalidParameterValueException");
+    // Updates keep what they leave out and check the alias's revision.
+    api.call(
+        "PUT",
+        "/2015-03-31/functions/f/aliases/live",
+        Some(json!({"FunctionVersion": "2", "RevisionId": "stale",
+                         "RoutingConfig": {"AdditionalVersionWeights": {}}})),
+    )
+    .await
+    .assert_error(412, "PreconditionFailedException");
+    api.call(
+        "PUT",
+        "/2015-03-31/functions/f/aliases/live",
+        Some(json!({"FunctionVersion": "2"})),
+    )
+    .await
+    .assert_error(400, "InvalidParameterValueException");
+    let moved = api
+        .call(
+            "PUT",
+            "/2015-03-31/functions/f/aliases/live",
+            Some(
+                json!({"FunctionVersion": "2", "RevisionId": live["RevisionId"],
+                          "RoutingConfig": {"AdditionalVersionWeights": {}}}),
+            ),
+        )
+        .await
+        .json();
+    assert_eq!(
+        (
+            moved["FunctionVersion"].as_str(),
+            moved["Description"].as_str()
+        ),
+        (Some("2"), Some("prod"))
+    );
+    assert!(moved.get("RoutingConfig").is_none(), "{moved}");
+    let got = api
+        .call("GET", "/2015-03-31/functions/f/aliases/live", None)
+        .await
+        .json();
+    assert_eq!(got, moved);
+
+    // An event for an alias runs the version the alias points to when it runs.
+    api.fake.invoked.lock().unwrap().clear();
+    let r = api
+        .invoke(
+            "f:live",
+            b"{}".to_vec(),
+            &[("x-amz-invocation-type", "Event")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    for _ in 0..200 {
+        if !api.fake.invoked.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.fake.invoked.lock().unwrap()[0].0, "f:2");
+
+    // Deleting a version releases its instances.
+    let r = api
+        .call("DELETE", "/2015-03-31/functions/f?Qualifier=1", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(api
+        .fake
+        .retired
+        .lock()
+        .unwrap()
+        .contains(&"f:1".to_string()));
+    api.call("GET", "/2015-03-31/functions/f:1", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    api.call("DELETE", "/2015-03-31/functions/f/aliases/dev", None)
+        .await;
+    api.call("GET", "/2015-03-31/functions/f/aliases/dev", None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    // Deleting the function releases every version's.
+    let r = api.call("DELETE", "/2015-03-31/functions/f", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let retired = api.fake.retired.lock().unwrap().clone();
+    assert!(
+        retired.contains(&"f".to_string()) && retired.contains(&"f:2".to_string()),
+        "{retired:?}"
+    );
 }

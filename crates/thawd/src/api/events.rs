@@ -14,6 +14,7 @@ use thaw_api::events::{
 pub(super) async fn accept<B: ApiBackend>(
     b: &B,
     name: &Target,
+    qualifier: Option<String>,
     input: InvokeInput,
 ) -> Result<Response, ApiError> {
     let request_id = new_request_id();
@@ -35,8 +36,9 @@ pub(super) async fn accept<B: ApiBackend>(
     })?;
     match b
         .events()
-        .accept(
+        .accept_qualified(
             name.key.as_str(),
+            qualifier,
             request_id.clone(),
             payload,
             input.client_context,
@@ -78,7 +80,26 @@ struct Delivery<B>(B);
 
 impl<B: ApiBackend> Deliver for Delivery<B> {
     async fn run(&self, ev: &QueuedEvent) -> Attempt {
-        let Some(record) = self.0.registry().get(&ev.function) else {
+        let Some(latest) = self.0.registry().get(&ev.function) else {
+            return Attempt::Gone;
+        };
+        // A version or alias is resolved now (an alias may have moved
+        // since the event was accepted); one deleted since cannot run it.
+        let q = match ev
+            .qualifier
+            .as_deref()
+            .map(thaw_api::versions::Qualifier::parse)
+        {
+            None => thaw_api::versions::Qualifier::Latest,
+            Some(Ok(q)) => q,
+            Some(Err(_)) => return Attempt::Gone,
+        };
+        let target = match latest.function_name() {
+            Ok(n) => crate::accounts::Scope::of(latest.account()).function(n),
+            Err(_) => return Attempt::Gone,
+        };
+        let Ok((record, invoked_arn)) = super::versions::for_invocation(&self.0, &target, &q)
+        else {
             return Attempt::Gone;
         };
         let input = InvokeInput {
@@ -86,6 +107,7 @@ impl<B: ApiBackend> Deliver for Delivery<B> {
             client_context: ev.client_context.clone(),
             tail_logs: false,
             request_id: Some(ev.request_id.clone()),
+            invoked_arn,
         };
         let result = self.0.invoke(&record, input).await;
         // Instances are torn down under a stopping daemon: whatever that

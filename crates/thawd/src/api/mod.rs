@@ -8,13 +8,16 @@
 //!
 //! | method | path | operation |
 //! |---|---|---|
-//! | POST | `/2015-03-31/functions` | CreateFunction (201) |
+//! | POST | `/2015-03-31/functions` | CreateFunction (201; `Publish`) |
 //! | GET | `/2015-03-31/functions[/]` | ListFunctions (`Marker`, `MaxItems`) |
-//! | GET | `/2015-03-31/functions/{name}` | GetFunction |
-//! | DELETE | `/2015-03-31/functions/{name}` | DeleteFunction (204) |
-//! | GET, PUT | `/2015-03-31/functions/{name}/configuration` | Get/UpdateFunctionConfiguration |
-//! | PUT | `/2015-03-31/functions/{name}/code` | UpdateFunctionCode |
-//! | POST | `/2015-03-31/functions/{name}/invocations` | Invoke |
+//! | GET | `/2015-03-31/functions/{name}` | GetFunction (`Qualifier`) |
+//! | DELETE | `/2015-03-31/functions/{name}` | DeleteFunction (204; `Qualifier`: one version) |
+//! | GET, PUT | `/2015-03-31/functions/{name}/configuration` | Get (`Qualifier`) / UpdateFunctionConfiguration |
+//! | PUT | `/2015-03-31/functions/{name}/code` | UpdateFunctionCode (`Publish`) |
+//! | POST | `/2015-03-31/functions/{name}/invocations` | Invoke (`Qualifier`: version or alias) |
+//! | POST, GET | `/2015-03-31/functions/{name}/versions` | PublishVersion (201), ListVersionsByFunction |
+//! | POST, GET | `/2015-03-31/functions/{name}/aliases` | CreateAlias (201), ListAliases |
+//! | GET, PUT, DELETE | `/2015-03-31/functions/{name}/aliases/{alias}` | GetAlias, UpdateAlias, DeleteAlias (204) |
 //! | PUT, DELETE | `/2017-10-31/functions/{name}/concurrency` | Put/DeleteFunctionConcurrency |
 //! | GET | `/2019-09-30/functions/{name}/concurrency` | GetFunctionConcurrency |
 //! | PUT, GET, DELETE | `/2019-09-30/functions/{name}/provisioned-concurrency` | Put/Get/DeleteProvisionedConcurrencyConfig (`Qualifier`); with `List=ALL`: ListProvisionedConcurrencyConfigs |
@@ -30,14 +33,20 @@
 //! ARN refused (403), `/metrics` and the store's caches the root
 //! account's. The account routes are in [`crate::accounts`].
 //!
+//! **Versions and aliases** ([`versions`]): a name or ARN may carry a
+//! qualifier (`NAME:1`, `NAME:live`), as may the `Qualifier` parameter;
+//! both given and different is refused. Each published version has its
+//! own instances and snapshot (kept under `NAME:N`); an alias resolves to
+//! its version per invocation (weighted routing), and a queued event
+//! resolves it when it runs.
+//!
 //! **Provisioned concurrency and versions.** Lambda configures provisioned
 //! concurrency on a published version or an alias and refuses `$LATEST`.
-//! thaw has no versions or aliases yet, so its provisioned concurrency
-//! applies to the function's current revision: the `Qualifier` must be
-//! `$LATEST` (or absent), any other qualifier is a function version that
-//! does not exist (`ResourceNotFoundException`). A function has at most one
-//! configuration; after an update the new revision's instances are
-//! provisioned.
+//! thaw's provisioned concurrency still applies to `$LATEST` only: the
+//! `Qualifier` must be `$LATEST` (or absent), any other qualifier is
+//! refused as not found (`ResourceNotFoundException`). A function has at
+//! most one configuration; after an update the new revision's instances
+//! are provisioned.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -80,6 +89,7 @@ use crate::server::Platform;
 
 mod events;
 mod tags;
+mod versions;
 pub use events::start_event_delivery;
 
 /// Largest management request body (a base64 zip of ~50 MiB plus JSON):
@@ -353,6 +363,20 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
         .route(
             &format!("{functions}/{{name}}/invocations"),
             post(invoke::<B>),
+        )
+        .route(
+            &format!("{functions}/{{name}}/versions"),
+            get(versions::list_versions::<B>).post(versions::publish_version::<B>),
+        )
+        .route(
+            &format!("{functions}/{{name}}/aliases"),
+            get(versions::list_aliases::<B>).post(versions::create_alias::<B>),
+        )
+        .route(
+            &format!("{functions}/{{name}}/aliases/{{alias}}"),
+            get(versions::get_alias::<B>)
+                .put(versions::update_alias::<B>)
+                .delete(versions::delete_alias::<B>),
         )
         .route(
             "/2017-10-31/functions/{name}/concurrency",
@@ -855,15 +879,28 @@ async fn create_function<B: ApiBackend>(
     let bytes = read_management_body(&headers, body, "CreateFunction").await?;
     let req: CreateFunctionRequest = parse_json(&bytes)?;
     drop(bytes);
+    let publish = req.publish == Some(true);
     let new = req.validate()?;
     require_disk(&b, "CreateFunction")?;
     let span = span("CreateFunction", &scope.function(new.name.clone()));
     let mut create = CreateFunction::from(new);
     create.account = scope.account().to_string();
     let record = with_registry(&b, move |r| r.create(create))
-        .instrument(span)
+        .instrument(span.clone())
         .await?;
     b.function_changed(&record);
+    if publish {
+        // Lambda answers with version 1's configuration.
+        let target = scope.function(record.function_name()?);
+        let v = versions::publish(&b, &target, Default::default())
+            .instrument(span)
+            .await?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(versions::version_configuration(&v)?),
+        )
+            .into_response());
+    }
     Ok((StatusCode::CREATED, Json(configuration(&record)?)).into_response())
 }
 
@@ -921,18 +958,25 @@ async fn get_function<B: ApiBackend>(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Result<Json<GetFunctionResponse>, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
-    let record = lookup(&b, &name)?;
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
+    let record = versions::lookup_qualified(&b, &name, &q)?;
     let host = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && !h.contains(['/', ' ']))
         .unwrap_or("localhost");
+    let code_query = match record.version {
+        Some(n) => format!("?Qualifier={n}"),
+        None => String::new(),
+    };
     Ok(Json(GetFunctionResponse {
-        configuration: configuration(&record)?,
+        configuration: qualified_configuration(&record, &name, &q)?,
         code: FunctionCodeLocation {
             repository_type: "S3".into(),
-            location: format!("http://{host}/thaw/v1/functions/{}/code", name.name),
+            location: format!(
+                "http://{host}/thaw/v1/functions/{}/code{code_query}",
+                name.name
+            ),
         },
         concurrency: record.concurrency.reserved.map(|n| thaw_api::Concurrency {
             reserved_concurrent_executions: Some(n),
@@ -947,8 +991,24 @@ async fn get_function_configuration<B: ApiBackend>(
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
-    Ok(Json(configuration(&lookup(&b, &name)?)?))
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
+    let record = versions::lookup_qualified(&b, &name, &q)?;
+    Ok(Json(qualified_configuration(&record, &name, &q)?))
+}
+
+/// The configuration of the record `q` named: a version's, with the
+/// alias's ARN when an alias named it (as Lambda answers).
+fn qualified_configuration(
+    record: &FunctionRecord,
+    target: &Target,
+    q: &thaw_api::versions::Qualifier,
+) -> Result<FunctionConfiguration, ApiError> {
+    let mut c = versions::version_configuration(record)?;
+    if matches!(q, thaw_api::versions::Qualifier::Alias(_)) {
+        c.function_arn =
+            thaw_api::versions::qualified_arn(&target.account, target.name.as_str(), q);
+    }
+    Ok(c)
 }
 
 async fn update_function_code<B: ApiBackend>(
@@ -979,8 +1039,14 @@ async fn update_function_code<B: ApiBackend>(
     })
     .instrument(span.clone())
     .await?;
-    b.retire(name.key.as_str()).instrument(span).await;
+    b.retire(name.key.as_str()).instrument(span.clone()).await;
     b.function_changed(&record);
+    if req.publish == Some(true) {
+        let v = versions::publish(&b, &name, Default::default())
+            .instrument(span)
+            .await?;
+        return Ok(Json(versions::version_configuration(&v)?));
+    }
     Ok(Json(configuration(&record)?))
 }
 
@@ -1014,8 +1080,43 @@ async fn delete_function<B: ApiBackend>(
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<StatusCode, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
+    let explicit = target.qualifier.is_some() || query.get("Qualifier").is_some();
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
     let span = span("DeleteFunction", &name);
+    match q {
+        thaw_api::versions::Qualifier::Latest if explicit => {
+            return Err(LambdaError::invalid_parameter(
+                "$LATEST version cannot be deleted without deleting the function.",
+            )
+            .into())
+        }
+        thaw_api::versions::Qualifier::Latest => {}
+        thaw_api::versions::Qualifier::Version(v) => {
+            let n = name.clone();
+            let gone = with_registry(&b, move |r| r.delete_version(n.key.as_str(), v))
+                .instrument(span.clone())
+                .await?;
+            let key = gone.instance_key();
+            let cleanup = async move {
+                b.retire(&key).await;
+                if let Err(e) = b.delete_snapshots(&key) {
+                    tracing::warn!(error = %e, "cannot delete the version's snapshots");
+                }
+            }
+            .instrument(span);
+            if tokio::spawn(cleanup).await.is_err() {
+                tracing::error!("the clean-up of a deleted version failed");
+            }
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        thaw_api::versions::Qualifier::Alias(_) => {
+            return Err(LambdaError::invalid_parameter(
+                "Deletion of aliases is not supported by DeleteFunction: use DeleteAlias",
+            )
+            .into())
+        }
+    }
+    let versions = b.registry().versions(name.key.as_str());
     let n = name.clone();
     with_registry(&b, move |r| r.delete(n.key.as_str()))
         .instrument(span.clone())
@@ -1032,6 +1133,13 @@ async fn delete_function<B: ApiBackend>(
         b.delete_logs(&key);
         if let Err(e) = b.delete_snapshots(&key) {
             tracing::warn!(error = %e, "cannot delete the function's snapshots");
+        }
+        for v in versions {
+            let vkey = v.instance_key();
+            b.retire(&vkey).await;
+            if let Err(e) = b.delete_snapshots(&vkey) {
+                tracing::warn!(error = %e, "cannot delete a version's snapshots");
+            }
         }
     }
     .instrument(span);
@@ -1366,14 +1474,14 @@ async fn invoke<B: ApiBackend>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
     let h = invoke_headers(&headers)?;
     let kind = h.kind;
     let payload = read_body(&headers, body, kind.max_payload_bytes(), || {
         payload_too_large(kind)
     })
     .await?;
-    let record = lookup(&b, &name)?;
+    let (record, invoked_arn) = versions::for_invocation(&b, &name, &q)?;
     validate_payload(&payload, kind)?;
     // Lambda hands a function `{}` when it was invoked without a payload.
     let payload = if payload.is_empty() {
@@ -1386,6 +1494,7 @@ async fn invoke<B: ApiBackend>(
         client_context: h.client_context,
         tail_logs: h.tail && kind == InvocationType::RequestResponse,
         request_id: None,
+        invoked_arn,
     };
     let span = span("Invoke", &name);
 
@@ -1395,8 +1504,14 @@ async fn invoke<B: ApiBackend>(
             set_header(&mut resp, REQUEST_ID_HEADER, &new_request_id());
             Ok(resp)
         }
-        InvocationType::Event => events::accept(&b, &name, input).instrument(span).await,
+        InvocationType::Event => {
+            let qualifier = (!q.is_latest()).then(|| q.to_string());
+            events::accept(&b, &name, qualifier, input)
+                .instrument(span)
+                .await
+        }
         InvocationType::RequestResponse => {
+            let record_version = record.version_label();
             // Its own task: a client that hangs up must not cancel an invocation
             // halfway (the instance would be dropped mid-use).
             let task = {
@@ -1418,7 +1533,9 @@ async fn invoke<B: ApiBackend>(
                     )));
                 }
             };
-            Ok(invoke_response(outcome))
+            let mut resp = invoke_response(outcome);
+            set_header(&mut resp, EXECUTED_VERSION_HEADER, &record_version);
+            Ok(resp)
         }
     }
 }
@@ -1519,21 +1636,22 @@ async fn snapshot_status<B: ApiBackend>(
     State(b): State<B>,
     scope: Scope,
     FunctionPath(target): FunctionPath,
+    query: QueryMap,
 ) -> Result<Json<thaw_api::SnapshotStatus>, ApiError> {
-    let name = scope.resolve(target, None)?;
-    let f = lookup(&b, &name)?;
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
+    let f = versions::lookup_qualified(&b, &name, &q)?;
     Ok(Json(b.snapshot_status(&f)))
 }
 
 /// `GET /thaw/v1/snapshots`: the snapshot status of each of the caller's
-/// functions.
+/// functions and their published versions (`NAME:N`).
 async fn list_snapshots<B: ApiBackend>(
     State(b): State<B>,
     scope: Scope,
 ) -> Json<Vec<thaw_api::SnapshotStatus>> {
     let mut all: Vec<_> = b
         .registry()
-        .list()
+        .list_all()
         .iter()
         .filter(|f| scope.owns(&f.name))
         .map(|f| b.snapshot_status(f))
@@ -1712,11 +1830,13 @@ async fn function_code<B: ApiBackend>(
     State(b): State<B>,
     scope: Scope,
     FunctionPath(target): FunctionPath,
+    query: QueryMap,
 ) -> Result<Response, ApiError> {
-    let name = scope.resolve(target, None)?;
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
+    let record = versions::lookup_qualified(&b, &name, &q)?;
     let path = b
         .registry()
-        .code_zip_path(name.key.as_str())
+        .code_zip_path_of(&record)
         .ok_or_else(|| ApiError(name.not_found()))?;
     match tokio::fs::read(&path).await {
         Ok(zip) => Ok(([(CONTENT_TYPE, "application/zip")], zip).into_response()),

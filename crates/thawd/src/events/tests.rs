@@ -447,6 +447,7 @@ async fn write_events_fixture() {
         next_ms: 0,
         last_error: None,
         hops: 0,
+        qualifier: None,
     })])
     .await
     .unwrap();
