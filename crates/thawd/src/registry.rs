@@ -8,6 +8,8 @@
 //!   atomically (write temp + rename) and bump `revision_id`.
 //! - Code zips are validated and extracted to `code_dir` (one directory per code
 //!   revision, so a running instance keeps its old code while an update lands).
+//! - Published versions and aliases: [`versions`] (a version keeps its code
+//!   directory for as long as it exists).
 //!
 //! Owns: the on-disk layout below, zip validation and extraction, and the
 //! allocation of each function's uid. Must not: know about instances, HTTP or
@@ -17,6 +19,8 @@
 //! DATA/functions/<name>/function.json    FunctionRecord (JSON), replaced by rename
 //! DATA/functions/<name>/code.zip         the zip as uploaded
 //! DATA/functions/<name>/code-<rev>/      extracted code of revision <rev>
+//! DATA/functions/<name>/versions/<n>.json published version <n> (a frozen record)
+//! DATA/functions/<name>/versions/<n>.zip  its zip (a hard link when possible)
 //! DATA/functions/.staging-<uuid>/        work in progress (removed at open)
 //! DATA/functions/.deleted-<name>-<uuid>/ a deleted function (removed later)
 //! DATA/functions/.corrupt-<name>-<uuid>/ a function that could not be loaded (kept)
@@ -890,10 +894,13 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RegistryError> {
     })
 }
 
-/// The format of `function.json` this daemon writes. Records without a
-/// `format_version` (written before it existed) are format 1: the same
-/// fields, environment values sealed or (older still) in plain text.
-pub const RECORD_FORMAT_VERSION: u32 = 2;
+/// The format of `function.json` (and of a version's record) this daemon
+/// writes. Records without a `format_version` (written before it existed)
+/// are format 1: the same fields, environment values sealed or (older
+/// still) in plain text. Format 3 added published versions
+/// (`versions/<n>.json`, `last_version`) and aliases: a daemon of format 2
+/// would drop them when it rewrote the record, so it refuses to start.
+pub const RECORD_FORMAT_VERSION: u32 = 3;
 
 /// `function.json` as stored: the record and its format.
 #[derive(Serialize, Deserialize)]
@@ -916,7 +923,7 @@ fn parse_record(path: &Path, json: &[u8]) -> Result<FunctionRecord, RegistryErro
             source: Box::new(e),
         })?;
     match stored.format_version {
-        1 | 2 => Ok(stored.record),
+        1..=3 => Ok(stored.record),
         found if found > RECORD_FORMAT_VERSION => Err(RegistryError::NewerFormat {
             path: path.to_path_buf(),
             found,
@@ -1511,8 +1518,17 @@ pub(crate) mod tests {
         let data = tempfile::tempdir().unwrap();
         let dest = data.path().join("functions/hello");
         fs::create_dir_all(&dest).unwrap();
-        for f in ["function.json", "code.zip"] {
-            fs::copy(fixtures().join(version).join("hello").join(f), dest.join(f)).unwrap();
+        for f in [
+            "function.json",
+            "code.zip",
+            "versions/1.json",
+            "versions/1.zip",
+        ] {
+            let from = fixtures().join(version).join("hello").join(f);
+            if from.exists() {
+                fs::create_dir_all(dest.join(f).parent().unwrap()).unwrap();
+                fs::copy(from, dest.join(f)).unwrap();
+            }
         }
         data
     }
@@ -1524,7 +1540,7 @@ pub(crate) mod tests {
     /// (the committed records name a code directory of another data dir).
     #[test]
     fn golden_function_records_load() {
-        for version in ["v1", "v2"] {
+        for version in ["v1", "v2", "v3"] {
             let data = golden_data_dir(version);
             let reg = Registry::open_with_keys(data.path(), &FixtureKey).unwrap();
             let f = reg
@@ -1539,7 +1555,7 @@ pub(crate) mod tests {
                 f.code_dir.join("app.py").is_file(),
                 "{version}: code re-extracted"
             );
-            let expected_reserved = (version == "v2").then_some(5);
+            let expected_reserved = (version != "v1").then_some(5);
             assert_eq!(f.concurrency.reserved, expected_reserved, "{version}");
             let stored: serde_json::Value = serde_json::from_slice(
                 &fs::read(data.path().join("functions/hello/function.json")).unwrap(),
@@ -1548,6 +1564,17 @@ pub(crate) mod tests {
             assert_eq!(stored["format_version"], RECORD_FORMAT_VERSION, "{version}");
             let sealed = stored["environment"]["GREETING"].as_str().unwrap();
             assert!(sealed.starts_with("thaw-sealed:"), "{version}: {sealed}");
+            if version == "v3" {
+                // Version 1 (with its own code and sealed environment) and
+                // the alias `live` on it.
+                assert_eq!(f.last_version, 1);
+                let v1 = reg.version("hello", 1).expect("version 1");
+                assert_eq!(v1.environment["GREETING"], "hi");
+                assert_eq!(v1.description, "first");
+                assert!(v1.code_dir.join("app.py").is_file());
+                assert_eq!(f.aliases["live"].version, Some(1));
+                assert_eq!(f.aliases["live"].description, "golden alias");
+            }
         }
     }
 
@@ -1596,14 +1623,28 @@ pub(crate) mod tests {
             })
         })
         .unwrap();
+        reg.publish_version("hello", None, Some("first".into()), None)
+            .unwrap();
+        reg.put_alias("hello", "live", true, None, |_| AliasRecord {
+            version: Some(1),
+            description: "golden alias".into(),
+            routing: Vec::new(),
+            revision_id: String::new(),
+        })
+        .unwrap();
         let out = fixtures().join(format!("v{RECORD_FORMAT_VERSION}/hello"));
         assert!(
             !out.exists(),
             "{} exists: never overwrite a golden record",
             out.display()
         );
-        fs::create_dir_all(&out).unwrap();
-        for f in ["function.json", "code.zip"] {
+        fs::create_dir_all(out.join("versions")).unwrap();
+        for f in [
+            "function.json",
+            "code.zip",
+            "versions/1.json",
+            "versions/1.zip",
+        ] {
             fs::copy(reg.functions_dir.join("hello").join(f), out.join(f)).unwrap();
         }
     }
