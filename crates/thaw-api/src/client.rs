@@ -428,6 +428,75 @@ impl Client {
         decode(resp, &url)
     }
 
+    /// `PublishVersion`.
+    pub fn publish_version(
+        &self,
+        name: &str,
+        req: &crate::versions::PublishVersionRequest,
+    ) -> Result<FunctionConfiguration, ClientError> {
+        let url = self.function_url(name, &["versions"]);
+        let resp = self.send(self.http.post(url.clone()).json(req), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `ListVersionsByFunction`, following `NextMarker` to the end.
+    pub fn list_versions(&self, name: &str) -> Result<Vec<FunctionConfiguration>, ClientError> {
+        let mut all = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut url = self.function_url(name, &["versions"]);
+            with_query(&mut url, &[("Marker", marker.as_deref())]);
+            let resp = self.send(self.http.get(url.clone()), &url)?;
+            let page: crate::versions::ListVersionsResponse = decode(resp, &url)?;
+            all.extend(page.versions);
+            match page.next_marker {
+                Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// `CreateAlias`.
+    pub fn create_alias(
+        &self,
+        name: &str,
+        req: &crate::versions::CreateAliasRequest,
+    ) -> Result<crate::versions::AliasConfiguration, ClientError> {
+        let url = self.function_url(name, &["aliases"]);
+        let resp = self.send(self.http.post(url.clone()).json(req), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `UpdateAlias`.
+    pub fn update_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        req: &crate::versions::UpdateAliasRequest,
+    ) -> Result<crate::versions::AliasConfiguration, ClientError> {
+        let url = self.function_url(name, &["aliases", alias]);
+        let resp = self.send(self.http.put(url.clone()).json(req), &url)?;
+        decode(resp, &url)
+    }
+
+    /// `ListAliases` (first page: up to 50).
+    pub fn list_aliases(
+        &self,
+        name: &str,
+    ) -> Result<Vec<crate::versions::AliasConfiguration>, ClientError> {
+        let url = self.function_url(name, &["aliases"]);
+        let resp = self.send(self.http.get(url.clone()), &url)?;
+        let page: crate::versions::ListAliasesResponse = decode(resp, &url)?;
+        Ok(page.aliases)
+    }
+
+    /// `DeleteAlias`.
+    pub fn delete_alias(&self, name: &str, alias: &str) -> Result<(), ClientError> {
+        let url = self.function_url(name, &["aliases", alias]);
+        self.send(self.http.delete(url.clone()), &url)?;
+        Ok(())
+    }
+
     fn event_config_url(&self, name: &str) -> Url {
         self.url(&["2019-09-25", "functions", name, "event-invoke-config"])
     }

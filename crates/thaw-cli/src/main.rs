@@ -23,6 +23,7 @@ mod logs;
 mod serve;
 mod snapshot_cmd;
 mod soak;
+mod versions;
 
 use std::process::ExitCode;
 
@@ -90,6 +91,15 @@ enum Command {
     /// Accounts (each has its own functions) and their access keys.
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Publish a function's current code and configuration as a version.
+    Publish(versions::PublishArgs),
+    /// List a function's versions and aliases.
+    Versions {
+        /// The function's name.
+        name: String,
+    },
+    /// Create, move or delete an alias of a function (with weighted routing).
+    Alias(versions::AliasArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -343,6 +353,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Settings(args) => functions::settings(endpoint, args).map(|()| ExitCode::SUCCESS),
         Command::Events(args) => functions::events(endpoint, args).map(|()| ExitCode::SUCCESS),
         Command::Account(cmd) => account::run(endpoint, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Publish(args) => versions::publish(endpoint, args).map(|()| ExitCode::SUCCESS),
+        Command::Versions { name } => versions::list(endpoint, &name).map(|()| ExitCode::SUCCESS),
+        Command::Alias(args) => versions::alias(endpoint, args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -75,6 +75,27 @@ fn boto3_publishes_routes_and_deletes_versions_and_each_keeps_its_snapshot() {
         "version 1's snapshot stayed"
     );
 
+    // The CLI: an alias with weighted routing, then the list.
+    let thaw = |args: &[&str]| {
+        let out = signed_cli(&mut std::process::Command::new(env!("CARGO_BIN_EXE_thaw")))
+            .args(["--endpoint", &d.endpoint])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "thaw {args:?}: {out:?}");
+        text
+    };
+    let made = thaw(&["alias", "ver", "canary", "2", "--weight", "3=0.25"]);
+    assert!(made.contains("alias canary -> 2"), "{made}");
+    let listed = thaw(&["versions", "ver"]);
+    for want in ["$LATEST", "alias canary -> 2, 0.25 to 3", "alias live -> 3"] {
+        assert!(listed.contains(want), "{want} not in:\n{listed}");
+    }
+    let published = thaw(&["publish", "ver"]);
+    assert!(published.contains("ver version 3"), "{published}");
+    thaw(&["alias", "ver", "canary", "--delete"]);
+
     // A restarted daemon has every version and alias, and restores each
     // version from its own snapshot.
     assert!(d.stop(), "daemon did not stop cleanly");
