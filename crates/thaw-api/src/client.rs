@@ -380,7 +380,7 @@ impl Client {
         url
     }
 
-    /// `PutProvisionedConcurrencyConfig` (thaw: `qualifier` must be `$LATEST`).
+    /// `PutProvisionedConcurrencyConfig` on a version, an alias or `$LATEST`.
     pub fn put_provisioned_concurrency_config(
         &self,
         name: &str,

@@ -152,7 +152,7 @@ impl Admission {
     pub fn set_function(&self, name: &str, c: &ConcurrencyConfig) {
         let limits = Limits {
             reserved: c.reserved,
-            provisioned: c.provisioned.as_ref().map_or(0, |p| p.requested),
+            provisioned: c.total_provisioned(),
         };
         let mut s = lock(&self.state);
         if limits == Limits::default() {
@@ -232,10 +232,18 @@ mod tests {
     fn conc(reserved: Option<u32>, provisioned: u32) -> ConcurrencyConfig {
         ConcurrencyConfig {
             reserved,
-            provisioned: (provisioned > 0).then(|| ProvisionedSetting {
-                requested: provisioned,
-                last_modified: String::new(),
-            }),
+            provisioned: (provisioned > 0)
+                .then(|| {
+                    (
+                        thaw_api::function::LATEST.to_string(),
+                        ProvisionedSetting {
+                            requested: provisioned,
+                            last_modified: String::new(),
+                        },
+                    )
+                })
+                .into_iter()
+                .collect(),
         }
     }
 

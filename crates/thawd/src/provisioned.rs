@@ -1,17 +1,19 @@
-//! Provisioned concurrency: keeping a function's requested number of
-//! instances started and ready in its idle pool.
+//! Provisioned concurrency: keeping the requested number of instances of a
+//! function's version (or of the version an alias points to) started and
+//! ready in its idle pool.
 //!
-//! Owns: one keeper task per function with a provisioned concurrency
-//! configuration, and the configuration's `Status` (`IN_PROGRESS`, `READY`,
+//! Owns: one keeper task per provisioned concurrency configuration (a
+//! function and a qualifier), and the configuration's `Status` (`IN_PROGRESS`, `READY`,
 //! `FAILED` with a reason). Must not: start instances itself or decide where
 //! invocations run; it asks the pools ([`Pools::provision_one`]) for one
 //! more instance at a time, and the pools keep that many idle instances
 //! through idle reaping ([`Pools::set_provisioned_floor`]).
 //!
 //! The keeper reads the function from the registry on every round, so it
-//! follows updates: an update retires the old revision's instances and the
-//! keeper starts the new revision's (restored from its snapshot once there
-//! is one, else cold). Instances that die or time out are replaced the same
+//! follows updates: an update of `$LATEST` retires the old revision's
+//! instances, and an alias may move to another version; the keeper then
+//! starts the new revision's or version's (restored from its snapshot once
+//! there is one, else cold). Instances that die or time out are replaced the same
 //! way. A start that fails three times in a row marks the configuration
 //! `FAILED` with the reason, and the keeper retries every 10 s. Deleting
 //! the configuration stops the keeper; the instances it started then idle
@@ -29,6 +31,8 @@ use std::time::Duration;
 use thaw_api::ProvisionedConcurrencyStatus;
 use tokio::sync::Notify;
 use tracing::Instrument;
+
+use thaw_api::versions::Qualifier;
 
 use crate::registry::FunctionRecord;
 use crate::server::Platform;
@@ -111,77 +115,136 @@ impl Provisioner {
     }
 }
 
+/// The keeper of `function`'s configuration on `qualifier`.
+fn keeper_key(function: &str, qualifier: &str) -> String {
+    format!("{function}\u{0}{qualifier}")
+}
+
 impl Platform {
     /// The function's concurrency controls changed (or the daemon started
-    /// with them): update admission control, and start, wake or stop the
-    /// function's provisioned-concurrency keeper.
+    /// with them), or one of its versions or aliases did: update admission
+    /// control, and start, wake or stop a keeper per provisioned
+    /// concurrency configuration (one per qualifier).
     pub fn concurrency_changed(self: &Arc<Self>, f: &FunctionRecord) {
         self.pools.admission().set_function(&f.name, &f.concurrency);
         let provisioner = &self.provisioner;
-        let Some(p) = &f.concurrency.provisioned else {
-            provisioner.lock().remove(&f.name);
-            self.pools.set_provisioned_floor(&f.name, 0);
-            return;
-        };
-        self.pools
-            .set_provisioned_floor(&f.name, p.requested as usize);
+        let prefix = keeper_key(&f.name, "");
         let mut keepers = provisioner.lock();
-        if let Some(k) = keepers.get_mut(&f.name) {
-            // A new request starts afresh.
-            k.failed = None;
-            k.wake.notify_one();
-            return;
+        // Configurations deleted: their keepers stop (and drop their floors).
+        keepers.retain(|k, _| {
+            k.strip_prefix(&prefix)
+                .is_none_or(|q| f.concurrency.provisioned.contains_key(q))
+        });
+        for qualifier in f.concurrency.provisioned.keys() {
+            let key = keeper_key(&f.name, qualifier);
+            if let Some(k) = keepers.get_mut(&key) {
+                // A new request (or an alias that moved) starts afresh.
+                k.failed = None;
+                k.wake.notify_one();
+                continue;
+            }
+            let generation = provisioner
+                .next_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let wake = Arc::new(Notify::new());
+            keepers.insert(
+                key,
+                Keeper {
+                    generation,
+                    failed: None,
+                    wake: wake.clone(),
+                },
+            );
+            let span =
+                tracing::info_span!("provisioned", function = %f.name, qualifier = %qualifier);
+            tokio::spawn(
+                keep(
+                    self.clone(),
+                    f.name.clone(),
+                    qualifier.clone(),
+                    generation,
+                    wake,
+                )
+                .instrument(span),
+            );
         }
-        let generation = provisioner
-            .next_generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let wake = Arc::new(Notify::new());
-        keepers.insert(
-            f.name.clone(),
-            Keeper {
-                generation,
-                failed: None,
-                wake: wake.clone(),
-            },
-        );
-        drop(keepers);
-        let span = tracing::info_span!("provisioned", function = %f.name);
-        tokio::spawn(keep(self.clone(), f.name.clone(), generation, wake).instrument(span));
     }
 
-    /// The function was deleted: forget its limits and stop its keeper.
+    /// The function was deleted: forget its limits and stop its keepers.
     pub fn function_removed(&self, name: &str) {
         self.pools.admission().forget(name);
-        self.provisioner.lock().remove(name);
-        self.pools.set_provisioned_floor(name, 0);
+        let prefix = keeper_key(name, "");
+        self.provisioner
+            .lock()
+            .retain(|k, _| !k.starts_with(&prefix));
     }
 
-    /// The state of `f`'s provisioned concurrency configuration, if it has one.
-    pub fn provisioned_view(&self, f: &FunctionRecord) -> Option<ProvisionedView> {
-        let p = f.concurrency.provisioned.as_ref()?;
+    /// The state of the configuration of `f` (`$LATEST`'s record) on
+    /// `qualifier`, if it has one.
+    pub fn provisioned_view(&self, f: &FunctionRecord, qualifier: &str) -> Option<ProvisionedView> {
+        let p = f.concurrency.provisioned.get(qualifier)?;
+        let live = Qualifier::parse(qualifier)
+            .ok()
+            .and_then(|q| self.registry.resolve(&f.name, &q).ok())
+            .map_or(0, |r| self.pools.live_instances(&r.instance_key()));
         Some(
             self.provisioner
-                .view(&f.name, p.requested, self.pools.live_instances(&f.name)),
+                .view(&keeper_key(&f.name, qualifier), p.requested, live),
         )
     }
 }
 
-/// One function's keeper: starts instances until the requested number
-/// exists, then watches.
-async fn keep(platform: Arc<Platform>, name: String, generation: u64, wake: Arc<Notify>) {
+/// One configuration's keeper: starts instances of the version its
+/// qualifier names (an alias: its primary version, followed as it moves)
+/// until the requested number exists, then watches. Keeps that version's
+/// idle instances from being reaped while it runs.
+async fn keep(
+    platform: Arc<Platform>,
+    name: String,
+    qualifier: String,
+    generation: u64,
+    wake: Arc<Notify>,
+) {
+    let key = keeper_key(&name, &qualifier);
     let mut failures = 0u32;
+    // The instance key whose idle instances this keeper holds.
+    let mut held: Option<String> = None;
+    let release = |held: &mut Option<String>| {
+        if let Some(k) = held.take() {
+            platform.pools.set_provisioned_floor(&k, 0);
+        }
+    };
     loop {
-        if platform.pools.is_shutting_down() || !platform.provisioner.is_current(&name, generation)
-        {
+        if platform.pools.is_shutting_down() || !platform.provisioner.is_current(&key, generation) {
             break;
         }
-        let Some(f) = platform.registry.get(&name) else {
+        let Some(latest) = platform.registry.get(&name) else {
             break;
         };
-        let Some(target) = f.concurrency.provisioned.as_ref().map(|p| p.requested) else {
+        let Some(target) = latest
+            .concurrency
+            .provisioned
+            .get(&qualifier)
+            .map(|p| p.requested)
+        else {
             break;
         };
-        let live = platform.pools.live_instances(&name);
+        let Ok(f) = Qualifier::parse(&qualifier)
+            .map_err(drop)
+            .and_then(|q| platform.registry.resolve(&name, &q).map_err(drop))
+        else {
+            break;
+        };
+        let instance_key = f.instance_key();
+        if held.as_deref() != Some(instance_key.as_str()) {
+            // An alias moved: the old version's instances idle out.
+            release(&mut held);
+            held = Some(instance_key.clone());
+        }
+        platform
+            .pools
+            .set_provisioned_floor(&instance_key, target as usize);
+        let live = platform.pools.live_instances(&instance_key);
         if live >= target as usize {
             failures = 0;
             tokio::select! {
@@ -190,20 +253,18 @@ async fn keep(platform: Arc<Platform>, name: String, generation: u64, wake: Arc<
             }
             continue;
         }
-        tracing::debug!(live, target, "starting a provisioned instance");
+        tracing::debug!(live, target, version = %f.version_label(), "starting a provisioned instance");
         match platform.pools.provision_one(&f).await {
             Ok(_) => {
                 failures = 0;
-                platform.provisioner.set_failed(&name, generation, None);
+                platform.provisioner.set_failed(&key, generation, None);
             }
             Err(_) if platform.pools.is_shutting_down() => break,
             Err(why) => {
                 failures += 1;
                 tracing::warn!(error = %why, failures, "cannot start a provisioned instance");
                 let wait = if failures >= FAILURES_BEFORE_FAILED {
-                    platform
-                        .provisioner
-                        .set_failed(&name, generation, Some(why));
+                    platform.provisioner.set_failed(&key, generation, Some(why));
                     RETRY_WHEN_FAILED
                 } else {
                     RETRY_AFTER_FAILURE
@@ -215,6 +276,7 @@ async fn keep(platform: Arc<Platform>, name: String, generation: u64, wake: Arc<
             }
         }
     }
+    release(&mut held);
     tracing::debug!("provisioned concurrency keeper stopped");
 }
 

@@ -164,16 +164,46 @@ pub struct ConcurrencyConfig {
     /// account's unreserved pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved: Option<u32>,
-    /// The provisioned concurrency configuration of the function's current
-    /// revision (thaw has no versions: see the API's documentation).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provisioned: Option<ProvisionedSetting>,
+    /// Provisioned concurrency configurations by qualifier: a version
+    /// number, an alias, or `$LATEST` (a thaw extension: Lambda refuses
+    /// it). Records of format 2 hold one configuration, `$LATEST`'s.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "provisioned_any"
+    )]
+    pub provisioned: BTreeMap<String, ProvisionedSetting>,
+}
+
+/// Reads `provisioned` as stored: a map by qualifier, or (format 2) the
+/// one configuration `$LATEST` could have.
+fn provisioned_any<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, ProvisionedSetting>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Latest(ProvisionedSetting),
+        ByQualifier(BTreeMap<String, ProvisionedSetting>),
+    }
+    Ok(match Stored::deserialize(d)? {
+        Stored::Latest(p) => BTreeMap::from([(thaw_api::function::LATEST.to_string(), p)]),
+        Stored::ByQualifier(m) => m,
+    })
 }
 
 impl ConcurrencyConfig {
     /// Whether nothing is set.
     pub fn is_empty(&self) -> bool {
-        self.reserved.is_none() && self.provisioned.is_none()
+        self.reserved.is_none() && self.provisioned.is_empty()
+    }
+
+    /// Instances all the function's provisioned concurrency
+    /// configurations ask for.
+    pub fn total_provisioned(&self) -> u32 {
+        self.provisioned
+            .values()
+            .fold(0u32, |n, p| n.saturating_add(p.requested))
     }
 }
 
@@ -726,7 +756,7 @@ impl Registry {
         write_record(&self.function_dir(name), &record, &self.cipher)?;
         state.functions.insert(name.to_string(), record.clone());
         drop(state);
-        tracing::info!(function = %name, reserved = ?record.concurrency.reserved, provisioned = ?record.concurrency.provisioned.as_ref().map(|p| p.requested), "function concurrency updated");
+        tracing::info!(function = %name, reserved = ?record.concurrency.reserved, provisioned = record.concurrency.total_provisioned(), "function concurrency updated");
         Ok(record)
     }
 
@@ -2048,10 +2078,13 @@ pub(crate) mod tests {
                 assert_eq!(others[0].name, "other");
                 Ok(ConcurrencyConfig {
                     reserved: Some(3),
-                    provisioned: Some(ProvisionedSetting {
-                        requested: 2,
-                        last_modified: "2026-01-01T00:00:00.000+0000".into(),
-                    }),
+                    provisioned: BTreeMap::from([(
+                        "1".to_string(),
+                        ProvisionedSetting {
+                            requested: 2,
+                            last_modified: "2026-01-01T00:00:00.000+0000".into(),
+                        },
+                    )]),
                 })
             })
             .unwrap();
@@ -2072,7 +2105,8 @@ pub(crate) mod tests {
         let reg = open(data.path());
         let c = reg.get("conc").unwrap().concurrency;
         assert_eq!(c.reserved, Some(3));
-        assert_eq!(c.provisioned.unwrap().requested, 2);
+        assert_eq!(c.provisioned["1"].requested, 2);
+        assert_eq!(c.total_provisioned(), 2);
     }
 
     /// A `function.json` as daemons before concurrency controls wrote it
@@ -2110,5 +2144,27 @@ pub(crate) mod tests {
             fs::read_to_string(dir.join("function.json")).unwrap(),
             golden
         );
+    }
+
+    /// Format 2 held one provisioned concurrency configuration (then only
+    /// `$LATEST` had one); it loads as `$LATEST`'s, and is written back as
+    /// a map by qualifier.
+    #[test]
+    fn a_format_2_provisioned_configuration_is_latests() {
+        let c: ConcurrencyConfig = serde_json::from_str(
+            r#"{"reserved": 4, "provisioned": {"requested": 2, "last_modified": "2026-01-01T00:00:00+0000"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.provisioned["$LATEST"].requested, 2);
+        assert_eq!(c.total_provisioned(), 2);
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["provisioned"]["$LATEST"]["requested"], 2);
+        let back: ConcurrencyConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, c);
+        let many: ConcurrencyConfig = serde_json::from_str(
+            r#"{"provisioned": {"live": {"requested": 1, "last_modified": ""}, "3": {"requested": 5, "last_modified": ""}}}"#,
+        )
+        .unwrap();
+        assert_eq!(many.total_provisioned(), 6);
     }
 }

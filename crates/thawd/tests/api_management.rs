@@ -2328,3 +2328,120 @@ async fn versions_and_aliases() {
         "{retired:?}"
     );
 }
+
+#[tokio::test]
+async fn provisioned_concurrency_on_versions_and_aliases() {
+    let api = api();
+    api.create("p", json!({"Publish": true})).await;
+    api.call(
+        "POST",
+        "/2015-03-31/functions/p/aliases",
+        Some(json!({"Name": "live", "FunctionVersion": "1"})),
+    )
+    .await;
+    let put = |q: &str, n: u32| {
+        let uri = format!("/2019-09-30/functions/p/provisioned-concurrency?Qualifier={q}");
+        let api = &api;
+        async move {
+            api.call(
+                "PUT",
+                &uri,
+                Some(json!({"ProvisionedConcurrentExecutions": n})),
+            )
+            .await
+        }
+    };
+    assert_eq!(put("1", 2).await.status, StatusCode::ACCEPTED);
+    assert_eq!(put("live", 3).await.status, StatusCode::ACCEPTED);
+    // A version or alias that does not exist has none.
+    put("7", 1)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    put("nope", 1)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    let list = api
+        .call(
+            "GET",
+            "/2019-09-30/functions/p/provisioned-concurrency?List=ALL",
+            None,
+        )
+        .await
+        .json();
+    let arns: Vec<(&str, u64)> = list["ProvisionedConcurrencyConfigs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["FunctionArn"].as_str().unwrap(),
+                c["RequestedProvisionedConcurrentExecutions"]
+                    .as_u64()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        arns,
+        [
+            ("arn:aws:lambda:us-east-1:000000000000:function:p:1", 2),
+            ("arn:aws:lambda:us-east-1:000000000000:function:p:live", 3)
+        ]
+    );
+    // Every configuration counts against a reservation.
+    api.call(
+        "PUT",
+        "/2017-10-31/functions/p/concurrency",
+        Some(json!({"ReservedConcurrentExecutions": 4})),
+    )
+    .await
+    .assert_error(400, "InvalidParameterValueException");
+    api.call(
+        "PUT",
+        "/2017-10-31/functions/p/concurrency",
+        Some(json!({"ReservedConcurrentExecutions": 6})),
+    )
+    .await;
+    put("$LATEST", 2)
+        .await
+        .assert_error(400, "InvalidParameterValueException");
+    assert_eq!(
+        put("live", 4).await.status,
+        StatusCode::ACCEPTED,
+        "replaces its own"
+    );
+    let settings = api
+        .call("GET", "/2016-08-19/account-settings", None)
+        .await
+        .json();
+    assert_eq!(
+        settings["AccountLimit"]["UnreservedConcurrentExecutions"],
+        1000 - 6
+    );
+    // Deleting the alias removes its configuration.
+    api.call("DELETE", "/2015-03-31/functions/p/aliases/live", None)
+        .await;
+    api.call("DELETE", "/2017-10-31/functions/p/concurrency", None)
+        .await;
+    let settings = api
+        .call("GET", "/2016-08-19/account-settings", None)
+        .await
+        .json();
+    assert_eq!(
+        settings["AccountLimit"]["UnreservedConcurrentExecutions"],
+        1000 - 2
+    );
+    let r = api
+        .call("DELETE", "/2015-03-31/functions/p?Qualifier=1", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let list = api
+        .call(
+            "GET",
+            "/2019-09-30/functions/p/provisioned-concurrency?List=ALL",
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(list["ProvisionedConcurrencyConfigs"], json!([]));
+}

@@ -190,10 +190,14 @@ pub trait ApiBackend: Clone + Send + Sync + 'static {
     fn function_removed(&self, name: &str) {
         let _ = name;
     }
-    /// How far the function's provisioned concurrency is (it has a
-    /// configuration).
-    fn provisioned_view(&self, function: &FunctionRecord) -> crate::provisioned::ProvisionedView {
-        let _ = function;
+    /// How far the function's provisioned concurrency configuration on
+    /// `qualifier` is (it has one).
+    fn provisioned_view(
+        &self,
+        function: &FunctionRecord,
+        qualifier: &str,
+    ) -> crate::provisioned::ProvisionedView {
+        let _ = (function, qualifier);
         crate::provisioned::ProvisionedView {
             available: 0,
             status: thaw_api::ProvisionedConcurrencyStatus::InProgress,
@@ -296,12 +300,18 @@ impl ApiBackend for Arc<Platform> {
         Platform::function_removed(self, name);
     }
 
-    fn provisioned_view(&self, function: &FunctionRecord) -> crate::provisioned::ProvisionedView {
-        Platform::provisioned_view(self, function).unwrap_or(crate::provisioned::ProvisionedView {
-            available: 0,
-            status: thaw_api::ProvisionedConcurrencyStatus::InProgress,
-            reason: None,
-        })
+    fn provisioned_view(
+        &self,
+        function: &FunctionRecord,
+        qualifier: &str,
+    ) -> crate::provisioned::ProvisionedView {
+        Platform::provisioned_view(self, function, qualifier).unwrap_or(
+            crate::provisioned::ProvisionedView {
+                available: 0,
+                status: thaw_api::ProvisionedConcurrencyStatus::InProgress,
+                reason: None,
+            },
+        )
     }
 
     fn invoke(
@@ -1096,6 +1106,9 @@ async fn delete_function<B: ApiBackend>(
             let gone = with_registry(&b, move |r| r.delete_version(n.key.as_str(), v))
                 .instrument(span.clone())
                 .await?;
+            if let Some(latest) = b.registry().get(name.key.as_str()) {
+                b.concurrency_changed(&latest);
+            }
             let key = gone.instance_key();
             let cleanup = async move {
                 b.retire(&key).await;
@@ -1165,8 +1178,7 @@ fn set_aside(account: &str, others: &[&FunctionRecord]) -> (u64, u64) {
     let provisioned = others
         .iter()
         .filter(|f| f.concurrency.reserved.is_none())
-        .filter_map(|f| f.concurrency.provisioned.as_ref())
-        .map(|p| u64::from(p.requested))
+        .map(|f| u64::from(f.concurrency.total_provisioned()))
         .sum();
     (reserved, provisioned)
 }
@@ -1190,8 +1202,8 @@ async fn put_function_concurrency<B: ApiBackend>(
         r.update_concurrency(n2.key.as_str(), |cur, others| {
             let (reserved, provisioned) = set_aside(&n2.account, others);
             thaw_api::concurrency::check_reservation(limit, reserved, provisioned, n)?;
-            if let Some(p) = &cur.provisioned {
-                thaw_api::concurrency::check_provisioned(p.requested, Some(n))?;
+            if !cur.provisioned.is_empty() {
+                thaw_api::concurrency::check_provisioned(cur.total_provisioned(), Some(n))?;
             }
             let mut c = cur.clone();
             c.reserved = Some(n);
@@ -1234,9 +1246,14 @@ async fn delete_function_concurrency<B: ApiBackend>(
             let mut c = cur.clone();
             c.reserved = None;
             // Its provisioned concurrency now comes out of the unreserved pool.
-            if let Some(p) = &cur.provisioned {
+            if !cur.provisioned.is_empty() {
                 let (reserved, provisioned) = set_aside(&n2.account, others);
-                check_provisioned_unreserved(limit, reserved, provisioned, p.requested)?;
+                check_provisioned_unreserved(
+                    limit,
+                    reserved,
+                    provisioned,
+                    cur.total_provisioned(),
+                )?;
             }
             Ok(c)
         })
@@ -1283,13 +1300,15 @@ async fn account_settings<B: ApiBackend>(
     ))
 }
 
-/// The configuration of `record` as Lambda reports it.
+/// The configuration of `record` (`$LATEST`'s) on `qualifier` as Lambda
+/// reports it.
 fn provisioned_config<B: ApiBackend>(
     b: &B,
     record: &FunctionRecord,
+    qualifier: &str,
 ) -> Option<thaw_api::ProvisionedConcurrencyConfig> {
-    let p = record.concurrency.provisioned.as_ref()?;
-    let view = b.provisioned_view(record);
+    let p = record.concurrency.provisioned.get(qualifier)?;
+    let view = b.provisioned_view(record, qualifier);
     Some(thaw_api::ProvisionedConcurrencyConfig {
         requested_provisioned_concurrent_executions: p.requested,
         available_provisioned_concurrent_executions: view.available,
@@ -1300,8 +1319,22 @@ fn provisioned_config<B: ApiBackend>(
     })
 }
 
-/// `PutProvisionedConcurrencyConfig` (202). The qualifier must be `$LATEST`
-/// or absent: see the module documentation.
+/// The qualifier of a provisioned concurrency operation, checked to name a
+/// version or alias that exists (none: `$LATEST`, see the module
+/// documentation).
+fn provisioned_qualifier<B: ApiBackend>(
+    b: &B,
+    scope: &Scope,
+    target: FunctionRef,
+    query: &QueryMap,
+) -> Result<(Target, String), ApiError> {
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
+    versions::lookup_qualified(b, &name, &q)?;
+    Ok((name, q.to_string()))
+}
+
+/// `PutProvisionedConcurrencyConfig` (202) on a version, an alias or
+/// `$LATEST`.
 async fn put_provisioned_concurrency<B: ApiBackend>(
     State(b): State<B>,
     scope: Scope,
@@ -1310,7 +1343,7 @@ async fn put_provisioned_concurrency<B: ApiBackend>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
+    let (name, qualifier) = provisioned_qualifier(&b, &scope, target, &query)?;
     let bytes = read_settings_body(&headers, body, "PutProvisionedConcurrencyConfig").await?;
     let req: thaw_api::PutProvisionedConcurrencyConfigRequest = parse_json(&bytes)?;
     let n = req.validate()?;
@@ -1322,28 +1355,42 @@ async fn put_provisioned_concurrency<B: ApiBackend>(
         .into());
     }
     let limit = b.account_concurrency();
-    let n2 = name.clone();
+    let (n2, q2) = (name.clone(), qualifier.clone());
     let record = with_registry(&b, move |r| {
         r.update_concurrency(n2.key.as_str(), |cur, others| {
+            let mut c = cur.clone();
+            // The function's other configurations count too.
+            c.provisioned.remove(&q2);
+            let rest = c.total_provisioned();
             match cur.reserved {
-                Some(reserved) => thaw_api::concurrency::check_provisioned(n, Some(reserved))?,
+                Some(reserved) => thaw_api::concurrency::check_provisioned(
+                    rest.saturating_add(n),
+                    Some(reserved),
+                )?,
                 None => {
                     let (reserved, provisioned) = set_aside(&n2.account, others);
-                    check_provisioned_unreserved(limit, reserved, provisioned, n)?;
+                    check_provisioned_unreserved(
+                        limit,
+                        reserved,
+                        provisioned + u64::from(rest),
+                        n,
+                    )?;
                 }
             }
-            let mut c = cur.clone();
-            c.provisioned = Some(crate::registry::ProvisionedSetting {
-                requested: n,
-                last_modified: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%z").to_string(),
-            });
+            c.provisioned.insert(
+                q2,
+                crate::registry::ProvisionedSetting {
+                    requested: n,
+                    last_modified: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%z").to_string(),
+                },
+            );
             Ok(c)
         })
     })
     .instrument(span("PutProvisionedConcurrencyConfig", &name))
     .await?;
     b.concurrency_changed(&record);
-    let config = provisioned_config(&b, &record)
+    let config = provisioned_config(&b, &record, &qualifier)
         .ok_or_else(|| ApiError::internal("The configuration was not stored"))?;
     Ok((StatusCode::ACCEPTED, Json(config)).into_response())
 }
@@ -1369,12 +1416,18 @@ async fn get_provisioned_concurrency<B: ApiBackend>(
             }
         }
         let record = lookup(&b, &name)?;
-        let items = provisioned_config(&b, &record)
-            .map(|config| thaw_api::ProvisionedConcurrencyConfigListItem {
-                function_arn: format!("{}:{}", name.arn(), thaw_api::function::LATEST),
-                config,
+        let items = record
+            .concurrency
+            .provisioned
+            .keys()
+            .filter_map(|q| {
+                provisioned_config(&b, &record, q).map(|config| {
+                    thaw_api::ProvisionedConcurrencyConfigListItem {
+                        function_arn: format!("{}:{q}", name.arn()),
+                        config,
+                    }
+                })
             })
-            .into_iter()
             .collect();
         return Ok(Json(thaw_api::ListProvisionedConcurrencyConfigsResponse {
             provisioned_concurrency_configs: items,
@@ -1382,9 +1435,9 @@ async fn get_provisioned_concurrency<B: ApiBackend>(
         })
         .into_response());
     }
-    let name = scope.resolve(target, query.get("Qualifier"))?;
+    let (name, qualifier) = provisioned_qualifier(&b, &scope, target, &query)?;
     let record = lookup(&b, &name)?;
-    let config = provisioned_config(&b, &record)
+    let config = provisioned_config(&b, &record, &qualifier)
         .ok_or_else(|| ApiError(thaw_api::concurrency::provisioned_config_not_found()))?;
     Ok(Json(config).into_response())
 }
@@ -1397,12 +1450,12 @@ async fn delete_provisioned_concurrency<B: ApiBackend>(
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<StatusCode, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
+    let (name, qualifier) = provisioned_qualifier(&b, &scope, target, &query)?;
     let n2 = name.clone();
     let record = with_registry(&b, move |r| {
         r.update_concurrency(n2.key.as_str(), |cur, _| {
             let mut c = cur.clone();
-            c.provisioned = None;
+            c.provisioned.remove(&qualifier);
             Ok(c)
         })
     })

@@ -11,6 +11,13 @@ use thaw_api::versions::{
     UpdateAliasRequest,
 };
 
+/// An alias moved or went away: provisioned concurrency follows it.
+fn concurrency_follows<B: ApiBackend>(b: &B, target: &Target) {
+    if let Some(latest) = b.registry().get(target.key.as_str()) {
+        b.concurrency_changed(&latest);
+    }
+}
+
 /// Largest `ListVersionsByFunction` / `ListAliases` page.
 const MAX_PAGE: usize = 50;
 
@@ -320,6 +327,7 @@ pub(super) async fn update_alias<B: ApiBackend>(
     })
     .instrument(span("UpdateAlias", &name))
     .await?;
+    concurrency_follows(&b, &name);
     Ok(Json(alias_configuration(&name, &alias, &saved)))
 }
 
@@ -334,6 +342,7 @@ pub(super) async fn delete_alias<B: ApiBackend>(
     with_registry(&b, move |r| r.delete_alias(&key, &alias))
         .instrument(span("DeleteAlias", &name))
         .await?;
+    concurrency_follows(&b, &name);
     Ok(StatusCode::NO_CONTENT)
 }
 

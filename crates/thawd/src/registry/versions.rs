@@ -252,8 +252,9 @@ impl Registry {
         }
     }
 
-    /// Deletes published version `n` of `name`; refused while an alias
-    /// points to it. Its code directory is retired once nothing runs it.
+    /// Deletes published version `n` of `name` (and its provisioned
+    /// concurrency configuration); refused while an alias points to it. Its
+    /// code directory is retired once nothing runs it.
     pub fn delete_version(&self, name: &str, n: u32) -> Result<FunctionRecord, RegistryError> {
         let mut state = self.lock();
         let latest = state
@@ -285,6 +286,13 @@ impl Registry {
                 latest.short_name(),
                 &Qualifier::Version(n),
             )));
+        }
+        // Its provisioned concurrency goes with it.
+        if latest.concurrency.provisioned.contains_key(&n.to_string()) {
+            let mut record = latest.clone();
+            record.concurrency.provisioned.remove(&n.to_string());
+            write_record(&self.function_dir(name), &record, &self.cipher)?;
+            state.functions.insert(name.to_string(), record);
         }
         let vdir = self.versions_dir(name);
         let json = vdir.join(format!("{n}.json"));
@@ -400,7 +408,8 @@ impl Registry {
         Ok(next)
     }
 
-    /// Deletes alias `alias` of `name`.
+    /// Deletes alias `alias` of `name` (and its provisioned concurrency
+    /// configuration).
     pub fn delete_alias(&self, name: &str, alias: &str) -> Result<(), RegistryError> {
         let mut state = self.lock();
         let latest = state
@@ -416,6 +425,8 @@ impl Registry {
         }
         let mut record = latest.clone();
         record.aliases.remove(alias);
+        // Its provisioned concurrency goes with it.
+        record.concurrency.provisioned.remove(alias);
         write_record(&self.function_dir(name), &record, &self.cipher)?;
         state.functions.insert(name.to_string(), record);
         drop(state);
