@@ -34,6 +34,7 @@ pub mod logs;
 pub mod package;
 pub mod tags;
 pub mod types;
+pub mod urls;
 pub mod versions;
 
 pub use client::{Client, ClientError, InvokeOptions, InvokeResult};

@@ -141,6 +141,11 @@ pub struct ServeArgs {
     /// background work waits.
     #[arg(long, default_value_t = thawd::pressure::DEFAULT_MIN_FREE_MEMORY_MB)]
     pub min_free_memory_mb: u64,
+    /// The domain of function URLs: `http://<id>.lambda-url.us-east-1.<domain>:<port>/`
+    /// (requests with such a `Host` on the daemon's port are served as
+    /// function URLs).
+    #[arg(long, default_value = "localhost")]
+    pub function_url_domain: String,
     /// Seconds a client has to send a request's headers; a keep-alive
     /// connection idle this long between requests is closed too.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -240,6 +245,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.store_gc_interval = Duration::from_secs(args.store_gc_interval_secs);
     config.store_gc_grace = Duration::from_secs(args.store_gc_grace_secs);
     config.min_free_memory_mb = args.min_free_memory_mb;
+    config.function_url_domain = args.function_url_domain;
     config.events.max_queued = usize::try_from(args.max_queued_events).unwrap_or(usize::MAX);
     if !(args.async_retry_delay_secs.is_finite() && args.async_retry_delay_secs >= 0.0) {
         anyhow::bail!("--async-retry-delay-secs must be a number of seconds, 0 or more");

@@ -74,6 +74,15 @@ pub fn api_request(data: &[u8]) {
         }
     }
     let _ = serde_json::from_slice::<thaw_api::versions::UpdateAliasRequest>(data);
+    if let Ok(req) = serde_json::from_slice::<thaw_api::urls::CreateFunctionUrlConfigRequest>(data)
+    {
+        let _ = req.validate();
+    }
+    // A function's answer behind a function URL: a status in range when
+    // it maps at all.
+    if let Ok(r) = thaw_api::urls::response_of(data) {
+        assert!((100..=599).contains(&r.status), "{}", r.status);
+    }
     // A queued event's record as the event queue stores it.
     let _ = serde_json::from_slice::<thaw_api::events::DestinationRecord>(data);
     if let Ok(s) = std::str::from_utf8(data) {
@@ -93,6 +102,7 @@ pub fn api_request(data: &[u8]) {
                 assert_eq!(thaw_api::versions::Qualifier::parse(&printed).ok(), Some(q));
             }
         }
+        let _ = thaw_api::urls::url_id_of_host(s);
         let _ = InvocationType::parse(s);
         let _ = Runtime::parse(s);
     }

@@ -81,6 +81,10 @@ pub struct DaemonConfig {
     pub http: HttpLimits,
     /// The durable queue of `Event` invocations ([`crate::events`]).
     pub events: crate::events::QueueConfig,
+    /// The domain function URLs are under:
+    /// `http://<id>.lambda-url.<region>.<domain>:<port>/` (default
+    /// `localhost`: clients reach the daemon's port with that `Host`).
+    pub function_url_domain: String,
 }
 
 /// How long the HTTP server waits for clients, and how many it serves.
@@ -153,6 +157,7 @@ impl DaemonConfig {
             min_free_memory_mb: crate::pressure::DEFAULT_MIN_FREE_MEMORY_MB,
             http: HttpLimits::default(),
             events: crate::events::QueueConfig::default(),
+            function_url_domain: "localhost".into(),
         }
     }
 }

@@ -53,6 +53,7 @@ use thaw_api::{
 use crate::instance::error_chain;
 use crate::secrets::{EnvCipher, KeySource};
 
+mod urls;
 mod versions;
 pub use versions::PublishOutcome;
 
@@ -130,6 +131,27 @@ pub struct FunctionRecord {
     /// code revision). Left out while there are none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aliases: BTreeMap<String, AliasRecord>,
+    /// The function's URLs by qualifier (`$LATEST` or an alias; `$LATEST`
+    /// only; not part of the code revision). Left out while there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub urls: BTreeMap<String, UrlRecord>,
+}
+
+/// A function URL as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UrlRecord {
+    /// The URL's id: the first label of its host (32 of `[a-z0-9]`).
+    pub id: String,
+    /// `NONE` or `AWS_IAM`.
+    pub auth_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<thaw_api::urls::Cors>,
+    /// `BUFFERED`.
+    pub invoke_mode: String,
+    /// ISO 8601.
+    pub created: String,
+    /// ISO 8601.
+    pub modified: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -612,6 +634,7 @@ impl Registry {
             version: None,
             last_version: 0,
             aliases: BTreeMap::new(),
+            urls: BTreeMap::new(),
         };
         record.apply_settings(req.settings);
         write_record(staging.path(), &record, &self.cipher)?;
@@ -1478,6 +1501,7 @@ pub(crate) fn test_record(name: &str, revision: &str) -> FunctionRecord {
         version: None,
         last_version: 0,
         aliases: Default::default(),
+        urls: Default::default(),
     }
 }
 

@@ -2445,3 +2445,201 @@ async fn provisioned_concurrency_on_versions_and_aliases() {
         .json();
     assert_eq!(list["ProvisionedConcurrencyConfigs"], json!([]));
 }
+
+/// A web function: `/teapot` answers with a response object, a path with
+/// `fail` fails, anything else echoes the event.
+fn web(f: &FunctionRecord, input: &InvokeInput) -> Result<InvokeOutcome, InvokeError> {
+    let mut out = fail_when_asked(f, input)?;
+    let event: Value = serde_json::from_slice(&input.payload).unwrap_or_default();
+    if event["rawPath"] == "/teapot" {
+        out.payload = Bytes::from(
+            json!({"statusCode": 418, "headers": {"X-A": "b"}, "cookies": ["c=1"], "body": "tea"})
+                .to_string(),
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn function_urls_are_configured_and_served() {
+    let api = api_with(Arc::new(web));
+    api.create("web", json!({})).await;
+    let uri = "/2021-10-31/functions/web/url";
+    let created = api
+        .call(
+            "POST",
+            uri,
+            Some(
+                json!({"AuthType": "NONE", "Cors": {"AllowOrigins": ["https://a.example"],
+                        "AllowMethods": ["GET", "POST"], "MaxAge": 60}}),
+            ),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let created = created.json();
+    let url = created["FunctionUrl"].as_str().unwrap().to_string();
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|h| h.strip_suffix('/'))
+        .unwrap()
+        .to_string();
+    assert!(host.contains(".lambda-url.us-east-1."), "{url}");
+    assert_eq!(
+        created["FunctionArn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:web"
+    );
+    assert_eq!(
+        (created["AuthType"].as_str(), created["InvokeMode"].as_str()),
+        (Some("NONE"), Some("BUFFERED"))
+    );
+    // Refusals: a second URL, a version, a missing alias, streaming.
+    api.call("POST", uri, Some(json!({"AuthType": "NONE"})))
+        .await
+        .assert_error(409, "ResourceConflictException");
+    api.call(
+        "POST",
+        &format!("{uri}?Qualifier=1"),
+        Some(json!({"AuthType": "NONE"})),
+    )
+    .await
+    .assert_error(400, "InvalidParameterValueException");
+    api.call(
+        "POST",
+        &format!("{uri}?Qualifier=gone"),
+        Some(json!({"AuthType": "NONE"})),
+    )
+    .await
+    .assert_error(404, "ResourceNotFoundException");
+    api.call("PUT", uri, Some(json!({"InvokeMode": "RESPONSE_STREAM"})))
+        .await
+        .assert_error(400, "InvalidParameterValueException");
+    api.call("PUT", uri, Some(json!({"AuthType": "OPEN"})))
+        .await
+        .assert_error(400, "ValidationException");
+    let got = api.call("GET", uri, None).await.json();
+    assert_eq!(got["FunctionUrl"], url.as_str());
+    let listed = api
+        .call("GET", "/2021-10-31/functions/web/urls", None)
+        .await
+        .json();
+    assert_eq!(listed["FunctionUrlConfigs"][0]["FunctionUrl"], url.as_str());
+
+    let request = |method: &str, path: &str, headers: &[(&str, &str)], body: &'static [u8]| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host.as_str());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    // The function gets Lambda's event; a plain JSON answer is a 200.
+    let r = api
+        .send(request(
+            "POST",
+            "/p/q?x=1&x=2",
+            &[("user-agent", "t"), ("cookie", "k=v")],
+            b"hi",
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let event = r.json();
+    assert_eq!(event["version"], "2.0");
+    assert_eq!(event["rawPath"], "/p/q");
+    assert_eq!(event["queryStringParameters"]["x"], "1,2");
+    assert_eq!(event["cookies"], json!(["k=v"]));
+    assert_eq!(event["body"], "hi");
+    assert_eq!(event["requestContext"]["http"]["method"], "POST");
+    assert_eq!(event["requestContext"]["accountId"], "anonymous");
+    assert_eq!(
+        event["requestContext"]["domainName"],
+        host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h)
+    );
+    {
+        let invoked = api.fake.invoked.lock().unwrap();
+        let (key, input) = invoked.last().unwrap();
+        assert_eq!(key, "web");
+        assert_eq!(
+            input.invoked_arn.as_deref(),
+            Some("arn:aws:lambda:us-east-1:000000000000:function:web")
+        );
+    }
+    // A host of a function URL never reaches the API: this is the
+    // function's path, not ListFunctions.
+    let r = api
+        .send(request("GET", "/2015-03-31/functions", &[], b""))
+        .await;
+    assert_eq!(r.json()["rawPath"], "/2015-03-31/functions");
+    // A response object: status, headers, cookies, body; CORS for an
+    // allowed origin only.
+    let r = api
+        .send(request(
+            "GET",
+            "/teapot",
+            &[("origin", "https://a.example")],
+            b"",
+        ))
+        .await;
+    assert_eq!(r.status.as_u16(), 418);
+    assert_eq!(r.body.as_ref(), b"tea");
+    assert_eq!(r.header("x-a"), Some("b"));
+    assert_eq!(r.header("set-cookie"), Some("c=1"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    let r = api
+        .send(request(
+            "GET",
+            "/teapot",
+            &[("origin", "https://evil.example")],
+            b"",
+        ))
+        .await;
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // A preflight is answered without running the function.
+    let before = api.fake.invoked.lock().unwrap().len();
+    let r = api
+        .send(request(
+            "OPTIONS",
+            "/anything",
+            &[
+                ("origin", "https://a.example"),
+                ("access-control-request-method", "POST"),
+            ],
+            b"",
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET,POST"));
+    assert_eq!(r.header("access-control-max-age"), Some("60"));
+    assert_eq!(api.fake.invoked.lock().unwrap().len(), before);
+    // A function error is a 502.
+    let r = api.send(request("GET", "/please-fail", &[], b"")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    // AWS_IAM: this backend has no accounts to check signatures with.
+    let updated = api
+        .call("PUT", uri, Some(json!({"AuthType": "AWS_IAM"})))
+        .await
+        .json();
+    assert_eq!(
+        (
+            updated["AuthType"].as_str(),
+            updated["FunctionUrl"].as_str()
+        ),
+        (Some("AWS_IAM"), Some(url.as_str()))
+    );
+    assert_eq!(updated["Cors"]["MaxAge"], 60, "kept");
+    let r = api.send(request("GET", "/", &[], b"")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Deleted: the URL answers 404, its configuration is gone.
+    let r = api.call("DELETE", uri, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api.send(request("GET", "/", &[], b"")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["Message"], "Not Found");
+    api.call("GET", uri, None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+}

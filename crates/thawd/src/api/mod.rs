@@ -21,6 +21,9 @@
 //! | PUT, DELETE | `/2017-10-31/functions/{name}/concurrency` | Put/DeleteFunctionConcurrency |
 //! | GET | `/2019-09-30/functions/{name}/concurrency` | GetFunctionConcurrency |
 //! | PUT, GET, DELETE | `/2019-09-30/functions/{name}/provisioned-concurrency` | Put/Get/DeleteProvisionedConcurrencyConfig (`Qualifier`); with `List=ALL`: ListProvisionedConcurrencyConfigs |
+//! | POST, GET, PUT, DELETE | `/2021-10-31/functions/{name}/url` | Create/Get/Update/DeleteFunctionUrlConfig (`Qualifier`) |
+//! | GET | `/2021-10-31/functions/{name}/urls` | ListFunctionUrlConfigs |
+//! | any | any, with a function URL's `Host` | the function URL ([`urls`]) |
 //! | GET | `/2016-08-19/account-settings` | GetAccountSettings |
 //! | GET | `/thaw/v1/functions/{name}/logs` | log records (`request_id`, `limit`) |
 //! | GET | `/thaw/v1/functions/{name}/code` | the uploaded zip |
@@ -89,8 +92,10 @@ use crate::server::Platform;
 
 mod events;
 mod tags;
+mod urls;
 mod versions;
 pub use events::start_event_delivery;
+pub use urls::is_function_url_request;
 
 /// Largest management request body (a base64 zip of ~50 MiB plus JSON):
 /// CreateFunction and UpdateFunctionCode.
@@ -204,6 +209,19 @@ pub trait ApiBackend: Clone + Send + Sync + 'static {
             reason: None,
         }
     }
+    /// The accounts whose keys sign requests to `AWS_IAM` function URLs
+    /// (`None`: such URLs refuse every request).
+    fn accounts(&self) -> Option<&Arc<thaw_auth::Accounts>> {
+        None
+    }
+    /// The URL of the function URL whose id is `id`.
+    fn function_url(&self, id: &str) -> String {
+        format!(
+            "http://{id}.{}.{}.localhost/",
+            thaw_api::urls::URL_HOST_LABEL,
+            thaw_api::function::REGION
+        )
+    }
     /// Queue a snapshot build of the function (pipeline on or off).
     fn queue_snapshot(&self, function: &FunctionRecord) -> Result<(), LambdaError> {
         let _ = function;
@@ -282,6 +300,20 @@ impl ApiBackend for Arc<Platform> {
 
     fn room_on_disk(&self) -> Result<(), crate::pressure::Low> {
         self.pools.room_on_disk()
+    }
+
+    fn accounts(&self) -> Option<&Arc<thaw_auth::Accounts>> {
+        Some(&self.accounts)
+    }
+
+    fn function_url(&self, id: &str) -> String {
+        format!(
+            "http://{id}.{}.{}.{}:{}/",
+            thaw_api::urls::URL_HOST_LABEL,
+            thaw_api::function::REGION,
+            self.config.function_url_domain,
+            self.config.listen.port()
+        )
     }
 
     fn account_concurrency(&self) -> u32 {
@@ -419,6 +451,14 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
             get(events::queue_view::<B>),
         )
         .route(
+            "/2021-10-31/functions/{name}/url",
+            get(urls::get::<B>)
+                .post(urls::create::<B>)
+                .put(urls::update::<B>)
+                .delete(urls::delete::<B>),
+        )
+        .route("/2021-10-31/functions/{name}/urls", get(urls::list::<B>))
+        .route(
             "/2017-03-31/tags/{name}",
             get(tags::list::<B>)
                 .post(tags::tag::<B>)
@@ -452,6 +492,10 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
         .fallback(unknown_operation)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_log))
+        .layer(axum::middleware::from_fn_with_state(
+            backend.clone(),
+            urls::dispatch::<B>,
+        ))
         .with_state(backend)
 }
 
@@ -755,7 +799,10 @@ pub async fn authenticate(
     req: Request,
     next: Next,
 ) -> Response {
-    if req.uri().path() == "/healthz" {
+    // `/healthz`, and function URLs (the router's `urls::dispatch` serves
+    // them, checking their own authentication; no API route is reached
+    // with a function URL's host).
+    if req.uri().path() == "/healthz" || is_function_url_request(&req) {
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();

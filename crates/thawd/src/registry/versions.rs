@@ -136,6 +136,7 @@ impl Registry {
         version.version = Some(n);
         version.last_version = 0;
         version.aliases.clear();
+        version.urls.clear();
         version.tags.clear();
         version.concurrency = Default::default();
         version.last_modified = now_lambda();
@@ -425,8 +426,9 @@ impl Registry {
         }
         let mut record = latest.clone();
         record.aliases.remove(alias);
-        // Its provisioned concurrency goes with it.
+        // Its provisioned concurrency and URL go with it.
         record.concurrency.provisioned.remove(alias);
+        record.urls.remove(alias);
         write_record(&self.function_dir(name), &record, &self.cipher)?;
         state.functions.insert(name.to_string(), record);
         drop(state);
