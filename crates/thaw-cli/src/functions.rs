@@ -19,7 +19,7 @@ const DEFAULT_ROLE: &str = "arn:aws:iam::000000000000:role/thaw";
 pub struct DeployArgs {
     /// The function's name.
     pub name: String,
-    /// `python3.11`, `nodejs20.x`, `provided`, `provided.al2` or `provided.al2023`.
+    /// `python3.11`, `nodejs20.x`, `nodejs22.x`, `provided`, `provided.al2` or `provided.al2023`.
     #[arg(long)]
     pub runtime: String,
     /// Handler, e.g. `app.handler` (not needed by `provided` runtimes).

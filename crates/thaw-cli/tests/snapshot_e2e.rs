@@ -64,6 +64,15 @@ fn restore_and_serve(d: &Daemon, name: &str, dir: &str, runtime: &str, handler: 
         }
     }
     if runtime.starts_with("nodejs") {
+        let major = runtime.trim_start_matches("nodejs").trim_end_matches(".x");
+        assert!(
+            state["node"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("v{major}.")),
+            "{runtime} runs Node.js {}",
+            state["node"]
+        );
         assert_eq!(state["advanced"], true, "the pending timer keeps firing");
         assert_eq!(
             state["hot"], cold["hot"],
@@ -118,6 +127,26 @@ fn node_function_clones_from_its_template() {
     }
     let d = Daemon::start(CLONE);
     restore_and_serve(&d, "nodesnap", "node-snap", "nodejs20.x", "index.handler");
+}
+
+/// nodejs22.x: cold, snapshotted, cloned and restored as nodejs20.x is.
+#[test]
+fn node22_function_clones_from_its_template_and_restores() {
+    const TEST: &str = "node22_function_clones_from_its_template_and_restores";
+    if !common::can_run(TEST) {
+        return;
+    }
+    if common::node22().is_none() {
+        common::skip(
+            TEST,
+            "Node.js 22 is not installed (scripts/install-test-tools.sh fetches it)",
+        );
+        return;
+    }
+    let d = Daemon::start(CLONE);
+    restore_and_serve(&d, "node22snap", "node-snap", "nodejs22.x", "index.handler");
+    let d = Daemon::start(EAGER);
+    restore_and_serve(&d, "node22snap", "node-snap", "nodejs22.x", "index.handler");
 }
 
 #[test]

@@ -78,7 +78,7 @@ const MAX_LINK_HOPS: usize = 40;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FunctionRecord {
     pub name: String,
-    /// Lambda runtime identifier: `python3.11`, `nodejs20.x`, `provided`, `provided.al2`, `provided.al2023`.
+    /// Lambda runtime identifier: `python3.11`, `nodejs20.x`, `nodejs22.x`, `provided`, `provided.al2`, `provided.al2023`.
     pub runtime: String,
     /// Lambda handler string, e.g. `app.handler`.
     pub handler: String,

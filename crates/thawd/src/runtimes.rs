@@ -38,7 +38,15 @@ pub struct HostRuntime {
 pub struct HostRuntimes {
     pub python311: Option<HostRuntime>,
     pub node20: Option<HostRuntime>,
+    pub node22: Option<HostRuntime>,
 }
+
+/// The Node.js runtimes: Lambda's identifier, the major version, and the
+/// variable that names the interpreter (else the command looked for).
+const NODE_RUNTIMES: [(&str, &str, &str, &str); 2] = [
+    ("nodejs20.x", "20", "THAW_NODE", "node"),
+    ("nodejs22.x", "22", "THAW_NODE22", "node22"),
+];
 
 impl HostRuntimes {
     /// Look for `python3.11` and `node` (v20) the way a shell would, resolving
@@ -52,25 +60,34 @@ impl HostRuntimes {
                  print(sysconfig.get_paths()['purelib']); print(sysconfig.get_paths()['platlib'])",
             ],
         );
-        let node20 = probe(
-            &std::env::var("THAW_NODE").unwrap_or_else(|_| "node".into()),
-            &[
-                "-e",
-                "if (!process.version.startsWith('v20.')) process.exit(3); \
-                 console.log(process.execPath); console.log(require('path').resolve(process.execPath, '..', '..'))",
-            ],
-        );
+        let [node20, node22] = NODE_RUNTIMES.map(|(id, major, var, command)| {
+            let found = probe(
+                &std::env::var(var).unwrap_or_else(|_| command.into()),
+                &[
+                    "-e",
+                    &format!(
+                        "if (!process.version.startsWith('v{major}.')) process.exit(3); \
+                         console.log(process.execPath); console.log(require('path').resolve(process.execPath, '..', '..'))"
+                    ),
+                ],
+            );
+            if found.is_none() {
+                tracing::warn!(
+                    "Node.js {major} not found on this host (${var}, else `{command}` on PATH): the {id} runtime is unavailable"
+                );
+            }
+            found
+        });
         if python311.is_none() {
             tracing::warn!(
                 "python3.11 not found on this host: the python3.11 runtime is unavailable"
             );
         }
-        if node20.is_none() {
-            tracing::warn!(
-                "Node.js 20 not found on this host: the nodejs20.x runtime is unavailable"
-            );
+        HostRuntimes {
+            python311,
+            node20,
+            node22,
         }
-        HostRuntimes { python311, node20 }
     }
 }
 
@@ -167,12 +184,14 @@ pub fn start_spec(
                 "/var/runtime/python/bootstrap.py".into(),
             ]
         }
-        "nodejs20.x" => {
-            let rt = ctx
-                .runtimes
-                .node20
-                .as_ref()
-                .ok_or_else(|| SpecError::RuntimeMissing(f.runtime.clone()))?;
+        "nodejs20.x" | "nodejs22.x" => {
+            let rt = if f.runtime == "nodejs20.x" {
+                &ctx.runtimes.node20
+            } else {
+                &ctx.runtimes.node22
+            }
+            .as_ref()
+            .ok_or_else(|| SpecError::RuntimeMissing(f.runtime.clone()))?;
             add_prefix(&mut binds, &mut path, rt);
             vec![
                 rt.executable.display().to_string(),
@@ -181,9 +200,13 @@ pub fn start_spec(
         }
         "provided" | "provided.al2" | "provided.al2023" => {
             // A custom runtime may use either interpreter; make both visible.
-            for rt in [&ctx.runtimes.python311, &ctx.runtimes.node20]
-                .into_iter()
-                .flatten()
+            for rt in [
+                &ctx.runtimes.python311,
+                &ctx.runtimes.node20,
+                &ctx.runtimes.node22,
+            ]
+            .into_iter()
+            .flatten()
             {
                 add_prefix(&mut binds, &mut path, rt);
             }
@@ -234,7 +257,7 @@ pub fn start_spec(
     // Reserved variables win over user-supplied ones, as in Lambda.
     env.retain(|(k, _)| !reserved.iter().any(|(r, _)| r == k));
     env.extend(reserved.into_iter().map(|(k, v)| (k.to_string(), v)));
-    if f.runtime == "nodejs20.x" {
+    if f.runtime.starts_with("nodejs") {
         // Where `require('@thaw/snapshot-restore')` is found (reserved, as
         // NODE_PATH is in Lambda).
         env.retain(|(k, _)| k != "NODE_PATH");

@@ -28,7 +28,7 @@ exports.handler = async (event, context) => {
       return {
         init_id: INIT_ID, big: BIG.length, b777: BIG[777], digest: DIGEST, hot: hot(100000),
         pid: process.pid, hostname: os.hostname(), time: Date.now() / 1000, request_id: context.awsRequestId,
-        snap: store.snap ?? null, advanced: ticks > t0,
+        snap: store.snap ?? null, advanced: ticks > t0, node: process.version,
       };
     }
     case 'count': count += 1; return { count };

@@ -18,6 +18,16 @@ pub fn functions_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/functions")
 }
 
+/// Node.js 22 for the nodejs22.x runtime: `$THAW_NODE22`, else what
+/// `scripts/install-test-tools.sh` fetched into `target/tools/node22`.
+pub fn node22() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("THAW_NODE22") {
+        return Some(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/node22/bin/node");
+    p.is_file().then(|| std::fs::canonicalize(&p).unwrap_or(p))
+}
+
 /// Whether this test can run here; prints a loud SKIP line when not.
 pub fn can_run(test: &str) -> bool {
     if !nix_is_root() {
@@ -165,6 +175,9 @@ impl Daemon {
                 .env_remove("THAW_ROOT_SECRET_ACCESS_KEY")
                 .env("HOME", home),
         };
+        if let Some(node22) = node22() {
+            cmd.env("THAW_NODE22", node22);
+        }
         let child = cmd
             .envs(env.iter().copied())
             .args(["serve", "--listen", &listen, "--data-dir"])
