@@ -163,7 +163,8 @@ fn a_handler_that_fails_on_the_test_event_gets_an_init_only_snapshot() {
     if !can_run("a_handler_that_fails_on_the_test_event_gets_an_init_only_snapshot") {
         return;
     }
-    let d = Daemon::start(&["--auto-snapshot", "true"]);
+    let data = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(data.path(), &["--auto-snapshot", "true"]);
     let c = d.client();
     common::deploy(
         &c,
@@ -190,6 +191,15 @@ fn a_handler_that_fails_on_the_test_event_gets_an_init_only_snapshot() {
     assert!(
         metrics.contains(r#"thaw_snapshot_builds_total{function="picky",outcome="ready"} 1"#),
         "{metrics}"
+    );
+    // A restarted daemon still says `init-only`, and why.
+    assert!(d.stop());
+    let d = Daemon::start_in(data.path(), &["--auto-snapshot", "true"]);
+    let s = d.client().snapshot_status("picky").unwrap();
+    assert_eq!(
+        (s.state, s.error.as_deref()),
+        (SnapshotState::InitOnly, Some(why.as_str())),
+        "after a restart"
     );
 }
 

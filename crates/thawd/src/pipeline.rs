@@ -294,22 +294,27 @@ impl SnapshotBuilds {
         self.statuses().remove(name);
     }
 
-    /// The status of `f`'s current revision; `ready_on_disk` says whether a
-    /// snapshot of it exists (one built by an earlier daemon).
-    pub fn status(&self, f: &FunctionRecord, ready_on_disk: bool) -> SnapshotStatus {
+    /// The status of `f`'s current revision; `on_disk` is the metadata of
+    /// its snapshot, if one exists (one built by an earlier daemon: `ready`,
+    /// or `init-only` with why).
+    pub fn status(
+        &self,
+        f: &FunctionRecord,
+        on_disk: Option<&crate::snapshots::SnapshotMeta>,
+    ) -> SnapshotStatus {
         let known = self.statuses().get(&f.instance_key()).cloned();
         match known {
             Some(s) if s.revision_id == f.revision_id => s,
             _ => SnapshotStatus {
                 function: f.instance_key(),
                 revision_id: f.revision_id.clone(),
-                state: if ready_on_disk {
-                    SnapshotState::Ready
-                } else {
-                    SnapshotState::None
+                state: match on_disk {
+                    Some(m) if m.init_only.is_some() => SnapshotState::InitOnly,
+                    Some(_) => SnapshotState::Ready,
+                    None => SnapshotState::None,
                 },
                 phase: None,
-                error: None,
+                error: on_disk.and_then(|m| m.init_only.clone()),
                 report: None,
                 updated: now(),
             },
@@ -376,7 +381,7 @@ mod tests {
         let Turn::Lead(lease) = b.begin(&f) else {
             panic!("the first request must lead");
         };
-        assert_eq!(b.status(&f, false).state, SnapshotState::Queued);
+        assert_eq!(b.status(&f, None).state, SnapshotState::Queued);
         let joiners: Vec<_> = (0..7)
             .map(|_| match b.begin(&f) {
                 Turn::Join(rx) => tokio::spawn(join(rx)),
@@ -386,7 +391,7 @@ mod tests {
         // Joining does not touch the leader's status.
         b.building(&f, phase::CHECKPOINT);
         assert!(b.begin(&f).is_join());
-        assert_eq!(b.status(&f, false).state, SnapshotState::Building);
+        assert_eq!(b.status(&f, None).state, SnapshotState::Building);
         // Another revision is another build.
         assert!(!b.begin(&record("f", "r2")).is_join());
         b.ready(&f, report(&f));
@@ -415,10 +420,35 @@ mod tests {
         };
         drop(lease);
         assert!(matches!(join(rx).await, BuildOutcome::Failed(_)));
-        let s = b.status(&f, false);
+        let s = b.status(&f, None);
         assert_eq!(s.state, SnapshotState::Failed, "{s:?}");
         assert!(s.error.unwrap().contains("abandoned"));
         assert!(!b.in_flight(&f));
+    }
+
+    /// After a restart (nothing known in memory), a snapshot on disk is
+    /// `ready`, or `init-only` with why when its metadata says so.
+    #[test]
+    fn a_snapshot_found_on_disk_keeps_its_state() {
+        let b = SnapshotBuilds::default();
+        let f = record("h", "r1");
+        let mut meta = crate::snapshots::SnapshotMeta {
+            resume: thaw_runtime::control::ResumePoint::RestoreNext,
+            warmed_up: false,
+            revision_id: "r1".into(),
+            created: String::new(),
+            store: None,
+            init_only: None,
+        };
+        assert_eq!(b.status(&f, None).state, SnapshotState::None);
+        assert_eq!(b.status(&f, Some(&meta)).state, SnapshotState::Ready);
+        meta.init_only = Some("the test invocation failed: KeyError".into());
+        let s = b.status(&f, Some(&meta));
+        assert_eq!(s.state, SnapshotState::InitOnly);
+        assert_eq!(
+            s.error.as_deref(),
+            Some("the test invocation failed: KeyError")
+        );
     }
 
     impl Turn {

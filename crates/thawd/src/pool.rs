@@ -425,6 +425,11 @@ impl Pools {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// The metadata of `f`'s current revision's snapshot, if it has one.
+    pub fn snapshot_meta(&self, f: &FunctionRecord) -> Option<crate::snapshots::SnapshotMeta> {
+        crate::snapshots::SnapshotMeta::read(&self.snapshot_dir(f)).ok()
+    }
+
     /// Whether `f`'s current revision has a snapshot on disk.
     pub fn has_snapshot(&self, f: &FunctionRecord) -> bool {
         self.snapshot_dir(f)
@@ -896,7 +901,9 @@ impl Pools {
                     String::from_utf8_lossy(&payload)
                 )),
             })?;
-        let result = self.checkpoint_after_test(&mut inst, f, payload).await;
+        let result = self
+            .checkpoint_after_test(&mut inst, f, payload, init_only.as_deref())
+            .await;
         inst.destroy().await;
         let (test_invoke_ms, stats, size_bytes, meta) = result?;
         // Never publish a snapshot that does not restore: restore one
@@ -998,6 +1005,7 @@ impl Pools {
         inst: &mut Instance,
         f: &FunctionRecord,
         payload: &[u8],
+        init_only: Option<&str>,
     ) -> Result<(f64, CheckpointStats, u64, SnapshotMeta), BuildFailure> {
         let state = |e: CheckpointFailure| match e {
             CheckpointFailure::Runtime { .. } => {
@@ -1032,6 +1040,7 @@ impl Pools {
             revision_id: f.revision_id.clone(),
             created: chrono::Utc::now().to_rfc3339(),
             store: None,
+            init_only: init_only.map(str::to_string),
         };
         let stats = match inst.checkpoint(&tmp).await {
             Ok(s) => s,

@@ -32,6 +32,11 @@ pub struct SnapshotMeta {
     /// (the memory image is then only there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<crate::snapstore::StoredBlobs>,
+    /// Why the snapshot was taken right after init, without its test
+    /// invocation (the test invocation failed); `None` for a full one.
+    /// Absent from metadata written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_only: Option<String>,
 }
 
 /// Why the metadata cannot be read or written.
@@ -101,6 +106,7 @@ mod tests {
             revision_id: "r1".into(),
             created: "2026-11-23T00:00:00Z".into(),
             store: None,
+            init_only: Some("the test invocation failed: boom".into()),
         };
         m.write(dir.path()).unwrap();
         assert_eq!(SnapshotMeta::read(dir.path()).unwrap(), m);

@@ -291,7 +291,7 @@ impl ApiBackend for Arc<Platform> {
     fn snapshot_status(&self, function: &FunctionRecord) -> thaw_api::SnapshotStatus {
         self.pools
             .builds
-            .status(function, self.pools.has_snapshot(function))
+            .status(function, self.pools.snapshot_meta(function).as_ref())
     }
 
     fn drop_idle(&self, name: &str) -> impl Future<Output = ()> + Send {
