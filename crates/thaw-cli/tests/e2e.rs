@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use thaw_api::{InvokeOptions, StartKind, UpdateFunctionConfigurationRequest};
 
 #[test]
@@ -685,4 +685,110 @@ fn a_client_that_hangs_up_does_not_leak_the_instance() {
         v["count"], 2,
         "the hung-up invocation completed on the same instance"
     );
+}
+
+/// `LoggingConfig` takes effect: with `LogFormat: JSON` the platform's
+/// lines are Lambda's JSON records and the runtimes write `logging` /
+/// `console` output as JSON lines at `ApplicationLogLevel` and above (print
+/// stays text); `SystemLogLevel: WARN` leaves the platform's records out.
+#[test]
+fn json_log_format_and_levels() {
+    if !can_run("json_log_format_and_levels") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let logging = |system: &str| thaw_api::kept::Kept {
+        logging_config: Some(thaw_api::kept::LoggingConfig {
+            log_format: Some("JSON".into()),
+            application_log_level: Some("WARN".into()),
+            system_log_level: Some(system.into()),
+            log_group: None,
+        }),
+        ..Default::default()
+    };
+    for (name, dir, runtime, handler) in [
+        ("jlog-py", "py-logs", "python3.11", "app.handler"),
+        ("jlog-node", "node-logs", "nodejs20.x", "index.handler"),
+    ] {
+        let zip = thaw_api::package::zip_directory(&functions_dir().join(dir)).unwrap();
+        c.create_function(&thaw_api::CreateFunctionRequest {
+            function_name: name.into(),
+            runtime: Some(runtime.into()),
+            handler: Some(handler.into()),
+            role: Some("arn:aws:iam::000000000000:role/test".into()),
+            code: thaw_api::FunctionCode {
+                zip_file: Some(zip),
+                ..Default::default()
+            },
+            kept: logging("INFO"),
+            ..Default::default()
+        })
+        .unwrap();
+        let (r, v) = invoke(&c, name, json!({"n": 1}));
+        assert_eq!(r.function_error, None, "{v}");
+        let id = r.request_id.clone().expect("a request id");
+        let lines: Vec<String> = c
+            .logs(name, Some(&id), Some(100))
+            .unwrap()
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
+        let json_lines: Vec<Value> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.is_object())
+            .collect();
+        let of_type = |t: &str| json_lines.iter().find(|v| v["type"] == t);
+        let start = of_type("platform.start").unwrap_or_else(|| panic!("{name}: {lines:?}"));
+        assert_eq!(start["record"]["requestId"], id.as_str());
+        let report = of_type("platform.report").unwrap_or_else(|| panic!("{name}: {lines:?}"));
+        assert!(
+            report["record"]["metrics"]["durationMs"].is_number(),
+            "{report}"
+        );
+        assert!(of_type("platform.runtimeDone").is_some(), "{lines:?}");
+        let loud = json_lines
+            .iter()
+            .find(|v| v["level"] == "WARN")
+            .unwrap_or_else(|| panic!("{name}: no WARN line in {lines:?}"));
+        assert_eq!(loud["message"], "loud 1", "{loud}");
+        assert_eq!(loud["requestId"], id.as_str(), "{loud}");
+        assert!(loud["timestamp"].as_str().unwrap().ends_with('Z'), "{loud}");
+        let error = json_lines
+            .iter()
+            .find(|v| v["level"] == "ERROR")
+            .unwrap_or_else(|| panic!("{name}: no ERROR line in {lines:?}"));
+        let error_type = if runtime.starts_with("python") {
+            "ValueError"
+        } else {
+            "Error"
+        };
+        assert_eq!(error["errorType"], error_type, "{error}");
+        assert!(
+            !lines.iter().any(|l| l.contains("quiet")),
+            "{name}: INFO is below the application's level: {lines:?}"
+        );
+        if runtime.starts_with("python") {
+            assert!(lines.iter().any(|l| l == "plain print"), "{lines:?}");
+        }
+    }
+    // SystemLogLevel WARN: no platform records (a new revision: cold).
+    c.update_function_configuration(
+        "jlog-py",
+        &UpdateFunctionConfigurationRequest {
+            kept: logging("WARN"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (r, _) = invoke(&c, "jlog-py", json!({"n": 2}));
+    let lines: Vec<String> = c
+        .logs("jlog-py", r.request_id.as_deref(), Some(100))
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert!(!lines.iter().any(|l| l.contains("platform.")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("loud 2")), "{lines:?}");
 }

@@ -21,6 +21,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod placement;
+pub mod platform_log;
 pub mod pool;
 pub mod pressure;
 pub mod provisioned;

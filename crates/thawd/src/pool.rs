@@ -1211,14 +1211,14 @@ impl Pools {
         lock(&pool.queue).busy(ticket.id, self.epoch.elapsed());
         self.metrics.add_instances(&f.instance_key(), "busy", 1);
 
-        let start_line = format!(
-            "START RequestId: {request_id} Version: {}",
-            f.version_label()
-        );
+        let platform_log = crate::platform_log::PlatformLog::of(f);
+        let start_line = platform_log.start(&request_id, &f.version_label());
         // Logged before the function runs, as Lambda does: the function's
         // own lines come after it.
-        self.logs
-            .append(&f.name, &[platform_line(&request_id, start_line.clone())]);
+        if let Some(l) = &start_line {
+            self.logs
+                .append(&f.name, &[platform_line(&request_id, l.clone())]);
+        }
         let timeout = Duration::from_secs(u64::from(f.timeout_s));
         let invoked_arn = input
             .invoked_arn
@@ -1376,40 +1376,31 @@ impl Pools {
             .observe_invocation(&f.instance_key(), start, &timings, outcome);
         self.metrics.add_instances(&f.instance_key(), "busy", -1);
 
-        let mut report = format!(
-            "REPORT RequestId: {request_id}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
-            timings.invoke_ms,
-            timings.invoke_ms.ceil() as u64,
-            f.memory_mb
-        );
-        if let Some(peak) = inst.memory_peak_bytes() {
-            report.push_str(&format!("\tMax Memory Used: {} MB", peak.div_ceil(1 << 20)));
-        }
-        if start == StartKind::Restored {
-            report.push_str(&format!(
-                "\tRestore Duration: {:.2} ms\tSandbox Duration: {:.2} ms",
-                timings.restore_ms, timings.sandbox_ms
-            ));
-        }
-        if start == StartKind::Cold {
-            report.push_str(&format!(
-                "\tInit Duration: {:.2} ms\tSandbox Duration: {:.2} ms",
-                timings.runtime_ms + timings.init_ms,
-                timings.sandbox_ms
-            ));
-        }
-        let end_line = format!("END RequestId: {request_id}");
-        let mut all = vec![start_line.clone()];
+        let new_instance = start == StartKind::Restored || start == StartKind::Cold;
+        let report = crate::platform_log::Report {
+            duration_ms: timings.invoke_ms,
+            memory_size_mb: f.memory_mb,
+            max_memory_used_mb: inst.memory_peak_bytes().map(|p| p.div_ceil(1 << 20)),
+            init_ms: (start == StartKind::Cold).then_some(timings.runtime_ms + timings.init_ms),
+            restore_ms: (start == StartKind::Restored).then_some(timings.restore_ms),
+            sandbox_ms: new_instance.then_some(timings.sandbox_ms),
+            failed: function_error.is_some(),
+        };
+        let end_lines: Vec<String> = [
+            platform_log.end(&request_id, &report),
+            platform_log.report(&request_id, &report),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut all: Vec<String> = start_line.into_iter().collect();
         all.extend(lines.into_lines());
-        all.push(end_line.clone());
-        all.push(report.clone());
-        self.logs.append(
-            &f.name,
-            &[
-                platform_line(&request_id, end_line),
-                platform_line(&request_id, report),
-            ],
-        );
+        all.extend(end_lines.iter().cloned());
+        let end_records: Vec<LogRecord> = end_lines
+            .into_iter()
+            .map(|l| platform_line(&request_id, l))
+            .collect();
+        self.logs.append(&f.name, &end_records);
 
         let leftover = if keep && !self.shutting_down.load(Ordering::SeqCst) {
             self.park(&pool, inst)

@@ -227,6 +227,15 @@ pub fn start_spec(
 
     let short = &instance_id[..instance_id.len().min(12)];
     let today = chrono::Utc::now().format("%Y/%m/%d");
+    let logging = f.kept.logging_config.clone().unwrap_or_default();
+    let log_format = if logging.log_format.as_deref() == Some("JSON") {
+        "JSON"
+    } else {
+        "Text"
+    };
+    let log_level = logging
+        .application_log_level
+        .unwrap_or_else(|| "INFO".into());
     let reserved = [
         ("PATH", path),
         ("LANG", "C.UTF-8".into()),
@@ -250,13 +259,19 @@ pub fn start_spec(
             format!("{today}/[{}]{short}", f.version_label()),
         ),
         ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into()),
+        // The function's LoggingConfig, for its runtime.
+        ("AWS_LAMBDA_LOG_FORMAT", log_format.into()),
         // thaw's own: unique per instance (restored ones get theirs after
         // the restore).
         ("THAW_INSTANCE_ID", instance_id.to_string()),
     ];
     // Reserved variables win over user-supplied ones, as in Lambda.
-    env.retain(|(k, _)| !reserved.iter().any(|(r, _)| r == k));
+    env.retain(|(k, _)| !reserved.iter().any(|(r, _)| r == k) && k != "AWS_LAMBDA_LOG_LEVEL");
     env.extend(reserved.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if log_format == "JSON" {
+        // The application's level applies to the JSON format only.
+        env.push(("AWS_LAMBDA_LOG_LEVEL".into(), log_level));
+    }
     if f.runtime.starts_with("nodejs") {
         // Where `require('@thaw/snapshot-restore')` is found (reserved, as
         // NODE_PATH is in Lambda).

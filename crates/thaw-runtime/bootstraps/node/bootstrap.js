@@ -20,12 +20,52 @@
 // and serves invocations. Hook failures go to /runtime/init/error
 // (Runtime.BeforeSnapshotError) or /runtime/restore/error
 // (Runtime.AfterRestoreError) and end the process.
+//
+// With AWS_LAMBDA_LOG_FORMAT=JSON (the function's LoggingConfig), console's
+// methods write Lambda's JSON log lines (timestamp, level, requestId,
+// message; errorType, errorMessage and stackTrace for an Error) at
+// AWS_LAMBDA_LOG_LEVEL and above.
 
 const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 const { pathToFileURL } = require('node:url');
 const { performance } = require('node:perf_hooks');
+
+// The invocation in flight, for JSON log lines.
+let currentRequestId;
+
+const LOG_LEVELS = { TRACE: 0, DEBUG: 1, INFO: 2, WARN: 3, ERROR: 4, FATAL: 5 };
+
+// Lambda's JSON log format for console, when asked for.
+function jsonConsole() {
+  if (process.env.AWS_LAMBDA_LOG_FORMAT !== 'JSON') return;
+  const util = require('node:util');
+  const wanted = (process.env.AWS_LAMBDA_LOG_LEVEL || 'INFO').toUpperCase();
+  const min = LOG_LEVELS[wanted] ?? LOG_LEVELS.INFO;
+  const emit = (level) => (...args) => {
+    if (LOG_LEVELS[level] < min) return;
+    const doc = {
+      timestamp: new Date().toISOString(),
+      level,
+      requestId: currentRequestId,
+      message: util.format(...args),
+    };
+    const err = args.find((a) => a instanceof Error);
+    if (err) {
+      doc.errorType = err.name;
+      doc.errorMessage = err.message;
+      doc.stackTrace = String(err.stack || '').split('\n');
+    }
+    process.stdout.write(`${JSON.stringify(doc)}\n`);
+  };
+  console.log = emit('INFO');
+  console.info = emit('INFO');
+  console.warn = emit('WARN');
+  console.error = emit('ERROR');
+  console.debug = emit('DEBUG');
+  console.trace = emit('TRACE');
+}
 
 const API_PREFIX = '/2018-06-01/runtime';
 const INIT_MS_HEADER = 'X-Thaw-Function-Init-Ms';
@@ -321,6 +361,7 @@ function runHandler(handler, event, context) {
 async function invoke(handler, res) {
   const headers = res.headers;
   const requestId = headers['lambda-runtime-aws-request-id'] || '';
+  currentRequestId = requestId;
   if (headers['lambda-runtime-trace-id']) process.env._X_AMZN_TRACE_ID = headers['lambda-runtime-trace-id'];
   else delete process.env._X_AMZN_TRACE_ID;
   const context = makeContext(headers);
@@ -571,6 +612,7 @@ async function serveOne(handler, res) {
 }
 
 async function main() {
+  jsonConsole();
   const taskRoot = process.env.LAMBDA_TASK_ROOT || '/var/task';
   if (process.env.AWS_LAMBDA_INITIALIZATION_TYPE === 'snap-start') trackCryptoCaches();
   const started = performance.now();

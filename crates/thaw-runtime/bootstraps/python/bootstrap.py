@@ -17,11 +17,19 @@ reseed of `random`), runs the after-restore hooks (registration order) and
 serves invocations. Hook failures go to /runtime/init/error
 (Runtime.BeforeSnapshotError) or /runtime/restore/error
 (Runtime.AfterRestoreError) and end the process.
+
+With AWS_LAMBDA_LOG_FORMAT=JSON (the function's LoggingConfig), records of
+the `logging` module are written to stdout as Lambda's JSON log lines
+(timestamp, level, message, logger, requestId; errorType, errorMessage and
+stackTrace for exceptions) at AWS_LAMBDA_LOG_LEVEL and above; print()
+output stays plain text, as on Lambda.
 """
 
+import datetime
 import decimal
 import importlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -49,6 +57,55 @@ def _flush_output():
             stream.flush()
         except (OSError, ValueError):
             pass
+
+
+# The invocation in flight, for JSON log lines.
+_request_id = None
+
+# Lambda's log levels to the `logging` module's.
+_LOG_LEVELS = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "FATAL": logging.CRITICAL,
+}
+
+
+# The `logging` module's level names that Lambda spells differently.
+_LEVEL_NAMES = {"WARNING": "WARN", "CRITICAL": "FATAL"}
+
+
+class _JsonFormatter(logging.Formatter):
+    """A `logging` record as one of Lambda's JSON log lines."""
+
+    def format(self, record):
+        when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        doc = {
+            "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
+            "level": _LEVEL_NAMES.get(record.levelname, record.levelname),
+            "message": record.getMessage(),
+            "logger": record.name,
+        }
+        if _request_id:
+            doc["requestId"] = _request_id
+        if record.exc_info and record.exc_info[0] is not None:
+            doc["errorType"] = record.exc_info[0].__name__
+            doc["errorMessage"] = str(record.exc_info[1])
+            doc["stackTrace"] = traceback.format_tb(record.exc_info[2])
+        return json.dumps(doc, default=str)
+
+
+def _json_logging():
+    """Lambda's JSON log format for the `logging` module, when asked for."""
+    if os.environ.get("AWS_LAMBDA_LOG_FORMAT") != "JSON":
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_LOG_LEVELS.get(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "INFO").upper(), logging.INFO))
 
 
 class _Headers(dict):
@@ -332,7 +389,9 @@ def _report_init_error(client, error_type, message, stack_trace):
 
 
 def _invoke(client, handler, headers, payload):
+    global _request_id
     request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
+    _request_id = request_id
     trace_id = headers.get("Lambda-Runtime-Trace-Id")
     if trace_id:
         os.environ["_X_AMZN_TRACE_ID"] = trace_id
@@ -479,6 +538,7 @@ def _serve_one(client, handler, headers, payload):
 
 def main():
     _line_buffered_output()
+    _json_logging()
     address = os.environ.get("AWS_LAMBDA_RUNTIME_API")
     if not address:
         print("thaw bootstrap: AWS_LAMBDA_RUNTIME_API is not set", file=sys.stderr)
