@@ -311,6 +311,9 @@ pub struct EventQueue {
     /// The writer thread, joined by [`EventQueue::close`].
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Counters,
+    /// Held across a read-modify-write of an event invoke configuration
+    /// ([`EventQueue::config_update`]), so concurrent updates lose nothing.
+    config_writes: tokio::sync::Mutex<()>,
 }
 
 fn now_ms() -> u64 {
@@ -388,7 +391,14 @@ impl EventQueue {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             counters: Counters::default(),
+            config_writes: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Serialises changes of event invoke configurations: hold the guard
+    /// from reading the current configuration to storing the new one.
+    pub async fn config_update(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.config_writes.lock().await
     }
 
     /// The queue's limits.

@@ -2643,3 +2643,35 @@ async fn function_urls_are_configured_and_served() {
         .await
         .assert_error(404, "ResourceNotFoundException");
 }
+
+/// Two `UpdateFunctionEventInvokeConfig` calls at once each merge into
+/// what the other stored: neither change is lost.
+#[tokio::test]
+async fn concurrent_event_invoke_config_updates_lose_nothing() {
+    let api = api();
+    api.create("ev", json!({})).await;
+    let uri = "/2019-09-25/functions/ev/event-invoke-config";
+    api.call("PUT", uri, Some(json!({"MaximumRetryAttempts": 2})))
+        .await;
+    for round in 0..5u32 {
+        let age = 100 + round;
+        let (a, b) = tokio::join!(
+            api.call("POST", uri, Some(json!({"MaximumEventAgeInSeconds": age}))),
+            api.call(
+                "POST",
+                uri,
+                Some(json!({"MaximumRetryAttempts": round % 3}))
+            ),
+        );
+        assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+        let c = api.call("GET", uri, None).await.json();
+        assert_eq!(
+            (
+                c["MaximumEventAgeInSeconds"].as_u64(),
+                c["MaximumRetryAttempts"].as_u64()
+            ),
+            (Some(u64::from(age)), Some(u64::from(round % 3))),
+            "round {round}: {c}"
+        );
+    }
+}

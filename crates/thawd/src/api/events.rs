@@ -200,6 +200,9 @@ async fn put_or_update<B: ApiBackend>(
 ) -> Result<Json<FunctionEventInvokeConfig>, ApiError> {
     req.validate()?;
     lookup(b, name)?;
+    // Until the new configuration is stored: a concurrent update then
+    // merges into this one instead of overwriting it.
+    let _writing = b.events().config_update().await;
     let current = b.events().invoke_config(&name.key).map_err(queue_error)?;
     if merge && current.is_none() {
         return Err(ApiError(no_config(name)));
