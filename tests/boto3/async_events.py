@@ -6,66 +6,19 @@ Usage: python3 async_events.py ENDPOINT FUNCTIONS_DIR
 Prints one line "EVENTS <json>" with the request ids of the events it sent
 (the Rust test checks where each one settled). Talks to loopback only.
 """
-import io
 import json
-import os
 import sys
-import zipfile
 
-import boto3
-import botocore.config
-from botocore.exceptions import ClientError
+from common import Checks, error_code, make_client, zip_dir as zip_function
 
 ENDPOINT, FUNCTIONS = sys.argv[1], sys.argv[2]
-assert ENDPOINT.startswith("http://127.0.0.1:"), ENDPOINT
-
-
-def make_client(validate=True):
-    return boto3.client(
-        "lambda",
-        endpoint_url=ENDPOINT,
-        region_name="us-east-1",
-        aws_access_key_id="AKIDTHAWTEST00000001",
-        aws_secret_access_key="not-a-real-secret-for-thaw-tests-0000000",
-        config=botocore.config.Config(
-            retries={"max_attempts": 0},
-            read_timeout=60,
-            parameter_validation=validate,
-        ),
-    )
-
-
-client = make_client()
-raw = make_client(validate=False)
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        print(f"FAIL: {what}", flush=True)
-        sys.exit(1)
-    checks += 1
-    print(f"ok: {what}", flush=True)
-
-
-def error_code(fn, *args, **kwargs):
-    try:
-        fn(*args, **kwargs)
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    return None
+client = make_client(ENDPOINT)
+raw = make_client(ENDPOINT, validate=False)
+check = Checks()
 
 
 def zip_dir(name):
-    buf = io.BytesIO()
-    root = os.path.join(FUNCTIONS, name)
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for dirpath, _, files in os.walk(root):
-            for f in files:
-                full = os.path.join(dirpath, f)
-                z.write(full, os.path.relpath(full, root))
-    return buf.getvalue()
+    return zip_function(FUNCTIONS, name)
 
 
 code = zip_dir("py-events")
@@ -139,5 +92,5 @@ for n in range(6):
     check(r["StatusCode"] == 202, f"event {n} accepted with 202")
     ids.append({"n": n, "id": r["ResponseMetadata"]["RequestId"], "fail": n % 2 == 0})
 
-print(f"checks passed: {checks}", flush=True)
+print(f"checks passed: {check.passed}", flush=True)
 print("EVENTS " + json.dumps(ids), flush=True)

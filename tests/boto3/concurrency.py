@@ -5,59 +5,22 @@ PHASE "main" runs every check; PHASE "after-restart" checks that the
 reservation made in "main" survived a daemon restart. Talks to loopback
 only; every wait is bounded. Exits non-zero on the first failed check.
 """
-import io
 import json
-import os
 import sys
 import threading
 import time
-import zipfile
 
-import boto3
-import botocore.config
 from botocore.exceptions import ClientError
 
+from common import Checks, make_client, zip_dir as zip_function
+
 ENDPOINT, FUNCTIONS, PHASE = sys.argv[1], sys.argv[2], sys.argv[3]
-assert ENDPOINT.startswith("http://127.0.0.1:"), ENDPOINT
-
-
-def make_client(validate=True):
-    return boto3.client(
-        "lambda",
-        endpoint_url=ENDPOINT,
-        region_name="us-east-1",
-        aws_access_key_id="AKIDTHAWTEST00000001",
-        aws_secret_access_key="not-a-real-secret-for-thaw-tests-0000000",
-        config=botocore.config.Config(
-            retries={"max_attempts": 0},
-            read_timeout=60,
-            parameter_validation=validate,
-        ),
-    )
-
-
-client = make_client()
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        print(f"FAIL: {what}", flush=True)
-        sys.exit(1)
-    checks += 1
-    print(f"ok: {what}", flush=True)
+client = make_client(ENDPOINT)
+check = Checks()
 
 
 def zip_dir(name):
-    buf = io.BytesIO()
-    root = os.path.join(FUNCTIONS, name)
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for dirpath, _, files in os.walk(root):
-            for f in files:
-                full = os.path.join(dirpath, f)
-                z.write(full, os.path.relpath(full, root))
-    return buf.getvalue()
+    return zip_function(FUNCTIONS, name)
 
 
 def error_of(fn, **kwargs):
@@ -77,7 +40,7 @@ if PHASE == "after-restart":
     check(c.get("ReservedConcurrentExecutions") == 1, f"reservation survives a restart: {c}")
     g = client.get_function(FunctionName="conc")
     check(g.get("Concurrency") == {"ReservedConcurrentExecutions": 1}, "GetFunction after restart")
-    print(f"{checks} checks passed")
+    print(f"{check.passed} checks passed")
     sys.exit(0)
 
 for name in ("conc", "prov"):
@@ -118,7 +81,7 @@ e = error_of(client.put_function_concurrency, FunctionName="conc", ReservedConcu
 check(e and e["Error"]["Code"] == "InvalidParameterValueException"
       and e["ResponseMetadata"]["HTTPStatusCode"] == 400
       and "below its minimum value of [100]" in e["Error"]["Message"], f"too much reserved: {e and e['Error']}")
-raw = make_client(validate=False)
+raw = make_client(ENDPOINT, validate=False)
 e = error_of(raw.put_function_concurrency, FunctionName="conc", ReservedConcurrentExecutions=-1)
 check(e and e["ResponseMetadata"]["HTTPStatusCode"] == 400
       and e["Error"]["Code"] in ("ValidationException", "InvalidParameterValueException"),
@@ -205,4 +168,4 @@ client.delete_provisioned_concurrency_config(FunctionName="prov", Qualifier="$LA
 e = error_of(client.get_provisioned_concurrency_config, FunctionName="prov", Qualifier="$LATEST")
 check(e and e["Error"]["Code"] == "ProvisionedConcurrencyConfigNotFoundException", "delete provisioned")
 
-print(f"{checks} checks passed")
+print(f"{check.passed} checks passed")
