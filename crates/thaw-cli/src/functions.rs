@@ -48,6 +48,9 @@ pub struct DeployArgs {
     /// Do not wait for the snapshot the daemon builds of the new code.
     #[arg(long)]
     pub no_wait: bool,
+    /// Then publish the result as a new version (Lambda's `PublishVersion`).
+    #[arg(long)]
+    pub publish: bool,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -150,6 +153,12 @@ pub fn deploy(endpoint: &str, args: DeployArgs) -> anyhow::Result<()> {
                 crate::snapshot_cmd::print_outcome(&last);
             }
         }
+    }
+    if args.publish {
+        let v = c
+            .publish_version(&args.name, &Default::default())
+            .with_context(|| format!("cannot publish {}", args.name))?;
+        println!("published version {} ({})", v.version, v.function_arn);
     }
     Ok(())
 }

@@ -136,6 +136,33 @@ fn boto3_publishes_routes_and_deletes_versions_and_each_keeps_its_snapshot() {
     );
     assert_eq!(v["env_version"], "3");
 
+    // `thaw deploy --publish`: new code, then a version of it.
+    let dir = functions_dir().join("py-version");
+    let out = signed_cli(&mut std::process::Command::new(env!("CARGO_BIN_EXE_thaw")))
+        .args([
+            "--endpoint",
+            &d.endpoint,
+            "deploy",
+            "ver",
+            "--runtime",
+            "python3.11",
+        ])
+        .args([
+            "--handler",
+            "app.handler",
+            "--no-wait",
+            "--publish",
+            "--code",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "thaw deploy --publish: {out:?}");
+    assert!(text.contains("published version 4"), "{text}");
+    let (_, v) = invoke(&c, "ver:4", json!({}));
+    assert_eq!(v["mark"], "v1");
+
     // Deleting the function releases every version.
     c.delete_function("ver").unwrap();
     let t0 = Instant::now();
@@ -149,7 +176,14 @@ fn boto3_publishes_routes_and_deletes_versions_and_each_keeps_its_snapshot() {
         }
         assert!(
             t0.elapsed() < Duration::from_secs(20),
-            "left behind: snapshots {left:?}, cgroups {cgroups:?}"
+            "left behind: snapshots {left:?} ({:?}), cgroups {cgroups:?}",
+            left.iter()
+                .flat_map(|n| std::fs::read_dir(snapshots.join(n))
+                    .into_iter()
+                    .flatten()
+                    .flatten())
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -301,7 +301,7 @@ impl Platform {
                 match p.pools.lead_build(lease, &f, Some(&wanted), prepare).await {
                     crate::pipeline::BuildOutcome::Skipped => {}
                     crate::pipeline::BuildOutcome::Ready(_) if !current(&p) => {
-                        tracing::info!("revision replaced during the build; snapshot discarded");
+                        tracing::info!("revision replaced (or version or function deleted) during the build; snapshot discarded");
                         p.pools.discard_snapshot_dir(&p.pools.snapshot_dir(&f));
                     }
                     crate::pipeline::BuildOutcome::Ready(r) => {
@@ -316,6 +316,14 @@ impl Platform {
                     }
                     crate::pipeline::BuildOutcome::Failed(e) => {
                         tracing::warn!(error = %e, "snapshot build failed; instances start cold");
+                    }
+                }
+                // A function or version deleted during the build: its
+                // snapshot directory goes too (`remove_dir` leaves it if a
+                // newer build put something there).
+                if p.registry.instance(&f.instance_key()).is_none() {
+                    if let Some(parent) = p.pools.snapshot_dir(&f).parent() {
+                        let _ = std::fs::remove_dir(parent);
                     }
                 }
             }
