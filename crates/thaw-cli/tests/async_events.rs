@@ -206,18 +206,7 @@ fn boto3_and_the_aws_cli_configure_retries_and_destinations() {
         return;
     }
     let d = Daemon::start(FLAGS);
-    let out = std::process::Command::new("python3")
-        .arg(common::functions_dir().join("../boto3/async_events.py"))
-        .arg(&d.endpoint)
-        .arg(common::functions_dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && stdout.contains("checks passed"),
-        "boto3 script failed"
-    );
+    let stdout = common::run_boto3_script(&d, "async_events.py", &[]);
     let sent: Vec<Value> = stdout
         .lines()
         .find_map(|l| l.strip_prefix("EVENTS "))

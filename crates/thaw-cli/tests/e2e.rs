@@ -23,17 +23,7 @@ fn boto3_drives_the_lambda_api() {
         return;
     }
     let d = Daemon::start(&[]);
-    let script = functions_dir().join("../boto3/lambda_api.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(&d.endpoint)
-        .arg(functions_dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "boto3 script failed");
-    assert!(stdout.contains("checks passed"));
+    run_boto3_script(&d, "lambda_api.py", &[]);
 }
 
 #[test]

@@ -17,16 +17,5 @@ fn boto3_configures_function_urls_and_http_clients_call_them() {
         return;
     }
     let d = Daemon::start(&[]);
-    let out = std::process::Command::new("python3")
-        .arg(functions_dir().join("../boto3/function_urls.py"))
-        .arg(&d.endpoint)
-        .arg(functions_dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && stdout.contains("checks passed"),
-        "boto3 script failed"
-    );
+    run_boto3_script(&d, "function_urls.py", &[]);
 }

@@ -28,18 +28,7 @@ fn boto3_publishes_routes_and_deletes_versions_and_each_keeps_its_snapshot() {
         .tempdir()
         .unwrap();
     let mut d = Daemon::start_in(data.path(), &[]);
-    let out = std::process::Command::new("python3")
-        .arg(functions_dir().join("../boto3/versions.py"))
-        .arg(&d.endpoint)
-        .arg(functions_dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && stdout.contains("checks passed"),
-        "boto3 script failed"
-    );
+    run_boto3_script(&d, "versions.py", &[]);
 
     // SnapStart applies to published versions: each remaining version has
     // its own snapshot, built when it was published although the daemon's

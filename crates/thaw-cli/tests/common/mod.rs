@@ -492,3 +492,24 @@ pub fn has_boto3() -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// Runs `tests/boto3/<script>` against `d` (endpoint, the test functions'
+/// directory, then `args`), prints what it printed, and returns its
+/// standard output; fails the test unless it exits 0 and says its checks
+/// passed.
+pub fn run_boto3_script(d: &Daemon, script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(functions_dir().join("../boto3").join(script))
+        .arg(&d.endpoint)
+        .arg(functions_dir())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("python3 {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("checks passed"),
+        "boto3 script {script} failed"
+    );
+    stdout
+}

@@ -916,6 +916,25 @@ fn configuration(r: &FunctionRecord) -> Result<FunctionConfiguration, ApiError> 
     }
 }
 
+/// The page size a list operation's `MaxItems` asks for (1-10000, as Lambda
+/// checks it), at most [`MAX_LIST_PAGE`].
+fn page_size(query: &QueryMap) -> Result<usize, ApiError> {
+    match query.get("MaxItems") {
+        None => Ok(MAX_LIST_PAGE),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=10_000).contains(&n) => Ok(usize::try_from(n)
+                .unwrap_or(MAX_LIST_PAGE)
+                .min(MAX_LIST_PAGE)),
+            _ => Err(LambdaError::validation(
+                s,
+                "maxItems",
+                "Member must have value between 1 and 10000",
+            )
+            .into()),
+        },
+    }
+}
+
 fn span(op: &'static str, name: &Target) -> tracing::Span {
     tracing::info_span!("api", op, function = %name)
 }
@@ -966,22 +985,7 @@ async fn list_functions<B: ApiBackend>(
     scope: Scope,
     query: QueryMap,
 ) -> Result<Json<ListFunctionsResponse>, ApiError> {
-    let max = match query.get("MaxItems") {
-        None => MAX_LIST_PAGE,
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if (1..=10_000).contains(&n) => usize::try_from(n)
-                .unwrap_or(MAX_LIST_PAGE)
-                .min(MAX_LIST_PAGE),
-            _ => {
-                return Err(LambdaError::validation(
-                    s,
-                    "maxItems",
-                    "Member must have value between 1 and 10000",
-                )
-                .into())
-            }
-        },
-    };
+    let max = page_size(&query)?;
     let marker = query.get("Marker").unwrap_or_default();
     // The caller's functions, in name order; the marker is a name.
     let mut after: Vec<FunctionRecord> = b

@@ -18,9 +18,6 @@ fn concurrency_follows<B: ApiBackend>(b: &B, target: &Target) {
     }
 }
 
-/// Largest `ListVersionsByFunction` / `ListAliases` page.
-const MAX_PAGE: usize = 50;
-
 /// The record `q` names for a management operation (an alias: its primary
 /// version).
 pub(super) fn lookup_qualified<B: ApiBackend>(
@@ -157,23 +154,6 @@ pub(super) async fn list_versions<B: ApiBackend>(
             .map(version_configuration)
             .collect::<Result<_, _>>()?,
     }))
-}
-
-fn page_size(query: &QueryMap) -> Result<usize, ApiError> {
-    match query.get("MaxItems") {
-        None => Ok(MAX_PAGE),
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if (1..=10_000).contains(&n) => {
-                Ok(usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE))
-            }
-            _ => Err(LambdaError::validation(
-                s,
-                "maxItems",
-                "Member must have value between 1 and 10000",
-            )
-            .into()),
-        },
-    }
 }
 
 /// The alias path `/functions/{name}/aliases/{alias}`.
