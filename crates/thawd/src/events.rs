@@ -76,6 +76,9 @@ pub struct QueueConfig {
     pub max_queued: usize,
     /// Most events running at once.
     pub concurrency: usize,
+    /// Most events of one function running at once, so that a function
+    /// with many slow events cannot hold every slot (its others wait).
+    pub per_function_concurrency: usize,
     /// Lambda's one minute before the first retry of a function error (two
     /// before the second).
     pub retry_delay: Duration,
@@ -94,6 +97,7 @@ impl Default for QueueConfig {
         QueueConfig {
             max_queued: 10_000,
             concurrency: 32,
+            per_function_concurrency: 16,
             retry_delay: Duration::from_secs(60),
             backoff_cap: Duration::from_secs(300),
             max_failed_per_function: 1000,
@@ -229,8 +233,9 @@ pub trait Deliver: Send + Sync + 'static {
 struct Index {
     /// (not before, seq) of events waiting.
     due: BTreeSet<(u64, u64)>,
-    /// Events running now.
+    /// Events running now, in all and by function.
     running: usize,
+    running_per_function: HashMap<String, usize>,
     /// Events queued (waiting or running), and per function.
     total: usize,
     per_function: HashMap<String, u64>,
@@ -651,7 +656,9 @@ impl EventQueue {
     }
 
     /// Starts the dispatcher: runs due events through `deliver`, at most
-    /// [`QueueConfig::concurrency`] at once, until [`EventQueue::stop`].
+    /// [`QueueConfig::concurrency`] at once and
+    /// [`QueueConfig::per_function_concurrency`] of one function, until
+    /// [`EventQueue::stop`].
     pub fn start<D: Deliver>(self: &Arc<Self>, deliver: D) -> tokio::task::JoinHandle<()> {
         let q = self.clone();
         let deliver = Arc::new(deliver);
@@ -666,27 +673,37 @@ impl EventQueue {
                 if ix.stopped {
                     return;
                 }
+                // Due events in order, passing over those whose function
+                // already runs its share (they keep their place).
+                let cap = self.config.per_function_concurrency.max(1);
                 let mut ready = Vec::new();
-                while ix.running < self.config.concurrency {
-                    match ix.due.first().copied() {
-                        Some((at, seq)) if at <= now => {
-                            ix.due.remove(&(at, seq));
-                            ix.running += 1;
-                            ready.push(seq);
-                        }
-                        _ => break,
+                let due_now: Vec<(u64, u64)> = ix.due.range(..(now + 1, 0)).copied().collect();
+                for (at, seq) in due_now {
+                    if ix.running >= self.config.concurrency {
+                        break;
                     }
+                    let f = ix.function_of.get(&seq).cloned().unwrap_or_default();
+                    let running = ix.running_per_function.get(&f).copied().unwrap_or(0);
+                    if running >= cap {
+                        continue;
+                    }
+                    ix.due.remove(&(at, seq));
+                    ix.running += 1;
+                    *ix.running_per_function.entry(f.clone()).or_default() += 1;
+                    ready.push((seq, f));
                 }
-                let wait = match ix.due.first() {
-                    Some((at, _)) if ix.running < self.config.concurrency => {
+                let next_later = ix.due.range((now + 1, 0)..).next().map(|(at, _)| *at);
+                let wait = match next_later {
+                    Some(at) if ix.running < self.config.concurrency => {
                         Duration::from_millis(at.saturating_sub(now).max(1))
                     }
-                    // Full, or nothing waits: a settlement or an accept wakes us.
+                    // Full, nothing waits, or only events passed over: a
+                    // settlement or an accept wakes us.
                     _ => Duration::from_secs(60),
                 };
                 (ready, wait)
             };
-            for seq in ready {
+            for (seq, function) in ready {
                 let (q, d) = (self.clone(), deliver.clone());
                 tokio::spawn(async move {
                     use futures::FutureExt;
@@ -704,6 +721,12 @@ impl EventQueue {
                         });
                     let mut ix = q.index.lock().unwrap();
                     ix.running -= 1;
+                    if let Some(n) = ix.running_per_function.get_mut(&function) {
+                        *n -= 1;
+                        if *n == 0 {
+                            ix.running_per_function.remove(&function);
+                        }
+                    }
                     match settled {
                         Settled::Again(at) => {
                             if ix.function_of.contains_key(&seq) {

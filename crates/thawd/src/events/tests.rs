@@ -522,3 +522,92 @@ async fn a_loop_of_destinations_stops() {
     let runs = s.runs.lock().unwrap().len() as u32;
     assert_eq!(runs, MAX_HOPS + 1, "the event and {MAX_HOPS} records");
 }
+
+/// Holds every event of `slow` until released; counts how many run at
+/// once per function.
+#[derive(Default)]
+struct Gate {
+    open: tokio::sync::Notify,
+    released: std::sync::atomic::AtomicBool,
+    running: Mutex<HashMap<String, usize>>,
+    most: Mutex<HashMap<String, usize>>,
+    done: Mutex<Vec<String>>,
+}
+
+impl Deliver for Arc<Gate> {
+    async fn run(&self, ev: &QueuedEvent) -> Attempt {
+        {
+            let mut running = self.running.lock().unwrap();
+            let n = running.entry(ev.function.clone()).or_default();
+            *n += 1;
+            let mut most = self.most.lock().unwrap();
+            let m = most.entry(ev.function.clone()).or_default();
+            *m = (*m).max(*n);
+        }
+        if ev.function == "slow" {
+            while !self.released.load(Ordering::SeqCst) {
+                let wait = self.open.notified();
+                if self.released.load(Ordering::SeqCst) {
+                    break;
+                }
+                wait.await;
+            }
+        }
+        *self.running.lock().unwrap().get_mut(&ev.function).unwrap() -= 1;
+        self.done.lock().unwrap().push(ev.function.clone());
+        Attempt::Ran {
+            payload: Bytes::from_static(b"\"ok\""),
+            function_error: None,
+        }
+    }
+    fn exists(&self, _: &str) -> bool {
+        true
+    }
+    fn arn(&self, key: &str) -> String {
+        format!("arn:aws:lambda:us-east-1:000000000000:function:{key}")
+    }
+}
+
+/// A function with many slow events holds at most its share of the
+/// dispatcher's slots: another function's event runs meanwhile.
+#[tokio::test]
+async fn one_function_cannot_hold_every_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = QueueConfig {
+        concurrency: 4,
+        per_function_concurrency: 2,
+        ..quick()
+    };
+    let q = EventQueue::open(&dir.path().join("q.redb"), config).unwrap();
+    let gate = Arc::new(Gate::default());
+    q.start(gate.clone());
+    for i in 0..6 {
+        q.accept("slow", format!("s{i}"), "{}".into(), None)
+            .await
+            .unwrap();
+    }
+    q.accept("quick", "q1".into(), "{}".into(), None)
+        .await
+        .unwrap();
+    // The quick function's event finishes while the slow ones are held.
+    for _ in 0..500 {
+        if gate.done.lock().unwrap().iter().any(|f| f == "quick") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        gate.done.lock().unwrap().iter().any(|f| f == "quick"),
+        "the quick function's event waited behind the slow ones"
+    );
+    assert_eq!(gate.running.lock().unwrap()["slow"], 2);
+    gate.released.store(true, Ordering::SeqCst);
+    gate.open.notify_waiters();
+    settled(&q).await;
+    assert_eq!(
+        gate.most.lock().unwrap()["slow"],
+        2,
+        "at most its share at once"
+    );
+    assert_eq!(gate.done.lock().unwrap().len(), 7);
+}
