@@ -125,6 +125,16 @@ fn db<E: Into<redb::Error>>(e: E) -> QueueError {
     QueueError::Db(e.into())
 }
 
+/// The key of the event invoke configuration of `function`'s version or
+/// alias `qualifier` (`None` or `$LATEST`: the function's own key, as
+/// stored before versions existed).
+pub fn config_key(function: &str, qualifier: Option<&str>) -> String {
+    match qualifier {
+        None | Some(thaw_api::function::LATEST) => function.to_string(),
+        Some(q) => format!("{function}:{q}"),
+    }
+}
+
 /// An accepted event, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueuedEvent {
@@ -556,7 +566,37 @@ impl EventQueue {
         Ok(dropped)
     }
 
-    /// Function `key`'s event invoke configuration, if it has one.
+    /// Every event invoke configuration of function `function`: its
+    /// `$LATEST`'s (qualifier `None`) and its versions' and aliases'.
+    pub fn invoke_configs(
+        &self,
+        function: &str,
+    ) -> Result<Vec<(Option<String>, InvokeConfig)>, QueueError> {
+        let mut out = Vec::new();
+        if let Some(c) = self.invoke_config(function)? {
+            out.push((None, c));
+        }
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(CONFIGS).map_err(db)?;
+        let (from, to) = (format!("{function}:"), format!("{function};"));
+        for entry in t.range(from.as_str()..to.as_str()).map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            let s: StoredConfig = serde_json::from_slice(v.value())?;
+            let qualifier = k.value()[from.len()..].to_string();
+            out.push((
+                Some(qualifier),
+                InvokeConfig {
+                    config: s.config,
+                    on_success: s.on_success,
+                    on_failure: s.on_failure,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The event invoke configuration stored under `key` ([`config_key`]),
+    /// if there is one.
     pub fn invoke_config(&self, key: &str) -> Result<Option<InvokeConfig>, QueueError> {
         let txn = self.db.begin_read().map_err(db)?;
         let t = txn.open_table(CONFIGS).map_err(db)?;
@@ -780,7 +820,9 @@ impl EventQueue {
 
     /// Runs `ev` (event `seq`) and writes what became of it.
     async fn settle<D: Deliver>(&self, deliver: &D, seq: u64, ev: QueuedEvent) -> Settled {
-        let cfg = match self.invoke_config(&ev.function) {
+        // The configuration of what the event was sent to: `$LATEST`, a
+        // version or an alias.
+        let cfg = match self.invoke_config(&config_key(&ev.function, ev.qualifier.as_deref())) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the event invoke configuration; defaults apply");
@@ -1236,6 +1278,17 @@ fn apply(
                             failed.remove((function.as_str(), k)).map_err(db)?;
                         }
                         configs.remove(function.as_str()).map_err(db)?;
+                        // Its versions' and aliases' too.
+                        let (from, to) = (format!("{function}:"), format!("{function};"));
+                        let qualified: Vec<String> = configs
+                            .range(from.as_str()..to.as_str())
+                            .map_err(db)?
+                            .map(|e| e.map(|(k, _)| k.value().to_string()))
+                            .collect::<Result<_, _>>()
+                            .map_err(db)?;
+                        for k in qualified {
+                            configs.remove(k.as_str()).map_err(db)?;
+                        }
                     }
                     Op::PutConfig(function, c) => {
                         configs

@@ -2675,3 +2675,86 @@ async fn concurrent_event_invoke_config_updates_lose_nothing() {
         );
     }
 }
+
+/// Event invoke configurations per version and alias, as Lambda keeps
+/// them; deleting the alias removes its own.
+#[tokio::test]
+async fn event_invoke_configs_per_qualifier() {
+    let api = api();
+    api.create("q", json!({"Publish": true})).await;
+    api.call(
+        "POST",
+        "/2015-03-31/functions/q/aliases",
+        Some(json!({"Name": "live", "FunctionVersion": "1"})),
+    )
+    .await;
+    let uri = |qualifier: &str| {
+        format!("/2019-09-25/functions/q/event-invoke-config?Qualifier={qualifier}")
+    };
+    let put = api
+        .call(
+            "PUT",
+            &uri("live"),
+            Some(json!({"MaximumRetryAttempts": 0})),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{:?}", put.body);
+    assert_eq!(
+        put.json()["FunctionArn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:q:live"
+    );
+    api.call(
+        "PUT",
+        "/2019-09-25/functions/q/event-invoke-config",
+        Some(json!({"MaximumRetryAttempts": 2})),
+    )
+    .await;
+    api.call("GET", &uri("1"), None)
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    api.call("PUT", &uri("9"), Some(json!({"MaximumRetryAttempts": 1})))
+        .await
+        .assert_error(404, "ResourceNotFoundException");
+    assert_eq!(
+        api.call("GET", &uri("live"), None).await.json()["MaximumRetryAttempts"],
+        0
+    );
+    let listed = api
+        .call(
+            "GET",
+            "/2019-09-25/functions/q/event-invoke-config/list",
+            None,
+        )
+        .await
+        .json();
+    let arns: Vec<&str> = listed["FunctionEventInvokeConfigs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["FunctionArn"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        arns,
+        [
+            "arn:aws:lambda:us-east-1:000000000000:function:q:$LATEST",
+            "arn:aws:lambda:us-east-1:000000000000:function:q:live"
+        ]
+    );
+    api.call("DELETE", "/2015-03-31/functions/q/aliases/live", None)
+        .await;
+    let listed = api
+        .call(
+            "GET",
+            "/2019-09-25/functions/q/event-invoke-config/list",
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(
+        listed["FunctionEventInvokeConfigs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -4,11 +4,14 @@
 //! through the backend.
 
 use super::*;
-use crate::events::{Attempt, Deliver, EventQueue, InvokeConfig, QueueError, QueuedEvent};
+use crate::events::{
+    config_key, Attempt, Deliver, EventQueue, InvokeConfig, QueueError, QueuedEvent,
+};
 use thaw_api::events::{
     FunctionEventInvokeConfig, ListFunctionEventInvokeConfigsResponse,
     PutFunctionEventInvokeConfigRequest,
 };
+use thaw_api::versions::Qualifier;
 
 /// Accepts an `Event` invocation: on disk before the 202.
 pub(super) async fn accept<B: ApiBackend>(
@@ -195,17 +198,19 @@ async fn put_or_update<B: ApiBackend>(
     b: &B,
     scope: &Scope,
     name: &Target,
+    q: &Qualifier,
     req: PutFunctionEventInvokeConfigRequest,
     merge: bool,
 ) -> Result<Json<FunctionEventInvokeConfig>, ApiError> {
     req.validate()?;
-    lookup(b, name)?;
+    super::versions::lookup_qualified(b, name, q)?;
+    let key = key_of(name, q);
     // Until the new configuration is stored: a concurrent update then
     // merges into this one instead of overwriting it.
     let _writing = b.events().config_update().await;
-    let current = b.events().invoke_config(&name.key).map_err(queue_error)?;
+    let current = b.events().invoke_config(&key).map_err(queue_error)?;
     if merge && current.is_none() {
-        return Err(ApiError(no_config(name)));
+        return Err(ApiError(no_config(name, q)));
     }
     let base = current.filter(|_| merge);
     let mut config = base.as_ref().map(|c| c.config.clone()).unwrap_or_default();
@@ -236,11 +241,11 @@ async fn put_or_update<B: ApiBackend>(
         }
         config.destination_config = Some(merged);
     }
-    config.function_arn = format!("{}:{}", name.arn(), thaw_api::function::LATEST);
+    config.function_arn = format!("{}:{q}", name.arn());
     config.last_modified = now_secs();
     b.events()
         .put_invoke_config(
-            &name.key,
+            &key,
             InvokeConfig {
                 config: config.clone(),
                 on_success,
@@ -252,15 +257,19 @@ async fn put_or_update<B: ApiBackend>(
     Ok(Json(config))
 }
 
-fn no_config(name: &Target) -> LambdaError {
+fn no_config(name: &Target, q: &Qualifier) -> LambdaError {
     LambdaError::new(
         ErrorCode::ResourceNotFound,
         format!(
-            "The function {}:{} doesn't have an EventInvokeConfig",
-            name.arn(),
-            thaw_api::function::LATEST
+            "The function {}:{q} doesn't have an EventInvokeConfig",
+            name.arn()
         ),
     )
+}
+
+/// Where the configuration of `name`'s `q` is kept.
+fn key_of(name: &Target, q: &Qualifier) -> String {
+    config_key(&name.key, Some(&q.to_string()))
 }
 
 async fn read_config_request(
@@ -283,9 +292,9 @@ pub(super) async fn put_config<B: ApiBackend>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<FunctionEventInvokeConfig>, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
     let req = read_config_request(&headers, body, "PutFunctionEventInvokeConfig").await?;
-    put_or_update(&b, &scope, &name, req, false)
+    put_or_update(&b, &scope, &name, &q, req, false)
         .instrument(span("PutFunctionEventInvokeConfig", &name))
         .await
 }
@@ -298,9 +307,9 @@ pub(super) async fn update_config<B: ApiBackend>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<FunctionEventInvokeConfig>, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
     let req = read_config_request(&headers, body, "UpdateFunctionEventInvokeConfig").await?;
-    put_or_update(&b, &scope, &name, req, true)
+    put_or_update(&b, &scope, &name, &q, req, true)
         .instrument(span("UpdateFunctionEventInvokeConfig", &name))
         .await
 }
@@ -311,11 +320,15 @@ pub(super) async fn get_config<B: ApiBackend>(
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<Json<FunctionEventInvokeConfig>, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
-    lookup(&b, &name)?;
-    match b.events().invoke_config(&name.key).map_err(queue_error)? {
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
+    super::versions::lookup_qualified(&b, &name, &q)?;
+    match b
+        .events()
+        .invoke_config(&key_of(&name, &q))
+        .map_err(queue_error)?
+    {
         Some(c) => Ok(Json(c.config)),
-        None => Err(ApiError(no_config(&name))),
+        None => Err(ApiError(no_config(&name, &q))),
     }
 }
 
@@ -325,24 +338,26 @@ pub(super) async fn delete_config<B: ApiBackend>(
     FunctionPath(target): FunctionPath,
     query: QueryMap,
 ) -> Result<StatusCode, ApiError> {
-    let name = scope.resolve(target, query.get("Qualifier"))?;
-    lookup(&b, &name)?;
+    let (name, q) = scope.resolve_qualified(target, query.get("Qualifier"))?;
+    super::versions::lookup_qualified(&b, &name, &q)?;
+    let key = key_of(&name, &q);
     if b.events()
-        .invoke_config(&name.key)
+        .invoke_config(&key)
         .map_err(queue_error)?
         .is_none()
     {
-        return Err(ApiError(no_config(&name)));
+        return Err(ApiError(no_config(&name, &q)));
     }
     b.events()
-        .delete_invoke_config(&name.key)
+        .delete_invoke_config(&key)
         .instrument(span("DeleteFunctionEventInvokeConfig", &name))
         .await
         .map_err(queue_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `ListFunctionEventInvokeConfigs`: thaw has `$LATEST` only, so at most one.
+/// `ListFunctionEventInvokeConfigs`: `$LATEST`'s, then its versions' and
+/// aliases' (at most one each, so one page).
 pub(super) async fn list_configs<B: ApiBackend>(
     State(b): State<B>,
     scope: Scope,
@@ -352,10 +367,10 @@ pub(super) async fn list_configs<B: ApiBackend>(
     lookup(&b, &name)?;
     let configs = b
         .events()
-        .invoke_config(&name.key)
+        .invoke_configs(&name.key)
         .map_err(queue_error)?
-        .map(|c| c.config)
         .into_iter()
+        .map(|(_, c)| c.config)
         .collect();
     Ok(Json(ListFunctionEventInvokeConfigsResponse {
         function_event_invoke_configs: configs,

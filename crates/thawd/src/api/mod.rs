@@ -1161,7 +1161,11 @@ async fn delete_function<B: ApiBackend>(
                 b.concurrency_changed(&latest);
             }
             let key = gone.instance_key();
+            let config = crate::events::config_key(name.key.as_str(), Some(&v.to_string()));
             let cleanup = async move {
+                if let Err(e) = b.events().delete_invoke_config(&config).await {
+                    tracing::warn!(error = %e, "cannot remove the version's event invoke configuration");
+                }
                 b.retire(&key).await;
                 if let Err(e) = b.delete_snapshots(&key) {
                     tracing::warn!(error = %e, "cannot delete the version's snapshots");

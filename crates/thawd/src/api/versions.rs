@@ -318,11 +318,15 @@ pub(super) async fn delete_alias<B: ApiBackend>(
     AliasPath(target, alias): AliasPath,
 ) -> Result<StatusCode, ApiError> {
     let name = scope.resolve(target, None)?;
-    let key = name.key.clone();
-    with_registry(&b, move |r| r.delete_alias(&key, &alias))
+    let (key, a) = (name.key.clone(), alias.clone());
+    with_registry(&b, move |r| r.delete_alias(&key, &a))
         .instrument(span("DeleteAlias", &name))
         .await?;
     concurrency_follows(&b, &name);
+    let config = crate::events::config_key(name.key.as_str(), Some(&alias));
+    if let Err(e) = b.events().delete_invoke_config(&config).await {
+        tracing::warn!(error = %e, "cannot remove the alias's event invoke configuration");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -611,3 +611,56 @@ async fn one_function_cannot_hold_every_slot() {
     );
     assert_eq!(gate.done.lock().unwrap().len(), 7);
 }
+
+/// An event sent to an alias follows the alias's configuration, not
+/// `$LATEST`'s; the function's removal takes every configuration.
+#[tokio::test]
+async fn a_qualified_event_follows_its_qualifiers_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = EventQueue::open(&dir.path().join("q.redb"), quick()).unwrap();
+    let s = Arc::new(Script::default());
+    for _ in 0..4 {
+        s.then("f", failure());
+    }
+    let retries = |n: u32| InvokeConfig {
+        config: FunctionEventInvokeConfig {
+            maximum_retry_attempts: Some(n),
+            ..Default::default()
+        },
+        on_success: None,
+        on_failure: None,
+    };
+    q.put_invoke_config("f", retries(2)).await.unwrap();
+    q.put_invoke_config(&config_key("f", Some("live")), retries(0))
+        .await
+        .unwrap();
+    assert_eq!(config_key("f", Some("$LATEST")), "f");
+    let listed: Vec<Option<String>> = q
+        .invoke_configs("f")
+        .unwrap()
+        .into_iter()
+        .map(|(q, _)| q)
+        .collect();
+    assert_eq!(listed, [None, Some("live".to_string())]);
+    q.start(s.clone());
+    q.accept_qualified("f", Some("live".into()), "r-live".into(), "{}".into(), None)
+        .await
+        .unwrap();
+    settled(&q).await;
+    assert_eq!(
+        s.runs.lock().unwrap().len(),
+        1,
+        "the alias's config: no retry"
+    );
+    q.accept("f", "r-latest".into(), "{}".into(), None)
+        .await
+        .unwrap();
+    settled(&q).await;
+    assert_eq!(
+        s.runs.lock().unwrap().len(),
+        4,
+        "$LATEST's config: two retries"
+    );
+    q.remove_function("f").await.unwrap();
+    assert!(q.invoke_configs("f").unwrap().is_empty());
+}
