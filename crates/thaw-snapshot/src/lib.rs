@@ -15,7 +15,9 @@
 //! x86_64-only: the register and xstate layouts are that architecture's.
 //!
 //! Unsafe code lives only in [`ptrace`] (raw `ptrace(2)` requests,
-//! `get_robust_list(2)` and `tkill(2)` that nix does not wrap) and [`cpu`] (`xgetbv`); each
+//! `get_robust_list(2)` and `tkill(2)` that nix does not wrap), [`cpu`]
+//! (`xgetbv`), the ioctl and syscall wrappers ([`uffd`], [`sys`],
+//! [`dirty`]'s `PAGEMAP_SCAN`), [`spawn`] and one read of [`image`]; each
 //! block carries a `// SAFETY:` comment.
 
 #![deny(unsafe_code)]
@@ -26,6 +28,7 @@ compile_error!("thaw-snapshot supports only Linux on x86_64");
 
 pub mod checkpoint;
 pub mod cpu;
+pub mod dirty;
 pub mod image;
 pub mod lazy;
 pub mod memory;

@@ -20,6 +20,17 @@ use nix::errno::Errno;
 const UFFD_API: u64 = 0xaa;
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 const REGISTER_MODE_MISSING: u64 = 1;
+/// `UFFDIO_REGISTER_MODE_WP`.
+const REGISTER_MODE_WP: u64 = 1 << 1;
+/// `UFFDIO_WRITEPROTECT_MODE_WP`.
+const WRITEPROTECT_MODE_WP: u64 = 1;
+/// `UFFD_FEATURE_WP_UNPOPULATED`: write-protecting a range marks its
+/// unpopulated pages too, so a first write to them is seen.
+pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+/// `UFFD_FEATURE_WP_ASYNC`: write-protect faults are resolved by the kernel
+/// at once (no message to handle); the page is marked written, which
+/// `PAGEMAP_SCAN` reports ([`crate::dirty`]).
+pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
 
 /// Fork events: the child gets its own userfaultfd.
 pub const FEATURE_EVENT_FORK: u64 = 1 << 1;
@@ -89,8 +100,43 @@ mod raw {
     nix::ioctl_read!(ioctl_wake, 0xaa, 0x02, UffdioRange);
     nix::ioctl_readwrite!(ioctl_copy, 0xaa, 0x03, UffdioCopy);
     nix::ioctl_readwrite!(ioctl_zeropage, 0xaa, 0x04, UffdioZeropage);
+    nix::ioctl_readwrite!(ioctl_writeprotect, 0xaa, 0x06, super::UffdioWriteprotect);
 }
-use raw::{ioctl_api, ioctl_copy, ioctl_register, ioctl_wake, ioctl_zeropage};
+use raw::{ioctl_api, ioctl_copy, ioctl_register, ioctl_wake, ioctl_writeprotect, ioctl_zeropage};
+
+/// `struct uffdio_writeprotect`.
+#[repr(C)]
+pub(crate) struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+/// `UFFDIO_REGISTER` in write-protect mode for `[start, start + len)` of
+/// the userfaultfd's process (with [`FEATURE_WP_ASYNC`]: only to track
+/// writes).
+pub fn register_wp(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<(), Errno> {
+    let mut r = UffdioRegister {
+        range: UffdioRange { start, len },
+        mode: REGISTER_MODE_WP,
+        ioctls: 0,
+    };
+    // SAFETY: `r` is a valid `struct uffdio_register`; the addresses are in
+    // the other process and only interpreted by the kernel.
+    unsafe { ioctl_register(fd.as_raw_fd(), &mut r) }?;
+    Ok(())
+}
+
+/// `UFFDIO_WRITEPROTECT`: write-protects `[start, start + len)` (`on`) or
+/// lifts the protection.
+pub fn write_protect(fd: BorrowedFd<'_>, start: u64, len: u64, on: bool) -> Result<(), Errno> {
+    let mut w = UffdioWriteprotect {
+        range: UffdioRange { start, len },
+        mode: if on { WRITEPROTECT_MODE_WP } else { 0 },
+    };
+    // SAFETY: `w` is a valid `struct uffdio_writeprotect` the kernel reads.
+    unsafe { ioctl_writeprotect(fd.as_raw_fd(), &mut w) }?;
+    Ok(())
+}
 
 /// `UFFDIO_API`: enables `features` (refused if the kernel lacks one).
 pub fn api(fd: BorrowedFd<'_>, features: u64) -> Result<(), Errno> {
