@@ -212,6 +212,23 @@ async fn serve_url<B: ApiBackend>(b: B, id: String, host: String, req: Request) 
         }
         return resp;
     }
+    // AWS_IAM: the signature's key is checked before the body is read
+    // (an unsigned or unknown-key request is refused without reading it).
+    let iam = url.auth_type == AUTH_IAM || check_auth_type(&url.auth_type).is_err();
+    let pending = if iam {
+        let Some(accounts) = b.accounts() else {
+            return url_error(StatusCode::FORBIDDEN, "Forbidden");
+        };
+        match accounts.precheck(&parts) {
+            Ok(p) => Some(p),
+            Err(d) => {
+                tracing::info!(code = d.code, "function URL refused: {}", d.message);
+                return url_error(StatusCode::FORBIDDEN, "Forbidden");
+            }
+        }
+    } else {
+        None
+    };
     // The whole body, within the synchronous payload limit.
     let too_large = || {
         LambdaError::new(
@@ -230,14 +247,8 @@ async fn serve_url<B: ApiBackend>(b: B, id: String, host: String, req: Request) 
     };
     // AWS_IAM: a key of the function's account signed it.
     let mut caller = None;
-    if url.auth_type == AUTH_IAM || check_auth_type(&url.auth_type).is_err() {
-        let Some(accounts) = b.accounts() else {
-            return url_error(StatusCode::FORBIDDEN, "Forbidden");
-        };
-        let checked = accounts
-            .precheck(&parts)
-            .and_then(|p| p.verify(&parts, &bytes, chrono::Utc::now()));
-        match checked {
+    if let Some(pending) = pending {
+        match pending.verify(&parts, &bytes, chrono::Utc::now()) {
             Ok(c) if c.account_id == latest.account() => caller = Some(c),
             Ok(c) => {
                 tracing::info!(caller = %c.account_id, "function URL refused: another account");
