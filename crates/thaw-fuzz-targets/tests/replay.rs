@@ -180,6 +180,31 @@ mod seeds {
             b"arn:aws:lambda:us-east-1:123456789012:function:hello:$LATEST\0$LATEST",
         );
         put("api_request", "invocation-type", b"RequestResponse");
+        put(
+            "api_request",
+            "publish",
+            br#"{"CodeSha256":"abc=","Description":"v","RevisionId":"r1"}"#,
+        );
+        put(
+            "api_request",
+            "alias",
+            br#"{"Name":"live","FunctionVersion":"1","RoutingConfig":{"AdditionalVersionWeights":{"2":0.25}}}"#,
+        );
+        put(
+            "api_request",
+            "url-config",
+            br#"{"AuthType":"AWS_IAM","InvokeMode":"BUFFERED","Cors":{"AllowOrigins":["*"],"MaxAge":60}}"#,
+        );
+        put(
+            "api_request",
+            "url-answer",
+            br#"{"statusCode":201,"headers":{"x":"y"},"cookies":["a=1"],"body":"aGk=","isBase64Encoded":true}"#,
+        );
+        put(
+            "api_request",
+            "qualified",
+            b"arn:aws:lambda:us-east-1:123456789012:function:hello:live\0live",
+        );
     }
 
     fn zips() {
