@@ -160,7 +160,12 @@ impl Registry {
         }
         let mut latest = current;
         latest.last_version = n;
-        write_record(&dir, &latest, &self.cipher)?;
+        if let Err(e) = write_record(&dir, &latest, &self.cipher) {
+            // Not published: the number stays free (nothing refers to it).
+            let _ = fs::remove_file(&json);
+            let _ = fs::remove_file(&zip);
+            return Err(e);
+        }
         state.functions.insert(name.to_string(), latest);
         state
             .versions
