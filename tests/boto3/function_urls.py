@@ -84,6 +84,9 @@ status, _, body, _ = call(url, "GET", "/binary")
 check(status == 200 and body == bytes(range(256)), "a base64 body arrives as bytes")
 status, _, body, _ = call(url, "GET", "/fail")
 check(status == 502, "a function error is a 502")
+status, _, body, _ = call(url, "POST", "/thaw/v1/accounts", b'{"Name": "x"}')
+check(status == 201 and body == b"created /thaw/v1/accounts",
+      "a URL's host never reaches the daemon's own routes (accounts included)")
 
 # An AWS_IAM URL on an alias: only signed requests of the account.
 client.create_alias(FunctionName="web", Name="live", FunctionVersion="1")

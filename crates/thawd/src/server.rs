@@ -558,8 +558,9 @@ pub async fn serve_with(
     let accounts = platform.accounts.clone();
     // Outermost first: the body deadline bounds every read of the body,
     // the signature check's included; only signed requests reach a route.
-    let app = crate::api::router(platform.clone())
-        .merge(crate::accounts::router(platform.accounts.clone()))
+    let routes = crate::api::router(platform.clone())
+        .merge(crate::accounts::router(platform.accounts.clone()));
+    let app = crate::api::with_function_urls(routes, platform.clone())
         .layer(axum::middleware::from_fn(move |req, next| {
             crate::api::authenticate(accounts.clone(), req, next)
         }))

@@ -144,7 +144,8 @@ fn api_with(invoke: Arc<InvokeFn>) -> Api {
     };
     thawd::api::start_event_delivery(fake.clone());
     Api {
-        app: router_with(fake.clone()).layer(axum::middleware::from_fn(as_caller)),
+        app: thawd::api::with_function_urls(router_with(fake.clone()), fake.clone())
+            .layer(axum::middleware::from_fn(as_caller)),
         fake,
         _dir: dir,
     }

@@ -492,11 +492,17 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
         .fallback(unknown_operation)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_log))
-        .layer(axum::middleware::from_fn_with_state(
-            backend.clone(),
-            urls::dispatch::<B>,
-        ))
         .with_state(backend)
+}
+
+/// `app` (the daemon's whole router: the API's and the accounts' routes)
+/// with function URLs served in front of it: a request whose `Host` is a
+/// function URL's never reaches any of `app`'s routes.
+pub fn with_function_urls<B: ApiBackend>(app: Router, backend: B) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(
+        backend,
+        urls::dispatch::<B>,
+    ))
 }
 
 // ---------------------------------------------------------------------------
