@@ -25,11 +25,9 @@ stackTrace for exceptions) at AWS_LAMBDA_LOG_LEVEL and above; print()
 output stays plain text, as on Lambda.
 """
 
-import datetime
 import decimal
 import importlib
 import json
-import logging
 import os
 import socket
 import sys
@@ -62,50 +60,51 @@ def _flush_output():
 # The invocation in flight, for JSON log lines.
 _request_id = None
 
-# Lambda's log levels to the `logging` module's.
-_LOG_LEVELS = {
-    "TRACE": logging.DEBUG,
-    "DEBUG": logging.DEBUG,
-    "INFO": logging.INFO,
-    "WARN": logging.WARNING,
-    "ERROR": logging.ERROR,
-    "FATAL": logging.CRITICAL,
-}
-
-
 # The `logging` module's level names that Lambda spells differently.
 _LEVEL_NAMES = {"WARNING": "WARN", "CRITICAL": "FATAL"}
 
 
-class _JsonFormatter(logging.Formatter):
-    """A `logging` record as one of Lambda's JSON log lines."""
-
-    def format(self, record):
-        when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
-        doc = {
-            "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
-            "level": _LEVEL_NAMES.get(record.levelname, record.levelname),
-            "message": record.getMessage(),
-            "logger": record.name,
-        }
-        if _request_id:
-            doc["requestId"] = _request_id
-        if record.exc_info and record.exc_info[0] is not None:
-            doc["errorType"] = record.exc_info[0].__name__
-            doc["errorMessage"] = str(record.exc_info[1])
-            doc["stackTrace"] = traceback.format_tb(record.exc_info[2])
-        return json.dumps(doc, default=str)
-
-
 def _json_logging():
-    """Lambda's JSON log format for the `logging` module, when asked for."""
+    """Lambda's JSON log format for the `logging` module, when asked for
+    (imported only then: a text-format start does not pay for it)."""
     if os.environ.get("AWS_LAMBDA_LOG_FORMAT") != "JSON":
         return
+    import datetime
+    import logging
+
+    levels = {
+        "TRACE": logging.DEBUG,
+        "DEBUG": logging.DEBUG,
+        "INFO": logging.INFO,
+        "WARN": logging.WARNING,
+        "ERROR": logging.ERROR,
+        "FATAL": logging.CRITICAL,
+    }
+
+    class JsonFormatter(logging.Formatter):
+        """A `logging` record as one of Lambda's JSON log lines."""
+
+        def format(self, record):
+            when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            doc = {
+                "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
+                "level": _LEVEL_NAMES.get(record.levelname, record.levelname),
+                "message": record.getMessage(),
+                "logger": record.name,
+            }
+            if _request_id:
+                doc["requestId"] = _request_id
+            if record.exc_info and record.exc_info[0] is not None:
+                doc["errorType"] = record.exc_info[0].__name__
+                doc["errorMessage"] = str(record.exc_info[1])
+                doc["stackTrace"] = traceback.format_tb(record.exc_info[2])
+            return json.dumps(doc, default=str)
+
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_JsonFormatter())
+    handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(_LOG_LEVELS.get(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "INFO").upper(), logging.INFO))
+    root.setLevel(levels.get(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "INFO").upper(), logging.INFO))
 
 
 class _Headers(dict):
