@@ -285,9 +285,12 @@ fn page_server_process(daemon: u32) -> Option<u32> {
     })
 }
 
+/// Killing a sandbox's PID 1 (its page server) while the runtime waits
+/// for pages ends the invocation within bounds: an error, or a cold retry
+/// with the right answer; nothing is left behind and the function works.
 #[test]
-fn a_sandbox_killed_mid_fault_fails_the_invocation_cleanly() {
-    if !can_run("a_sandbox_killed_mid_fault_fails_the_invocation_cleanly") {
+fn a_sandbox_killed_mid_fault_ends_the_invocation_cleanly() {
+    if !can_run("a_sandbox_killed_mid_fault_ends_the_invocation_cleanly") {
         return;
     }
     // Every snapshot read takes 100 ms: reading all 32 MiB of the
@@ -340,13 +343,23 @@ fn a_sandbox_killed_mid_fault_fails_the_invocation_cleanly() {
         "bounded: {:?}",
         killed_at.elapsed()
     );
+    // The platform's failure: either the invocation fails (a service
+    // error, or the runtime's crash as a function error), or, when the
+    // supervisor reported that the instance's memory could not be served
+    // before it went, the daemon ran it again on a cold start and the
+    // answer is right. Never a wrong answer from the killed instance.
     match r {
         Err(e) => assert!(e.to_string().contains("Service"), "{e}"),
-        Ok(r) => assert!(
-            r.function_error.is_some(),
-            "a killed instance cannot answer normally: {}",
-            String::from_utf8_lossy(&r.payload)
-        ),
+        Ok(r) if r.function_error.is_some() => {}
+        Ok(r) => {
+            assert_eq!(
+                r.start,
+                Some(StartKind::Cold),
+                "only a cold retry may answer"
+            );
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            assert_eq!(v["sum"], json!(pages_sum(0, 8192)), "{v}");
+        }
     }
     // Nothing left behind; the function keeps working.
     eventually("the killed sandbox's processes are gone", || {
