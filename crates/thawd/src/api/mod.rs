@@ -45,11 +45,10 @@
 //!
 //! **Provisioned concurrency and versions.** Lambda configures provisioned
 //! concurrency on a published version or an alias and refuses `$LATEST`.
-//! thaw's provisioned concurrency still applies to `$LATEST` only: the
-//! `Qualifier` must be `$LATEST` (or absent), any other qualifier is
-//! refused as not found (`ResourceNotFoundException`). A function has at
-//! most one configuration; after an update the new revision's instances
-//! are provisioned.
+//! thaw does the same, one configuration per qualifier (an alias's follows
+//! it when it moves), and also accepts `$LATEST` (or no qualifier) as a
+//! documented extension, whose instances follow the function's updates. A
+//! qualifier that names no version or alias is `ResourceNotFoundException`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -805,9 +804,9 @@ pub async fn authenticate(
     req: Request,
     next: Next,
 ) -> Response {
-    // `/healthz`, and function URLs (the router's `urls::dispatch` serves
-    // them, checking their own authentication; no API route is reached
-    // with a function URL's host).
+    // `/healthz`, and function URLs ([`with_function_urls`] serves them in
+    // front of every route, checking their own authentication; no route is
+    // reached with a function URL's host).
     if req.uri().path() == "/healthz" || is_function_url_request(&req) {
         return next.run(req).await;
     }
