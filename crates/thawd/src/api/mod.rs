@@ -23,7 +23,7 @@
 //! | PUT, GET, DELETE | `/2019-09-30/functions/{name}/provisioned-concurrency` | Put/Get/DeleteProvisionedConcurrencyConfig (`Qualifier`); with `List=ALL`: ListProvisionedConcurrencyConfigs |
 //! | POST, GET, PUT, DELETE | `/2021-10-31/functions/{name}/url` | Create/Get/Update/DeleteFunctionUrlConfig (`Qualifier`) |
 //! | GET | `/2021-10-31/functions/{name}/urls` | ListFunctionUrlConfigs |
-//! | any | any, with a function URL's `Host` | the function URL ([`urls`]) |
+//! | any | any, with a function URL's `Host` | the function URL (`api::urls`) |
 //! | GET | `/2016-08-19/account-settings` | GetAccountSettings |
 //! | GET | `/thaw/v1/functions/{name}/logs` | log records (`request_id`, `limit`) |
 //! | GET | `/thaw/v1/functions/{name}/code` | the uploaded zip |
@@ -36,7 +36,7 @@
 //! ARN refused (403), `/metrics` and the store's caches the root
 //! account's. The account routes are in [`crate::accounts`].
 //!
-//! **Versions and aliases** ([`versions`]): a name or ARN may carry a
+//! **Versions and aliases** (`api::versions`): a name or ARN may carry a
 //! qualifier (`NAME:1`, `NAME:live`), as may the `Qualifier` parameter;
 //! both given and different is refused. Each published version has its
 //! own instances and snapshot (kept under `NAME:N`); an alias resolves to
