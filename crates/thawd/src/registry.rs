@@ -8,7 +8,7 @@
 //!   atomically (write temp + rename) and bump `revision_id`.
 //! - Code zips are validated and extracted to `code_dir` (one directory per code
 //!   revision, so a running instance keeps its old code while an update lands).
-//! - Published versions and aliases: [`versions`] (a version keeps its code
+//! - Published versions and aliases: `registry/versions.rs` (a version keeps its code
 //!   directory for as long as it exists).
 //!
 //! Owns: the on-disk layout below, zip validation and extraction, and the
