@@ -120,7 +120,7 @@ pub struct FunctionRecord {
     pub kept: thaw_api::kept::Kept,
     /// The published version this record is; `None` for `$LATEST`. A
     /// version's record is a frozen copy of `$LATEST` at its publication
-    /// (`versions/<n>.json`, see [`versions`]).
+    /// (`versions/<n>.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
     /// The number of the last version published (`$LATEST` only): numbers
