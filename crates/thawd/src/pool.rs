@@ -280,6 +280,7 @@ impl Pools {
     /// idle list, where the next invocation finds it warm. Runs no
     /// invocation. Why it failed, otherwise.
     pub async fn provision_one(&self, f: &FunctionRecord) -> Result<StartKind, String> {
+        let key = f.instance_key();
         if self.is_shutting_down() {
             return Err("the daemon is shutting down".into());
         }
@@ -289,7 +290,7 @@ impl Pools {
             Some((inst, _, _)) => (inst, StartKind::Restored),
             None => match Instance::start(f, &self.ctx).await {
                 Ok((inst, _)) => {
-                    self.metrics.count_instance_start(&f.instance_key(), "ok");
+                    self.metrics.count_instance_start(&key, "ok");
                     (inst, StartKind::Cold)
                 }
                 Err(e) => {
@@ -297,7 +298,7 @@ impl Pools {
                         StartError::Init { .. } => "init_error",
                         StartError::Platform(_) => "platform_error",
                     };
-                    self.metrics.count_instance_start(&f.instance_key(), result);
+                    self.metrics.count_instance_start(&key, result);
                     return Err(start_error_text(&e));
                 }
             },
@@ -318,8 +319,9 @@ impl Pools {
     }
 
     fn pool_for(&self, f: &FunctionRecord) -> Arc<FunctionPool> {
+        let key = f.instance_key();
         let mut map = lock(&self.functions);
-        if let Some(p) = map.get(&f.instance_key()) {
+        if let Some(p) = map.get(&key) {
             // Same revision, or a request that read the function before an
             // update landed: serve it with the newer revision rather than let it
             // retire the new instances and start the old code again.
@@ -328,12 +330,12 @@ impl Pools {
                 return p.clone();
             }
             // The function changed under us: retire the old revision's instances.
-            let old = map.remove(&f.instance_key());
+            let old = map.remove(&key);
             if let Some(old) = old {
-                self.retire_pool(&f.instance_key(), old);
+                self.retire_pool(&key, old);
             }
         }
-        let measured = lock(&self.measured).get(&f.instance_key()).copied();
+        let measured = lock(&self.measured).get(&key).copied();
         let p = Arc::new(FunctionPool {
             record: f.clone(),
             queue: Mutex::new(Queue::with_measurements(measured.unwrap_or_default())),
@@ -342,7 +344,7 @@ impl Pools {
             filling: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         });
-        map.insert(f.instance_key(), p.clone());
+        map.insert(key.clone(), p.clone());
         p
     }
 
@@ -478,6 +480,7 @@ impl Pools {
     /// blobs), and a rebuild is requested. Does nothing when the snapshot
     /// is already gone (another instance found the damage first).
     async fn snapshot_damaged(&self, pool: &Arc<FunctionPool>, f: &FunctionRecord, why: &str) {
+        let key = f.instance_key();
         let dir = self.snapshot_dir(f);
         let Some(parent) = dir.parent() else {
             return;
@@ -493,12 +496,12 @@ impl Pools {
             return;
         }
         tracing::error!(function = %f.name, revision = %f.revision_id, error = why, "snapshot failed an integrity check; discarding it and building it again");
-        self.metrics.count_snapshot_damaged(&f.instance_key());
+        self.metrics.count_snapshot_damaged(&key);
         self.builds.damaged(f, why);
         if let Some(t) = &self.ctx.templates {
-            t.forget(&f.instance_key(), None);
+            t.forget(&key, None);
         }
-        destroy_all(self.take_standby(&f.instance_key(), pool)).await;
+        destroy_all(self.take_standby(&key, pool)).await;
         lock(&self.verified).remove(&dir);
         let stored = self.ctx.store.clone().zip(
             crate::snapshots::SnapshotMeta::read(&moved)
@@ -537,6 +540,7 @@ impl Pools {
         pool: &Arc<FunctionPool>,
         f: &FunctionRecord,
     ) -> Option<(Instance, PhaseTimings, bool)> {
+        let key = f.instance_key();
         let dir = self.snapshot_dir(f);
         if !dir.join(crate::snapshots::META_FILE).is_file() {
             return None;
@@ -546,10 +550,9 @@ impl Pools {
             // damaged snapshot would fail an invocation instead of the
             // restore: check the whole snapshot once per version of its files.
             if let Err(e) = self.verified(&dir).await {
-                self.metrics
-                    .count_instance_start(&f.instance_key(), "restore_error");
+                self.metrics.count_instance_start(&key, "restore_error");
                 tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %e, "snapshot failed verification; starting cold instead");
-                destroy_all(self.take_standby(&f.instance_key(), pool)).await;
+                destroy_all(self.take_standby(&key, pool)).await;
                 // A snapshot of local files that fails verification is bad
                 // (its checksums, or a file missing): built again.
                 let why = self
@@ -566,7 +569,7 @@ impl Pools {
         let standby = lock(&pool.standby).pop();
         self.replenish(pool);
         if let Some(mut inst) = standby {
-            self.metrics.add_instances(&f.instance_key(), "standby", -1);
+            self.metrics.add_instances(&key, "standby", -1);
             let how = if inst.is_clone() {
                 "cloned"
             } else {
@@ -574,27 +577,24 @@ impl Pools {
             };
             match inst.resume(f).await {
                 Ok(t) => {
-                    self.metrics.count_instance_start(&f.instance_key(), how);
+                    self.metrics.count_instance_start(&key, how);
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "{how} a standby instance");
                     return Some((inst, t, true));
                 }
                 Err(e) => {
-                    self.metrics
-                        .count_instance_start(&f.instance_key(), "restore_error");
+                    self.metrics.count_instance_start(&key, "restore_error");
                     tracing::warn!(function = %f.name, error = %start_error_text(&e), "standby {how} failed; restoring a new instance");
                 }
             }
         } else if self.ctx.templates.is_some() {
             match Instance::clone_new(f, &self.ctx, &dir).await {
                 Ok((inst, t)) => {
-                    self.metrics
-                        .count_instance_start(&f.instance_key(), "cloned");
+                    self.metrics.count_instance_start(&key, "cloned");
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "cloned");
                     return Some((inst, t, false));
                 }
                 Err(e) => {
-                    self.metrics
-                        .count_instance_start(&f.instance_key(), "restore_error");
+                    self.metrics.count_instance_start(&key, "restore_error");
                     tracing::warn!(function = %f.name, error = %start_error_text(&e), "clone failed; restoring a new instance");
                     if let Some(why) = self.integrity_failure(&dir) {
                         self.snapshot_damaged(pool, f, &why).await;
@@ -605,14 +605,12 @@ impl Pools {
         }
         match Instance::restore(f, &self.ctx, &dir).await {
             Ok((inst, t)) => {
-                self.metrics
-                    .count_instance_start(&f.instance_key(), "restored");
+                self.metrics.count_instance_start(&key, "restored");
                 tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, restore_ms = t.restore_ms, "restored");
                 Some((inst, t, false))
             }
             Err(e) => {
-                self.metrics
-                    .count_instance_start(&f.instance_key(), "restore_error");
+                self.metrics.count_instance_start(&key, "restore_error");
                 tracing::warn!(function = %f.name, snapshot = %dir.display(), error = %start_error_text(&e), "restore failed; starting cold instead");
                 if let Some(why) = self.integrity_failure(&dir) {
                     self.snapshot_damaged(pool, f, &why).await;
@@ -791,6 +789,7 @@ impl Pools {
         background: Option<&(dyn Fn() -> bool + Send + Sync)>,
         prepare: impl FnOnce() -> Result<Option<Bytes>, String>,
     ) -> BuildOutcome {
+        let key = f.instance_key();
         let Some(_slot) = self.builds.slot().await else {
             lease.finish(BuildOutcome::Skipped);
             return BuildOutcome::Skipped;
@@ -810,16 +809,14 @@ impl Pools {
             BuildOutcome::Skipped
         } else if let Err(low) = room {
             let e = format!("{low}; no snapshot was made");
-            self.metrics
-                .count_snapshot_build(&f.instance_key(), "failed");
+            self.metrics.count_snapshot_build(&key, "failed");
             self.builds.failed(f, &e);
             BuildOutcome::Failed(e)
         } else {
             match prepare() {
                 Ok(None) => BuildOutcome::Skipped,
                 Err(e) => {
-                    self.metrics
-                        .count_snapshot_build(&f.instance_key(), "failed");
+                    self.metrics.count_snapshot_build(&key, "failed");
                     self.builds.failed(f, &e);
                     BuildOutcome::Failed(e)
                 }
@@ -829,14 +826,12 @@ impl Pools {
                         if report.init_only.is_none() {
                             self.seed_duration(f, report.test_invoke_ms);
                         }
-                        self.metrics
-                            .count_snapshot_build(&f.instance_key(), "ready");
+                        self.metrics.count_snapshot_build(&key, "ready");
                         self.builds.ready(f, report.clone());
                         BuildOutcome::Ready(report)
                     }
                     Err(e) => {
-                        self.metrics
-                            .count_snapshot_build(&f.instance_key(), "failed");
+                        self.metrics.count_snapshot_build(&key, "failed");
                         self.builds.failed(f, &error_chain(&e));
                         BuildOutcome::Failed(match e {
                             InvokeError::Sandbox(a) => format!("{a:#}"),
@@ -887,6 +882,7 @@ impl Pools {
         payload: &Bytes,
         init_only: Option<String>,
     ) -> Result<SnapshotReport, BuildFailure> {
+        let key = f.instance_key();
         self.builds.building(f, phase::INIT);
         let (mut inst, t) = Instance::start_for_snapshot(f, &self.ctx, init_only.is_none())
             .await
@@ -922,7 +918,7 @@ impl Pools {
         // Standbys prepared from an older snapshot would restore it:
         // replace them, and have a sandbox ready for the first restore.
         let pool = self.pool_for(f);
-        destroy_all(self.take_standby(&f.instance_key(), &pool)).await;
+        destroy_all(self.take_standby(&key, &pool)).await;
         if let Some(store) = &self.ctx.store {
             // Into the store: restores read the memory image from there.
             self.builds.building(f, phase::PUBLISH);
@@ -943,7 +939,7 @@ impl Pools {
         }
         self.replenish(&pool);
         Ok(SnapshotReport {
-            function: f.instance_key(),
+            function: key.clone(),
             revision_id: f.revision_id.clone(),
             cold_start_ms: t.sandbox_ms + t.runtime_ms + t.init_ms,
             test_invoke_ms,
@@ -1099,6 +1095,7 @@ impl Pools {
     /// sandboxes prepared with it: the next restore records a new one.
     /// Returns whether there was one.
     pub fn rerecord_working_set(&self, f: &FunctionRecord) -> std::io::Result<bool> {
+        let key = f.instance_key();
         let dir = self.snapshot_dir(f);
         let path = dir.join(WORKING_SET_FILE);
         let stored = self
@@ -1128,9 +1125,9 @@ impl Pools {
                 });
             }
         }
-        let pool = lock(&self.functions).get(&f.instance_key()).cloned();
+        let pool = lock(&self.functions).get(&key).cloned();
         if let Some(pool) = pool {
-            let standby = self.take_standby(&f.instance_key(), &pool);
+            let standby = self.take_standby(&key, &pool);
             if !standby.is_empty() {
                 tokio::spawn(destroy_all(standby));
             }
@@ -1186,6 +1183,7 @@ impl Pools {
         input: InvokeInput,
         request_id: String,
     ) -> Result<InvokeOutcome, InvokeError> {
+        let key = f.instance_key();
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(InvokeError::ShuttingDown);
         }
@@ -1209,7 +1207,7 @@ impl Pools {
         };
         let mut lines = LogTail::default();
         lock(&pool.queue).busy(ticket.id, self.epoch.elapsed());
-        self.metrics.add_instances(&f.instance_key(), "busy", 1);
+        self.metrics.add_instances(&key, "busy", 1);
 
         let platform_log = crate::platform_log::PlatformLog::of(f);
         let start_line = platform_log.start(&request_id, &f.version_label());
@@ -1250,16 +1248,14 @@ impl Pools {
                 break (ran, result, out_lines, invoke_ms);
             };
             tracing::error!(instance = %inst.id, error = %fault.message, integrity = fault.integrity, "a restored instance's memory could not be served; discarding it");
-            self.metrics
-                .count_memory_failure(&f.instance_key(), fault.integrity);
+            self.metrics.count_memory_failure(&key, fault.integrity);
             inst.destroy().await;
             if fault.integrity {
                 self.snapshot_damaged(&pool, f, &fault.message).await;
             }
             if retried || self.shutting_down.load(Ordering::SeqCst) {
-                self.metrics.add_instances(&f.instance_key(), "busy", -1);
-                self.metrics
-                    .count_rejected(&f.instance_key(), "platform_error");
+                self.metrics.add_instances(&key, "busy", -1);
+                self.metrics.count_rejected(&key, "platform_error");
                 return Err(InvokeError::InstanceLost(
                     "its memory could not be read from the function's snapshot".into(),
                 ));
@@ -1269,9 +1265,9 @@ impl Pools {
                 self.starting.fetch_add(1, Ordering::SeqCst);
                 let _starting = Starting {
                     pools: self,
-                    function: f.instance_key(),
+                    function: key.clone(),
                 };
-                self.metrics.add_instances(&f.instance_key(), "starting", 1);
+                self.metrics.add_instances(&key, "starting", 1);
                 self.start_new(&pool, f, &request_id, input.tail_logs, true)
                     .await
             };
@@ -1281,11 +1277,11 @@ impl Pools {
                     (inst, start, timings) = (i, s, t);
                 }
                 Ok(Placed::InitFailed(outcome)) => {
-                    self.metrics.add_instances(&f.instance_key(), "busy", -1);
+                    self.metrics.add_instances(&key, "busy", -1);
                     return Ok(outcome);
                 }
                 Err(e) => {
-                    self.metrics.add_instances(&f.instance_key(), "busy", -1);
+                    self.metrics.add_instances(&key, "busy", -1);
                     return Err(e);
                 }
             }
@@ -1316,8 +1312,7 @@ impl Pools {
                     // Written in the background, off this response's path.
                     drop(self.after_first_invocation(f, &dir, &report, pages));
                 } else {
-                    self.metrics
-                        .observe_restore_memory(&f.instance_key(), &report);
+                    self.metrics.observe_restore_memory(&key, &report);
                 }
                 Some(report)
             }
@@ -1359,22 +1354,21 @@ impl Pools {
                 (payload, Some("Unhandled".into()), false, "crash")
             }
             RunResult::Broken(_) if self.shutting_down.load(Ordering::SeqCst) => {
-                self.metrics.add_instances(&f.instance_key(), "busy", -1);
+                self.metrics.add_instances(&key, "busy", -1);
                 inst.destroy().await;
                 return Err(InvokeError::ShuttingDown);
             }
             RunResult::Broken(why) => {
                 tracing::error!(instance = %inst.id, why, "instance broke during an invocation");
-                self.metrics.add_instances(&f.instance_key(), "busy", -1);
+                self.metrics.add_instances(&key, "busy", -1);
                 inst.destroy().await;
-                self.metrics
-                    .count_rejected(&f.instance_key(), "platform_error");
+                self.metrics.count_rejected(&key, "platform_error");
                 return Err(InvokeError::InstanceLost(why));
             }
         };
         self.metrics
-            .observe_invocation(&f.instance_key(), start, &timings, outcome);
-        self.metrics.add_instances(&f.instance_key(), "busy", -1);
+            .observe_invocation(&key, start, &timings, outcome);
+        self.metrics.add_instances(&key, "busy", -1);
 
         let new_instance = start == StartKind::Restored || start == StartKind::Cold;
         let report = crate::platform_log::Report {
@@ -1435,6 +1429,7 @@ impl Pools {
         request_id: &str,
         tail_logs: bool,
     ) -> Result<Placed, InvokeError> {
+        let key = f.instance_key();
         let arrived = Instant::now();
         let mut rx = None;
         loop {
@@ -1480,26 +1475,24 @@ impl Pools {
                 }
                 Placement::Decided(d) => d,
             };
-            self.metrics
-                .count_decision(&f.instance_key(), decision.label());
+            self.metrics.count_decision(&key, decision.label());
             match decision {
                 Decision::Warm => {
                     let popped = lock(&pool.idle).pop();
                     if let Some(inst) = popped {
-                        self.metrics.add_instances(&f.instance_key(), "idle", -1);
+                        self.metrics.add_instances(&key, "idle", -1);
                         if let Some(placed) = self.take_warm(f, inst, arrived).await {
                             return Ok(placed);
                         }
                     }
                 }
                 Decision::NewWorker | Decision::NewSandbox => {
-                    self.metrics
-                        .observe_queue(&f.instance_key(), arrived.elapsed());
+                    self.metrics.observe_queue(&key, arrived.elapsed());
                     let _starting = Starting {
                         pools: self,
-                        function: f.instance_key(),
+                        function: key.clone(),
                     };
-                    self.metrics.add_instances(&f.instance_key(), "starting", 1);
+                    self.metrics.add_instances(&key, "starting", 1);
                     return self.start_new(pool, f, request_id, tail_logs, false).await;
                 }
                 Decision::Wait { expected } => {
@@ -1512,9 +1505,8 @@ impl Pools {
                                 return Ok(placed);
                             }
                         }
-                        self.metrics
-                            .observe_queue(&f.instance_key(), arrived.elapsed());
-                        self.metrics.count_rejected(&f.instance_key(), "throttled");
+                        self.metrics.observe_queue(&key, arrived.elapsed());
+                        self.metrics.count_rejected(&key, "throttled");
                         return Err(InvokeError::TooManyRequests(self.max_instances));
                     };
                     tokio::select! {
@@ -1530,9 +1522,8 @@ impl Pools {
                     }
                 }
                 Decision::Reject(_) => {
-                    self.metrics
-                        .observe_queue(&f.instance_key(), arrived.elapsed());
-                    self.metrics.count_rejected(&f.instance_key(), "throttled");
+                    self.metrics.observe_queue(&key, arrived.elapsed());
+                    self.metrics.count_rejected(&key, "throttled");
                     return Err(InvokeError::TooManyRequests(self.max_instances));
                 }
             }
@@ -1599,6 +1590,7 @@ impl Pools {
         tail_logs: bool,
         cold: bool,
     ) -> Result<Placed, InvokeError> {
+        let key = f.instance_key();
         let sharing = self.starting.load(Ordering::SeqCst);
         let began = Instant::now();
         let restored = if cold {
@@ -1610,7 +1602,7 @@ impl Pools {
             Some((inst, t, from_standby)) => (inst, StartKind::Restored, t, from_standby),
             None => match Instance::start(f, &self.ctx).await {
                 Ok((inst, t)) => {
-                    self.metrics.count_instance_start(&f.instance_key(), "ok");
+                    self.metrics.count_instance_start(&key, "ok");
                     tracing::info!(instance = %inst.id, sandbox_ms = t.sandbox_ms, runtime_ms = t.runtime_ms, init_ms = t.init_ms, "cold start");
                     (inst, StartKind::Cold, t, false)
                 }
@@ -1620,10 +1612,9 @@ impl Pools {
                     log,
                     timings,
                 }) => {
-                    self.metrics
-                        .count_instance_start(&f.instance_key(), "init_error");
+                    self.metrics.count_instance_start(&key, "init_error");
                     self.metrics.observe_invocation(
-                        &f.instance_key(),
+                        &key,
                         StartKind::Cold,
                         &timings,
                         "function_error",
@@ -1648,10 +1639,8 @@ impl Pools {
                     }));
                 }
                 Err(StartError::Platform(msg)) => {
-                    self.metrics
-                        .count_instance_start(&f.instance_key(), "platform_error");
-                    self.metrics
-                        .count_rejected(&f.instance_key(), "platform_error");
+                    self.metrics.count_instance_start(&key, "platform_error");
+                    self.metrics.count_rejected(&key, "platform_error");
                     return Err(InvokeError::Sandbox(anyhow::anyhow!(msg)));
                 }
             },
@@ -1708,8 +1697,8 @@ impl Pools {
         report: &thaw_runtime::control::MemoryReport,
         pages: Vec<u64>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        self.metrics
-            .observe_restore_memory(&f.instance_key(), report);
+        let key = f.instance_key();
+        self.metrics.observe_restore_memory(&key, report);
         if !report.lazy || self.ctx.memory_mode(f) != MemoryMode::WorkingSet {
             return None;
         }
@@ -1719,7 +1708,7 @@ impl Pools {
         } else {
             match report.working_set.as_str() {
                 "used" => {
-                    self.metrics.count_working_set(&f.instance_key(), "used");
+                    self.metrics.count_working_set(&key, "used");
                     let drifted = report.faults >= DRIFT_MIN_FAULTS
                         && report.faults as f64 > DRIFT_SHARE * report.prefetched_pages as f64;
                     if !drifted {
@@ -1728,7 +1717,7 @@ impl Pools {
                     WsJob::Extend
                 }
                 "invalid" => {
-                    self.metrics.count_working_set(&f.instance_key(), "invalid");
+                    self.metrics.count_working_set(&key, "invalid");
                     tracing::warn!(function = %f.name, error = report.working_set_error.as_deref().unwrap_or(""), "removing a refused working set; the next restore records a new one");
                     if let Err(e) = std::fs::remove_file(&path) {
                         tracing::warn!(function = %f.name, error = %e, "cannot remove the refused working set");
@@ -1744,7 +1733,7 @@ impl Pools {
                     return None;
                 }
                 other => {
-                    self.metrics.count_working_set(&f.instance_key(), other);
+                    self.metrics.count_working_set(&key, other);
                     return None;
                 }
             }
@@ -1752,11 +1741,11 @@ impl Pools {
         if let Err(low) = self.room_for_background() {
             // Upkeep, not correctness: a later restore records or extends it.
             tracing::info!(function = %f.name, "working-set upkeep skipped: {low}");
-            self.metrics.count_working_set(&f.instance_key(), "skipped");
+            self.metrics.count_working_set(&key, "skipped");
             return None;
         }
         let d = dir.to_path_buf();
-        let (metrics, name, faults) = (self.metrics.clone(), f.instance_key(), report.faults);
+        let (metrics, name, faults) = (self.metrics.clone(), key.clone(), report.faults);
         let stored = self.stored(dir);
         Some(tokio::spawn(async move {
             let source: Option<Box<dyn thaw_snapshot::image::PageSource>> = match &stored {
@@ -1831,15 +1820,16 @@ impl Pools {
     /// a deploy is decided on data rather than by starting one instance per
     /// request.
     fn seed_duration(&self, f: &FunctionRecord, ms: f64) {
+        let key = f.instance_key();
         if !ms.is_finite() || ms < 0.0 {
             return;
         }
         let d = Duration::from_secs_f64(ms / 1000.0);
         lock(&self.measured)
-            .entry(f.instance_key())
+            .entry(key.clone())
             .or_default()
             .seed_duration(d);
-        let pool = lock(&self.functions).get(&f.instance_key()).cloned();
+        let pool = lock(&self.functions).get(&key).cloned();
         if let Some(pool) = pool {
             lock(&pool.queue).seed_duration(d);
         }
