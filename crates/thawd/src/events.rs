@@ -716,9 +716,11 @@ impl EventQueue {
                 // Due events in order, passing over those whose function
                 // already runs its share (they keep their place).
                 let cap = self.config.per_function_concurrency.max(1);
+                let ix = &mut *ix;
                 let mut ready = Vec::new();
-                let due_now: Vec<(u64, u64)> = ix.due.range(..(now + 1, 0)).copied().collect();
-                for (at, seq) in due_now {
+                let mut picked = Vec::new();
+                // Walked in place: only the events taken are copied out.
+                for &(at, seq) in ix.due.range(..(now + 1, 0)) {
                     if ix.running >= self.config.concurrency {
                         break;
                     }
@@ -727,10 +729,13 @@ impl EventQueue {
                     if running >= cap {
                         continue;
                     }
-                    ix.due.remove(&(at, seq));
                     ix.running += 1;
                     *ix.running_per_function.entry(f.clone()).or_default() += 1;
+                    picked.push((at, seq));
                     ready.push((seq, f));
+                }
+                for at_seq in &picked {
+                    ix.due.remove(at_seq);
                 }
                 let next_later = ix.due.range((now + 1, 0)..).next().map(|(at, _)| *at);
                 let wait = match next_later {
