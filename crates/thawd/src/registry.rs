@@ -274,6 +274,16 @@ impl FunctionRecord {
         }
     }
 
+    /// `ResourceNotFoundException` for version or alias `q` of this
+    /// function, in Lambda's words.
+    pub(crate) fn missing(&self, q: &Qualifier) -> RegistryError {
+        RegistryError::Invalid(thaw_api::versions::qualifier_not_found(
+            self.account(),
+            self.short_name(),
+            q,
+        ))
+    }
+
     /// The key this record's instances, snapshots and templates are kept
     /// under: the function's key for `$LATEST`, `KEY:N` for version N (two
     /// versions never share an instance, even at the same revision).
@@ -467,6 +477,13 @@ struct State {
 }
 
 impl State {
+    /// `$LATEST`'s record of function `name`.
+    fn latest(&self, name: &str) -> Result<&FunctionRecord, RegistryError> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))
+    }
+
     /// Whether `$LATEST` or a published version of `name` runs the code
     /// in `dir`.
     fn code_in_use(&self, name: &str, dir: &Path) -> bool {
@@ -663,10 +680,7 @@ impl Registry {
     ) -> Result<FunctionRecord, RegistryError> {
         {
             let state = self.lock();
-            let current = state
-                .functions
-                .get(name)
-                .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+            let current = state.latest(name)?;
             check_revision(current, expected_revision)?;
         }
         self.sweep_retired();
@@ -676,10 +690,7 @@ impl Registry {
 
         let dir = self.function_dir(name);
         let mut state = self.lock();
-        let current = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let current = state.latest(name)?;
         check_revision(current, expected_revision)?;
         let mut record = current.clone();
         let old_code_dir =
@@ -728,10 +739,7 @@ impl Registry {
         update: impl FnOnce(&FunctionSettings) -> Result<FunctionSettings, LambdaError>,
     ) -> Result<FunctionRecord, RegistryError> {
         let mut state = self.lock();
-        let current = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let current = state.latest(name)?;
         check_revision(current, expected_revision)?;
         let settings = current.settings().map_err(RegistryError::Invalid)?;
         let settings = update(&settings).map_err(RegistryError::Invalid)?;
@@ -761,10 +769,7 @@ impl Registry {
         ) -> Result<ConcurrencyConfig, LambdaError>,
     ) -> Result<FunctionRecord, RegistryError> {
         let mut state = self.lock();
-        let current = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let current = state.latest(name)?;
         let others: Vec<&FunctionRecord> = state
             .functions
             .values()
@@ -792,10 +797,7 @@ impl Registry {
     ) -> Result<FunctionRecord, RegistryError> {
         platform.validate().map_err(RegistryError::Invalid)?;
         let mut state = self.lock();
-        let current = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let current = state.latest(name)?;
         if current.platform == platform {
             return Ok(current.clone());
         }
@@ -817,10 +819,7 @@ impl Registry {
         change: impl FnOnce(&mut BTreeMap<String, String>),
     ) -> Result<FunctionRecord, RegistryError> {
         let mut state = self.lock();
-        let current = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let current = state.latest(name)?;
         let mut record = current.clone();
         change(&mut record.tags);
         thaw_api::tags::check_count(record.tags.len()).map_err(RegistryError::Invalid)?;
@@ -839,11 +838,7 @@ impl Registry {
     pub fn delete(&self, name: &str) -> Result<FunctionRecord, RegistryError> {
         self.sweep_retired();
         let mut state = self.lock();
-        let record = state
-            .functions
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let record = state.latest(name)?.clone();
         let dir = self.function_dir(name);
         let grave = self
             .functions_dir

@@ -26,22 +26,11 @@ impl Registry {
         change: impl FnOnce(Option<&UrlRecord>) -> UrlRecord,
     ) -> Result<UrlRecord, RegistryError> {
         let mut state = self.lock();
-        let latest = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let latest = state.latest(name)?;
         match q {
             Qualifier::Latest => {}
             Qualifier::Alias(a) if latest.aliases.contains_key(a) => {}
-            Qualifier::Alias(_) => {
-                return Err(RegistryError::Invalid(
-                    thaw_api::versions::qualifier_not_found(
-                        latest.account(),
-                        latest.short_name(),
-                        q,
-                    ),
-                ))
-            }
+            Qualifier::Alias(_) => return Err(latest.missing(q)),
             Qualifier::Version(_) => {
                 return Err(RegistryError::Invalid(LambdaError::invalid_parameter(
                     "A function URL can be on $LATEST or an alias, not on a version",
@@ -80,10 +69,7 @@ impl Registry {
     /// The URL of `name` on `q`.
     pub fn url(&self, name: &str, q: &Qualifier) -> Result<UrlRecord, RegistryError> {
         let state = self.lock();
-        let latest = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let latest = state.latest(name)?;
         latest
             .urls
             .get(&q.to_string())
@@ -94,10 +80,7 @@ impl Registry {
     /// Deletes the URL of `name` on `q`.
     pub fn delete_url(&self, name: &str, q: &Qualifier) -> Result<(), RegistryError> {
         let mut state = self.lock();
-        let latest = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let latest = state.latest(name)?;
         if !latest.urls.contains_key(&q.to_string()) {
             return Err(not_found());
         }

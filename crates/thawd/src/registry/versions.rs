@@ -19,7 +19,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use thaw_api::versions::{qualifier_not_found, Qualifier};
+use thaw_api::versions::Qualifier;
 use thaw_api::{ErrorCode, LambdaError};
 
 use super::{
@@ -102,11 +102,7 @@ impl Registry {
         expected_revision: Option<&str>,
     ) -> Result<PublishOutcome, RegistryError> {
         let mut state = self.lock();
-        let current = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?
-            .clone();
+        let current = state.latest(name)?.clone();
         check_revision(&current, expected_revision)?;
         if let Some(sha) = expected_sha256.filter(|s| *s != current.code_sha256) {
             return Err(RegistryError::Invalid(LambdaError::new(
@@ -229,17 +225,8 @@ impl Registry {
     /// there is none).
     pub fn resolve(&self, name: &str, q: &Qualifier) -> Result<FunctionRecord, RegistryError> {
         let state = self.lock();
-        let latest = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
-        let not_found = || {
-            RegistryError::Invalid(qualifier_not_found(
-                latest.account(),
-                latest.short_name(),
-                q,
-            ))
-        };
+        let latest = state.latest(name)?;
+        let not_found = || latest.missing(q);
         let version = |n: u32| {
             state
                 .versions
@@ -263,10 +250,7 @@ impl Registry {
     /// code directory is retired once nothing runs it.
     pub fn delete_version(&self, name: &str, n: u32) -> Result<FunctionRecord, RegistryError> {
         let mut state = self.lock();
-        let latest = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let latest = state.latest(name)?;
         let users: Vec<&str> = latest
             .aliases
             .iter()
@@ -287,11 +271,7 @@ impl Registry {
             .get(name)
             .is_some_and(|vs| vs.contains_key(&n))
         {
-            return Err(RegistryError::Invalid(qualifier_not_found(
-                latest.account(),
-                latest.short_name(),
-                &Qualifier::Version(n),
-            )));
+            return Err(latest.missing(&Qualifier::Version(n)));
         }
         // Its provisioned concurrency goes with it.
         if latest.concurrency.provisioned.contains_key(&n.to_string()) {
@@ -329,17 +309,12 @@ impl Registry {
     /// Alias `alias` of `name`.
     pub fn alias(&self, name: &str, alias: &str) -> Result<AliasRecord, RegistryError> {
         let state = self.lock();
-        let latest = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
-        latest.aliases.get(alias).cloned().ok_or_else(|| {
-            RegistryError::Invalid(qualifier_not_found(
-                latest.account(),
-                latest.short_name(),
-                &Qualifier::Alias(alias.to_string()),
-            ))
-        })
+        let latest = state.latest(name)?;
+        latest
+            .aliases
+            .get(alias)
+            .cloned()
+            .ok_or_else(|| latest.missing(&Qualifier::Alias(alias.to_string())))
     }
 
     /// Creates (`expected` = `None` and no such alias) or changes (`change`
@@ -355,10 +330,7 @@ impl Registry {
         change: impl FnOnce(Option<&AliasRecord>) -> AliasRecord,
     ) -> Result<AliasRecord, RegistryError> {
         let mut state = self.lock();
-        let latest = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let latest = state.latest(name)?;
         let arn = |q: &Qualifier| {
             thaw_api::versions::qualified_arn(latest.account(), latest.short_name(), q)
         };
@@ -373,13 +345,7 @@ impl Registry {
                     ),
                 )))
             }
-            (false, None) => {
-                return Err(RegistryError::Invalid(qualifier_not_found(
-                    latest.account(),
-                    latest.short_name(),
-                    &Qualifier::Alias(alias.to_string()),
-                )))
-            }
+            (false, None) => return Err(latest.missing(&Qualifier::Alias(alias.to_string()))),
             _ => {}
         }
         if let (Some(want), Some(cur)) = (expected_revision, existing) {
@@ -418,16 +384,9 @@ impl Registry {
     /// configuration).
     pub fn delete_alias(&self, name: &str, alias: &str) -> Result<(), RegistryError> {
         let mut state = self.lock();
-        let latest = state
-            .functions
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let latest = state.latest(name)?;
         if !latest.aliases.contains_key(alias) {
-            return Err(RegistryError::Invalid(qualifier_not_found(
-                latest.account(),
-                latest.short_name(),
-                &Qualifier::Alias(alias.to_string()),
-            )));
+            return Err(latest.missing(&Qualifier::Alias(alias.to_string())));
         }
         let mut record = latest.clone();
         record.aliases.remove(alias);
