@@ -184,14 +184,15 @@ fn alias_configuration(target: &Target, name: &str, a: &AliasRecord) -> AliasCon
             Some(n) => n.to_string(),
         },
         description: a.description.clone(),
-        routing_config: (!a.routing.is_empty()).then(|| AliasRoutingConfiguration {
-            additional_version_weights: a
-                .routing
-                .iter()
-                .map(|(v, w)| (v.to_string(), *w))
-                .collect(),
-        }),
+        routing_config: (!a.routing.is_empty()).then(|| routing_config(&a.routing)),
         revision_id: a.revision_id.clone(),
+    }
+}
+
+/// Stored routing as Lambda's `RoutingConfig`.
+fn routing_config(routes: &[(u32, f64)]) -> AliasRoutingConfiguration {
+    AliasRoutingConfiguration {
+        additional_version_weights: routes.iter().map(|(v, w)| (v.to_string(), *w)).collect(),
     }
 }
 
@@ -281,14 +282,7 @@ pub(super) async fn update_alias<B: ApiBackend>(
         Some(c) => routing(version, Some(c))?,
         None => {
             // The kept routing must still fit the (maybe new) primary.
-            let kept = AliasRoutingConfiguration {
-                additional_version_weights: current
-                    .routing
-                    .iter()
-                    .map(|(v, w)| (v.to_string(), *w))
-                    .collect(),
-            };
-            routing(version, Some(&kept))?
+            routing(version, Some(&routing_config(&current.routing)))?
         }
     };
     let (key, a) = (name.key.clone(), alias.clone());
