@@ -266,6 +266,20 @@ impl Api {
         self.send(req.body(Body::from(payload)).unwrap()).await
     }
 
+    /// Creates `name` published as version 1, with alias `live` on it.
+    async fn publish_with_alias(&self, name: &str) {
+        let r = self.create(name, json!({"Publish": true})).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let r = self
+            .call(
+                "POST",
+                &format!("/2015-03-31/functions/{name}/aliases"),
+                Some(json!({"Name": "live", "FunctionVersion": "1"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+
     async fn create(&self, name: &str, extra: Value) -> Reply {
         let mut req = json!({
             "FunctionName": name,
@@ -2333,13 +2347,7 @@ async fn versions_and_aliases() {
 #[tokio::test]
 async fn provisioned_concurrency_on_versions_and_aliases() {
     let api = api();
-    api.create("p", json!({"Publish": true})).await;
-    api.call(
-        "POST",
-        "/2015-03-31/functions/p/aliases",
-        Some(json!({"Name": "live", "FunctionVersion": "1"})),
-    )
-    .await;
+    api.publish_with_alias("p").await;
     let put = |q: &str, n: u32| {
         let uri = format!("/2019-09-30/functions/p/provisioned-concurrency?Qualifier={q}");
         let api = &api;
@@ -2682,13 +2690,7 @@ async fn concurrent_event_invoke_config_updates_lose_nothing() {
 #[tokio::test]
 async fn event_invoke_configs_per_qualifier() {
     let api = api();
-    api.create("q", json!({"Publish": true})).await;
-    api.call(
-        "POST",
-        "/2015-03-31/functions/q/aliases",
-        Some(json!({"Name": "live", "FunctionVersion": "1"})),
-    )
-    .await;
+    api.publish_with_alias("q").await;
     let uri = |qualifier: &str| {
         format!("/2019-09-25/functions/q/event-invoke-config?Qualifier={qualifier}")
     };
