@@ -557,16 +557,17 @@ pub async fn serve_with(
     let limits = platform.config.http;
     let accounts = platform.accounts.clone();
     // Outermost first: the body deadline bounds every read of the body,
-    // the signature check's included; only signed requests reach a route.
+    // the signature check's included; function URLs are served before it
+    // (they check their own), and only signed requests reach a route.
     let routes = crate::api::router(platform.clone())
-        .merge(crate::accounts::router(platform.accounts.clone()));
-    let app = crate::api::with_function_urls(routes, platform.clone())
+        .merge(crate::accounts::router(platform.accounts.clone()))
         .layer(axum::middleware::from_fn(move |req, next| {
             crate::api::authenticate(accounts.clone(), req, next)
-        }))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            crate::api::body_deadline(limits.body_timeout, req, next)
         }));
+    let app =
+        crate::api::with_function_urls(routes, platform.clone()).layer(axum::middleware::from_fn(
+            move |req, next| crate::api::body_deadline(limits.body_timeout, req, next),
+        ));
     // Kill instances as soon as shutdown starts: graceful shutdown waits for
     // in-flight requests, and an invocation may otherwise run for minutes.
     let stopping = platform.clone();

@@ -94,7 +94,6 @@ mod tags;
 mod urls;
 mod versions;
 pub use events::start_event_delivery;
-pub use urls::is_function_url_request;
 
 /// Largest management request body (a base64 zip of ~50 MiB plus JSON):
 /// CreateFunction and UpdateFunctionCode.
@@ -494,9 +493,10 @@ pub fn router_with<B: ApiBackend>(backend: B) -> Router {
         .with_state(backend)
 }
 
-/// `app` (the daemon's whole router: the API's and the accounts' routes)
-/// with function URLs served in front of it: a request whose `Host` is a
-/// function URL's never reaches any of `app`'s routes.
+/// `app` (the daemon's whole router: the API's and the accounts' routes,
+/// behind [`authenticate`]) with function URLs served in front of it: a
+/// request whose `Host` is a function URL's never reaches `app` (URLs check
+/// their own authentication).
 pub fn with_function_urls<B: ApiBackend>(app: Router, backend: B) -> Router {
     app.layer(axum::middleware::from_fn_with_state(
         backend,
@@ -804,10 +804,7 @@ pub async fn authenticate(
     req: Request,
     next: Next,
 ) -> Response {
-    // `/healthz`, and function URLs ([`with_function_urls`] serves them in
-    // front of every route, checking their own authentication; no route is
-    // reached with a function URL's host).
-    if req.uri().path() == "/healthz" || is_function_url_request(&req) {
+    if req.uri().path() == "/healthz" {
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();

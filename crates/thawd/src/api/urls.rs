@@ -20,12 +20,6 @@ use thaw_api::versions::{qualified_arn, Qualifier};
 /// invocation's payload limit.
 const MAX_URL_BODY_BYTES: usize = 6 * 1024 * 1024;
 
-/// Whether `req` is addressed to a function URL (then [`super::with_function_urls`] serves
-/// it and the signature check of the API leaves it alone).
-pub fn is_function_url_request<T>(req: &axum::http::Request<T>) -> bool {
-    url_host(req.headers()).is_some()
-}
-
 fn url_host(headers: &HeaderMap) -> Option<&str> {
     let host = headers.get(HOST)?.to_str().ok()?;
     url_id_of_host(host).map(|_| host)
