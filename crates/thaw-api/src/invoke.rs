@@ -259,6 +259,9 @@ impl fmt::Display for StartKind {
 pub struct ServerTiming {
     /// Creating the sandbox.
     pub sandbox_ms: f64,
+    /// Taking the instance's network namespace and address (part of
+    /// `sandbox_ms`; absent without instance networking).
+    pub network_ms: f64,
     /// Starting the language runtime.
     pub runtime_ms: f64,
     /// The function's init.
@@ -293,6 +296,7 @@ impl ServerTiming {
                 "restore" => &mut t.restore_ms,
                 "memory" => &mut t.memory_ms,
                 "hooks" => &mut t.hooks_ms,
+                "network" => &mut t.network_ms,
                 _ => continue,
             };
             *slot = dur;
@@ -320,6 +324,9 @@ impl fmt::Display for ServerTiming {
                 ", restore;dur={:.3}, memory;dur={:.3}, hooks;dur={:.3}",
                 self.restore_ms, self.memory_ms, self.hooks_ms
             )?;
+        }
+        if self.network_ms > 0.0 {
+            write!(f, ", network;dur={:.3}", self.network_ms)?;
         }
         Ok(())
     }

@@ -146,6 +146,26 @@ pub struct ServeArgs {
     /// function URLs).
     #[arg(long, default_value = "localhost")]
     pub function_url_domain: String,
+    /// Instances' network: `auto` (the default) gives each instance its
+    /// own address where this host can (root and nftables' `nft`), else
+    /// loopback only with a warning; `on` requires it; `off`: loopback only.
+    #[arg(long, default_value = "auto")]
+    pub network: thawd::config::NetworkMode,
+    /// Where instance addresses come from [default: a free /20 of
+    /// 100.64.0.0/10 (RFC 6598 shared address space), kept across restarts].
+    #[arg(long)]
+    pub instance_subnet: Option<thaw_net::Ipv4Cidr>,
+    /// A network instances reach without NAT, so it sees each instance's
+    /// own address (a database's subnet); repeatable.
+    #[arg(long = "internal-cidr")]
+    pub internal_cidr: Vec<thaw_net::Ipv4Cidr>,
+    /// A resolver for instances' /etc/resolv.conf; repeatable [default:
+    /// the host's, without loopback ones].
+    #[arg(long)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// Network namespaces kept ready for new instances.
+    #[arg(long, default_value_t = 8)]
+    pub network_pool: usize,
     /// Seconds a client has to send a request's headers; a keep-alive
     /// connection idle this long between requests is closed too.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -246,6 +266,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.store_gc_grace = Duration::from_secs(args.store_gc_grace_secs);
     config.min_free_memory_mb = args.min_free_memory_mb;
     config.function_url_domain = args.function_url_domain;
+    config.network = thawd::config::NetworkSetting {
+        mode: args.network,
+        subnet: args.instance_subnet,
+        internal: args.internal_cidr.clone(),
+        dns: (!args.dns.is_empty()).then(|| args.dns.clone()),
+        pool: args.network_pool,
+    };
     config.events.max_queued = usize::try_from(args.max_queued_events).unwrap_or(usize::MAX);
     if !(args.async_retry_delay_secs.is_finite() && args.async_retry_delay_secs >= 0.0) {
         anyhow::bail!("--async-retry-delay-secs must be a number of seconds, 0 or more");

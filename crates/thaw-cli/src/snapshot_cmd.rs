@@ -196,7 +196,8 @@ pub fn follow_build(
         let s = client
             .snapshot_status(name)
             .with_context(|| format!("cannot read the snapshot status of {name}"))?;
-        let done = s.revision_id != revision || matches!(s.state, S::Ready | S::Failed | S::None);
+        let done = s.revision_id != revision
+            || matches!(s.state, S::Ready | S::InitOnly | S::Failed | S::None);
         if done || std::time::Instant::now() > deadline {
             bar.finish_and_clear();
             return Ok(s);

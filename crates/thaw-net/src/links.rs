@@ -146,12 +146,16 @@ pub(crate) async fn make_pair(
     let index = link_index(host, host_name)
         .await?
         .ok_or_else(|| NetError::Netlink(format!("{host_name} vanished")))?;
-    // The host side answers ARP for the gateway, which it does not own.
-    std::fs::write(
-        format!("/proc/sys/net/ipv4/conf/{host_name}/proxy_arp"),
-        "1",
-    )
-    .map_err(|e| NetError::Netlink(format!("cannot enable proxy ARP: {e}")))?;
+    // The host side answers ARP for the gateway, which it does not own,
+    // at once (the kernel's default delays proxy answers by up to 0.8 s:
+    // an instance's first packet would wait that long).
+    for (setting, value) in [
+        (format!("conf/{host_name}/proxy_arp"), "1"),
+        (format!("neigh/{host_name}/proxy_delay"), "0"),
+    ] {
+        std::fs::write(format!("/proc/sys/net/ipv4/{setting}"), value)
+            .map_err(|e| NetError::Netlink(format!("cannot set {setting}: {e}")))?;
+    }
     host.link()
         .set(LinkUnspec::new_with_index(index).up().build())
         .execute()

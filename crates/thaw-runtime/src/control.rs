@@ -162,6 +162,11 @@ pub struct RestoreSpec {
 /// snapshot store).
 pub const PAGES_FD: i32 = 4;
 
+/// File descriptor number in `thaw-init` of the network namespace the
+/// sandbox joins, when the daemon gives instances a network
+/// ([`thaw_sandbox::SandboxSpec::join_net_fd`] then names it).
+pub const NETNS_FD: i32 = 5;
+
 /// The page socket's protocol: the supervisor asks for a byte range of the
 /// memory image, the daemon answers with exactly those bytes (already
 /// authenticated by the store; the engine checks them again against the

@@ -18,7 +18,7 @@ use thaw_sandbox::SandboxError;
 
 use crate::control::{
     read_frame_sync, write_frame_sync, ControlError, FromSupervisor, ToSupervisor, CONTROL_FD,
-    PAGES_FD,
+    NETNS_FD, PAGES_FD,
 };
 use crate::error_chain;
 use crate::supervisor::{self, ExitReason};
@@ -41,6 +41,9 @@ pub enum StartupError {
     /// The page socket (fd 4) a restore needs is missing or unusable.
     #[error("Page socket (fd 4) is not usable")]
     PageSocket(#[source] io::Error),
+    /// The network namespace (fd 5) the spec names is missing or unusable.
+    #[error("Network namespace (fd 5) is not usable")]
+    NetworkNamespace(#[source] io::Error),
     /// The tokio runtime could not be built.
     #[error("Cannot start the async runtime")]
     AsyncRuntime(#[source] io::Error),
@@ -57,11 +60,12 @@ pub enum StartupError {
 /// daemon as `Fatal` when the control channel still works).
 pub fn main() -> ! {
     // Close everything inherited above the control socket and the page socket
-    // before anything in this process can own a descriptor: the sandbox must
-    // start with fds 0-4 only (4 is closed below unless a restore uses it).
+    // and the network namespace before anything in this process can own a
+    // descriptor: the sandbox must start with fds 0-5 only (4 and 5 are
+    // closed below unless the spec uses them).
     // SAFETY: this is the first statement of the program's main; no Rust object
-    // owns a descriptor numbered 5 or higher yet, so none is left dangling.
-    if let Err(e) = unsafe { thaw_sandbox::close_fds_from(PAGES_FD as u32 + 1) } {
+    // owns a descriptor numbered 6 or higher yet, so none is left dangling.
+    if let Err(e) = unsafe { thaw_sandbox::close_fds_from(NETNS_FD as u32 + 1) } {
         eprintln!("thaw-init: cannot close inherited descriptors: {e}");
         std::process::exit(1);
     }
@@ -107,6 +111,45 @@ fn take_control_socket() -> Result<StdUnixStream, StartupError> {
         )));
     }
     Ok(StdUnixStream::from(fd))
+}
+
+/// Checks that `wanted`, if set, is [`NETNS_FD`] and a network namespace
+/// (the sandbox joins and closes it); else closes whatever is at that
+/// number.
+fn check_netns(wanted: Option<i32>) -> Result<(), io::Error> {
+    // SAFETY: F_GETFD only reads the descriptor flags of NETNS_FD.
+    let open = unsafe { libc::fcntl(NETNS_FD, libc::F_GETFD) } >= 0;
+    match wanted {
+        None => {
+            if open {
+                // SAFETY: NETNS_FD is open and, main having closed
+                // everything above PAGES_FD, nothing in this process owns it.
+                drop(unsafe { OwnedFd::from_raw_fd(NETNS_FD) });
+            }
+            Ok(())
+        }
+        Some(fd) if fd != NETNS_FD => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the spec names fd {fd} for the network namespace, not fd {NETNS_FD}"),
+        )),
+        Some(_) if !open => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the sandbox joins the network namespace at fd 5, which is not open",
+        )),
+        Some(_) => {
+            // NS_GET_NSTYPE: which kind of namespace a descriptor is.
+            const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+            // SAFETY: the ioctl only reads the descriptor's namespace type.
+            let kind = unsafe { libc::ioctl(NETNS_FD, NS_GET_NSTYPE as _) };
+            if kind != libc::CLONE_NEWNET {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "fd 5 is not a network namespace",
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Takes fd [`PAGES_FD`] as the page socket if `wanted` (it must be an open
@@ -180,6 +223,12 @@ fn run() -> Result<ExitReason, ()> {
             return Err(());
         }
     };
+    // The network namespace to join, when the spec names it; else whatever
+    // is at its number is closed.
+    if let Err(e) = check_netns(spec.sandbox.join_net_fd) {
+        fatal(&mut control, &StartupError::NetworkNamespace(e));
+        return Err(());
+    }
     // Wall-clock time: a time namespace may shift the monotonic clocks between
     // here and the sandbox side of `enter`.
     let mut started = SystemTime::now();

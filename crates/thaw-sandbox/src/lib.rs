@@ -27,7 +27,7 @@ mod spec;
 mod sys;
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
@@ -82,7 +82,8 @@ pub const NOFILE_LIMIT: u64 = 1024;
 /// Enter a new sandbox described by `spec`. CONTRACT:
 ///
 /// - Must be called while the process is single-threaded and running as root.
-/// - Creates new mount, uts, ipc, net, cgroup and pid namespaces and forks. The
+/// - Creates new mount, uts, ipc, net, cgroup and pid namespaces and forks
+///   (joins the network namespace `spec.join_net_fd` instead of a new one). The
 ///   parent closes every fd >= 3, waits for the child and exits the process with
 ///   the child's status (it never returns). The child (PID 1 of the new pid
 ///   namespace, with PR_SET_PDEATHSIG=SIGKILL so killing the parent kills the
@@ -122,15 +123,22 @@ where
     let parent = sys::pidfd_open(getpid().as_raw())
         .map_err(|e| SandboxError::step("open parent pidfd", e))?;
 
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWCGROUP
-            | CloneFlags::CLONE_NEWPID,
-    )
-    .map_err(|e| SandboxError::step("unshare namespaces", e))?;
+    let mut namespaces = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP
+        | CloneFlags::CLONE_NEWPID;
+    match spec.join_net_fd {
+        Some(fd) => {
+            // SAFETY: by the contract of `join_net_fd` the descriptor is
+            // open and ours to close; it is closed here and never used again.
+            let ns = unsafe { OwnedFd::from_raw_fd(fd) };
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| SandboxError::step("join the network namespace", e))?;
+        }
+        None => namespaces |= CloneFlags::CLONE_NEWNET,
+    }
+    unshare(namespaces).map_err(|e| SandboxError::step("unshare namespaces", e))?;
 
     // SAFETY: the caller guarantees (and we checked above) that the process is
     // single-threaded, so the child cannot inherit locks held by other threads.
@@ -252,6 +260,7 @@ mod tests {
             shm_size_bytes: 1 << 20,
             files: vec![],
             boot_id: None,
+            join_net_fd: None,
         }
     }
 

@@ -35,6 +35,12 @@ pub struct SandboxSpec {
     /// never share the host's); `None` leaves the kernel's.
     #[serde(default)]
     pub boot_id: Option<String>,
+    /// A network namespace to join, as an open descriptor of the process
+    /// calling [`crate::enter`] (which closes it): one prepared by the host,
+    /// with the instance's own address. `None`: a new namespace with
+    /// loopback only.
+    #[serde(default)]
+    pub join_net_fd: Option<i32>,
 }
 
 /// A read-only bind mount of a host path at a path inside the sandbox.
@@ -199,6 +205,7 @@ mod tests {
                 mode: 0o644,
             }],
             boot_id: None,
+            join_net_fd: None,
         }
     }
 

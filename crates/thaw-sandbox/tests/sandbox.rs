@@ -112,6 +112,7 @@ impl Fixture {
                 mode: 0o644,
             }],
             boot_id: None,
+            join_net_fd: None,
         };
         let spec_path = dir.path().join("spec.json");
         fs::write(&spec_path, serde_json::to_string(&spec).unwrap()).unwrap();

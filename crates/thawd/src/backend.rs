@@ -13,7 +13,7 @@
 //! [`ProcessBackend`] is today's backend: Linux namespaces and cgroups (v1
 //! or v2) around a process tree, see `docs/architecture.md`.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -40,6 +40,7 @@ pub trait SandboxBackend: Send + Sync + std::fmt::Debug {
         id: &str,
         limits: &Limits,
         pages: Option<OwnedFd>,
+        netns: Option<BorrowedFd<'_>>,
     ) -> Result<(Box<dyn Sandbox>, StdUnixStream), String>;
 }
 
@@ -107,6 +108,7 @@ impl SandboxBackend for ProcessBackend {
         id: &str,
         limits: &Limits,
         pages: Option<OwnedFd>,
+        netns: Option<BorrowedFd<'_>>,
     ) -> Result<(Box<dyn Sandbox>, StdUnixStream), String> {
         let cgroup = self
             .cgroups
@@ -121,7 +123,7 @@ impl SandboxBackend for ProcessBackend {
             Err(e) => return fail(cgroup, format!("socketpair: {e}")),
         };
         let theirs: OwnedFd = theirs.into();
-        let mut child = match spawn_init(&self.init_binary, &theirs, pages.as_ref()) {
+        let mut child = match spawn_init(&self.init_binary, &theirs, pages.as_ref(), netns) {
             Ok(c) => c,
             Err(e) => {
                 return fail(
@@ -243,20 +245,22 @@ fn spawn_init(
     init_binary: &std::path::Path,
     control: &OwnedFd,
     pages: Option<&OwnedFd>,
+    netns: Option<BorrowedFd<'_>>,
 ) -> std::io::Result<Child> {
     let fd = control.as_raw_fd();
-    // Numbered above the two fixed descriptors, so placing one never
-    // overwrites the other.
-    let pages = pages
-        .map(|p| {
-            nix::fcntl::fcntl(p, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).map(|n| {
-                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that
-                // nothing else owns.
-                unsafe { OwnedFd::from_raw_fd(n) }
-            })
+    // Numbered above the fixed descriptors, so placing one never overwrites
+    // another.
+    let above_fixed = |f: BorrowedFd<'_>| {
+        nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).map(|n| {
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that
+            // nothing else owns.
+            unsafe { OwnedFd::from_raw_fd(n) }
         })
-        .transpose()?;
+    };
+    let pages = pages.map(|p| above_fixed(p.as_fd())).transpose()?;
     let pages_fd = pages.as_ref().map(|p| p.as_raw_fd());
+    let netns = netns.map(above_fixed).transpose()?;
+    let netns_fd = netns.as_ref().map(|n| n.as_raw_fd());
     let mut cmd = Command::new(init_binary);
     cmd.env_clear()
         .env(
@@ -287,13 +291,30 @@ fn spawn_init(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // The network namespace the sandbox joins.
+            if let Some(n) = netns_fd {
+                if libc::dup2(n, thaw_runtime::control::NETNS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // Nothing the daemon holds (listeners, other instances' sockets,
             // descriptors it inherited) may reach the sandbox.
-            let first_closed = match pages_fd {
-                Some(_) => thaw_runtime::control::PAGES_FD + 1,
-                None => thaw_runtime::control::PAGES_FD,
+            let last_kept = if netns_fd.is_some() {
+                thaw_runtime::control::NETNS_FD
+            } else if pages_fd.is_some() {
+                thaw_runtime::control::PAGES_FD
+            } else {
+                thaw_runtime::control::CONTROL_FD
             };
-            thaw_sandbox::mark_cloexec_from(first_closed as u32)?;
+            thaw_sandbox::mark_cloexec_from(last_kept as u32 + 1)?;
+            if pages_fd.is_none() && netns_fd.is_some() {
+                // Fd 4 sits below the namespace: whatever is there goes.
+                libc::fcntl(
+                    thaw_runtime::control::PAGES_FD,
+                    libc::F_SETFD,
+                    libc::FD_CLOEXEC,
+                );
+            }
             Ok(())
         });
     }

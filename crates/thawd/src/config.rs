@@ -85,6 +85,51 @@ pub struct DaemonConfig {
     /// `http://<id>.lambda-url.<region>.<domain>:<port>/` (default
     /// `localhost`: clients reach the daemon's port with that `Host`).
     pub function_url_domain: String,
+    /// Instances' network ([`NetworkSetting`]).
+    pub network: NetworkSetting,
+}
+
+/// Whether instances get a network of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// Loopback only: a function reaches nothing outside its sandbox.
+    Off,
+    /// An address per instance; the daemon does not start without it.
+    On,
+    /// [`NetworkMode::On`] where this host can (root, nftables' `nft`),
+    /// else loopback only with a warning. The default.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(NetworkMode::Off),
+            "on" => Ok(NetworkMode::On),
+            "auto" => Ok(NetworkMode::Auto),
+            _ => Err(format!("{s:?} is not a network mode (off, on, auto)")),
+        }
+    }
+}
+
+/// How instances' network is set up (`thaw_net`).
+#[derive(Debug, Clone, Default)]
+pub struct NetworkSetting {
+    /// Whether there is one.
+    pub mode: NetworkMode,
+    /// Where instance addresses come from (`--instance-subnet`); `None`: a
+    /// free /20 of 100.64.0.0/10, kept across restarts.
+    pub subnet: Option<thaw_net::Ipv4Cidr>,
+    /// Networks reached without NAT (`--internal-cidr`): they see each
+    /// instance's own address.
+    pub internal: Vec<thaw_net::Ipv4Cidr>,
+    /// Instances' resolvers (`--dns`); `None`: the host's.
+    pub dns: Option<Vec<std::net::Ipv4Addr>>,
+    /// Namespaces kept ready (`--network-pool`).
+    pub pool: usize,
 }
 
 /// How long the HTTP server waits for clients, and how many it serves.
@@ -158,6 +203,10 @@ impl DaemonConfig {
             http: HttpLimits::default(),
             events: crate::events::QueueConfig::default(),
             function_url_domain: "localhost".into(),
+            network: NetworkSetting {
+                pool: 8,
+                ..NetworkSetting::default()
+            },
         }
     }
 }

@@ -96,6 +96,35 @@ impl InstanceContext {
     }
 }
 
+/// Where `f`'s instances may connect to.
+fn egress_policy(_f: &FunctionRecord) -> thaw_net::EgressPolicy {
+    thaw_net::EgressPolicy::AllowAll
+}
+
+/// The files of a sandbox with a network: its address under its own
+/// hostname, the operator's resolvers, and name lookups through DNS.
+fn networked_files(
+    sandbox: &mut thaw_sandbox::SandboxSpec,
+    addr: std::net::Ipv4Addr,
+    resolv: &str,
+) {
+    let hostname = sandbox.hostname.clone();
+    for file in &mut sandbox.files {
+        match file.path.to_str() {
+            Some("/etc/hosts") => {
+                file.contents = format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{addr}\t{hostname}\n"
+                );
+            }
+            Some("/etc/resolv.conf") => file.contents = resolv.to_string(),
+            Some("/etc/nsswitch.conf") => {
+                file.contents = "passwd: files\ngroup: files\nhosts: files dns\n".into();
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Sets `name` in a runtime environment, replacing an existing value.
 fn set_env(env: &mut Vec<(String, String)>, name: &str, value: &str) {
     env.retain(|(k, _)| k != name);
@@ -147,6 +176,9 @@ pub struct InstanceContext {
     /// restoring the snapshot (`thaw serve --instances clone`, the
     /// default); `None` restores every instance.
     pub templates: Option<crate::templates::Templates>,
+    /// Instances' network: each instance gets a namespace with an address
+    /// of its own from it; `None`: loopback only.
+    pub network: Option<thaw_net::Network>,
 }
 
 /// The cgroup limits of an instance (and of a template) of `f`.
@@ -273,6 +305,9 @@ pub struct Instance {
     /// snapshot store: its first failed read (the page server then kills
     /// the runtime; that is the platform's failure, not the function's).
     memory_fault: Option<crate::snapstore::MemoryFaultCell>,
+    /// Its network namespace and address (released when it is dropped,
+    /// after the sandbox).
+    network: Option<thaw_net::Lease>,
 }
 
 impl Instance {
@@ -618,10 +653,24 @@ impl Instance {
                 },
             });
         }
+        // The instance's own network namespace and address.
+        let lease = match &ctx.network {
+            None => None,
+            Some(net) => {
+                let lease = net
+                    .lease(&egress_policy(f))
+                    .await
+                    .map_err(|e| StartError::Platform(error_chain(&e)))?;
+                spec.sandbox.join_net_fd = Some(thaw_runtime::control::NETNS_FD);
+                networked_files(&mut spec.sandbox, lease.address(), &net.resolv_conf());
+                Some(lease)
+            }
+        };
+        let network_ms = lease.as_ref().map_or(0.0, |l| ms(l.took));
         let limits = limits_for(f, ctx);
         let (sandbox, ours) = ctx
             .backend
-            .launch(&id, &limits, pages)
+            .launch(&id, &limits, pages, lease.as_ref().map(|l| l.netns()))
             .map_err(StartError::Platform)?;
         let stream = match ours
             .set_nonblocking(true)
@@ -661,9 +710,11 @@ impl Instance {
             clone_fds: None,
             pending: None,
             memory_fault: None,
+            network: lease,
         };
         match inst.finish_start(t0, f, spec, standby).await {
-            Ok(t) => {
+            Ok(mut t) => {
+                t.network_ms = network_ms;
                 inst.collecting.store(false, Ordering::Relaxed);
                 Ok((inst, t))
             }
@@ -1134,6 +1185,13 @@ impl Instance {
         if let Some(sandbox) = self.sandbox.take() {
             sandbox.destroy().await;
         }
+        // Its namespace's link and address go once nothing runs there.
+        self.network = None;
+    }
+
+    /// The instance's own address, when it has a network.
+    pub fn address(&self) -> Option<std::net::Ipv4Addr> {
+        self.network.as_ref().map(|l| l.address())
     }
 }
 

@@ -11,6 +11,9 @@ pub struct PhaseTimings {
     /// Creating the sandbox (namespaces, mounts, cgroup, privilege drop),
     /// including restoring the runtime when it came from a snapshot.
     pub sandbox_ms: f64,
+    /// Of `sandbox_ms`: taking the instance's network namespace and address
+    /// (0 without instance networking).
+    pub network_ms: f64,
     /// Restoring the runtime from a snapshot (part of `sandbox_ms`; 0 for a
     /// cold start).
     pub restore_ms: f64,

@@ -66,15 +66,26 @@ impl PlatformLog {
         })
     }
 
-    /// The line before the function runs.
-    pub fn start(&self, request_id: &str, version: &str) -> Option<String> {
+    /// The line before the function runs; with the instance's address when
+    /// it has a network of its own (thaw's addition to Lambda's line).
+    pub fn start(
+        &self,
+        request_id: &str,
+        version: &str,
+        address: Option<std::net::Ipv4Addr>,
+    ) -> Option<String> {
         if !self.json {
-            return Some(format!("START RequestId: {request_id} Version: {version}"));
+            let mut line = format!("START RequestId: {request_id} Version: {version}");
+            if let Some(a) = address {
+                line.push_str(&format!(" Address: {a}"));
+            }
+            return Some(line);
         }
-        self.record(
-            "platform.start",
-            json!({"requestId": request_id, "version": version}),
-        )
+        let mut record = json!({"requestId": request_id, "version": version});
+        if let Some(a) = address {
+            record["address"] = json!(a.to_string());
+        }
+        self.record("platform.start", record)
     }
 
     /// The line after it ran.
@@ -168,7 +179,15 @@ mod tests {
     fn text_lines_are_lambdas() {
         let p = with(None);
         assert!(!p.is_json());
-        assert_eq!(p.start("r", "3").unwrap(), "START RequestId: r Version: 3");
+        assert_eq!(
+            p.start("r", "3", None).unwrap(),
+            "START RequestId: r Version: 3"
+        );
+        assert_eq!(
+            p.start("r", "3", Some("100.64.0.7".parse().unwrap()))
+                .unwrap(),
+            "START RequestId: r Version: 3 Address: 100.64.0.7"
+        );
         assert_eq!(p.end("r", &REPORT).unwrap(), "END RequestId: r");
         assert_eq!(
             p.report("r", &REPORT).unwrap(),
@@ -179,7 +198,7 @@ mod tests {
             system_log_level: Some("WARN".into()),
             ..Default::default()
         }));
-        assert!(p.start("r", "$LATEST").is_some());
+        assert!(p.start("r", "$LATEST", None).is_some());
     }
 
     #[test]
@@ -190,7 +209,7 @@ mod tests {
         }));
         assert!(p.is_json());
         let start: serde_json::Value =
-            serde_json::from_str(&p.start("r", "$LATEST").unwrap()).unwrap();
+            serde_json::from_str(&p.start("r", "$LATEST", None).unwrap()).unwrap();
         assert_eq!(start["type"], "platform.start");
         assert_eq!(
             start["record"],
@@ -225,7 +244,7 @@ mod tests {
             system_log_level: Some("WARN".into()),
             ..Default::default()
         }));
-        assert_eq!(quiet.start("r", "1"), None);
+        assert_eq!(quiet.start("r", "1", None), None);
         assert_eq!(quiet.report("r", &REPORT), None);
     }
 }

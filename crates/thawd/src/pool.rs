@@ -117,7 +117,7 @@ pub struct Pools {
 /// What placing one request found for it.
 enum Placed {
     /// An instance to run it on, and how it was obtained.
-    Ready(Instance, StartKind, PhaseTimings),
+    Ready(Box<Instance>, StartKind, PhaseTimings),
     /// A cold start whose init failed: this is the invocation's answer.
     InitFailed(InvokeOutcome),
 }
@@ -1202,7 +1202,7 @@ impl Pools {
             .place(&pool, f, ticket.id, &request_id, input.tail_logs)
             .await?
         {
-            Placed::Ready(inst, start, timings) => (inst, start, timings),
+            Placed::Ready(inst, start, timings) => (*inst, start, timings),
             Placed::InitFailed(outcome) => return Ok(outcome),
         };
         let mut lines = LogTail::default();
@@ -1210,7 +1210,7 @@ impl Pools {
         self.metrics.add_instances(&key, "busy", 1);
 
         let platform_log = crate::platform_log::PlatformLog::of(f);
-        let start_line = platform_log.start(&request_id, &f.version_label());
+        let start_line = platform_log.start(&request_id, &f.version_label(), inst.address());
         // Logged before the function runs, as Lambda does: the function's
         // own lines come after it.
         if let Some(l) = &start_line {
@@ -1274,7 +1274,7 @@ impl Pools {
             match placed {
                 Ok(Placed::Ready(i, s, t)) => {
                     tracing::info!(instance = %i.id, "retrying the invocation on a cold start");
-                    (inst, start, timings) = (i, s, t);
+                    (inst, start, timings) = (*i, s, t);
                 }
                 Ok(Placed::InitFailed(outcome)) => {
                     self.metrics.add_instances(&key, "busy", -1);
@@ -1542,7 +1542,7 @@ impl Pools {
             self.metrics
                 .observe_queue(&f.instance_key(), arrived.elapsed());
             return Some(Placed::Ready(
-                inst,
+                Box::new(inst),
                 StartKind::Warm,
                 PhaseTimings::default(),
             ));
@@ -1658,7 +1658,7 @@ impl Pools {
         // 12-15 instances instead of 2-10 for 100 short requests, with a
         // worse p99: docs/benchmarks.md, burst.)
         lock(&pool.queue).record_start(kind, began.elapsed(), sharing, self.parallelism);
-        Ok(Placed::Ready(inst, start, timings))
+        Ok(Placed::Ready(Box::new(inst), start, timings))
     }
 
     /// Gives a finished (or newly provisioned) instance to the oldest

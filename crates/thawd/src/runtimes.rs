@@ -321,6 +321,7 @@ pub fn start_spec(
             shm_size_bytes: 64 * 1024 * 1024,
             files,
             boot_id: Some(uuid::Uuid::new_v4().to_string()),
+            join_net_fd: None,
         },
         runtime: RuntimeSpec {
             argv,

@@ -38,7 +38,7 @@ pub struct Platform {
 impl Platform {
     /// Open the data directory, clean up after a previous daemon that died, and
     /// build every component. Requires root (namespaces, cgroups, mounts).
-    pub fn open(config: DaemonConfig) -> anyhow::Result<Platform> {
+    pub async fn open(config: DaemonConfig) -> anyhow::Result<Platform> {
         if !nix::unistd::geteuid().is_root() {
             bail!("thaw serve must run as root: it creates namespaces, cgroups and mounts for sandboxes");
         }
@@ -107,6 +107,7 @@ impl Platform {
             ),
             crate::config::InstanceMode::Restore => None,
         };
+        let network = open_network(&config, &data_dir).await?;
         let ctx = InstanceContext {
             init_binary: config.init_binary.clone(),
             runtimes,
@@ -129,6 +130,7 @@ impl Platform {
             snapshot_clock_offset: config.snapshot_clock_offset,
             store,
             templates,
+            network,
         };
         let pools = Pools::new(
             ctx,
@@ -488,6 +490,42 @@ pub fn cgroup_parent_name(data_dir: &Path) -> String {
     format!("thaw/{hex}")
 }
 
+/// Sets up instances' network as `config.network` says: `None` for
+/// loopback only (mode off, or auto on a host that cannot).
+async fn open_network(
+    config: &DaemonConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Option<thaw_net::Network>> {
+    use crate::config::NetworkMode;
+    let setting = &config.network;
+    if setting.mode == NetworkMode::Off {
+        return Ok(None);
+    }
+    let name: String = cgroup_parent_name(data_dir)
+        .trim_start_matches("thaw/")
+        .to_string();
+    let dns = setting.dns.clone().unwrap_or_else(thaw_net::host_resolvers);
+    if dns.is_empty() {
+        tracing::warn!("instances have no DNS resolver: the host's are all on loopback; set --dns");
+    }
+    let net_config = thaw_net::NetConfig {
+        name,
+        subnet: setting.subnet,
+        internal: setting.internal.clone(),
+        dns,
+        pool_size: setting.pool,
+        state_file: data_dir.join("network.json"),
+    };
+    match thaw_net::Network::start(net_config).await {
+        Ok(n) => Ok(Some(n)),
+        Err(e @ thaw_net::NetError::Unavailable(_)) if setting.mode == NetworkMode::Auto => {
+            tracing::warn!(error = %e, "INSTANCES HAVE NO NETWORK (loopback only); install nftables, or pass --network off to silence this");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot set up the instance network")),
+    }
+}
+
 /// Run the daemon until SIGINT or SIGTERM.
 pub async fn serve(config: DaemonConfig) -> anyhow::Result<()> {
     let listen = config.listen;
@@ -513,7 +551,7 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let keep_alive = config.keep_alive;
-    let platform = Arc::new(Platform::open(config)?);
+    let platform = Arc::new(Platform::open(config).await?);
     tracing::info!(addr = %listener.local_addr()?, data_dir = %platform.config.data_dir.display(), "thaw daemon listening");
 
     platform.schedule_missing_snapshots();
@@ -586,6 +624,10 @@ pub async fn serve_with(
     }
     // Stop instances even if serving failed.
     platform.pools.shutdown().await;
+    // Then their network: links, firewall table, the subnet's claim.
+    if let Some(network) = &platform.pools.ctx().network {
+        network.shutdown().await;
+    }
     // The queue's last settlements are synced before the process ends.
     let events = platform.events.clone();
     let _ = tokio::task::spawn_blocking(move || events.close()).await;

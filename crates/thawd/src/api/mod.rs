@@ -1684,6 +1684,7 @@ fn invoke_error(e: InvokeError) -> ApiError {
 fn invoke_response(out: InvokeOutcome) -> Response {
     let timing = ServerTiming {
         sandbox_ms: out.timings.sandbox_ms,
+        network_ms: out.timings.network_ms,
         runtime_ms: out.timings.runtime_ms,
         init_ms: out.timings.init_ms,
         invoke_ms: out.timings.invoke_ms,
