@@ -71,6 +71,12 @@ pub struct PlatformSettings {
     /// (default: true; false only to show what reseeding prevents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reseed: Option<bool>,
+    /// Where the function's instances may connect to: `["all"]` (the
+    /// default, as Lambda without a VPC), `["none"]`, or an allow-list of
+    /// `CIDR`, `CIDR:PORT` or `CIDR:FIRST-LAST` (TCP and UDP). Whatever it
+    /// says, instances never reach the host or each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<String>>,
 }
 
 impl PlatformSettings {
@@ -90,9 +96,21 @@ impl PlatformSettings {
                 ));
             }
         }
+        if let Some(rules) = &self.egress {
+            if rules.len() > MAX_EGRESS_RULES {
+                return Err(LambdaError::validation(
+                    &format!("{} rules", rules.len()),
+                    "egress",
+                    &format!("Member must have length less than or equal to {MAX_EGRESS_RULES}"),
+                ));
+            }
+        }
         Ok(())
     }
 }
+
+/// Most rules an egress allow-list may have.
+pub const MAX_EGRESS_RULES: usize = 64;
 
 const RESERVED_ENV_KEYS: &[&str] = &[
     "_HANDLER",

@@ -48,6 +48,11 @@ pub struct DeployArgs {
     /// Do not wait for the snapshot the daemon builds of the new code.
     #[arg(long)]
     pub no_wait: bool,
+    /// Where instances may connect to: `all` (the default), `none`, or an
+    /// allowed destination `CIDR`, `CIDR:PORT` or `CIDR:FIRST-LAST`
+    /// (repeat for more; see `thaw settings`)
+    #[arg(long = "egress")]
+    pub egress: Vec<String>,
     /// Then publish the result as a new version (Lambda's `PublishVersion`).
     #[arg(long)]
     pub publish: bool,
@@ -143,6 +148,15 @@ pub fn deploy(endpoint: &str, args: DeployArgs) -> anyhow::Result<()> {
         cfg
     };
     println!("  code sha256 {}", cfg.code_sha256);
+    if !args.egress.is_empty() {
+        let mut s = c
+            .get_function_settings(&args.name)
+            .with_context(|| format!("cannot read the settings of {}", args.name))?;
+        s.egress = Some(args.egress.clone());
+        c.put_function_settings(&args.name, &s)
+            .with_context(|| format!("cannot set the egress of {}", args.name))?;
+        println!("  egress {}", args.egress.join(" "));
+    }
     // With the snapshot pipeline on, the daemon now builds a snapshot of
     // this revision; until it is ready, instances start cold.
     if !args.no_wait {
@@ -353,6 +367,11 @@ pub struct SettingsArgs {
     /// default) or not (false: only to show what reseeding prevents).
     #[arg(long)]
     pub reseed: Option<bool>,
+    /// Where instances may connect to: `all` (the default), `none`, or an
+    /// allowed destination `CIDR`, `CIDR:PORT` or `CIDR:FIRST-LAST`
+    /// (repeat for more). Replaces the function's list.
+    #[arg(long = "egress")]
+    pub egress: Vec<String>,
     /// Forget every setting first (the daemon's defaults apply).
     #[arg(long)]
     pub clear: bool,
@@ -369,7 +388,13 @@ pub fn settings(endpoint: &str, args: SettingsArgs) -> anyhow::Result<()> {
         c.get_function_settings(name)
             .with_context(|| format!("cannot read the settings of {name}"))?
     };
-    let changed = args.clear || args.memory_mode.is_some() || args.reseed.is_some();
+    let changed = args.clear
+        || args.memory_mode.is_some()
+        || args.reseed.is_some()
+        || !args.egress.is_empty();
+    if !args.egress.is_empty() {
+        s.egress = Some(args.egress.clone());
+    }
     if let Some(m) = args.memory_mode {
         s.memory_mode = Some(m);
     }
@@ -384,6 +409,11 @@ pub fn settings(endpoint: &str, args: SettingsArgs) -> anyhow::Result<()> {
     let show = |v: Option<String>| v.unwrap_or_else(|| "(daemon default)".into());
     println!("memory mode: {}", show(s.memory_mode));
     println!("reseed:      {}", show(s.reseed.map(|r| r.to_string())));
+    println!(
+        "egress:      {}",
+        s.egress
+            .map_or_else(|| "all (default)".into(), |e| e.join(" "))
+    );
     Ok(())
 }
 

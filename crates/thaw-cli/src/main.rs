@@ -84,7 +84,7 @@ enum Command {
     /// snapshot), forget its snapshot, or inspect a snapshot directory.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
-    /// Show or change a function's thaw settings (memory mode, reseeding).
+    /// Show or change a function's thaw settings (memory mode, reseeding, egress).
     Settings(functions::SettingsArgs),
     /// A function's queued and failed asynchronous (`Event`) invocations.
     Events(functions::EventsArgs),

@@ -28,6 +28,7 @@
 pub mod cidr;
 pub mod firewall;
 mod links;
+pub mod testhost;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;

@@ -8,9 +8,10 @@ use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use thaw_net::testhost::BackendHost;
 use thaw_net::{EgressPolicy, NetConfig, Network};
 
 fn skip(reason: &str) {
@@ -35,115 +36,6 @@ fn runnable() -> bool {
     true
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A host of the test's own: a network namespace with `addr` (a /30 of
-/// 198.18.0.0/15 whose first address is the host side), serving TCP on
-/// `port` with a server that answers each connection with the peer's
-/// address.
-struct Backend {
-    ns: String,
-    host_link: String,
-    addr: Ipv4Addr,
-    server: Child,
-}
-
-impl Backend {
-    fn start(tag: u8, port: u16) -> Backend {
-        let pid = std::process::id() % 100_000;
-        let ns = format!("thawnet-{pid}-{tag}");
-        let host_link = format!("tnb{pid}{tag}");
-        let base = Ipv4Addr::new(198, 19, 200 + tag, 0);
-        let host_addr = Ipv4Addr::from(u32::from(base) + 1);
-        let addr = Ipv4Addr::from(u32::from(base) + 2);
-        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        sh(&["ip", "netns", "add", &ns]);
-        sh(&[
-            "ip", "link", "add", &host_link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]);
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{host_addr}/30"),
-            "dev",
-            &host_link,
-        ]);
-        sh(&["ip", "link", "set", &host_link, "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/30"),
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &host_addr.to_string(),
-        ]);
-        let server = Command::new("ip")
-            .args(["netns", "exec", &ns, "python3", "-c"])
-            .arg(format!(
-                "import socket\n\
-                 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                 s.bind(('{addr}', {port})); s.listen(64)\n\
-                 while True:\n    c, a = s.accept(); c.sendall(a[0].encode()); c.close()\n"
-            ))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let b = Backend {
-            ns,
-            host_link,
-            addr,
-            server,
-        };
-        // Listening?
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect_timeout(
-                &(addr, port).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
-                return b;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the backend did not start");
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_link])
-            .output();
-    }
-}
-
 /// Connects from namespace `ns` to `addr:port` with a 3 s timeout; what
 /// the server said, or the error's name.
 fn connect_from(
@@ -156,7 +48,7 @@ fn connect_from(
     cmd.arg("-c").arg(format!(
         "import socket, errno, sys\n\
          s = socket.socket(); s.settimeout(3)\n\
-         try:\n    s.connect(('{addr}', {port})); print('ok:' + s.recv(100).decode())\n\
+         try:\n    s.connect(('{addr}', {port})); print('ok:' + s.recv(100).decode().strip())\n\
          except socket.timeout:\n    print('err:timeout')\n\
          except OSError as e:\n    print('err:' + errno.errorcode.get(e.errno, str(e.errno)))\n"
     ));
@@ -211,7 +103,7 @@ async fn instances_reach_allowed_peers_with_their_own_address_and_nothing_else()
     if !runnable() {
         return;
     }
-    let backend = Backend::start(1, 7001);
+    let backend = BackendHost::start("n1", Ipv4Addr::new(198, 19, 201, 0), 7001).unwrap();
     let other_port = 7002;
     let dir = tempfile::tempdir().unwrap();
     let net = Network::start(config(
@@ -241,7 +133,7 @@ async fn instances_reach_allowed_peers_with_their_own_address_and_nothing_else()
     let (r, took) = connect_from(a.netns(), b.address(), 7001);
     assert!(r.is_err(), "reached another instance: {r:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    let host_side = Ipv4Addr::new(198, 19, 201, 1);
+    let host_side = backend.gateway;
     let (r, took) = connect_from(a.netns(), host_side, host_port);
     assert!(r.is_err(), "reached the host: {r:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");

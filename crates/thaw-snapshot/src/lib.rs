@@ -36,6 +36,7 @@ pub mod proc;
 pub mod ptrace;
 pub mod remote;
 pub mod restore;
+pub mod sockets;
 pub mod spawn;
 pub mod state;
 pub mod sys;

@@ -60,6 +60,9 @@ pub enum CheckpointFailure {
     /// The engine refused or failed.
     #[error("{0}")]
     Engine(String),
+    /// The runtime holds sockets a snapshot must not carry (each named).
+    #[error("The snapshot would hold {0}: a snapshot carries no connection (it could not be restored, and every instance would share it). Close it in a before-snapshot hook and open it again in an after-restore hook; see docs/architecture.md, \"Connections and snapshots\"")]
+    Connections(String),
     /// The runtime reported an error instead of reaching the snapshot
     /// point (a before-snapshot hook failed: `Runtime.BeforeSnapshotError`).
     #[error("{error_type}: {message}")]
@@ -96,9 +99,43 @@ impl InstanceContext {
     }
 }
 
-/// Where `f`'s instances may connect to.
-fn egress_policy(_f: &FunctionRecord) -> thaw_net::EgressPolicy {
-    thaw_net::EgressPolicy::AllowAll
+/// Refuses to snapshot a runtime holding any socket but its one Runtime
+/// API connection (to 127.0.0.1:[`RUNTIME_API_PORT`]), naming each.
+fn refuse_connections(runtime: nix::unistd::Pid) -> Result<(), CheckpointFailure> {
+    use thaw_snapshot::sockets::SocketKind;
+    let sockets = thaw_snapshot::sockets::sockets(runtime).map_err(|e| {
+        CheckpointFailure::Engine(format!("cannot list the runtime's sockets: {e}"))
+    })?;
+    let mut api_seen = false;
+    let mut refused = Vec::new();
+    for s in sockets {
+        let is_api = matches!(&s.kind, SocketKind::Tcp { remote, state, .. }
+            if *state == "ESTABLISHED"
+                && remote.port() == crate::runtimes::RUNTIME_API_PORT
+                && s.is_loopback_only());
+        if is_api && !api_seen {
+            api_seen = true;
+        } else {
+            refused.push(s.to_string());
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckpointFailure::Connections(refused.join("; ")))
+    }
+}
+
+/// Where `f`'s instances may connect to: its `egress` setting (validated
+/// when set; a record edited by hand into nonsense gets nowhere).
+fn egress_policy(f: &FunctionRecord) -> thaw_net::EgressPolicy {
+    match &f.platform.egress {
+        None => thaw_net::EgressPolicy::AllowAll,
+        Some(rules) => thaw_net::EgressPolicy::parse(rules).unwrap_or_else(|e| {
+            tracing::warn!(function = %f.name, error = %e, "invalid egress setting: denying all egress");
+            thaw_net::EgressPolicy::DenyAll
+        }),
+    }
 }
 
 /// The files of a sandbox with a network: its address under its own
@@ -381,6 +418,7 @@ impl Instance {
         t.sandbox_ms = ms(t0.elapsed());
         // Here the clone's preparation was on the request's path too.
         t.restore_ms += standby.restore_ms;
+        t.network_ms = standby.network_ms;
         Ok((inst, t))
     }
 
@@ -1095,12 +1133,12 @@ impl Instance {
         let pid1 = only_child(init).ok_or(CheckpointFailure::Gone)?;
         let runtime = only_child(pid1).ok_or(CheckpointFailure::Gone)?;
         let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            thaw_snapshot::checkpoint::checkpoint(nix::unistd::Pid::from_raw(runtime as i32), &dir)
-        })
-        .await
-        .map_err(|e| CheckpointFailure::Engine(e.to_string()))?
-        .map_err(|e| CheckpointFailure::Engine(error_chain(&e)))
+        let runtime = nix::unistd::Pid::from_raw(runtime as i32);
+        refuse_connections(runtime)?;
+        tokio::task::spawn_blocking(move || thaw_snapshot::checkpoint::checkpoint(runtime, &dir))
+            .await
+            .map_err(|e| CheckpointFailure::Engine(e.to_string()))?
+            .map_err(|e| CheckpointFailure::Engine(error_chain(&e)))
     }
 
     /// Whether nothing has reported the instance dead (cheap, for the reaper).

@@ -77,6 +77,59 @@ pub fn instance_cgroups(data_dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Whether daemons started here give instances a network of their own
+/// (`--network auto` finds nftables' `nft`; `scripts/test.sh` installs it).
+pub fn network_available() -> bool {
+    ["/usr/sbin/nft", "/sbin/nft"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+}
+
+/// What of the instance network of the daemon using `data_dir` exists on
+/// the host: its host-side links, its nftables table, its subnet's route
+/// (empty once it shut down cleanly, or restarted after a crash).
+pub fn network_leftovers(data_dir: &Path) -> Vec<String> {
+    let name = cgroup_parent_of(data_dir)
+        .trim_start_matches("thaw/")
+        .to_string();
+    let prefix = format!("tw{}-", &name[..6]);
+    let mut left = Vec::new();
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    for line in String::from_utf8_lossy(&links.stdout).lines() {
+        if let Some(n) = line.split(':').nth(1) {
+            let n = n.trim().split('@').next().unwrap_or_default();
+            if n.starts_with(&prefix) {
+                left.push(format!("link {n}"));
+            }
+        }
+    }
+    if let Ok(out) = Command::new("/usr/sbin/nft")
+        .args(["list", "tables"])
+        .output()
+    {
+        let table = format!("table inet thaw_{name}");
+        if String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == table)
+        {
+            left.push(table);
+        }
+    }
+    let subnet = std::fs::read_to_string(data_dir.join("network.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["subnet"].as_str().map(str::to_string));
+    if let Some(subnet) = subnet {
+        let routes = Command::new("ip").args(["route"]).output().unwrap();
+        for l in String::from_utf8_lossy(&routes.stdout).lines() {
+            if l.contains(&subnet) {
+                left.push(format!("route {l}"));
+            }
+        }
+    }
+    left
+}
+
 /// A running `thaw serve`.
 pub struct Daemon {
     child: Option<Child>,

@@ -1989,6 +1989,15 @@ async fn put_function_settings<B: ApiBackend>(
         serde_json::from_value(serde_json::Value::Object(object))
             .map_err(|e| ApiError(LambdaError::unparsable_body(e)))?;
     settings.validate()?;
+    if let Some(rules) = &settings.egress {
+        thaw_net::EgressPolicy::parse(rules).map_err(|e| {
+            ApiError(LambdaError::validation(
+                &rules.join(","),
+                "egress",
+                &e.to_string(),
+            ))
+        })?;
+    }
     let span = span("PutFunctionSettings", &name);
     let key = name.key.clone();
     let record = with_registry(&b, move |r| r.update_platform(&key, settings))
