@@ -47,7 +47,7 @@ impl BackendHost {
     pub fn start(tag: &str, net: Ipv4Addr, port: u16) -> Result<BackendHost, String> {
         let range: crate::Ipv4Cidr = "198.18.0.0/15".parse().expect("valid");
         let o = net.octets();
-        if !range.contains(net) || o[3] % 4 != 0 {
+        if !range.contains(net) || !o[3].is_multiple_of(4) {
             return Err(format!("{net} is not a /30 of 198.18.0.0/15"));
         }
         let ns = format!("thaw-test-{tag}");
