@@ -155,3 +155,144 @@ fn functions_reach_a_backend_with_addresses_of_their_own_across_restores() {
     assert_eq!(seen.len(), 20, "{seen:?}");
     drop(backend);
 }
+
+/// `f` tries a connection of its own to `host:port`: `Ok(())`, or the
+/// error's name and how long failing took.
+fn try_connect(c: &thaw_api::Client, f: &str, host: &str, port: u16) -> Result<(), (String, f64)> {
+    let (r, v) = invoke(
+        c,
+        f,
+        json!({"action": "connect", "host": host, "port": port}),
+    );
+    assert!(r.function_error.is_none(), "{f}: {v}");
+    if v["ok"] == true {
+        Ok(())
+    } else {
+        Err((
+            v["error"].as_str().unwrap_or_default().to_string(),
+            v["s"].as_f64().unwrap_or(99.0),
+        ))
+    }
+}
+
+/// Refused by the host's firewall: at once, with "no route to host".
+fn refused(r: Result<(), (String, f64)>, what: &str) {
+    match r {
+        Err((e, s)) => {
+            assert_eq!(e, "EHOSTUNREACH", "{what}");
+            assert!(s < 1.0, "{what}: failing took {s} s");
+        }
+        Ok(()) => panic!("{what}: connected"),
+    }
+}
+
+#[test]
+fn egress_policies_hold_and_instances_reach_neither_the_host_nor_each_other() {
+    if !can_network("network_egress") {
+        return;
+    }
+    let backend = BackendHost::start("e2", Ipv4Addr::new(198, 18, 100, 4), 7100).unwrap();
+    let other = BackendHost::start("e3", Ipv4Addr::new(198, 18, 100, 8), 7100).unwrap();
+    let b = backend.addr.to_string();
+    let o = other.addr.to_string();
+    // A service on the host, on every address.
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+    let d = Daemon::start(&[
+        "--internal-cidr",
+        "198.18.100.4/30",
+        "--internal-cidr",
+        "198.18.100.8/30",
+    ]);
+    let c = d.client();
+    let env = [
+        ("BACKEND_HOST", b.as_str()),
+        ("BACKEND_PORT", "7100"),
+        ("CONNECT_AT_INIT", "0"),
+    ];
+    for f in ["open", "listed", "closed"] {
+        deploy_env(&c, f, "py-net", "python3.11", "app.handler", &env);
+    }
+    let set = |f: &str, egress: &[&str]| {
+        let mut s = c.get_function_settings(f).unwrap();
+        s.egress = Some(egress.iter().map(|e| e.to_string()).collect());
+        c.put_function_settings(f, &s).unwrap();
+    };
+    set("listed", &[&format!("{b}/32:7100")]);
+    set("closed", &["none"]);
+    // A policy that does not parse is refused, and changes nothing.
+    let mut bad = c.get_function_settings("open").unwrap();
+    bad.egress = Some(vec!["10.0.0.1/8".into()]);
+    let e = c
+        .put_function_settings("open", &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("host bits"), "{e}");
+
+    // Allow-all (the default) reaches both backends.
+    assert_eq!(try_connect(&c, "open", &b, 7100), Ok(()));
+    assert_eq!(try_connect(&c, "open", &o, 7100), Ok(()));
+    // The allow-list: its port on its address, nothing else.
+    assert_eq!(try_connect(&c, "listed", &b, 7100), Ok(()));
+    refused(try_connect(&c, "listed", &b, 7101), "listed, other port");
+    refused(try_connect(&c, "listed", &o, 7100), "listed, other address");
+    // Deny-all: nothing.
+    refused(try_connect(&c, "closed", &b, 7100), "closed");
+
+    // Whatever the policy: not the host (its address on the backend's
+    // link, the gateway instances route through), not another instance.
+    let (_, v) = invoke(&c, "listed", json!({"action": "resolve"}));
+    let hosts = v["hosts"].as_str().unwrap();
+    let listed_addr = hosts
+        .lines()
+        .find(|l| l.starts_with("100."))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    for f in ["open", "listed", "closed"] {
+        let gw = backend.gateway.to_string();
+        refused(
+            try_connect(&c, f, &gw, host_port),
+            &format!("{f} to the host"),
+        );
+        refused(
+            try_connect(&c, f, "169.254.1.1", host_port),
+            &format!("{f} to the gateway"),
+        );
+    }
+    refused(
+        try_connect(&c, "open", &listed_addr, 9001),
+        "open to another instance",
+    );
+    drop((backend, other, host_service));
+}
+
+#[test]
+fn nothing_of_the_network_outlives_the_daemon_even_after_sigkill() {
+    if !can_network("network_leftovers") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [
+        ("BACKEND_HOST", "198.18.100.14"),
+        ("BACKEND_PORT", "7100"),
+        ("CONNECT_AT_INIT", "0"),
+    ];
+    let mut d = Daemon::start_in(tmp.path(), &[]);
+    let c = d.client();
+    deploy_env(&c, "f", "py-net", "python3.11", "app.handler", &env);
+    let (r, _) = invoke(&c, "f", json!({"action": "resolve"}));
+    assert!(r.function_error.is_none());
+    assert!(!network_leftovers(tmp.path()).is_empty());
+    // A crash: the sandboxes die with the daemon, and their namespaces and
+    // links with them; the table and the subnet's route wait for the
+    // restart, which removes them before making its own.
+    d.kill();
+    let d2 = Daemon::start_in(tmp.path(), &[]);
+    let c2 = d2.client();
+    let (r, _) = invoke(&c2, "f", json!({"action": "resolve"}));
+    assert!(r.function_error.is_none());
+    let mut d2 = d2;
+    assert!(d2.stop(), "daemon exits cleanly on SIGTERM");
+    assert_eq!(network_leftovers(tmp.path()), Vec::<String>::new());
+}

@@ -42,6 +42,15 @@ pub(crate) struct Params<'a> {
 const REJECT: &str = "reject with icmpx type admin-prohibited";
 
 /// The table, created from nothing (the caller deletes an old one first).
+///
+/// From an instance, in this order: nothing to another instance; nothing
+/// to "this network", loopback, link-local (the gateway address, and a
+/// cloud's metadata service at 169.254.169.254) or multicast and reserved
+/// addresses; replies of allowed connections; at most
+/// [`MAX_CONNECTIONS_PER_INSTANCE`] tracked connections and
+/// [`NEW_CONNECTIONS_PER_SECOND`] new ones; then the instance's policy,
+/// chosen by its link's group; a link without one gets nothing. To an
+/// instance: replies only. To the host itself: nothing.
 pub(crate) fn ruleset(p: &Params<'_>) -> String {
     let t = p.table;
     let ifs = format!("\"{}*\"", p.link_prefix);
@@ -80,6 +89,7 @@ pub(crate) fn ruleset(p: &Params<'_>) -> String {
   }}
   chain from_instance {{
     oifname {ifs} {REJECT}
+    ip daddr {{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3 }} {REJECT}
     ct state established,related accept
     ct state new add @connections {{ ip saddr ct count over {MAX_CONNECTIONS_PER_INSTANCE} }} meta l4proto tcp reject with tcp reset
     ct state new add @connections {{ ip saddr ct count over {MAX_CONNECTIONS_PER_INSTANCE} }} {REJECT}
