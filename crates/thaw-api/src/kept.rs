@@ -5,12 +5,13 @@
 //! its configuration (with Lambda's defaults where Lambda always returns
 //! one).
 //!
-//! None has an effect in thaw yet: there is no VPC (the network issue maps
-//! `VpcConfig` to an egress policy), no SQS or SNS for a dead-letter queue
-//! (failure destinations of functions are `PutFunctionEventInvokeConfig`'s),
-//! no X-Ray, no KMS (environment values are sealed with thaw's own key), no
-//! published versions for `SnapStart` to apply to (thaw snapshots
-//! `$LATEST` anyway) and one log format. Must not: act on them.
+//! `SnapStart` decides whether published versions are snapshotted at
+//! publication and `LoggingConfig` how logs are written (the daemon reads
+//! both). The others have no effect in thaw: there are no VPCs (a
+//! function's egress is thaw's own setting, `PlatformSettings::egress`), no
+//! SQS or SNS for a dead-letter queue (failure destinations of functions
+//! are `PutFunctionEventInvokeConfig`'s), no X-Ray, and no KMS (environment
+//! values are sealed with thaw's own key). Must not: act on them.
 
 use serde::{Deserialize, Serialize};
 

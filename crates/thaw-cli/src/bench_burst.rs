@@ -75,15 +75,15 @@ const CONFIGS: [Config; 4] = [
 ];
 
 /// What one burst measured.
-struct Burst {
-    latencies: Vec<f64>,
-    wall_ms: f64,
-    errors: usize,
-    new_instances: usize,
+pub(crate) struct Burst {
+    pub(crate) latencies: Vec<f64>,
+    pub(crate) wall_ms: f64,
+    pub(crate) errors: usize,
+    pub(crate) new_instances: usize,
 }
 
 /// Nearest-rank percentile `q` of `v` (sorted in place).
-fn percentile(v: &mut [f64], q: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -93,7 +93,7 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 }
 
 /// `requests` invocations at once (released together by a barrier).
-fn burst(daemon: &LocalDaemon, name: &str, requests: usize) -> anyhow::Result<Burst> {
+pub(crate) fn burst(daemon: &LocalDaemon, name: &str, requests: usize) -> anyhow::Result<Burst> {
     let barrier = Arc::new(Barrier::new(requests + 1));
     let handles: Vec<_> = (0..requests)
         .map(|_| {

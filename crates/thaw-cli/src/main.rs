@@ -11,6 +11,7 @@ mod account;
 mod bench;
 mod bench_async;
 mod bench_burst;
+mod bench_network;
 mod bench_restore;
 mod bench_store;
 mod bench_store_restore;
@@ -180,6 +181,20 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// Instance networking off vs on: the first invocation of new
+    /// instances one at a time, and a burst from zero; medians, p99 and
+    /// the on/off differences against the network issue's goals.
+    Network {
+        /// New instances measured one at a time, per mode.
+        #[arg(long, default_value_t = 40)]
+        runs: usize,
+        /// Concurrent requests of the burst.
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+        /// Where dependency trees are installed once.
+        #[arg(long, default_value = "target/bench-cache")]
+        cache_dir: std::path::PathBuf,
+    },
     /// The snapshot store on the snapshots of ten functions of two
     /// runtimes: dedup ratio, compression, publish and read throughput,
     /// per chunking scheme.
@@ -329,6 +344,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             requests,
             cache_dir,
             quick,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Network {
+            runs,
+            requests,
+            cache_dir,
+        }) => bench_network::run(bench_network::NetworkOptions {
+            runs,
+            requests,
+            cache_dir,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Soak {

@@ -311,6 +311,24 @@ impl Metrics {
     }
 }
 
+/// The instance network's pool in the Prometheus text format.
+pub fn render_network_stats(s: &thaw_net::NetStats) -> String {
+    format!(
+        "# HELP thaw_network_namespaces Instance network namespaces: ready in the pool, or leased to an instance.
+         # TYPE thaw_network_namespaces gauge
+         thaw_network_namespaces{{state=\"pooled\"}} {}
+         thaw_network_namespaces{{state=\"leased\"}} {}
+         # HELP thaw_network_namespaces_made_total Instance network namespaces made since start.
+         # TYPE thaw_network_namespaces_made_total counter
+         thaw_network_namespaces_made_total {}
+         # HELP thaw_network_pool_misses_total New instances that found the namespace pool empty (theirs was made on their path).
+         # TYPE thaw_network_pool_misses_total counter
+         thaw_network_pool_misses_total {}
+",
+        s.pooled, s.leased, s.made, s.pool_misses
+    )
+}
+
 /// The snapshot store's per-tier numbers in the Prometheus text format
 /// (counters the store keeps itself, rendered with the daemon's metrics).
 pub fn render_store_stats(stats: &[thaw_store::TierStats]) -> String {

@@ -370,6 +370,9 @@ impl ApiBackend for Arc<Platform> {
         if let Some(store) = &self.pools.ctx().store {
             text.push_str(&crate::metrics::render_store_stats(&store.store().stats()));
         }
+        if let Some(network) = &self.pools.ctx().network {
+            text.push_str(&crate::metrics::render_network_stats(&network.stats()));
+        }
         text
     }
 }
