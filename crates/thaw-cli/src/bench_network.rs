@@ -80,7 +80,12 @@ fn measure(
     for _ in 0..runs {
         client.retire_instances(f.name)?;
         // The pool refills between runs, as between arrivals.
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(
+            std::env::var("THAW_BENCH_GAP_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(150),
+        ));
         let t0 = Instant::now();
         let r = client.invoke(f.name, b"{}", &InvokeOptions::default())?;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -104,6 +109,7 @@ fn measure(
     m.burst_errors = b.errors;
     m.pool_misses = client
         .metrics_text()
+        .map_err(|e| eprintln!("cannot read the metrics: {e}"))
         .ok()
         .and_then(|t| {
             t.lines()

@@ -164,7 +164,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub dns: Vec<std::net::Ipv4Addr>,
     /// Network namespaces kept ready for new instances.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     pub network_pool: usize,
     /// Seconds a client has to send a request's headers; a keep-alive
     /// connection idle this long between requests is closed too.

@@ -153,6 +153,13 @@ fn functions_reach_a_backend_with_addresses_of_their_own_across_restores() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(seen.len(), 20, "{seen:?}");
+    // The pool's metrics.
+    let text = metrics_text(&d);
+    assert!(
+        metric_in(&text, "thaw_network_namespaces{state=\"leased\"}") >= 20.0,
+        "{text}"
+    );
+    assert!(metric_in(&text, "thaw_network_namespaces_made_total") >= 20.0);
     drop(backend);
 }
 

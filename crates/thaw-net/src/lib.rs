@@ -98,6 +98,9 @@ pub const AUTO_RANGE: &str = "100.64.0.0/10";
 /// The prefix length of an automatic subnet (4,094 instance addresses).
 pub const AUTO_PREFIX: u8 = 20;
 
+/// How long after the last lease the pool waits before it refills.
+const REFILL_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
     version: u32,
@@ -169,6 +172,8 @@ struct Inner {
     groups: tokio::sync::Mutex<HashMap<EgressPolicy, u32>>,
     next_link: AtomicU64,
     refill: Arc<Notify>,
+    /// When a namespace was last leased (refills wait for a quiet moment).
+    last_lease: Mutex<Instant>,
     released: mpsc::UnboundedSender<Slot>,
     closed: AtomicBool,
     leased: AtomicU64,
@@ -290,6 +295,7 @@ impl Network {
             ])),
             next_link: AtomicU64::new(0),
             refill: Arc::new(Notify::new()),
+            last_lease: Mutex::new(Instant::now() - REFILL_QUIET),
             released,
             closed: AtomicBool::new(false),
             leased: AtomicU64::new(0),
@@ -318,6 +324,16 @@ impl Network {
                     break;
                 }
                 let short = inner.pool.lock().expect("pool lock").len() < inner.config.pool_size;
+                // Not while instances are being made: making a namespace
+                // takes the kernel's routing lock and CPU they need (under
+                // a burst one takes 10-80 ms instead of 1-4).
+                let quiet =
+                    inner.last_lease.lock().expect("lease time lock").elapsed() >= REFILL_QUIET;
+                if short && !quiet {
+                    drop(inner);
+                    tokio::time::sleep(REFILL_QUIET).await;
+                    continue;
+                }
                 if short {
                     match inner.make_slot().await {
                         Ok(slot) => {
@@ -389,6 +405,7 @@ impl Network {
             return Err(NetError::Closed);
         }
         let group = self.group(policy).await?;
+        *self.inner.last_lease.lock().expect("lease time lock") = Instant::now();
         let pooled = self.inner.pool.lock().expect("pool lock").pop();
         self.inner.refill.notify_one();
         let slot = match pooled {
@@ -464,6 +481,7 @@ impl Inner {
             .ok_or(NetError::Exhausted(self.subnet))?;
         let n = self.next_link.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}{}", self.link_prefix, base36(n));
+        let t0 = Instant::now();
         let made = async {
             let (netns, socket) = links::new_namespace()?;
             let index = links::make_pair(&self.host, &name, &netns, socket, addr).await?;
@@ -478,6 +496,7 @@ impl Inner {
         match made {
             Ok(slot) => {
                 self.made.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(link = %name, us = t0.elapsed().as_micros() as u64, "network namespace made");
                 Ok(slot)
             }
             Err(e) => {

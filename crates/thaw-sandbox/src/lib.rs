@@ -193,7 +193,12 @@ where
 
     rootfs::build_and_enter(spec)?;
     sethostname(&spec.hostname).map_err(|e| SandboxError::step("set hostname", e))?;
-    sys::set_interface_up("lo").map_err(|e| SandboxError::step("bring up loopback", e))?;
+    // A joined namespace comes ready (loopback up); bringing it up again
+    // would only wait for the kernel's routing lock, which link changes
+    // of other instances hold.
+    if spec.join_net_fd.is_none() {
+        sys::set_interface_up("lo").map_err(|e| SandboxError::step("bring up loopback", e))?;
+    }
     set_rlimits()?;
     before_drop().map_err(|e| SandboxError::step("prepare the runtime", io::Error::other(e)))?;
     credentials::drop_to(spec.uid, spec.gid)?;

@@ -204,7 +204,7 @@ impl DaemonConfig {
             events: crate::events::QueueConfig::default(),
             function_url_domain: "localhost".into(),
             network: NetworkSetting {
-                pool: 8,
+                pool: 16,
                 ..NetworkSetting::default()
             },
         }

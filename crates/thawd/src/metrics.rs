@@ -313,20 +313,20 @@ impl Metrics {
 
 /// The instance network's pool in the Prometheus text format.
 pub fn render_network_stats(s: &thaw_net::NetStats) -> String {
-    format!(
-        "# HELP thaw_network_namespaces Instance network namespaces: ready in the pool, or leased to an instance.
-         # TYPE thaw_network_namespaces gauge
-         thaw_network_namespaces{{state=\"pooled\"}} {}
-         thaw_network_namespaces{{state=\"leased\"}} {}
-         # HELP thaw_network_namespaces_made_total Instance network namespaces made since start.
-         # TYPE thaw_network_namespaces_made_total counter
-         thaw_network_namespaces_made_total {}
-         # HELP thaw_network_pool_misses_total New instances that found the namespace pool empty (theirs was made on their path).
-         # TYPE thaw_network_pool_misses_total counter
-         thaw_network_pool_misses_total {}
-",
-        s.pooled, s.leased, s.made, s.pool_misses
-    )
+    [
+        "# HELP thaw_network_namespaces Instance network namespaces: ready in the pool, or leased to an instance.".to_string(),
+        "# TYPE thaw_network_namespaces gauge".into(),
+        format!("thaw_network_namespaces{{state=\"pooled\"}} {}", s.pooled),
+        format!("thaw_network_namespaces{{state=\"leased\"}} {}", s.leased),
+        "# HELP thaw_network_namespaces_made_total Instance network namespaces made since start.".into(),
+        "# TYPE thaw_network_namespaces_made_total counter".into(),
+        format!("thaw_network_namespaces_made_total {}", s.made),
+        "# HELP thaw_network_pool_misses_total New instances that found the namespace pool empty (theirs was made on their path).".into(),
+        "# TYPE thaw_network_pool_misses_total counter".into(),
+        format!("thaw_network_pool_misses_total {}", s.pool_misses),
+        String::new(),
+    ]
+    .join("\n")
 }
 
 /// The snapshot store's per-tier numbers in the Prometheus text format
