@@ -47,13 +47,16 @@ pub enum ErrorCode {
     AccessDenied,
     /// `ServiceException` (500): the platform failed.
     Service,
+    /// `SubnetIPAddressLimitReachedException` (502): no address is free
+    /// for a new instance (thaw: its instance subnet is used up).
+    SubnetIpAddressLimitReached,
     /// Any code this crate does not know (seen by the client only).
     Other(String),
 }
 
 impl ErrorCode {
     /// Every code this crate knows, for parsing.
-    const KNOWN: [ErrorCode; 14] = [
+    const KNOWN: [ErrorCode; 15] = [
         ErrorCode::ResourceNotFound,
         ErrorCode::ResourceConflict,
         ErrorCode::ProvisionedConcurrencyConfigNotFound,
@@ -68,6 +71,7 @@ impl ErrorCode {
         ErrorCode::UnknownOperation,
         ErrorCode::AccessDenied,
         ErrorCode::Service,
+        ErrorCode::SubnetIpAddressLimitReached,
     ];
 
     /// The code as Lambda spells it, e.g. `ResourceNotFoundException`.
@@ -89,6 +93,7 @@ impl ErrorCode {
             ErrorCode::UnknownOperation => "UnknownOperationException",
             ErrorCode::AccessDenied => "AccessDeniedException",
             ErrorCode::Service => "ServiceException",
+            ErrorCode::SubnetIpAddressLimitReached => "SubnetIPAddressLimitReachedException",
             ErrorCode::Other(s) => s,
         }
     }
@@ -119,6 +124,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => 408,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::AccessDenied => 403,
+            ErrorCode::SubnetIpAddressLimitReached => 502,
             ErrorCode::Service | ErrorCode::Other(_) => 500,
         }
     }

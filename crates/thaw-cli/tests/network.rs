@@ -303,3 +303,77 @@ fn nothing_of_the_network_outlives_the_daemon_even_after_sigkill() {
     assert!(d2.stop(), "daemon exits cleanly on SIGTERM");
     assert_eq!(network_leftovers(tmp.path()), Vec::<String>::new());
 }
+
+#[test]
+fn a_full_address_pool_is_a_clear_error_and_addresses_come_back() {
+    if !can_network("network_full_pool") {
+        return;
+    }
+    // 14 instance addresses.
+    let d = Daemon::start(&[
+        "--instance-subnet",
+        "100.127.250.0/28",
+        "--network-pool",
+        "2",
+        "--scaling",
+        "eager",
+    ]);
+    let c = d.client();
+    let env = [
+        ("BACKEND_HOST", "198.18.100.14"),
+        ("BACKEND_PORT", "7100"),
+        ("CONNECT_AT_INIT", "0"),
+    ];
+    deploy_env(&c, "f", "py-net", "python3.11", "app.handler", &env);
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                let c = d.client();
+                s.spawn(move || {
+                    let r = c
+                        .invoke(
+                            "f",
+                            br#"{"action": "resolve", "sleep": 3}"#,
+                            &thaw_api::InvokeOptions::default(),
+                        )
+                        .map_err(|e| e.to_string())?;
+                    if r.status == 200 && r.function_error.is_none() {
+                        Ok(())
+                    } else {
+                        Err(String::from_utf8_lossy(&r.payload).into_owned())
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(ok, 14, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("SubnetIPAddressLimitReachedException")
+                && e.contains("has no free address")),
+        "{errors:?}"
+    );
+    assert!(!errors.is_empty());
+    // The daemon still serves, and a retired instance's address is free
+    // again.
+    c.retire_instances("f").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The addresses of retired instances come back once their links
+        // are gone (in the background).
+        let r = c.invoke(
+            "f",
+            br#"{"action": "resolve"}"#,
+            &thaw_api::InvokeOptions::default(),
+        );
+        match r {
+            Ok(r) if r.status == 200 && r.function_error.is_none() => break,
+            other => assert!(Instant::now() < deadline, "no address came back: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

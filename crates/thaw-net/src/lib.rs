@@ -326,6 +326,7 @@ impl Network {
                 let Some(inner) = weak.upgrade() else { break };
                 inner.leased.fetch_sub(1, Ordering::Relaxed);
                 inner.discard(slot).await;
+                inner.refill.notify_one();
             }
         });
         // The pool.
@@ -365,6 +366,13 @@ impl Network {
                                 break;
                             }
                             inner.pool.lock().expect("pool lock").push(slot);
+                        }
+                        Err(e @ NetError::Exhausted(_)) => {
+                            // Every address is taken: wait for a release.
+                            tracing::debug!(error = %e, "the pool cannot grow");
+                            let refill = inner.refill.clone();
+                            drop(inner);
+                            let _ = tokio::time::timeout(POOL_DECAY, refill.notified()).await;
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot prepare a network namespace");
@@ -506,7 +514,9 @@ impl Inner {
         if idle >= POOL_DECAY {
             self.target.store(self.config.pool_size, Ordering::Relaxed);
         }
-        self.target.load(Ordering::Relaxed).max(self.config.pool_size)
+        self.target
+            .load(Ordering::Relaxed)
+            .max(self.config.pool_size)
     }
 
     async fn make_slot(&self) -> Result<Slot, NetError> {

@@ -242,6 +242,9 @@ pub enum StartError {
     /// The platform failed to build or run the sandbox.
     #[error("Cannot start instance: {0}")]
     Platform(String),
+    /// No instance address is free (the instance subnet is used up).
+    #[error("{0}")]
+    NoAddress(String),
 }
 
 /// How one invocation on an instance ended.
@@ -695,10 +698,12 @@ impl Instance {
         let lease = match &ctx.network {
             None => None,
             Some(net) => {
-                let lease = net
-                    .lease(&egress_policy(f))
-                    .await
-                    .map_err(|e| StartError::Platform(error_chain(&e)))?;
+                let lease = net.lease(&egress_policy(f)).await.map_err(|e| match e {
+                    thaw_net::NetError::Exhausted(_) => StartError::NoAddress(format!(
+                        "{e}; the operator can give the host a larger --instance-subnet"
+                    )),
+                    e => StartError::Platform(error_chain(&e)),
+                })?;
                 spec.sandbox.join_net_fd = Some(thaw_runtime::control::NETNS_FD);
                 networked_files(&mut spec.sandbox, lease.address(), &net.resolv_conf());
                 Some(lease)

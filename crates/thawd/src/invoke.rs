@@ -77,6 +77,10 @@ pub enum InvokeError {
     ShuttingDown,
     #[error("Could not start an instance")]
     Sandbox(#[source] anyhow::Error),
+    /// No address for a new instance: the host's instance subnet is used
+    /// up (the message says so; it names no host path).
+    #[error("{0}")]
+    NoAddress(String),
     /// The instance died or its sandbox broke while running the invocation
     /// (not the function's own error: a killed supervisor or page server).
     #[error("The instance running the invocation was lost: {0}")]

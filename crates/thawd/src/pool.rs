@@ -296,7 +296,7 @@ impl Pools {
                 Err(e) => {
                     let result = match e {
                         StartError::Init { .. } => "init_error",
-                        StartError::Platform(_) => "platform_error",
+                        StartError::Platform(_) | StartError::NoAddress(_) => "platform_error",
                     };
                     self.metrics.count_instance_start(&key, result);
                     return Err(start_error_text(&e));
@@ -887,7 +887,7 @@ impl Pools {
         let (mut inst, t) = Instance::start_for_snapshot(f, &self.ctx, init_only.is_none())
             .await
             .map_err(|e| match e {
-                StartError::Platform(m) => BuildFailure::Other(m),
+                StartError::Platform(m) | StartError::NoAddress(m) => BuildFailure::Other(m),
                 StartError::Init {
                     error_type,
                     payload,
@@ -1643,6 +1643,11 @@ impl Pools {
                     self.metrics.count_rejected(&key, "platform_error");
                     return Err(InvokeError::Sandbox(anyhow::anyhow!(msg)));
                 }
+                Err(StartError::NoAddress(msg)) => {
+                    self.metrics.count_instance_start(&key, "no_address");
+                    self.metrics.count_rejected(&key, "no_address");
+                    return Err(InvokeError::NoAddress(msg));
+                }
             },
         };
         // A clone into a ready standby sandbox is a new worker; a clone
@@ -2030,7 +2035,7 @@ fn outcome_result(outcome: BuildOutcome) -> Result<SnapshotReport, InvokeError> 
 
 fn start_error_text(e: &StartError) -> String {
     match e {
-        StartError::Platform(m) => m.clone(),
+        StartError::Platform(m) | StartError::NoAddress(m) => m.clone(),
         StartError::Init {
             error_type,
             payload,

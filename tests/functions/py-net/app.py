@@ -39,6 +39,7 @@ if os.environ.get("CONNECT_AT_INIT", "1") == "1":
 
 
 def handler(event, context):
+    time.sleep(event.get("sleep", 0))
     if event.get("action") == "connect":
         # A connection of the request's own: to anywhere the event says.
         t0 = time.monotonic()
@@ -53,7 +54,6 @@ def handler(event, context):
             return {"ok": False, "error": name, "s": time.monotonic() - t0}
     if event.get("action") == "resolve":
         return {"resolv": open("/etc/resolv.conf").read(), "hosts": open("/etc/hosts").read()}
-    time.sleep(event.get("sleep", 0))
     CONN.sendall(b"ping\n")
     reply = CONN.makefile("rb").readline().decode().strip()
     return {"seen_as": reply.split(" ")[0], "seen_at_init": SEEN_AT_INIT}

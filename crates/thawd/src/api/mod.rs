@@ -1659,7 +1659,7 @@ fn log_invoke_error(e: &InvokeError, what: &str) {
         InvokeError::Throttled(t) => tracing::info!(reason = t.reason(), "{what}: throttled"),
         InvokeError::ShuttingDown => tracing::info!(error = %e, "{what}"),
         // Handled here: the caller gets a 500, a human must look.
-        InvokeError::Sandbox(_) | InvokeError::InstanceLost(_) => {
+        InvokeError::Sandbox(_) | InvokeError::InstanceLost(_) | InvokeError::NoAddress(_) => {
             tracing::error!(error = %error_chain(e), "{what}")
         }
     }
@@ -1680,6 +1680,9 @@ fn invoke_error(e: InvokeError) -> ApiError {
         }
         InvokeError::Sandbox(_) | InvokeError::InstanceLost(_) => {
             LambdaError::new(ErrorCode::Service, e.to_string())
+        }
+        InvokeError::NoAddress(_) => {
+            LambdaError::new(ErrorCode::SubnetIpAddressLimitReached, e.to_string())
         }
     })
 }
