@@ -31,21 +31,6 @@ fn can_network(test: &str) -> bool {
     true
 }
 
-fn wait_snapshot(c: &thaw_api::Client, name: &str) -> thaw_api::SnapshotStatus {
-    let t0 = Instant::now();
-    loop {
-        let s = c.snapshot_status(name).unwrap();
-        if matches!(
-            s.state,
-            SnapshotState::Ready | SnapshotState::Failed | SnapshotState::InitOnly
-        ) {
-            return s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "no snapshot: {s:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn in_subnet(d: &Daemon, addr: &str) -> bool {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.data_dir.join("network.json")).unwrap()).unwrap();
@@ -77,7 +62,7 @@ fn functions_reach_a_backend_with_addresses_of_their_own_across_restores() {
         &env,
     );
     for name in ["pynet", "nodenet"] {
-        let s = wait_snapshot(&c, name);
+        let s = settled(&c, name);
         assert_eq!(s.state, SnapshotState::Ready, "{name}: {s:?}");
         // A restored instance reconnected in its after-restore hook, and
         // the backend (declared internal: no NAT) saw its own address,
@@ -123,7 +108,7 @@ fn functions_reach_a_backend_with_addresses_of_their_own_across_restores() {
         ("KEEP_OPEN", "1"),
     ];
     deploy_env(&c, "keepopen", "py-net", "python3.11", "app.handler", &keep);
-    let s = wait_snapshot(&c, "keepopen");
+    let s = settled(&c, "keepopen");
     assert_eq!(s.state, SnapshotState::Failed, "{s:?}");
     let error = s.error.unwrap_or_default();
     assert!(
@@ -376,4 +361,41 @@ fn a_full_address_pool_is_a_clear_error_and_addresses_come_back() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_connection_flood_is_cut_off_and_spares_other_functions() {
+    if !can_network("network_flood") {
+        return;
+    }
+    let backend = BackendHost::start("e4", Ipv4Addr::new(198, 18, 100, 16), 7100).unwrap();
+    let b = backend.addr.to_string();
+    let d = Daemon::start(&["--internal-cidr", "198.18.100.16/30"]);
+    let c = d.client();
+    let env = [
+        ("BACKEND_HOST", b.as_str()),
+        ("BACKEND_PORT", "7100"),
+        ("CONNECT_AT_INIT", "0"),
+    ];
+    deploy_env(&c, "flood", "py-net", "python3.11", "app.handler", &env);
+    deploy_env(&c, "calm", "py-net", "python3.11", "app.handler", &env);
+    assert_eq!(try_connect(&c, "calm", &b, 7100), Ok(()));
+    // Past its burst of new connections the instance is refused at once
+    // (thaw_net::firewall::NEW_CONNECTIONS_PER_SECOND, burst twice that).
+    // To a closed port of the backend: each attempt that gets through is
+    // answered with a reset (ECONNREFUSED) by the backend itself, each
+    // cut off is refused by the host (EHOSTUNREACH).
+    let (r, v) = invoke(
+        &c,
+        "flood",
+        json!({"action": "flood", "host": b, "port": 7199, "count": 3000}),
+    );
+    assert!(r.function_error.is_none(), "{v}");
+    let reached = v["ok"].as_u64().unwrap() + v["errors"]["ECONNREFUSED"].as_u64().unwrap_or(0);
+    let cut = v["errors"]["EHOSTUNREACH"].as_u64().unwrap_or(0);
+    assert!(cut > 0, "nothing was cut off: {v}");
+    assert!(reached >= 1000, "cut off before its burst: {v}");
+    // Another function's instance is not affected.
+    assert_eq!(try_connect(&c, "calm", &b, 7100), Ok(()));
+    drop(backend);
 }

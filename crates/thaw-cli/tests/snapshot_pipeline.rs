@@ -7,13 +7,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
-use common::{can_run, functions_dir, invoke, Daemon};
+use common::{can_run, functions_dir, invoke, settled, Daemon};
 use serde_json::json;
 use thaw_api::{
-    Client, CreateFunctionRequest, Environment, FunctionCode, SnapshotState, SnapshotStatus,
-    StartKind, UpdateFunctionConfigurationRequest,
+    Client, CreateFunctionRequest, Environment, FunctionCode, SnapshotState, StartKind,
+    UpdateFunctionConfigurationRequest,
 };
 
 fn env(vars: &[(&str, &str)]) -> Option<Environment> {
@@ -43,25 +42,6 @@ fn create(c: &Client, name: &str, vars: &[(&str, &str)]) {
         ..Default::default()
     })
     .unwrap();
-}
-
-/// Waits until the snapshot of `name` is ready or failed.
-fn settled(c: &Client, name: &str) -> SnapshotStatus {
-    let t0 = Instant::now();
-    loop {
-        let s = c.snapshot_status(name).unwrap();
-        if matches!(
-            s.state,
-            SnapshotState::Ready | SnapshotState::Failed | SnapshotState::InitOnly
-        ) {
-            return s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "build never ended: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

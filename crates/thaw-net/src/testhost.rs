@@ -123,13 +123,17 @@ def serve(c, peer):
         f = c.makefile("rb")
         for line in f:
             c.sendall((peer + " " + line.decode().strip() + "\n").encode())
+threading.stack_size(256 * 1024)
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(128)
+s.listen(1024)
 while True:
     c, a = s.accept()
-    threading.Thread(target=serve, args=(c, a[0]), daemon=True).start()
+    try:
+        threading.Thread(target=serve, args=(c, a[0]), daemon=True).start()
+    except RuntimeError:
+        c.close()
 "#;
 
 impl Drop for BackendHost {

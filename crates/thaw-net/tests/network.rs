@@ -185,25 +185,14 @@ async fn a_subnet_in_use_is_refused_and_a_restart_takes_its_own_back() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let first = Network::start(config(
-        "0a0b0c0d0e0f",
-        &dir,
-        "100.127.241.0/24",
-        "198.19.202.0/30",
-    ))
-    .await
-    .unwrap();
+    let start = |name: &'static str, dir: &tempfile::TempDir| {
+        Network::start(config(name, dir, "100.127.241.0/24", "198.19.202.0/30"))
+    };
+    let first = start("0a0b0c0d0e0f", &dir).await.unwrap();
     let lease = first.lease(&EgressPolicy::AllowAll).await.unwrap();
     // Another daemon (another state file) cannot have it.
     let other = tempfile::tempdir().unwrap();
-    let e = Network::start(config(
-        "0f0e0d0c0b0a",
-        &other,
-        "100.127.241.0/24",
-        "198.19.202.0/30",
-    ))
-    .await
-    .unwrap_err();
+    let e = start("0f0e0d0c0b0a", &other).await.unwrap_err();
     assert!(e.to_string().contains("in use"), "{e}");
     // The same daemon after a crash (nothing shut down) takes it over,
     // removing what the crashed run left.
@@ -211,14 +200,7 @@ async fn a_subnet_in_use_is_refused_and_a_restart_takes_its_own_back() {
     assert!(!links_named(&prefix).is_empty());
     std::mem::forget(lease);
     drop(first);
-    let again = Network::start(config(
-        "0a0b0c0d0e0f",
-        &dir,
-        "100.127.241.0/24",
-        "198.19.202.0/30",
-    ))
-    .await
-    .unwrap();
+    let again = start("0a0b0c0d0e0f", &dir).await.unwrap();
     assert_eq!(again.subnet().to_string(), "100.127.241.0/24");
     again.shutdown().await;
     assert_eq!(links_named(&prefix), Vec::<String>::new());

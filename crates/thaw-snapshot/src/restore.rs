@@ -538,6 +538,7 @@ fn install_working_set(uffd: BorrowedFd<'_>, ws: &WorkingSet) -> Result<u64, Res
         }
         let bytes = ws.bytes(run);
         let mut done = 0usize;
+        let mut stalls = 0;
         while done < bytes.len() {
             let at = run.addr + done as u64;
             match uffd::copy(uffd, at, &bytes[done..]) {
@@ -547,6 +548,9 @@ fn install_working_set(uffd: BorrowedFd<'_>, ws: &WorkingSet) -> Result<u64, Res
                 }
                 // The page at `at` is already there: skip it.
                 Ok(_) | Err(Errno::EEXIST) => done += PAGE_SIZE as usize,
+                // The layout was changing (the process is stopped, so only
+                // for a moment): again.
+                Err(Errno::EAGAIN) if stalls < 100 => stalls += 1,
                 Err(e) => {
                     return Err(call(format!("UFFDIO_COPY of the working set at {at:#x}"))(
                         e,

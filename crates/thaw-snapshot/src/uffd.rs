@@ -183,7 +183,11 @@ pub fn copy(fd: BorrowedFd<'_>, dst: u64, src: &[u8]) -> Result<usize, Errno> {
     let r = unsafe { ioctl_copy(fd.as_raw_fd(), &mut c) };
     match r {
         Ok(_) => Ok(usize::try_from(c.copy).unwrap_or(0)),
-        Err(Errno::EEXIST) if c.copy > 0 => Ok(usize::try_from(c.copy).unwrap_or(0)),
+        // Stopped part way (at a page that already exists, say): the
+        // kernel answers EAGAIN with the bytes it did copy.
+        Err(Errno::EAGAIN | Errno::EEXIST) if c.copy > 0 => {
+            Ok(usize::try_from(c.copy).unwrap_or(0))
+        }
         Err(e) => Err(e),
     }
 }

@@ -395,6 +395,27 @@ pub fn deploy_env(
     .unwrap_or_else(|e| panic!("deploy {name}: {e}"));
 }
 
+/// Waits until the snapshot build of `name` ended (ready, init-only or
+/// failed) and returns its status.
+pub fn settled(c: &Client, name: &str) -> thaw_api::SnapshotStatus {
+    use thaw_api::SnapshotState;
+    let t0 = Instant::now();
+    loop {
+        let s = c.snapshot_status(name).unwrap();
+        if matches!(
+            s.state,
+            SnapshotState::Ready | SnapshotState::Failed | SnapshotState::InitOnly
+        ) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "build never ended: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Invoke and decode the JSON response.
 pub fn invoke(
     c: &Client,
