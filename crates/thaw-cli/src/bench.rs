@@ -84,6 +84,18 @@ pub(crate) fn bench_functions(quick: bool, cache: &Path) -> anyhow::Result<Vec<B
     Ok(functions)
 }
 
+/// Deploys `f` ([`deploy`]) and snapshots it after one test invocation
+/// with `{}`.
+pub(crate) fn deploy_snapshotted(
+    client: &Client,
+    f: &BenchFunction,
+) -> anyhow::Result<thaw_api::SnapshotReport> {
+    deploy(client, f)?;
+    client
+        .create_snapshot(f.name, b"{}")
+        .with_context(|| format!("snapshot of {}", f.name))
+}
+
 /// Deploys `f` with the benchmarks' settings (512 MB, 30 s).
 pub(crate) fn deploy(client: &Client, f: &BenchFunction) -> anyhow::Result<()> {
     client.create_function(&CreateFunctionRequest {

@@ -21,10 +21,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use thaw_api::{InvokeOptions, StartKind};
 
-use crate::bench::{bench_functions, deploy};
+use crate::bench::{bench_functions, deploy_snapshotted};
 use crate::local::LocalDaemon;
 use thawd::config::{InstanceMode, Scaling};
 
@@ -205,10 +204,7 @@ pub fn run(opts: BurstOptions) -> anyhow::Result<()> {
                 c.max_instances_per_function = config.max_instances.unwrap_or(n);
             })?;
             let client = daemon.client()?;
-            deploy(&client, f)?;
-            client
-                .create_snapshot(f.name, b"{}")
-                .with_context(|| format!("snapshot of {}", f.name))?;
+            deploy_snapshotted(&client, f)?;
             // From zero: no instance; the standby sandbox (and, for
             // clones, the template) made for one new instance.
             client.retire_instances(f.name)?;

@@ -21,11 +21,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use thaw_api::{InvokeOptions, StartKind};
 use thawd::config::{InstanceMode, NetworkMode, Scaling};
 
-use crate::bench::{bench_functions, deploy, BenchFunction};
+use crate::bench::{bench_functions, deploy_snapshotted, BenchFunction};
 use crate::bench_burst::{burst, percentile};
 use crate::local::LocalDaemon;
 
@@ -77,10 +76,7 @@ fn start(
         c.network.mode = mode;
     })?;
     let client = daemon.client()?;
-    deploy(&client, f)?;
-    client
-        .create_snapshot(f.name, b"{}")
-        .with_context(|| format!("snapshot of {}", f.name))?;
+    deploy_snapshotted(&client, f)?;
     // The template, made once.
     client.retire_instances(f.name)?;
     client.invoke(f.name, b"{}", &InvokeOptions::default())?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use thaw_api::{Client, InvokeOptions, ServerTiming, StartKind};
 
-use crate::bench::{bench_functions, deploy, force_cold, median_p90};
+use crate::bench::{bench_functions, deploy, deploy_snapshotted, force_cold, median_p90};
 use crate::local::LocalDaemon;
 use thawd::config::{InstanceMode, MemoryMode};
 
@@ -144,8 +144,7 @@ pub fn run(opts: RestoreOptions) -> anyhow::Result<()> {
                 c.instances = mode.instances;
             })?;
             let client = daemon.client()?;
-            deploy(&client, f)?;
-            let report = client.create_snapshot(f.name, b"{}")?;
+            let report = deploy_snapshotted(&client, f)?;
             if mode.label == MODES[0].label {
                 println!(
                     "{:<14} {:<34} {:>10.2} {:>10}",

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use thaw_api::{Client, InvokeOptions, StartKind};
 use thawd::config::{MemoryMode, StoreSetting};
 
-use crate::bench::{deploy, median_p90, working_set_functions};
+use crate::bench::{deploy_snapshotted, median_p90, working_set_functions};
 use crate::bench_working_set::drop_page_cache;
 use crate::local::LocalDaemon;
 
@@ -179,8 +179,7 @@ pub fn run(opts: StoreRestoreOptions) -> anyhow::Result<()> {
             };
             let daemon = start(MemoryMode::WorkingSet)?;
             let client = daemon.client()?;
-            deploy(&client, f)?;
-            client.create_snapshot(f.name, b"{}")?;
+            deploy_snapshotted(&client, f)?;
             daemon.stop()?;
             for (mode, label) in [
                 (MemoryMode::Lazy, "lazy"),

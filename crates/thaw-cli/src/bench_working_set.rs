@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use thaw_api::{Client, InvokeOptions, MemoryInfo, StartKind};
 use thawd::config::MemoryMode;
 
-use crate::bench::{deploy, median_p90, working_set_functions};
+use crate::bench::{deploy_snapshotted, median_p90, working_set_functions};
 use crate::local::LocalDaemon;
 
 /// Options of `thaw bench working-set`.
@@ -199,8 +199,7 @@ pub fn run(opts: WorkingSetOptions) -> anyhow::Result<()> {
             c.store = thawd::config::StoreSetting::Off;
         })?;
         let client = daemon.client()?;
-        deploy(&client, f)?;
-        client.create_snapshot(f.name, b"{}")?;
+        deploy_snapshotted(&client, f)?;
         daemon.stop()?;
         let dir = snapshot_dir(&data, f.name)?;
         let snap = thaw_snapshot::image::Snapshot::open(&dir)?;

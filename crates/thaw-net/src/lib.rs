@@ -351,9 +351,7 @@ impl Network {
                 // Not while instances are being made: making a namespace
                 // takes the kernel's routing lock and CPU they need (under
                 // a burst one takes 10-80 ms instead of 1-4).
-                let quiet =
-                    inner.last_lease.lock().expect("lease time lock").elapsed() >= REFILL_QUIET;
-                if short && !quiet {
+                if short && idle < REFILL_QUIET {
                     drop(inner);
                     tokio::time::sleep(REFILL_QUIET).await;
                     continue;

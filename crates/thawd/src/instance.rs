@@ -30,7 +30,7 @@ use crate::config::MemoryMode;
 use crate::invoke::PhaseTimings;
 use crate::logs::{LogRecord, LogStore};
 use crate::registry::FunctionRecord;
-use crate::runtimes::{start_spec, HostRuntimes, SpecContext};
+use crate::runtimes::{start_spec, HostRuntimes, InstanceNetwork, SpecContext};
 
 /// Init (loading the runtime and the function) may take at least this long,
 /// whatever the function's own timeout (Lambda allows 10 s).
@@ -135,30 +135,6 @@ fn egress_policy(f: &FunctionRecord) -> thaw_net::EgressPolicy {
             tracing::warn!(function = %f.name, error = %e, "invalid egress setting: denying all egress");
             thaw_net::EgressPolicy::DenyAll
         }),
-    }
-}
-
-/// The files of a sandbox with a network: its address under its own
-/// hostname, the operator's resolvers, and name lookups through DNS.
-fn networked_files(
-    sandbox: &mut thaw_sandbox::SandboxSpec,
-    addr: std::net::Ipv4Addr,
-    resolv: &str,
-) {
-    let hostname = sandbox.hostname.clone();
-    for file in &mut sandbox.files {
-        match file.path.to_str() {
-            Some("/etc/hosts") => {
-                file.contents = format!(
-                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{addr}\t{hostname}\n"
-                );
-            }
-            Some("/etc/resolv.conf") => file.contents = resolv.to_string(),
-            Some("/etc/nsswitch.conf") => {
-                file.contents = "passwd: files\ngroup: files\nhosts: files dns\n".into();
-            }
-            _ => {}
-        }
     }
 }
 
@@ -619,6 +595,17 @@ impl Instance {
         let standby = restore.is_some_and(|r| r.2);
         let t0 = Instant::now();
         let id = uuid::Uuid::new_v4().simple().to_string();
+        // The instance's own network namespace and address.
+        let lease = match &ctx.network {
+            None => None,
+            Some(net) => Some(net.lease(&egress_policy(f)).await.map_err(|e| match e {
+                thaw_net::NetError::Exhausted(_) => StartError::NoAddress(format!(
+                    "{e}; the operator can give the host a larger --instance-subnet"
+                )),
+                e => StartError::Platform(error_chain(&e)),
+            })?),
+        };
+        let resolv_conf = ctx.network.as_ref().map(|n| n.resolv_conf());
         let mut spec = start_spec(
             f,
             &id,
@@ -628,6 +615,13 @@ impl Instance {
                 root_mountpoint: &ctx.root_mountpoint,
                 empty_dir: &ctx.empty_dir,
                 tmp_size_bytes: ctx.tmp_size_bytes,
+                network: lease
+                    .as_ref()
+                    .zip(resolv_conf.as_deref())
+                    .map(|(l, resolv_conf)| InstanceNetwork {
+                        address: l.address(),
+                        resolv_conf,
+                    }),
             },
         )
         .map_err(|e| StartError::Platform(e.to_string()))?;
@@ -694,21 +688,6 @@ impl Instance {
                 },
             });
         }
-        // The instance's own network namespace and address.
-        let lease = match &ctx.network {
-            None => None,
-            Some(net) => {
-                let lease = net.lease(&egress_policy(f)).await.map_err(|e| match e {
-                    thaw_net::NetError::Exhausted(_) => StartError::NoAddress(format!(
-                        "{e}; the operator can give the host a larger --instance-subnet"
-                    )),
-                    e => StartError::Platform(error_chain(&e)),
-                })?;
-                spec.sandbox.join_net_fd = Some(thaw_runtime::control::NETNS_FD);
-                networked_files(&mut spec.sandbox, lease.address(), &net.resolv_conf());
-                Some(lease)
-            }
-        };
         let network_ms = lease.as_ref().map_or(0.0, |l| ms(l.took));
         let limits = limits_for(f, ctx);
         let (sandbox, ours) = ctx

@@ -135,6 +135,17 @@ pub struct SpecContext<'a> {
     /// Empty host directory mounted over hidden host directories.
     pub empty_dir: &'a Path,
     pub tmp_size_bytes: u64,
+    /// The instance's network, when it has one of its own (else loopback
+    /// only).
+    pub network: Option<InstanceNetwork<'a>>,
+}
+
+/// An instance's own network, as its files and sandbox see it.
+pub struct InstanceNetwork<'a> {
+    /// Its address (in `/etc/hosts` under its hostname).
+    pub address: std::net::Ipv4Addr,
+    /// Its `/etc/resolv.conf`.
+    pub resolv_conf: &'a str,
 }
 
 /// Describe a new instance of `f`.
@@ -295,7 +306,13 @@ pub fn start_spec(
         file("/etc/group", format!("root:x:0:\nsbx_user:x:{}:\n", f.uid)),
         file(
             "/etc/hosts",
-            format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost\n"),
+            match &ctx.network {
+                None => format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost\n"),
+                Some(n) => format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{}\t{hostname}\n",
+                    n.address
+                ),
+            },
         ),
         file("/etc/hostname", format!("{hostname}\n")),
         // This instance's own machine id (systemd's format).
@@ -303,10 +320,20 @@ pub fn start_spec(
             "/etc/machine-id",
             format!("{}\n", uuid::Uuid::new_v4().simple()),
         ),
-        file("/etc/resolv.conf", String::new()),
+        file(
+            "/etc/resolv.conf",
+            ctx.network
+                .as_ref()
+                .map_or_else(String::new, |n| n.resolv_conf.to_string()),
+        ),
         file(
             "/etc/nsswitch.conf",
-            "passwd: files\ngroup: files\nhosts: files\n".into(),
+            if ctx.network.is_some() {
+                "passwd: files\ngroup: files\nhosts: files dns\n"
+            } else {
+                "passwd: files\ngroup: files\nhosts: files\n"
+            }
+            .into(),
         ),
     ];
     Ok(StartSpec {
@@ -321,7 +348,11 @@ pub fn start_spec(
             shm_size_bytes: 64 * 1024 * 1024,
             files,
             boot_id: Some(uuid::Uuid::new_v4().to_string()),
-            join_net_fd: None,
+            // The namespace reaches thaw-init at its fixed number.
+            join_net_fd: ctx
+                .network
+                .as_ref()
+                .map(|_| thaw_runtime::control::NETNS_FD),
         },
         runtime: RuntimeSpec {
             argv,
