@@ -101,6 +101,15 @@ pub fn tenant_of(f: &FunctionRecord) -> String {
     }
 }
 
+/// The store name of the working set of the snapshot whose memory image
+/// is `memory` (`.../memory` -> `.../workingset`).
+fn working_set_name(memory: &BlobRef) -> Option<String> {
+    memory
+        .name
+        .strip_suffix("/memory")
+        .map(|p| format!("{p}/workingset"))
+}
+
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -238,22 +247,28 @@ impl SnapshotStore {
         let Some(blobs) = meta.store.as_mut() else {
             return Ok(());
         };
-        let name = blobs
-            .memory
-            .name
-            .strip_suffix("/memory")
-            .map(|p| format!("{p}/workingset"))
+        let name = working_set_name(&blobs.memory)
             .ok_or_else(|| format!("odd blob name {}", blobs.memory.name))?;
         if present {
             let bytes = tokio::fs::read(dir.join(WORKING_SET_FILE))
                 .await
                 .map_err(err)?;
+            let tenant = blobs.memory.tenant.clone();
             let r = self
                 .store
-                .put(&blobs.memory.tenant, &name, &bytes)
+                .put(&tenant, &name, &bytes)
                 .await
                 .map_err(|e| thaw_runtime::error_chain(&e))?;
             blobs.working_set = Some(r.blob);
+            if let Err(e) = meta.replace(dir) {
+                // Not recorded (the snapshot was deleted while this ran, say):
+                // nothing would ever remove the manifest just written.
+                if let Err(d) = self.store.delete(&tenant, &name).await {
+                    tracing::warn!(error = %thaw_runtime::error_chain(&d), "cannot remove an unrecorded working set from the store");
+                }
+                return Err(err(e));
+            }
+            return Ok(());
         } else {
             if blobs.working_set.take().is_none() {
                 return Ok(());
@@ -437,16 +452,17 @@ impl SnapshotStore {
     /// Removes the blobs of a stored snapshot (their chunks go at the next
     /// collection unless other snapshots share them).
     pub async fn remove(&self, blobs: &StoredBlobs) {
-        for b in [
-            Some(&blobs.state),
-            Some(&blobs.memory),
-            blobs.working_set.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if let Err(e) = self.store.delete(&b.tenant, &b.name).await {
-                tracing::warn!(blob = %b.name, error = %thaw_runtime::error_chain(&e), "cannot remove a snapshot blob");
+        // The working set by its name, recorded or not: one published while
+        // the snapshot was being deleted is not in the metadata read here.
+        let working_set = working_set_name(&blobs.memory);
+        let names = [
+            Some(blobs.state.name.as_str()),
+            Some(blobs.memory.name.as_str()),
+            working_set.as_deref(),
+        ];
+        for name in names.into_iter().flatten() {
+            if let Err(e) = self.store.delete(&blobs.memory.tenant, name).await {
+                tracing::warn!(blob = %name, error = %thaw_runtime::error_chain(&e), "cannot remove a snapshot blob");
             }
         }
     }
